@@ -1,0 +1,287 @@
+#include <unistd.h>
+
+#include <thread>
+#include <zmq.hpp>
+
+#include "client/client_internal.h"
+#include "netloader/fingerprint.h"
+#include "netloader/src/log.h"
+#include "netloader/src/manifest.h"
+#include "netloader/src/wire.h"
+#include "transfer/mpi_transport.h"
+
+namespace netloader {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string ClientName() {
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  return std::string(host) + ":" + std::to_string(getpid());
+}
+
+// The ZeroMQ side of one attempt: a DEALER connected to one source.
+class ControlChannel {
+ public:
+  explicit ControlChannel(const std::string& source) : source_(source) {}
+
+  Status Connect() {
+    try {
+      socket_ = zmq::socket_t(context_, zmq::socket_type::dealer);
+      // Long enough for a final Done to leave, short enough never to hold up the caller.
+      socket_.set(zmq::sockopt::linger, 1000);
+      socket_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kMaxClientMessageBytes));
+      socket_.connect(source_);
+    } catch (const zmq::error_t& e) {
+      return Status(StatusCode::kInvalidArgument, "bad source endpoint: " + std::string(e.what()));
+    }
+    return Status::Ok();
+  }
+
+  Status Send(wire::Envelope& message) {
+    const std::string payload = Encode(message);
+    try {
+      if (!socket_.send(zmq::buffer(payload), zmq::send_flags::dontwait)) {
+        return Status(StatusCode::kUnavailable, "cannot queue a message (peer not reachable)");
+      }
+    } catch (const zmq::error_t& e) {
+      return Status(StatusCode::kUnavailable, std::string("send failed: ") + e.what());
+    }
+    return Status::Ok();
+  }
+
+  Result<wire::Envelope> Receive(std::chrono::milliseconds timeout) {
+    zmq::pollitem_t items[] = {{static_cast<void*>(socket_), 0, ZMQ_POLLIN, 0}};
+    const auto deadline = Clock::now() + timeout;
+    try {
+      while (true) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        if (left.count() <= 0) {
+          return Status(StatusCode::kTimeout,
+                        "no answer within " + std::to_string(timeout.count()) +
+                            " ms (is a netloader server listening there?)");
+        }
+        zmq::poll(items, 1, left);
+        if (!(items[0].revents & ZMQ_POLLIN)) continue;
+        zmq::message_t frame;
+        if (!socket_.recv(frame, zmq::recv_flags::dontwait)) continue;
+        return Decode(frame.data(), frame.size(), kMaxClientMessageBytes);
+      }
+    } catch (const zmq::error_t& e) {
+      return Status(StatusCode::kUnavailable, std::string("receive failed: ") + e.what());
+    }
+  }
+
+ private:
+  std::string source_;
+  zmq::context_t context_{1};
+  zmq::socket_t socket_;
+};
+
+Status RejectStatus(const wire::Reject& reject) {
+  std::string message = "refused: " + reject.reason();
+  return Status(FromRejectCode(reject.code()), message);
+}
+
+class Attempt {
+ public:
+  Attempt(const ClientOptions& options, const ModelView& destination, const Fingerprint& fingerprint,
+          const internal::TransportFactory& factory, const std::string& source)
+      : options_(options),
+        destination_(destination),
+        fingerprint_(fingerprint),
+        factory_(factory),
+        source_(source),
+        control_(source) {}
+
+  Result<LoadStats> Run() {
+    const auto start = Clock::now();
+    Status status = control_.Connect();
+    if (!status.ok()) return status;
+    Result<wire::Accept> accept = Register();
+    if (!accept.ok()) return accept.status();
+    session_ = accept->session_id();
+
+    Result<LoadStats> stats = Transfer(*accept, start);
+    if (!stats.ok()) SendDone(false, failed_chunk_, stats.status().ToString(), 0, 0);
+    return stats;
+  }
+
+ private:
+  // Sends Register until Accepted, Rejected, or Busy for longer than busy_timeout.
+  Result<wire::Accept> Register() {
+    const auto busy_deadline = Clock::now() + options_.busy_timeout;
+    while (true) {
+      wire::Envelope request;
+      wire::Register* reg = request.mutable_register_();
+      ToWire(fingerprint_, reg->mutable_fingerprint());
+      reg->set_rendezvous_uri(transfer::CurrentMpiRendezvous());
+      reg->set_client_name(ClientName());
+      Status sent = control_.Send(request);
+      if (!sent.ok()) return sent;
+      Result<wire::Envelope> reply = control_.Receive(options_.register_timeout);
+      if (!reply.ok()) return reply.status();
+      switch (reply->body_case()) {
+        case wire::Envelope::kAccept: return reply->accept();
+        case wire::Envelope::kReject: return RejectStatus(reply->reject());
+        case wire::Envelope::kBusy: {
+          const auto wait = std::chrono::milliseconds(
+              std::clamp<uint32_t>(reply->busy().retry_after_ms(), 10, 10000));
+          if (Clock::now() + wait > busy_deadline) {
+            return Status(StatusCode::kBusy,
+                          "source stayed busy (" + std::to_string(reply->busy().active()) + " of " +
+                              std::to_string(reply->busy().limit()) + " slots in use) for " +
+                              std::to_string(options_.busy_timeout.count()) + " ms");
+          }
+          Log().debug("{} is busy; retrying in {} ms", source_, wait.count());
+          std::this_thread::sleep_for(wait);
+          continue;
+        }
+        default:
+          return Status(StatusCode::kProtocolMismatch, "unexpected reply to Register");
+      }
+    }
+  }
+
+  Result<LoadStats> Transfer(const wire::Accept& accept, Clock::time_point start) {
+    Result<Manifest> manifest = FromWire(accept.manifest());
+    if (!manifest.ok()) return manifest.status();
+    std::vector<std::string> diffs = CompareLayout(*manifest, destination_);
+    if (!diffs.empty()) {
+      std::string text;
+      for (const std::string& d : diffs) text += (text.empty() ? "" : "; ") + d;
+      return Status(StatusCode::kFingerprintMismatch,
+                    "the source's manifest differs from the expected layout: " + text);
+    }
+    const ChunkPlan plan = ChunkPlan::Make(TensorSizes(destination_), manifest->chunk_bytes);
+    if (plan.size() != manifest->chunk_digests.size()) {
+      return Status(StatusCode::kProtocolMismatch,
+                    "the source lists " + std::to_string(manifest->chunk_digests.size()) +
+                        " chunk digests for a layout of " + std::to_string(plan.size()) + " chunks");
+    }
+    Result<std::shared_ptr<transfer::Transport>> transport = factory_(accept.rendezvous_uri());
+    if (!transport.ok()) return transport.status();
+    Result<std::unique_ptr<transfer::Channel>> channel = (*transport)->Connect(
+        accept.mpi_port(), Clock::now() + options_.connect_timeout);
+    if (!channel.ok()) return channel.status().WithContext("MPI connect to " + source_);
+
+    const transfer::ChunkList chunks = plan.Spans(destination_);
+    const uint64_t total = destination_.total_bytes();
+    uint64_t done_bytes = 0;
+    std::vector<uint64_t> digests;
+    digests.reserve(chunks.size());
+    transfer::StreamOptions stream;
+    stream.window = options_.window;
+    stream.stall_timeout = options_.stall_timeout;
+    Status status = (*channel)->Receive(chunks, stream, [&](size_t i) -> Status {
+      const uint64_t digest = ChunkDigest(chunks, i);
+      if (digest != manifest->chunk_digests[i]) {
+        failed_chunk_ = static_cast<int64_t>(i);
+        return Status(StatusCode::kChecksumMismatch,
+                      "chunk " + std::to_string(i) + " (" + plan.TensorNames(i, destination_) +
+                          ") does not match the source's digest");
+      }
+      digests.push_back(digest);
+      done_bytes += chunks.bytes(i);
+      if (options_.progress) options_.progress(done_bytes, total);
+      return Status::Ok();
+    });
+    if (status.ok() && DigestOfDigests(digests) != manifest->model_digest) {
+      status = Status(StatusCode::kChecksumMismatch, "whole-model digest differs from the source's");
+    }
+    if (!status.ok()) {
+      (*channel)->Abandon();
+      return status.WithContext("transfer from " + source_);
+    }
+    LoadStats stats;
+    stats.source = source_;
+    stats.bytes = done_bytes;
+    stats.tensors = destination_.tensors.size();
+    stats.chunks = chunks.size();
+    stats.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    stats.gbps = stats.seconds > 0 ? stats.bytes / stats.seconds / 1e9 : 0;
+    // Done before the collective disconnect: the server disconnects once it reads a verified Done.
+    SendDone(true, -1, "", stats.bytes, stats.seconds);
+    done_sent_ = true;
+    channel->reset();
+    return stats;
+  }
+
+  void SendDone(bool verified, int64_t failed_chunk, const std::string& message, uint64_t bytes,
+                double seconds) {
+    if (session_ == 0 || done_sent_) return;
+    wire::Envelope envelope;
+    wire::Done* done = envelope.mutable_done();
+    done->set_session_id(session_);
+    done->set_verified(verified);
+    done->set_failed_chunk(failed_chunk);
+    done->set_message(message);
+    done->set_bytes(bytes);
+    done->set_seconds(seconds);
+    Status sent = control_.Send(envelope);
+    if (!sent.ok()) Log().debug("could not send Done to {}: {}", source_, sent.message());
+    done_sent_ = true;
+  }
+
+  const ClientOptions& options_;
+  const ModelView& destination_;
+  const Fingerprint& fingerprint_;
+  const internal::TransportFactory& factory_;
+  const std::string source_;
+  ControlChannel control_;
+  uint64_t session_ = 0;
+  int64_t failed_chunk_ = -1;
+  bool done_sent_ = false;
+};
+
+Status ValidateOptions(const ClientOptions& options) {
+  if (options.sources.empty()) return Status(StatusCode::kInvalidArgument, "no sources given");
+  for (const std::string& s : options.sources) {
+    if (s.empty()) return Status(StatusCode::kInvalidArgument, "a source endpoint is empty");
+  }
+  if (options.window < 1) return Status(StatusCode::kInvalidArgument, "window must be >= 1");
+  return ValidatePartition(options.partition);
+}
+
+}  // namespace
+
+namespace internal {
+
+Result<LoadStats> Load(const ClientOptions& options, const ModelView& destination,
+                       const TransportFactory& transport) {
+  Status status = ValidateOptions(options);
+  if (status.ok()) status = ValidateModelView(destination);
+  if (!status.ok()) return status;
+  const Fingerprint fingerprint = MakeFingerprint(destination, options.model_id, options.partition);
+  std::vector<SourceAttempt> attempts;
+  std::string failures;
+  StatusCode last = StatusCode::kUnavailable;
+  for (const std::string& source : options.sources) {
+    Log().debug("loading {} tensors ({} bytes) from {}", destination.tensors.size(),
+                destination.total_bytes(), source);
+    Attempt attempt(options, destination, fingerprint, transport, source);
+    Result<LoadStats> result = attempt.Run();
+    attempts.push_back({source, result.ok() ? Status::Ok() : result.status()});
+    if (result.ok()) {
+      result->attempts = std::move(attempts);
+      Log().info("loaded {} tensors, {} bytes from {} in {:.3f} s ({:.2f} GB/s), every chunk verified",
+                 result->tensors, result->bytes, source, result->seconds, result->gbps);
+      return result;
+    }
+    Log().warn("source {} failed: {}", source, result.status().ToString());
+    failures += (failures.empty() ? "" : "; ") + source + ": " + result.status().ToString();
+    last = result.status().code();
+  }
+  return Status(last, "no source delivered the model (" + failures + ")");
+}
+
+}  // namespace internal
+
+Result<LoadStats> Load(const ClientOptions& options, const ModelView& destination) {
+  return internal::Load(options, destination, [&options](const std::string& rendezvous) {
+    return transfer::MakeMpiTransport(options.transport, rendezvous);
+  });
+}
+
+}  // namespace netloader

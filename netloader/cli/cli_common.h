@@ -1,0 +1,146 @@
+#pragma once
+
+// Pieces shared by the netloader-server and netloader-client command lines: exit codes, the
+// flags both take, and a terminal progress line. Not part of the library.
+
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <string>
+
+#include "netloader/logging.h"
+#include "netloader/status.h"
+#include "netloader/tensor.h"
+#include "netloader/transport_options.h"
+
+namespace netloader::cli {
+
+// Documented in both CLIs' --help and in the README.
+enum ExitCode {
+  kExitOk = 0,
+  kExitFailure = 1,      // internal error
+  kExitUsage = 2,        // bad flags
+  kExitBadModel = 3,     // --model missing or malformed
+  kExitRefused = 4,      // every source refused: fingerprint/protocol mismatch
+  kExitUnavailable = 5,  // no source reachable, busy, timed out; or the server could not start
+  kExitCorrupt = 6,      // transfer failed or data did not match its checksums
+  kExitOutput = 7,       // writing --output failed
+};
+
+inline const char* kExitCodeHelp =
+    "Exit codes: 0 ok, 1 internal error, 2 bad flags, 3 --model missing or malformed, "
+    "4 refused (fingerprint or protocol mismatch), 5 unavailable (unreachable, busy, timeout, "
+    "start-up failed), 6 transfer or checksum failure, 7 writing --output failed.";
+
+inline int ExitCodeFor(StatusCode code) {
+  switch (code) {
+    case StatusCode::kOk: return kExitOk;
+    case StatusCode::kInvalidArgument:
+    case StatusCode::kNotFound: return kExitBadModel;
+    case StatusCode::kFingerprintMismatch:
+    case StatusCode::kProtocolMismatch:
+    case StatusCode::kPermissionDenied: return kExitRefused;
+    case StatusCode::kUnavailable:
+    case StatusCode::kTimeout:
+    case StatusCode::kBusy:
+    case StatusCode::kCancelled: return kExitUnavailable;
+    case StatusCode::kChecksumMismatch:
+    case StatusCode::kTransferFailed: return kExitCorrupt;
+    case StatusCode::kInternal: return kExitFailure;
+  }
+  return kExitFailure;
+}
+
+// Flags both CLIs share, bound to the options they fill.
+struct CommonFlags {
+  Partition partition;
+  std::string model_id;
+  std::string log_level = "info";
+  bool json = false;
+  TransportOptions transport;
+
+  void Add(CLI::App& app) {
+    app.add_option("--model-id", model_id,
+                   "Model id/revision for the fingerprint (e.g. org/name@rev); a client that sets "
+                   "it is only served by a server that declares the same");
+    app.add_option("--tp-size", partition.tp_size, "Tensor-parallel world size")
+        ->check(CLI::PositiveNumber)->capture_default_str();
+    app.add_option("--tp-rank", partition.tp_rank, "This process's tensor-parallel rank")
+        ->check(CLI::NonNegativeNumber)->capture_default_str();
+    app.add_option("--pp-size", partition.pp_size, "Pipeline-parallel world size")
+        ->check(CLI::PositiveNumber)->capture_default_str();
+    app.add_option("--pp-rank", partition.pp_rank, "This process's pipeline stage")
+        ->check(CLI::NonNegativeNumber)->capture_default_str();
+    app.add_option("--layout-key", partition.layout_key,
+                   "Any further layout both sides must share (e.g. an expert placement)");
+    app.add_option("--rendezvous", transport.rendezvous_uri,
+                   "MPI rendezvous: an ompi-server URI or file:PATH of the file `ompi-server -r` "
+                   "wrote. Default: the server starts a private one and clients adopt it");
+    app.add_option("--interface", transport.interface,
+                   "Network interface MPI uses (lo for one host)")->capture_default_str();
+    app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
+        ->capture_default_str();
+    app.add_flag("--json", json, "Print the final summary as one JSON object on stdout");
+  }
+
+  void ApplyLogLevel() const {
+    static const std::map<std::string, LogLevel> levels = {
+        {"trace", LogLevel::kTrace}, {"debug", LogLevel::kDebug}, {"info", LogLevel::kInfo},
+        {"warn", LogLevel::kWarn},   {"error", LogLevel::kError}, {"off", LogLevel::kOff}};
+    SetLogLevel(levels.at(log_level));
+  }
+};
+
+inline std::string HumanBytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 4) {
+    bytes /= 1024;
+    ++u;
+  }
+  char text[32];
+  std::snprintf(text, sizeof text, u ? "%.1f %s" : "%.0f %s", bytes, units[u]);
+  return text;
+}
+
+// A one-line progress display on stderr, drawn only when stderr is a terminal, at most 10x/s.
+class ProgressLine {
+ public:
+  ProgressLine() : enabled_(isatty(STDERR_FILENO)) {}
+  void Update(const std::string& text, bool force = false) {
+    if (!enabled_) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (!force && now - last_ < std::chrono::milliseconds(100)) return;
+    last_ = now;
+    std::fprintf(stderr, "\r\033[K%s", text.c_str());
+    std::fflush(stderr);
+    drawn_ = true;
+  }
+  void Bar(uint64_t done, uint64_t total, double seconds) {
+    if (!enabled_) return;
+    const double fraction = total ? static_cast<double>(done) / total : 1.0;
+    const int width = 30;
+    std::string bar(static_cast<size_t>(fraction * width), '#');
+    bar.resize(width, '.');
+    char text[160];
+    std::snprintf(text, sizeof text, "[%s] %5.1f%%  %s / %s  %.2f GB/s", bar.c_str(),
+                  fraction * 100, HumanBytes(done).c_str(), HumanBytes(total).c_str(),
+                  seconds > 0 ? done / seconds / 1e9 : 0.0);
+    Update(text, done == total);
+  }
+  void Finish() {
+    if (drawn_) std::fprintf(stderr, "\n");
+    drawn_ = false;
+  }
+
+ private:
+  bool enabled_;
+  bool drawn_ = false;
+  std::chrono::steady_clock::time_point last_{};
+};
+
+}  // namespace netloader::cli

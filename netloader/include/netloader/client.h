@@ -1,0 +1,65 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "netloader/export.h"
+#include "netloader/status.h"
+#include "netloader/tensor.h"
+#include "netloader/transport_options.h"
+
+namespace netloader {
+
+// Called on the loading thread after each verified chunk.
+using ProgressCallback = std::function<void(uint64_t bytes_done, uint64_t bytes_total)>;
+
+struct ClientOptions {
+  // ZeroMQ endpoints of sources ("tcp://host:port"), tried in order until one succeeds.
+  std::vector<std::string> sources;
+  // Optional model id the source must declare (Fingerprint::model_id).
+  std::string model_id;
+  // The partition the destination tensors belong to.
+  Partition partition;
+  // MPI receives in flight.
+  int window = 4;
+  // A source must answer Register within this time.
+  std::chrono::milliseconds register_timeout{10000};
+  // How long to keep retrying a source that answers Busy before moving to the next.
+  std::chrono::milliseconds busy_timeout{60000};
+  // MPI connect must complete within this time.
+  std::chrono::milliseconds connect_timeout{30000};
+  // The transfer fails when no chunk arrives for this long.
+  std::chrono::milliseconds stall_timeout{30000};
+  ProgressCallback progress;  // optional
+  TransportOptions transport;
+};
+
+// One source tried, and how it went.
+struct SourceAttempt {
+  std::string source;
+  Status status;
+};
+
+struct LoadStats {
+  std::string source;  // the source that delivered
+  uint64_t bytes = 0;
+  uint64_t tensors = 0;
+  uint64_t chunks = 0;
+  double seconds = 0;  // from the first Register sent to the last chunk verified
+  double gbps = 0;     // bytes / seconds / 1e9
+  std::vector<SourceAttempt> attempts;  // every source tried, in order, the last one succeeded
+};
+
+// Fills the host's pre-allocated `destination` tensors from the first source that holds the same
+// model and partition. Every chunk is verified against the source's XXH3 digests before Load
+// returns OK. On error the destination's contents are undefined and must not be used; the
+// status message lists each source tried and why it failed. Blocks until done or failed; each
+// step has its own deadline (ClientOptions). Not thread-safe with respect to `destination`.
+// Errors: InvalidArgument (bad options or view), the last source's failure otherwise
+// (Unavailable, Timeout, FingerprintMismatch, ProtocolMismatch, ChecksumMismatch, ...).
+NETLOADER_EXPORT Result<LoadStats> Load(const ClientOptions& options, const ModelView& destination);
+
+}  // namespace netloader

@@ -1,0 +1,92 @@
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "netloader/export.h"
+#include "netloader/status.h"
+#include "netloader/tensor.h"
+
+namespace netloader {
+
+// A tensor as a safetensors header describes it.
+struct TensorSpec {
+  std::string name;
+  DType dtype = DType::kU8;
+  std::vector<int64_t> shape;
+  uint64_t size_bytes = 0;
+  uint64_t file_offset = 0;  // absolute byte offset of the tensor's data in its file
+};
+
+// One .safetensors file: its tensors in storage order (ascending data offset).
+struct ShardLayout {
+  std::string path;
+  std::map<std::string, std::string> metadata;  // the "__metadata__" block, kept verbatim
+  std::vector<TensorSpec> tensors;
+};
+
+// A checkpoint: one file, or several shards tied together by model.safetensors.index.json.
+// Storage order: shards in file-name order, tensors by data offset within each.
+struct CheckpointLayout {
+  std::vector<ShardLayout> shards;
+  bool indexed = false;                               // came with an index.json
+  std::string index_metadata_json = "{}";  // the index's "metadata" object, verbatim JSON
+
+  size_t tensor_count() const;
+  uint64_t total_bytes() const;
+};
+
+// Reads only headers. `path` is a .safetensors file, a model.safetensors.index.json, or a
+// directory holding either (an index if present, else every *.safetensors file in it).
+// Malformed input gives InvalidArgument naming the file and what is wrong; missing input NotFound.
+NETLOADER_EXPORT Result<CheckpointLayout> ReadCheckpointLayout(const std::string& path);
+
+// Parses one file's header bytes (the JSON after the 8-byte length), given how many bytes of
+// tensor data follow it. Checks dtypes, shapes, offsets in bounds, sizes = shape x dtype and no
+// overlaps. `path` only labels errors. Exposed for tests and fuzzing.
+NETLOADER_EXPORT Result<ShardLayout> ParseSafetensorsHeader(const std::string& header,
+                                                            uint64_t data_bytes,
+                                                            const std::string& path);
+
+// Tensor memory for a whole checkpoint, owned by this object, pre-faulted, 64-byte aligned per
+// tensor. view() lists the tensors in storage order. Movable, not copyable; not thread-safe.
+class NETLOADER_EXPORT HostModel {
+ public:
+  // Zero-filled buffers shaped like `layout` (a client's destination).
+  static Result<HostModel> Allocate(const CheckpointLayout& layout);
+  // Allocate, then read every tensor's bytes from the files (a server's source, or a disk load).
+  static Result<HostModel> Load(const CheckpointLayout& layout);
+
+  HostModel(HostModel&&) noexcept;
+  HostModel& operator=(HostModel&&) noexcept;
+  ~HostModel();
+
+  const CheckpointLayout& layout() const { return layout_; }
+  const ModelView& view() const { return view_; }
+
+ private:
+  HostModel() = default;
+  void Release();
+
+  CheckpointLayout layout_;
+  ModelView view_;
+  void* memory_ = nullptr;
+  size_t mapped_bytes_ = 0;
+};
+
+// Writes one safetensors file: 8-byte little-endian header length, a JSON header (metadata
+// first, then tensors in the given order) padded with spaces to 8 bytes, then the data in order.
+// Writes to a temporary name and renames, so a crash never leaves a half-written file.
+NETLOADER_EXPORT Status WriteSafetensors(const std::string& path,
+                                         const std::vector<TensorView>& tensors,
+                                         const std::map<std::string, std::string>& metadata = {});
+
+// Writes `model` (whose tensors are in `layout`'s storage order) into directory `dir` with the
+// same shard file names, metadata and, if the layout had one, a regenerated index.json.
+NETLOADER_EXPORT Status WriteCheckpoint(const std::string& dir, const CheckpointLayout& layout,
+                                        const ModelView& model);
+
+}  // namespace netloader

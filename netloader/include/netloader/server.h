@@ -1,0 +1,74 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "netloader/export.h"
+#include "netloader/status.h"
+#include "netloader/tensor.h"
+#include "netloader/transport_options.h"
+
+namespace netloader {
+
+struct ServerOptions {
+  // ZeroMQ endpoint to bind for registration requests. Port 0 or "*" picks a free port;
+  // Server::endpoint() tells which.
+  std::string listen = "tcp://127.0.0.1:0";
+  // Optional model id/revision clients may demand (Fingerprint::model_id).
+  std::string model_id;
+  // The partition the served tensors belong to.
+  Partition partition;
+  // Clients streamed at once; one more gets Busy with a retry hint.
+  int max_concurrent_transfers = 4;
+  // Bytes per MPI message. Small tensors are coalesced and large ones split to this size.
+  uint64_t chunk_bytes = 4ull << 20;
+  // MPI messages in flight per client.
+  int window = 4;
+  // A client that is accepted must connect over MPI within this time.
+  std::chrono::milliseconds connect_timeout{30000};
+  // A transfer fails when no chunk completes for this long (peer died or stalled).
+  std::chrono::milliseconds stall_timeout{30000};
+  // After the last chunk, how long to wait for the client's Done before logging it as lost.
+  std::chrono::milliseconds done_timeout{30000};
+  // How long a Busy client is told to wait before retrying.
+  std::chrono::milliseconds busy_retry_hint{500};
+  TransportOptions transport;
+};
+
+// Counters a host may poll.
+struct ServerStats {
+  uint64_t clients_served = 0;  // transfers the client confirmed as verified
+  uint64_t clients_failed = 0;  // transfers that failed or were never confirmed
+  uint64_t refused = 0;         // Register requests answered with Reject
+  uint64_t busy = 0;            // Register requests answered with Busy
+  uint64_t bytes_sent = 0;
+  int active_transfers = 0;
+};
+
+// Serves a model held in the host's memory to netloader clients, on background threads, while
+// the host keeps working. The tensors in `model` must stay valid and unchanged until Stop()
+// returns or the Server is destroyed.
+// Thread-safe: every method may be called from any thread.
+class NETLOADER_EXPORT Server {
+ public:
+  // Validates the model, computes its digests once (one pass over the memory), initialises MPI
+  // (starting a private rendezvous if none is configured), binds the endpoint and starts serving.
+  // Blocks for that work only. Errors: InvalidArgument (bad model or options), Unavailable (bind
+  // or MPI start-up failed), Timeout (rendezvous did not start in time).
+  static Result<std::unique_ptr<Server>> Start(ServerOptions options, ModelView model);
+
+  virtual ~Server();  // calls Stop()
+
+  // The bound ZeroMQ endpoint, e.g. "tcp://127.0.0.1:41234".
+  virtual std::string endpoint() const = 0;
+  // The MPI rendezvous URI clients of this server use.
+  virtual std::string rendezvous_uri() const = 0;
+  virtual ServerStats stats() const = 0;
+  // Stops accepting, aborts transfers in progress, joins the threads. Returns within about
+  // max(stall poll interval, 1 s) even when peers are dead. Idempotent.
+  virtual void Stop() = 0;
+};
+
+}  // namespace netloader

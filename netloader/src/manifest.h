@@ -1,0 +1,78 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "netloader/tensor.h"
+#include "transfer/chunk_list.h"
+
+namespace netloader {
+
+// One tensor as the server describes it to clients.
+struct TensorEntry {
+  std::string name;
+  DType dtype = DType::kU8;
+  std::vector<int64_t> shape;
+  uint64_t size_bytes = 0;
+  uint64_t digest = 0;  // XXH3-64 of the tensor's bytes
+};
+
+// What a server sends in Accept: the tensor table, how it is chunked, and content digests.
+struct Manifest {
+  std::vector<TensorEntry> tensors;
+  uint64_t chunk_bytes = 0;
+  std::vector<uint64_t> chunk_digests;  // XXH3-64 per chunk, stream order
+  uint64_t model_digest = 0;            // XXH3-64 over chunk_digests
+};
+
+// Largest chunk the data plane accepts (one MPI message; counts are int).
+inline constexpr uint64_t kMaxChunkBytes = 1ull << 30;
+inline constexpr uint64_t kMinChunkBytes = 4096;
+
+// A piece of one tensor that belongs to one chunk.
+struct ChunkPiece {
+  uint32_t tensor = 0;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+};
+
+// How a model's bytes are cut into messages. Tensors of chunk_bytes or more are split into
+// chunk_bytes slices; runs of smaller tensors are coalesced into chunks of at most chunk_bytes;
+// zero-byte tensors carry no data. Both sides compute it from the tensor sizes alone.
+class ChunkPlan {
+ public:
+  static ChunkPlan Make(const std::vector<uint64_t>& tensor_sizes, uint64_t chunk_bytes);
+
+  size_t size() const { return starts_.size(); }
+  const ChunkPiece* pieces(size_t chunk) const { return pieces_.data() + starts_[chunk]; }
+  size_t piece_count(size_t chunk) const {
+    return (chunk + 1 < starts_.size() ? starts_[chunk + 1] : pieces_.size()) - starts_[chunk];
+  }
+  // The chunks as memory spans over `model`'s tensors.
+  transfer::ChunkList Spans(const ModelView& model) const;
+  // "name[, name...]" of the tensors a chunk touches, for error messages.
+  std::string TensorNames(size_t chunk, const ModelView& model) const;
+
+ private:
+  std::vector<ChunkPiece> pieces_;
+  std::vector<size_t> starts_;
+};
+
+std::vector<uint64_t> TensorSizes(const ModelView& model);
+
+// XXH3-64 over one chunk's spans, in order.
+uint64_t ChunkDigest(const transfer::ChunkList& chunks, size_t chunk);
+
+// XXH3-64 over a list of digests (the whole-model digest).
+uint64_t DigestOfDigests(const std::vector<uint64_t>& digests);
+
+// Computes every tensor and chunk digest of `model` in one pass over its memory.
+Manifest BuildManifest(const ModelView& model, uint64_t chunk_bytes);
+
+// Every way `manifest` differs from the layout the client expects (order, names, dtypes,
+// shapes, sizes), at most `limit` lines plus a count of the rest. Empty when they agree.
+std::vector<std::string> CompareLayout(const Manifest& manifest, const ModelView& expected,
+                                       size_t limit = 10);
+
+}  // namespace netloader

@@ -1,0 +1,484 @@
+#include "netloader/safetensors.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <set>
+
+namespace netloader {
+namespace {
+
+using json = nlohmann::json;
+using ordered_json = nlohmann::ordered_json;
+
+// The safetensors reference implementation refuses headers above 100 MB; so do we.
+constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
+constexpr size_t kTensorAlignment = 64;
+const char kIndexName[] = "model.safetensors.index.json";
+
+Status Invalid(const std::string& path, const std::string& what) {
+  return Status(StatusCode::kInvalidArgument, path + ": " + what);
+}
+
+std::string ErrnoText() { return std::strerror(errno); }
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string DirName(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash == 0 ? 1 : slash);
+}
+
+std::string BaseName(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// Reads exactly `size` bytes at `offset`, or fails naming the file.
+Status PreadAll(int fd, void* buffer, size_t size, uint64_t offset, const std::string& path) {
+  char* out = static_cast<char*>(buffer);
+  while (size > 0) {
+    ssize_t n = pread(fd, out, size, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Status(StatusCode::kUnavailable, path + ": read failed: " + ErrnoText());
+    if (n == 0) return Invalid(path, "file ends early at byte " + std::to_string(offset));
+    out += n;
+    size -= static_cast<size_t>(n);
+    offset += static_cast<uint64_t>(n);
+  }
+  return Status::Ok();
+}
+
+Status WriteAll(int fd, const void* data, size_t size, const std::string& path) {
+  const char* in = static_cast<const char*>(data);
+  while (size > 0) {
+    ssize_t n = write(fd, in, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Status(StatusCode::kUnavailable, path + ": write failed: " + ErrnoText());
+    in += n;
+    size -= static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+Result<ShardLayout> ReadShardLayout(const std::string& path) {
+  Fd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    return Status(errno == ENOENT ? StatusCode::kNotFound : StatusCode::kUnavailable,
+                  path + ": cannot open: " + ErrnoText());
+  }
+  struct stat st;
+  if (fstat(fd.get(), &st) != 0) return Status(StatusCode::kUnavailable, path + ": " + ErrnoText());
+  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+  if (file_size < 8) return Invalid(path, "shorter than the 8-byte header length");
+  unsigned char prefix[8];
+  Status read = PreadAll(fd.get(), prefix, 8, 0, path);
+  if (!read.ok()) return read;
+  uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | prefix[i];
+  if (header_len > kMaxHeaderBytes) {
+    return Invalid(path, "header length " + std::to_string(header_len) +
+                             " exceeds the 100 MiB limit");
+  }
+  if (header_len > file_size - 8) {
+    return Invalid(path, "header length " + std::to_string(header_len) +
+                             " runs past the end of the file (" + std::to_string(file_size) +
+                             " bytes)");
+  }
+  std::string header(header_len, '\0');
+  read = PreadAll(fd.get(), header.data(), header_len, 8, path);
+  if (!read.ok()) return read;
+  return ParseSafetensorsHeader(header, file_size - 8 - header_len, path);
+}
+
+Result<CheckpointLayout> ReadIndexed(const std::string& index_path) {
+  Fd fd(open(index_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    return Status(errno == ENOENT ? StatusCode::kNotFound : StatusCode::kUnavailable,
+                  index_path + ": cannot open: " + ErrnoText());
+  }
+  struct stat st;
+  if (fstat(fd.get(), &st) != 0 || static_cast<uint64_t>(st.st_size) > kMaxHeaderBytes) {
+    return Invalid(index_path, "unreadable or larger than 100 MiB");
+  }
+  std::string text(static_cast<size_t>(st.st_size), '\0');
+  Status read = PreadAll(fd.get(), text.data(), text.size(), 0, index_path);
+  if (!read.ok()) return read;
+  json index = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (index.is_discarded() || !index.is_object()) return Invalid(index_path, "not a JSON object");
+  auto map_it = index.find("weight_map");
+  if (map_it == index.end() || !map_it->is_object()) {
+    return Invalid(index_path, "no \"weight_map\" object");
+  }
+  CheckpointLayout layout;
+  layout.indexed = true;
+  auto meta_it = index.find("metadata");
+  if (meta_it != index.end() && meta_it->is_object()) layout.index_metadata_json = meta_it->dump();
+  std::set<std::string> files;
+  for (auto& [name, file] : map_it->items()) {
+    if (!file.is_string()) return Invalid(index_path, "weight_map[\"" + name + "\"] is not a string");
+    const std::string f = file.get<std::string>();
+    if (f.empty() || f.find('/') != std::string::npos || f == "..") {
+      return Invalid(index_path, "weight_map[\"" + name + "\"] names an unsafe file '" + f + "'");
+    }
+    files.insert(f);
+  }
+  if (files.empty()) return Invalid(index_path, "weight_map is empty");
+  const std::string dir = DirName(index_path);
+  size_t listed = 0;
+  for (const std::string& file : files) {
+    Result<ShardLayout> shard = ReadShardLayout(dir + "/" + file);
+    if (!shard.ok()) return shard.status();
+    for (const TensorSpec& t : shard->tensors) {
+      auto entry = map_it->find(t.name);
+      if (entry == map_it->end() || entry->get<std::string>() != file) {
+        return Invalid(index_path, "tensor '" + t.name + "' in " + file +
+                                       " is not mapped to that file by weight_map");
+      }
+    }
+    listed += shard->tensors.size();
+    layout.shards.push_back(std::move(*shard));
+  }
+  if (listed != map_it->size()) {
+    return Invalid(index_path, "weight_map lists " + std::to_string(map_it->size()) +
+                                   " tensors but the shards hold " + std::to_string(listed));
+  }
+  return layout;
+}
+
+size_t AlignUp(size_t n) { return (n + kTensorAlignment - 1) / kTensorAlignment * kTensorAlignment; }
+
+}  // namespace
+
+size_t CheckpointLayout::tensor_count() const {
+  size_t n = 0;
+  for (const ShardLayout& s : shards) n += s.tensors.size();
+  return n;
+}
+
+uint64_t CheckpointLayout::total_bytes() const {
+  uint64_t n = 0;
+  for (const ShardLayout& s : shards) {
+    for (const TensorSpec& t : s.tensors) n += t.size_bytes;
+  }
+  return n;
+}
+
+Result<ShardLayout> ParseSafetensorsHeader(const std::string& header, uint64_t data_bytes,
+                                           const std::string& path) {
+  json doc = json::parse(header, nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded()) return Invalid(path, "header is not valid JSON");
+  if (!doc.is_object()) return Invalid(path, "header is not a JSON object");
+  const uint64_t data_start = 8 + header.size();
+  ShardLayout shard;
+  shard.path = path;
+  struct Range {
+    uint64_t begin, end;
+    size_t index;
+  };
+  std::vector<Range> ranges;
+  for (auto& [name, entry] : doc.items()) {
+    if (name == "__metadata__") {
+      if (!entry.is_object()) return Invalid(path, "__metadata__ is not an object");
+      for (auto& [key, value] : entry.items()) {
+        if (!value.is_string()) return Invalid(path, "__metadata__[\"" + key + "\"] is not a string");
+        shard.metadata[key] = value.get<std::string>();
+      }
+      continue;
+    }
+    const std::string label = "tensor '" + name + "'";
+    if (name.empty()) return Invalid(path, "a tensor has an empty name");
+    if (!entry.is_object()) return Invalid(path, label + " is not an object");
+    auto dtype_it = entry.find("dtype");
+    auto shape_it = entry.find("shape");
+    auto offsets_it = entry.find("data_offsets");
+    if (dtype_it == entry.end() || !dtype_it->is_string()) {
+      return Invalid(path, label + ": missing or non-string dtype");
+    }
+    std::optional<DType> dtype = ParseDType(dtype_it->get<std::string>());
+    if (!dtype) return Invalid(path, label + ": unknown dtype '" + dtype_it->get<std::string>() + "'");
+    if (shape_it == entry.end() || !shape_it->is_array()) {
+      return Invalid(path, label + ": missing or non-array shape");
+    }
+    TensorSpec spec;
+    spec.name = name;
+    spec.dtype = *dtype;
+    for (const json& dim : *shape_it) {
+      if (!dim.is_number_integer() || (dim.is_number_integer() && !dim.is_number_unsigned() &&
+                                       dim.get<int64_t>() < 0)) {
+        return Invalid(path, label + ": shape entries must be non-negative integers");
+      }
+      if (dim.is_number_unsigned() && dim.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+        return Invalid(path, label + ": dimension too large");
+      }
+      spec.shape.push_back(dim.get<int64_t>());
+    }
+    if (offsets_it == entry.end() || !offsets_it->is_array() || offsets_it->size() != 2 ||
+        !(*offsets_it)[0].is_number_unsigned() || !(*offsets_it)[1].is_number_unsigned()) {
+      return Invalid(path, label + ": data_offsets must be two non-negative integers");
+    }
+    const uint64_t begin = (*offsets_it)[0].get<uint64_t>();
+    const uint64_t end = (*offsets_it)[1].get<uint64_t>();
+    if (begin > end) return Invalid(path, label + ": data_offsets begin > end");
+    if (end > data_bytes) {
+      return Invalid(path, label + ": data_offsets [" + std::to_string(begin) + ", " +
+                               std::to_string(end) + ") run past the " +
+                               std::to_string(data_bytes) + " data bytes in the file");
+    }
+    Result<uint64_t> count = ElementCount(spec.shape);
+    if (!count.ok()) return Invalid(path, label + ": " + count.status().message());
+    const uint64_t elem = DTypeSize(spec.dtype);
+    if (*count > UINT64_MAX / elem || *count * elem != end - begin) {
+      return Invalid(path, label + ": " + std::to_string(end - begin) +
+                               " bytes do not match shape x dtype (" + std::to_string(*count) +
+                               " x " + std::to_string(elem) + ")");
+    }
+    spec.size_bytes = end - begin;
+    spec.file_offset = data_start + begin;
+    ranges.push_back({begin, end, shard.tensors.size()});
+    shard.tensors.push_back(std::move(spec));
+  }
+  // Storage order is data order. Zero-byte tensors sort by offset too and overlap nothing.
+  std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  uint64_t covered_to = 0;
+  const TensorSpec* previous = nullptr;
+  std::vector<TensorSpec> ordered;
+  ordered.reserve(ranges.size());
+  for (const Range& r : ranges) {
+    const TensorSpec& t = shard.tensors[r.index];
+    if (r.begin < covered_to && r.end > r.begin) {
+      return Invalid(path, "tensor '" + t.name + "' overlaps tensor '" + previous->name + "'");
+    }
+    if (r.end > covered_to) {
+      covered_to = r.end;
+      previous = &t;
+    }
+    ordered.push_back(t);
+  }
+  shard.tensors = std::move(ordered);
+  return shard;
+}
+
+Result<CheckpointLayout> ReadCheckpointLayout(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) {
+    return Status(StatusCode::kNotFound, path + ": no such file or directory");
+  }
+  if (S_ISDIR(st.st_mode)) {
+    const std::string index = path + "/" + kIndexName;
+    if (access(index.c_str(), F_OK) == 0) return ReadIndexed(index);
+    std::vector<std::string> files;
+    if (DIR* dir = opendir(path.c_str())) {
+      while (dirent* e = readdir(dir)) {
+        std::string name = e->d_name;
+        if (EndsWith(name, ".safetensors")) files.push_back(path + "/" + name);
+      }
+      closedir(dir);
+    }
+    if (files.empty()) {
+      return Status(StatusCode::kNotFound, path + ": no *.safetensors files and no " + kIndexName);
+    }
+    std::sort(files.begin(), files.end());
+    CheckpointLayout layout;
+    std::set<std::string> names;
+    for (const std::string& file : files) {
+      Result<ShardLayout> shard = ReadShardLayout(file);
+      if (!shard.ok()) return shard.status();
+      for (const TensorSpec& t : shard->tensors) {
+        if (!names.insert(t.name).second) {
+          return Invalid(file, "tensor '" + t.name + "' also appears in another file");
+        }
+      }
+      layout.shards.push_back(std::move(*shard));
+    }
+    return layout;
+  }
+  if (EndsWith(path, ".json")) return ReadIndexed(path);
+  Result<ShardLayout> shard = ReadShardLayout(path);
+  if (!shard.ok()) return shard.status();
+  CheckpointLayout layout;
+  layout.shards.push_back(std::move(*shard));
+  return layout;
+}
+
+HostModel::HostModel(HostModel&& other) noexcept { *this = std::move(other); }
+
+HostModel& HostModel::operator=(HostModel&& other) noexcept {
+  if (this != &other) {
+    Release();
+    layout_ = std::move(other.layout_);
+    view_ = std::move(other.view_);
+    memory_ = std::exchange(other.memory_, nullptr);
+    mapped_bytes_ = std::exchange(other.mapped_bytes_, 0);
+  }
+  return *this;
+}
+
+HostModel::~HostModel() { Release(); }
+
+void HostModel::Release() {
+  if (memory_) munmap(memory_, mapped_bytes_);
+  memory_ = nullptr;
+  mapped_bytes_ = 0;
+}
+
+Result<HostModel> HostModel::Allocate(const CheckpointLayout& layout) {
+  HostModel model;
+  model.layout_ = layout;
+  size_t bytes = 0;
+  for (const ShardLayout& shard : layout.shards) {
+    for (const TensorSpec& t : shard.tensors) bytes += AlignUp(t.size_bytes);
+  }
+  if (bytes > 0) {
+    // MAP_POPULATE pre-faults the pages: first touch of fresh memory is slow on these VMs
+    // (DESIGN.md), and a receive must not pay it chunk by chunk.
+    void* memory = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (memory == MAP_FAILED) {
+      return Status(StatusCode::kUnavailable,
+                    "cannot allocate " + std::to_string(bytes) + " bytes: " + ErrnoText());
+    }
+    model.memory_ = memory;
+    model.mapped_bytes_ = bytes;
+  }
+  char* at = static_cast<char*>(model.memory_);
+  for (const ShardLayout& shard : layout.shards) {
+    for (const TensorSpec& t : shard.tensors) {
+      model.view_.tensors.push_back({t.name, t.dtype, t.shape, t.size_bytes ? at : nullptr,
+                                     t.size_bytes});
+      at += AlignUp(t.size_bytes);
+    }
+  }
+  return model;
+}
+
+Result<HostModel> HostModel::Load(const CheckpointLayout& layout) {
+  Result<HostModel> model = Allocate(layout);
+  if (!model.ok()) return model;
+  size_t index = 0;
+  for (const ShardLayout& shard : layout.shards) {
+    Fd fd(open(shard.path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (fd.get() < 0) {
+      return Status(StatusCode::kUnavailable, shard.path + ": cannot open: " + ErrnoText());
+    }
+    for (const TensorSpec& t : shard.tensors) {
+      const TensorView& dest = model->view_.tensors[index++];
+      Status read = PreadAll(fd.get(), dest.data, t.size_bytes, t.file_offset, shard.path);
+      if (!read.ok()) return read;
+    }
+  }
+  return model;
+}
+
+Status WriteSafetensors(const std::string& path, const std::vector<TensorView>& tensors,
+                        const std::map<std::string, std::string>& metadata) {
+  ordered_json header = ordered_json::object();
+  std::set<std::string> names;  // ordered_json lookups are linear; keep a set for duplicates
+  if (!metadata.empty()) {
+    ordered_json meta = ordered_json::object();
+    for (const auto& [key, value] : metadata) meta[key] = value;
+    header["__metadata__"] = meta;
+  }
+  uint64_t offset = 0;
+  for (const TensorView& t : tensors) {
+    if (t.name == "__metadata__" || !names.insert(t.name).second) {
+      return Status(StatusCode::kInvalidArgument, path + ": duplicate or reserved tensor name '" +
+                                                      t.name + "'");
+    }
+    header[t.name] = {{"dtype", std::string(DTypeName(t.dtype))},
+                      {"shape", t.shape},
+                      {"data_offsets", {offset, offset + t.size_bytes}}};
+    offset += t.size_bytes;
+  }
+  std::string text = header.dump();
+  // Pad with spaces so the data starts 8-byte aligned, as the reference writer does.
+  text.append((8 - text.size() % 8) % 8, ' ');
+  unsigned char prefix[8];
+  for (int i = 0; i < 8; ++i) prefix[i] = static_cast<unsigned char>(uint64_t{text.size()} >> (8 * i));
+
+  const std::string temp = path + ".tmp";
+  {
+    Fd fd(open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (fd.get() < 0) {
+      return Status(StatusCode::kUnavailable, temp + ": cannot create: " + ErrnoText());
+    }
+    Status status = WriteAll(fd.get(), prefix, sizeof prefix, temp);
+    if (status.ok()) status = WriteAll(fd.get(), text.data(), text.size(), temp);
+    for (const TensorView& t : tensors) {
+      if (!status.ok()) break;
+      status = WriteAll(fd.get(), t.data, t.size_bytes, temp);
+    }
+    if (!status.ok()) {
+      unlink(temp.c_str());
+      return status;
+    }
+  }
+  if (rename(temp.c_str(), path.c_str()) != 0) {
+    unlink(temp.c_str());
+    return Status(StatusCode::kUnavailable, path + ": rename failed: " + ErrnoText());
+  }
+  return Status::Ok();
+}
+
+Status WriteCheckpoint(const std::string& dir, const CheckpointLayout& layout,
+                       const ModelView& model) {
+  if (model.tensors.size() != layout.tensor_count()) {
+    return Status(StatusCode::kInvalidArgument,
+                  "model has " + std::to_string(model.tensors.size()) +
+                      " tensors, layout has " + std::to_string(layout.tensor_count()));
+  }
+  std::error_code error;
+  std::filesystem::create_directories(dir, error);
+  if (error) return Status(StatusCode::kUnavailable, dir + ": cannot create: " + error.message());
+  size_t index = 0;
+  ordered_json weight_map = ordered_json::object();
+  for (const ShardLayout& shard : layout.shards) {
+    const std::string file = BaseName(shard.path);
+    std::vector<TensorView> tensors(model.tensors.begin() + index,
+                                    model.tensors.begin() + index + shard.tensors.size());
+    index += shard.tensors.size();
+    for (const TensorView& t : tensors) weight_map[t.name] = file;
+    Status status = WriteSafetensors(dir + "/" + file, tensors, shard.metadata);
+    if (!status.ok()) return status;
+  }
+  if (!layout.indexed) return Status::Ok();
+  ordered_json index_doc = ordered_json::object();
+  ordered_json meta = ordered_json::parse(layout.index_metadata_json, nullptr, false);
+  if (!meta.is_object()) meta = ordered_json::object();
+  meta["total_size"] = layout.total_bytes();
+  index_doc["metadata"] = meta;
+  index_doc["weight_map"] = weight_map;
+  const std::string text = index_doc.dump(2) + "\n";
+  const std::string path = dir + "/" + kIndexName;
+  Fd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (fd.get() < 0) return Status(StatusCode::kUnavailable, path + ": cannot create: " + ErrnoText());
+  return WriteAll(fd.get(), text.data(), text.size(), path);
+}
+
+}  // namespace netloader

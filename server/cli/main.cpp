@@ -1,0 +1,135 @@
+// netloader-server: loads a safetensors checkpoint into memory and serves it to netloader
+// clients until SIGINT or SIGTERM.
+
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "netloader/cli/cli_common.h"
+#include "netloader/safetensors.h"
+#include "netloader/server.h"
+
+using namespace netloader;
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "netloader-server: serve a model held in memory to netloader clients.\n"
+      "Loads --model (a .safetensors file, a model.safetensors.index.json, or a directory of\n"
+      "either) into memory, then answers ZeroMQ registrations on --listen and streams the\n"
+      "tensors over MPI to every client whose fingerprint matches, several at once. Runs until\n"
+      "SIGINT/SIGTERM, then stops gracefully."};
+  app.footer(cli::kExitCodeHelp);
+  std::string model_path;
+  std::string endpoint_file;
+  ServerOptions options;
+  cli::CommonFlags common;
+  uint64_t chunk_mib = options.chunk_bytes >> 20;
+  double connect_timeout_s = options.connect_timeout.count() / 1000.0;
+  double stall_timeout_s = options.stall_timeout.count() / 1000.0;
+  app.add_option("--model", model_path, "Checkpoint to load and serve")->required();
+  app.add_option("--listen", options.listen,
+                 "ZeroMQ endpoint to bind; port 0 picks a free one (see --endpoint-file)")
+      ->capture_default_str();
+  app.add_option("--endpoint-file", endpoint_file,
+                 "Write the bound endpoint to this file once serving (for scripts)");
+  app.add_option("--max-clients", options.max_concurrent_transfers,
+                 "Clients streamed at once; more are told Busy and retry")
+      ->check(CLI::Range(1, 1024))->capture_default_str();
+  app.add_option("--chunk-mib", chunk_mib, "MPI message size in MiB")
+      ->check(CLI::Range(1, 1024))->capture_default_str();
+  app.add_option("--window", options.window, "MPI messages in flight per client")
+      ->check(CLI::Range(1, 64))->capture_default_str();
+  app.add_option("--connect-timeout", connect_timeout_s,
+                 "Seconds an accepted client has to connect over MPI")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--stall-timeout", stall_timeout_s,
+                 "Seconds without progress after which a transfer is abandoned")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  common.Add(app);
+  CLI11_PARSE(app, argc, argv);
+  common.ApplyLogLevel();
+
+  options.model_id = common.model_id;
+  options.partition = common.partition;
+  options.transport = common.transport;
+  options.chunk_bytes = chunk_mib << 20;
+  options.connect_timeout = std::chrono::milliseconds(static_cast<int64_t>(connect_timeout_s * 1000));
+  options.stall_timeout = std::chrono::milliseconds(static_cast<int64_t>(stall_timeout_s * 1000));
+
+  // Block the stop signals before any thread starts, so they all inherit the mask and the main
+  // thread alone takes them with sigwait.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  const auto load_start = std::chrono::steady_clock::now();
+  Result<CheckpointLayout> layout = ReadCheckpointLayout(model_path);
+  if (!layout.ok()) {
+    std::fprintf(stderr, "netloader-server: %s\n", layout.status().ToString().c_str());
+    return cli::kExitBadModel;
+  }
+  Result<HostModel> model = HostModel::Load(*layout);
+  if (!model.ok()) {
+    std::fprintf(stderr, "netloader-server: %s\n", model.status().ToString().c_str());
+    return cli::kExitBadModel;
+  }
+  const double load_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+  std::fprintf(stderr, "netloader-server: loaded %zu tensors (%s) from %s in %.2f s\n",
+               model->view().tensors.size(), cli::HumanBytes(model->view().total_bytes()).c_str(),
+               model_path.c_str(), load_seconds);
+
+  Result<std::unique_ptr<Server>> server = Server::Start(options, model->view());
+  if (!server.ok()) {
+    std::fprintf(stderr, "netloader-server: %s\n", server.status().ToString().c_str());
+    return cli::ExitCodeFor(server.status().code()) == cli::kExitBadModel
+               ? cli::kExitUsage
+               : cli::kExitUnavailable;
+  }
+  std::fprintf(stderr, "netloader-server: serving at %s (rendezvous %s); Ctrl-C to stop\n",
+               (*server)->endpoint().c_str(), (*server)->rendezvous_uri().c_str());
+  if (!endpoint_file.empty()) {
+    // Written to a temporary name first so a reader never sees a partial endpoint.
+    std::ofstream(endpoint_file + ".tmp") << (*server)->endpoint() << "\n";
+    std::rename((endpoint_file + ".tmp").c_str(), endpoint_file.c_str());
+  }
+
+  cli::ProgressLine status_line;
+  int signal_number = 0;
+  while (true) {
+    const timespec tick{1, 0};
+    siginfo_t info;
+    signal_number = sigtimedwait(&stop_signals, &info, &tick);
+    if (signal_number > 0) break;
+    const ServerStats s = (*server)->stats();
+    status_line.Update("serving: " + std::to_string(s.active_transfers) + " active, " +
+                       std::to_string(s.clients_served) + " served, " +
+                       std::to_string(s.clients_failed) + " failed, " +
+                       cli::HumanBytes(s.bytes_sent) + " sent");
+  }
+  status_line.Finish();
+  std::fprintf(stderr, "netloader-server: %s received, stopping\n", strsignal(signal_number));
+  (*server)->Stop();
+  const ServerStats s = (*server)->stats();
+  if (common.json) {
+    nlohmann::json summary = {{"endpoint", (*server)->endpoint()},
+                              {"clients_served", s.clients_served},
+                              {"clients_failed", s.clients_failed},
+                              {"refused", s.refused},
+                              {"busy", s.busy},
+                              {"bytes_sent", s.bytes_sent}};
+    std::cout << summary.dump() << std::endl;
+  } else {
+    std::printf("served %llu clients (%llu failed, %llu refused), %s sent\n",
+                static_cast<unsigned long long>(s.clients_served),
+                static_cast<unsigned long long>(s.clients_failed),
+                static_cast<unsigned long long>(s.refused), cli::HumanBytes(s.bytes_sent).c_str());
+  }
+  return cli::kExitOk;
+}

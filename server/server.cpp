@@ -1,0 +1,417 @@
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <zmq.hpp>
+
+#include "netloader/fingerprint.h"
+#include "netloader/src/log.h"
+#include "netloader/src/manifest.h"
+#include "netloader/src/registration.h"
+#include "netloader/src/wire.h"
+#include "server/server_internal.h"
+#include "transfer/mpi_transport.h"
+
+namespace netloader {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// One admitted client: its MPI listener, its streaming thread, and the Done mailbox the control
+// thread fills.
+struct Session {
+  uint64_t id = 0;
+  std::string client;
+  std::unique_ptr<transfer::Listener> listener;
+  std::thread thread;
+  std::atomic<bool> abort{false};     // set by Stop() or by an early Done from the client
+  std::atomic<bool> finished{false};  // the thread is about to exit; join and free the slot
+  std::mutex mu;                      // guards done
+  std::condition_variable cv;
+  std::optional<wire::Done> done;
+};
+
+class ServerImpl : public Server {
+ public:
+  ServerImpl(ServerOptions options, ModelView model, std::shared_ptr<transfer::Transport> transport,
+             Manifest manifest)
+      : options_(std::move(options)),
+        model_(std::move(model)),
+        transport_(std::move(transport)),
+        chunks_(ChunkPlan::Make(TensorSizes(model_), options_.chunk_bytes).Spans(model_)),
+        registrar_(MakeFingerprint(model_, options_.model_id, options_.partition),
+                   transport_->rendezvous(), options_.max_concurrent_transfers) {
+    ToWire(manifest, &wire_manifest_);
+  }
+
+  ~ServerImpl() override { Stop(); }
+
+  Status Bind() {
+    try {
+      socket_ = zmq::socket_t(context_, zmq::socket_type::router);
+      socket_.set(zmq::sockopt::linger, 0);
+      // Past this zmq drops the connection itself; below it oversized messages get a Reject.
+      socket_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(4 * kMaxServerMessageBytes));
+      socket_.set(zmq::sockopt::router_mandatory, 1);
+      std::string endpoint = options_.listen;
+      if (endpoint.size() > 2 && endpoint.compare(endpoint.size() - 2, 2, ":0") == 0) {
+        endpoint.replace(endpoint.size() - 1, 1, "*");
+      }
+      socket_.bind(endpoint);
+      endpoint_ = socket_.get(zmq::sockopt::last_endpoint);
+    } catch (const zmq::error_t& e) {
+      return Status(StatusCode::kUnavailable, "cannot bind '" + options_.listen + "': " + e.what());
+    }
+    return Status::Ok();
+  }
+
+  void StartThread() { control_ = std::thread([this] { ControlLoop(); }); }
+
+  std::string endpoint() const override { return endpoint_; }
+  std::string rendezvous_uri() const override { return transport_->rendezvous(); }
+
+  ServerStats stats() const override {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    return stats_;
+  }
+
+  void Stop() override {
+    if (stopping_.exchange(true)) {
+      if (control_.joinable()) control_.join();
+      return;
+    }
+    if (control_.joinable()) control_.join();
+  }
+
+ private:
+  void ControlLoop() {
+    Log().info("serving {} tensors ({} bytes) at {} (rendezvous {}), up to {} clients at once",
+               model_.tensors.size(), model_.total_bytes(), endpoint_, transport_->rendezvous(),
+               options_.max_concurrent_transfers);
+    while (!stopping_.load()) {
+      zmq::pollitem_t items[] = {{static_cast<void*>(socket_), 0, ZMQ_POLLIN, 0}};
+      try {
+        zmq::poll(items, 1, std::chrono::milliseconds(100));
+      } catch (const zmq::error_t& e) {
+        if (e.num() == EINTR) continue;
+        Log().error("polling {} failed: {}", endpoint_, e.what());
+        break;
+      }
+      ReapFinishedSessions();
+      // Bounded per wake-up so reaping and Stop() stay responsive under a flood.
+      for (int i = 0; i < 64 && (items[0].revents & ZMQ_POLLIN); ++i) {
+        if (!ReceiveOne()) break;
+      }
+    }
+    for (auto& [id, session] : sessions_) {
+      std::lock_guard<std::mutex> lock(session->mu);
+      session->abort = true;
+      session->cv.notify_all();
+    }
+    for (auto& [id, session] : sessions_) session->thread.join();
+    sessions_.clear();
+    socket_.close();
+    Log().info("server at {} stopped", endpoint_);
+  }
+
+  // Reads and handles one message; false when none is waiting.
+  bool ReceiveOne() {
+    std::vector<zmq::message_t> frames;
+    try {
+      zmq::message_t frame;
+      if (!socket_.recv(frame, zmq::recv_flags::dontwait)) return false;
+      frames.push_back(std::move(frame));
+      while (frames.back().more()) {
+        zmq::message_t next;
+        (void)socket_.recv(next, zmq::recv_flags::none);
+        frames.push_back(std::move(next));
+      }
+    } catch (const zmq::error_t& e) {
+      Log().warn("receive on {} failed: {}", endpoint_, e.what());
+      return false;
+    }
+    if (frames.size() != 2) {
+      Log().warn("dropped a message of {} frames (expected identity + payload)", frames.size());
+      return true;
+    }
+    const std::string identity = frames[0].to_string();
+    Result<wire::Envelope> envelope =
+        Decode(frames[1].data(), frames[1].size(), kMaxServerMessageBytes);
+    if (!envelope.ok()) {
+      Log().warn("refused a malformed request: {}", envelope.status().ToString());
+      SendReject(identity, envelope.status().code(), envelope.status().message(), {});
+      return true;
+    }
+    switch (envelope->body_case()) {
+      case wire::Envelope::kRegister: HandleRegister(identity, envelope->register_()); break;
+      case wire::Envelope::kDone: HandleDone(envelope->done()); break;
+      default:
+        Log().warn("refused an unexpected message (body {})", int(envelope->body_case()));
+        SendReject(identity, StatusCode::kInvalidArgument, "servers accept Register and Done only",
+                   {});
+    }
+    return true;
+  }
+
+  void HandleRegister(const std::string& identity, const wire::Register& request) {
+    const std::string client = request.client_name().empty() ? "?" : request.client_name();
+    RegisterRequest decoded{FromWire(request.fingerprint()), request.rendezvous_uri()};
+    Admission admission = registrar_.Decide(decoded, transport_->health());
+    if (admission.kind == Admission::Kind::kReject) {
+      Log().warn("refused client {}: {}", client, admission.reason);
+      Count([](ServerStats& s) { s.refused++; });
+      SendReject(identity, admission.code, admission.reason, admission.diffs);
+      return;
+    }
+    if (admission.kind == Admission::Kind::kBusy) {
+      Log().info("client {} told to retry: {}", client, admission.reason);
+      Count([](ServerStats& s) { s.busy++; });
+      wire::Envelope reply;
+      wire::Busy* busy = reply.mutable_busy();
+      busy->set_retry_after_ms(static_cast<uint32_t>(options_.busy_retry_hint.count()));
+      busy->set_active(static_cast<uint32_t>(registrar_.active()));
+      busy->set_limit(static_cast<uint32_t>(registrar_.limit()));
+      Send(identity, reply);
+      return;
+    }
+    Result<std::unique_ptr<transfer::Listener>> listener = transport_->Listen();
+    if (!listener.ok()) {
+      Log().error("cannot open an MPI port for client {}: {}", client,
+                  listener.status().ToString());
+      SendReject(identity, StatusCode::kUnavailable,
+                 "server cannot open an MPI port: " + listener.status().message(), {});
+      return;
+    }
+    auto session = std::make_unique<Session>();
+    session->id = registrar_.Open();
+    session->client = client;
+    session->listener = std::move(*listener);
+
+    wire::Envelope reply;
+    wire::Accept* accept = reply.mutable_accept();
+    accept->set_session_id(session->id);
+    accept->set_mpi_port(session->listener->address());
+    accept->set_rendezvous_uri(transport_->rendezvous());
+    *accept->mutable_manifest() = wire_manifest_;
+    accept->set_connect_timeout_ms(static_cast<uint32_t>(options_.connect_timeout.count()));
+    if (!Send(identity, reply)) {
+      registrar_.Close(session->id);
+      return;
+    }
+    Log().info("client {} registered as session {:016x}; {} of {} slots in use", client,
+               session->id, registrar_.active(), registrar_.limit());
+    Session* raw = session.get();
+    session->thread = std::thread([this, raw] { Serve(*raw); });
+    Count([](ServerStats& s) { s.active_transfers++; });
+    sessions_[raw->id] = std::move(session);
+  }
+
+  void HandleDone(const wire::Done& done) {
+    auto it = sessions_.find(done.session_id());
+    if (it == sessions_.end()) {
+      Log().debug("Done for unknown session {:016x} ignored", done.session_id());
+      return;
+    }
+    Session& session = *it->second;
+    std::lock_guard<std::mutex> lock(session.mu);
+    session.done = done;
+    // A client that gave up early must not leave us waiting on its connect or its receives.
+    if (!done.verified()) session.abort = true;
+    session.cv.notify_all();
+  }
+
+  // The session thread: accept the client's MPI connection, stream, await its verdict.
+  void Serve(Session& session) {
+    const std::string who = session.client + " (session " + Hex(session.id) + ")";
+    Result<std::unique_ptr<transfer::Channel>> channel = session.listener->Accept(
+        Clock::now() + options_.connect_timeout, &session.abort);
+    if (!channel.ok()) {
+      Log().warn("client {} did not connect over MPI: {}", who, DescribeAbort(session, channel.status()));
+      Finish(session, false, 0);
+      return;
+    }
+    const auto start = Clock::now();
+    uint64_t sent = 0;
+    transfer::StreamOptions stream;
+    stream.window = options_.window;
+    stream.stall_timeout = options_.stall_timeout;
+    stream.cancel = &session.abort;
+    Status status = (*channel)->Send(chunks_, stream, [&](size_t i) {
+      sent += chunks_.bytes(i);
+      return Status::Ok();
+    });
+    const double seconds = SecondsSince(start);
+    if (!status.ok()) {
+      Log().warn("transfer to {} failed after {} of {} bytes: {}", who, sent,
+                 model_.total_bytes(), DescribeAbort(session, status));
+      (*channel)->Abandon();
+      Finish(session, false, sent);
+      return;
+    }
+    std::unique_lock<std::mutex> lock(session.mu);
+    session.cv.wait_until(lock, Clock::now() + options_.done_timeout,
+                          [&] { return session.done.has_value() || session.abort.load(); });
+    std::optional<wire::Done> done = session.done;
+    lock.unlock();
+    if (done && done->verified()) {
+      Log().info("served {}: {} bytes, {} tensors in {:.3f} s ({:.2f} GB/s), verified by client",
+                 who, sent, model_.tensors.size(), seconds, sent / seconds / 1e9);
+      Finish(session, true, sent);
+      (*channel).reset();  // collective disconnect: the client does the same after Done
+      return;
+    }
+    if (done) {
+      Log().warn("client {} rejected the transfer at chunk {}: {}", who, done->failed_chunk(),
+                 done->message());
+    } else {
+      Log().warn("client {} sent no Done within {} ms after the last chunk", who,
+                 options_.done_timeout.count());
+    }
+    (*channel)->Abandon();
+    Finish(session, false, sent);
+  }
+
+  static std::string DescribeAbort(Session& session, const Status& status) {
+    std::lock_guard<std::mutex> lock(session.mu);
+    if (status.code() == StatusCode::kCancelled && session.done) {
+      return "the client gave up: " + session.done->message();
+    }
+    return status.ToString();
+  }
+
+  void Finish(Session& session, bool served, uint64_t bytes) {
+    Count([&](ServerStats& s) {
+      (served ? s.clients_served : s.clients_failed)++;
+      s.bytes_sent += bytes;
+    });
+    session.finished = true;
+  }
+
+  void ReapFinishedSessions() {
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+      if (!it->second->finished.load()) {
+        ++it;
+        continue;
+      }
+      it->second->thread.join();
+      registrar_.Close(it->first);
+      Count([](ServerStats& s) { s.active_transfers--; });
+      it = sessions_.erase(it);
+    }
+  }
+
+  void SendReject(const std::string& identity, StatusCode code, const std::string& reason,
+                  const std::vector<FieldDiff>& diffs) {
+    wire::Envelope reply;
+    wire::Reject* reject = reply.mutable_reject();
+    reject->set_code(ToRejectCode(code));
+    reject->set_reason(reason);
+    for (const FieldDiff& d : diffs) {
+      wire::FieldDiff* out = reject->add_diffs();
+      out->set_field(d.field);
+      out->set_server_value(d.server_value);
+      out->set_client_value(d.client_value);
+    }
+    Send(identity, reply);
+  }
+
+  bool Send(const std::string& identity, wire::Envelope& reply) {
+    const std::string payload = Encode(reply);
+    try {
+      socket_.send(zmq::buffer(identity), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+      socket_.send(zmq::buffer(payload), zmq::send_flags::dontwait);
+      return true;
+    } catch (const zmq::error_t& e) {
+      Log().warn("could not reply to a client: {}", e.what());
+      return false;
+    }
+  }
+
+  template <typename F>
+  void Count(F update) {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    update(stats_);
+  }
+
+  static std::string Hex(uint64_t id) {
+    char text[17];
+    std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(id));
+    return text;
+  }
+
+  const ServerOptions options_;
+  const ModelView model_;
+  std::shared_ptr<transfer::Transport> transport_;
+  const transfer::ChunkList chunks_;  // spans over the live tensors, computed once
+  wire::Manifest wire_manifest_;      // encoded once, copied into every Accept
+
+  // Owned by the control thread once it runs.
+  Registrar registrar_;
+  zmq::context_t context_{1};
+  zmq::socket_t socket_;
+  std::map<uint64_t, std::unique_ptr<Session>> sessions_;
+  std::string endpoint_;  // written before the thread starts, read-only after
+
+  std::atomic<bool> stopping_{false};
+  std::thread control_;
+  mutable std::mutex stats_mu_;  // guards stats_
+  ServerStats stats_;
+};
+
+Status ValidateOptions(const ServerOptions& options) {
+  if (options.max_concurrent_transfers < 1) {
+    return Status(StatusCode::kInvalidArgument, "max_concurrent_transfers must be >= 1");
+  }
+  if (options.chunk_bytes < kMinChunkBytes || options.chunk_bytes > kMaxChunkBytes) {
+    return Status(StatusCode::kInvalidArgument,
+                  "chunk_bytes must be within [" + std::to_string(kMinChunkBytes) + ", " +
+                      std::to_string(kMaxChunkBytes) + "], got " +
+                      std::to_string(options.chunk_bytes));
+  }
+  if (options.window < 1) return Status(StatusCode::kInvalidArgument, "window must be >= 1");
+  if (options.listen.empty()) return Status(StatusCode::kInvalidArgument, "listen is empty");
+  return ValidatePartition(options.partition);
+}
+
+}  // namespace
+
+Server::~Server() = default;
+
+namespace internal {
+
+Result<std::unique_ptr<Server>> StartServer(ServerOptions options, ModelView model,
+                                            std::shared_ptr<transfer::Transport> transport) {
+  Status status = ValidateOptions(options);
+  if (status.ok()) status = ValidateModelView(model);
+  if (!status.ok()) return status;
+  const auto start = Clock::now();
+  Manifest manifest = BuildManifest(model, options.chunk_bytes);
+  Log().debug("digests of {} tensors ({} bytes, {} chunks) computed in {:.3f} s",
+              model.tensors.size(), model.total_bytes(), manifest.chunk_digests.size(),
+              SecondsSince(start));
+  auto server = std::make_unique<ServerImpl>(std::move(options), std::move(model),
+                                             std::move(transport), std::move(manifest));
+  status = server->Bind();
+  if (!status.ok()) return status;
+  server->StartThread();
+  return std::unique_ptr<Server>(std::move(server));
+}
+
+}  // namespace internal
+
+Result<std::unique_ptr<Server>> Server::Start(ServerOptions options, ModelView model) {
+  Status status = ValidateOptions(options);
+  if (status.ok()) status = ValidateModelView(model);
+  if (!status.ok()) return status;
+  Result<std::shared_ptr<transfer::Transport>> transport =
+      transfer::MakeMpiTransport(options.transport);
+  if (!transport.ok()) return transport.status();
+  return internal::StartServer(std::move(options), std::move(model), std::move(*transport));
+}
+
+}  // namespace netloader

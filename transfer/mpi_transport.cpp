@@ -1,0 +1,511 @@
+#include "transfer/mpi_transport.h"
+
+#include <fcntl.h>
+#include <mpi.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <fstream>
+#include <future>
+#include <mutex>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include "transfer/call_with_deadline.h"
+
+extern char** environ;
+
+namespace netloader::transfer {
+namespace {
+
+constexpr int kDataTag = 7;
+// MPI_Comm_disconnect is collective; a peer that vanished makes it wait forever.
+constexpr std::chrono::seconds kDisconnectTimeout{5};
+constexpr std::chrono::seconds kOpenPortTimeout{10};
+
+std::string MpiErrorString(int rc) {
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) return "MPI error " + std::to_string(rc);
+  return std::string(text, len);
+}
+
+Status MpiFailure(const std::string& what, int rc) {
+  return Status(StatusCode::kTransferFailed, what + " failed: " + MpiErrorString(rc));
+}
+
+// Process-wide MPI state. Initialised once; never torn down before exit.
+struct Runtime {
+  std::mutex mu;           // guards every field below
+  bool initialised = false;  // MPI is usable by netloader
+  bool owns_mpi = false;   // netloader called MPI_Init, so it finalises at exit
+  std::string rendezvous;  // resolved URI shared by all peers of this process
+  pid_t private_server = -1;
+  std::shared_ptr<std::atomic<bool>> private_server_exited;
+  std::atomic<int> abandoned{0};  // MPI calls left running past their deadline
+  std::atomic<bool> ports_stuck{false};
+};
+
+Runtime& GetRuntime() {
+  static Runtime* runtime = new Runtime();  // outlives detached threads at exit
+  return *runtime;
+}
+
+void FinalizeAtExit() {
+  // A thread still blocked inside MPI can make MPI_Finalize wait forever; so can a dead
+  // rendezvous. Bound it: the process is exiting either way.
+  auto finalize = CallWithDeadline<int>("MPI_Finalize", Clock::now() + std::chrono::seconds(5),
+                                        []() -> Result<int> { return MPI_Finalize(); });
+  (void)finalize;
+}
+
+std::string Trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+std::string ReadWholeFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+// Starts `ompi-server` as a child that dies with this process and returns its URI. The child is
+// forked from a dedicated thread that lives as long as the child: PR_SET_PDEATHSIG fires when the
+// forking *thread* exits, so forking from a caller's short-lived thread would kill it early.
+Result<std::string> StartPrivateRendezvous(const TransportOptions& options,
+                                           std::shared_ptr<std::atomic<bool>> exited,
+                                           pid_t* pid_out) {
+  char dir_template[] = "/tmp/netloader-rendezvous-XXXXXX";
+  if (!mkdtemp(dir_template)) {
+    return Status(StatusCode::kUnavailable, "cannot create a temporary directory for ompi-server");
+  }
+  const std::string dir = dir_template;
+  const std::string uri_file = dir + "/uri";
+  const std::string log_file = dir + "/ompi-server.log";
+
+  // Everything the child needs is prepared before fork: after fork only async-signal-safe calls.
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e; ++e) {
+    if (std::string(*e).rfind("OMPI_MCA_oob_tcp_if_include=", 0) != 0) env_strings.push_back(*e);
+  }
+  env_strings.push_back("OMPI_MCA_oob_tcp_if_include=" + options.interface);
+  std::vector<char*> envp;
+  for (std::string& s : env_strings) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::vector<std::string> arg_strings = {options.ompi_server, "--no-daemonize", "-r", uri_file};
+  std::vector<char*> argv;
+  for (std::string& s : arg_strings) argv.push_back(s.data());
+  argv.push_back(nullptr);
+
+  std::promise<pid_t> spawned;
+  std::future<pid_t> spawned_pid = spawned.get_future();
+  const pid_t parent = getpid();
+  std::thread([&, exited]() {
+    pid_t pid = fork();
+    if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (getppid() != parent) _exit(1);
+      int fd = open(log_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      if (fd >= 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+      }
+      int devnull = open("/dev/null", O_RDONLY);
+      if (devnull >= 0) dup2(devnull, 0);
+      execvpe(argv[0], argv.data(), envp.data());
+      _exit(127);
+    }
+    spawned.set_value(pid);
+    if (pid < 0) return;
+    int wstatus = 0;
+    while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
+    }
+    exited->store(true);
+  }).detach();
+  const pid_t pid = spawned_pid.get();
+  if (pid < 0) return Status(StatusCode::kUnavailable, "fork for ompi-server failed");
+  *pid_out = pid;
+
+  const auto deadline = Clock::now() + options.startup_timeout;
+  std::string uri;
+  while (Clock::now() < deadline) {
+    uri = Trim(ReadWholeFile(uri_file));
+    if (!uri.empty()) break;
+    if (exited->load()) {
+      return Status(StatusCode::kUnavailable,
+                    "ompi-server ('" + options.ompi_server + "') exited at start-up: " +
+                        Trim(ReadWholeFile(log_file)));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (uri.empty()) {
+    kill(pid, SIGTERM);
+    return Status(StatusCode::kTimeout, "ompi-server did not write its URI within " +
+                                            std::to_string(options.startup_timeout.count()) +
+                                            " ms");
+  }
+  // The child keeps its log open; the names are no longer needed.
+  unlink(uri_file.c_str());
+  unlink(log_file.c_str());
+  rmdir(dir.c_str());
+  return uri;
+}
+
+void SetMpiEnvironment(const TransportOptions& options, const std::string& rendezvous) {
+  // The rendezvous is what the caller configured: it must win. The tuning below follows
+  // DESIGN.md's measured recipe; a user may override any of it through the environment.
+  setenv("OMPI_MCA_pmix_server_uri", rendezvous.c_str(), 1);
+  setenv("OMPI_MCA_pml", "ucx", 0);
+  setenv("OMPI_MCA_pml_ucx_tls", "any", 0);
+  setenv("OMPI_MCA_pml_ucx_devices", "any", 0);
+  setenv("OMPI_MCA_osc", "^ucx", 0);
+  setenv("UCX_TLS", "tcp", 0);
+  setenv("UCX_NET_DEVICES", options.interface.c_str(), 0);
+  setenv("OMPI_MCA_btl_tcp_if_include", options.interface.c_str(), 0);
+  setenv("OMPI_MCA_oob_tcp_if_include", options.interface.c_str(), 0);
+  setenv("OMPI_MCA_plm", "isolated", 0);
+}
+
+// Initialises MPI once for the process (see MakeMpiTransport).
+Status EnsureMpi(const TransportOptions& options, const std::string& wanted_spec) {
+  Runtime& rt = GetRuntime();
+  std::lock_guard<std::mutex> lock(rt.mu);
+  std::string wanted;
+  if (!wanted_spec.empty()) {
+    Result<std::string> resolved = ResolveRendezvous(wanted_spec);
+    if (!resolved.ok()) return resolved.status();
+    wanted = *resolved;
+  }
+  if (rt.initialised) {
+    if (!wanted.empty() && wanted != rt.rendezvous) {
+      return Status(StatusCode::kInvalidArgument,
+                    "MPI in this process already uses rendezvous '" + rt.rendezvous +
+                        "'; cannot also use '" + wanted + "' (one rendezvous per process)");
+    }
+    return Status::Ok();
+  }
+  int already = 0;
+  MPI_Initialized(&already);
+  if (already) {
+    // The host initialised MPI; it must also have set up the rendezvous it names.
+    int provided = 0;
+    MPI_Query_thread(&provided);
+    if (provided < MPI_THREAD_MULTIPLE) {
+      return Status(StatusCode::kUnavailable,
+                    "the host initialised MPI without MPI_THREAD_MULTIPLE, which netloader's "
+                    "background threads need");
+    }
+    rt.rendezvous = wanted;
+  } else {
+    if (wanted.empty()) {
+      rt.private_server_exited = std::make_shared<std::atomic<bool>>(false);
+      Result<std::string> uri =
+          StartPrivateRendezvous(options, rt.private_server_exited, &rt.private_server);
+      if (!uri.ok()) return uri.status();
+      wanted = *uri;
+    }
+    SetMpiEnvironment(options, wanted);
+    Result<int> provided = CallWithDeadline<int>(
+        "MPI_Init_thread", Clock::now() + options.startup_timeout, []() -> Result<int> {
+          int level = 0;
+          int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &level);
+          if (rc != MPI_SUCCESS) return MpiFailure("MPI_Init_thread", rc);
+          return level;
+        });
+    if (!provided.ok()) {
+      return Status(provided.status().code() == StatusCode::kTimeout ? StatusCode::kTimeout
+                                                                     : StatusCode::kUnavailable,
+                    "MPI start-up with rendezvous '" + wanted +
+                        "' failed: " + provided.status().message());
+    }
+    if (*provided < MPI_THREAD_MULTIPLE) {
+      return Status(StatusCode::kUnavailable, "MPI does not provide MPI_THREAD_MULTIPLE");
+    }
+    rt.owns_mpi = true;
+    rt.rendezvous = wanted;
+    std::atexit(FinalizeAtExit);
+  }
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  MPI_Comm_set_errhandler(MPI_COMM_SELF, MPI_ERRORS_RETURN);
+  rt.initialised = true;
+  return Status::Ok();
+}
+
+class MpiChannel : public Channel {
+ public:
+  MpiChannel(MPI_Comm comm, MpiTuning tuning) : comm_(comm), tuning_(tuning) {
+    MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+  }
+
+  ~MpiChannel() override {
+    if (failed_) {
+      // The peer may be dead: a collective disconnect could wait forever. Free locally.
+      MPI_Comm_free(&comm_);
+      return;
+    }
+    MPI_Comm comm = comm_;
+    Result<int> done = CallWithDeadline<int>(
+        "MPI_Comm_disconnect", Clock::now() + kDisconnectTimeout,
+        [comm]() mutable -> Result<int> { return MPI_Comm_disconnect(&comm); });
+    if (!done.ok()) GetRuntime().abandoned++;
+  }
+
+  Status Send(const ChunkList& chunks, const StreamOptions& options,
+              const ChunkCallback& on_sent) override {
+    return Stream(chunks, options, on_sent, /*sending=*/true);
+  }
+  Status Receive(const ChunkList& chunks, const StreamOptions& options,
+                 const ChunkCallback& on_received) override {
+    return Stream(chunks, options, on_received, /*sending=*/false);
+  }
+  void Abandon() override { failed_ = true; }
+
+ private:
+  // Posts the nonblocking send or receive of chunk `i`. Multi-span chunks use an hindexed
+  // datatype over absolute addresses, so no staging copy is made by netloader.
+  int Post(const ChunkList& chunks, size_t i, bool sending, MPI_Request* request) {
+    const size_t n = chunks.span_count(i);
+    const Span* spans = chunks.spans(i);
+    if (n == 1) {
+      const int count = static_cast<int>(spans[0].size);
+      return sending ? MPI_Isend(spans[0].data, count, MPI_BYTE, 0, kDataTag, comm_, request)
+                     : MPI_Irecv(spans[0].data, count, MPI_BYTE, 0, kDataTag, comm_, request);
+    }
+    std::vector<int> lengths(n);
+    std::vector<MPI_Aint> displacements(n);
+    for (size_t s = 0; s < n; ++s) {
+      lengths[s] = static_cast<int>(spans[s].size);
+      MPI_Get_address(spans[s].data, &displacements[s]);
+    }
+    MPI_Datatype type;
+    int rc = MPI_Type_create_hindexed(static_cast<int>(n), lengths.data(), displacements.data(),
+                                      MPI_BYTE, &type);
+    if (rc != MPI_SUCCESS) return rc;
+    MPI_Type_commit(&type);
+    rc = sending ? MPI_Isend(MPI_BOTTOM, 1, type, 0, kDataTag, comm_, request)
+                 : MPI_Irecv(MPI_BOTTOM, 1, type, 0, kDataTag, comm_, request);
+    MPI_Type_free(&type);  // the pending operation keeps its own reference
+    return rc;
+  }
+
+  Status Stream(const ChunkList& chunks, const StreamOptions& options,
+                const ChunkCallback& on_done, bool sending) {
+    const char* verb = sending ? "send" : "receive";
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      if (chunks.bytes(i) > static_cast<uint64_t>(INT_MAX)) {
+        return Status(StatusCode::kInvalidArgument, "chunk larger than 2 GiB");
+      }
+    }
+    std::deque<std::pair<size_t, MPI_Request>> in_flight;  // oldest first
+    const size_t window = static_cast<size_t>(std::max(1, options.window));
+    size_t next = 0;
+    auto last_progress = Clock::now();
+    int idle_polls = 0;
+    auto fail = [&](Status status) {
+      for (auto& [index, request] : in_flight) {
+        MPI_Cancel(&request);
+        MPI_Request_free(&request);
+      }
+      failed_ = true;
+      return status;
+    };
+    while (next < chunks.size() || !in_flight.empty()) {
+      while (next < chunks.size() && in_flight.size() < window) {
+        MPI_Request request;
+        int rc = Post(chunks, next, sending, &request);
+        if (rc != MPI_SUCCESS) {
+          return fail(MpiFailure(std::string("posting the ") + verb + " of chunk " +
+                                     std::to_string(next), rc));
+        }
+        in_flight.emplace_back(next++, request);
+      }
+      int complete = 0;
+      MPI_Status mpi_status;
+      int rc = MPI_Test(&in_flight.front().second, &complete, &mpi_status);
+      if (rc != MPI_SUCCESS) {
+        return fail(MpiFailure(std::string(verb) + " of chunk " +
+                                   std::to_string(in_flight.front().first), rc));
+      }
+      if (complete) {
+        const size_t index = in_flight.front().first;
+        in_flight.pop_front();
+        if (!sending) {
+          MPI_Count received = 0;
+          MPI_Get_elements_x(&mpi_status, MPI_BYTE, &received);
+          if (static_cast<uint64_t>(received) != chunks.bytes(index)) {
+            return fail(Status(StatusCode::kTransferFailed,
+                               "chunk " + std::to_string(index) + ": expected " +
+                                   std::to_string(chunks.bytes(index)) + " bytes, received " +
+                                   std::to_string(received)));
+          }
+        }
+        if (on_done) {
+          Status status = on_done(index);
+          if (!status.ok()) return fail(status);
+        }
+        last_progress = Clock::now();
+        idle_polls = 0;
+        continue;
+      }
+      if (options.cancel && options.cancel->load()) {
+        return fail(Status(StatusCode::kCancelled, std::string(verb) + " cancelled at chunk " +
+                                                       std::to_string(in_flight.front().first)));
+      }
+      if (Clock::now() - last_progress > options.stall_timeout) {
+        return fail(Status(StatusCode::kTimeout,
+                           std::string(verb) + " of chunk " +
+                               std::to_string(in_flight.front().first) + " made no progress for " +
+                               std::to_string(options.stall_timeout.count()) + " ms"));
+      }
+      // A few immediate retries catch completions that are nearly there; then sleep so that
+      // waiting threads leave the cores to the transfer itself.
+      if (++idle_polls > 8) std::this_thread::sleep_for(tuning_.poll_interval);
+    }
+    return Status::Ok();
+  }
+
+  MPI_Comm comm_;
+  MpiTuning tuning_;
+  bool failed_ = false;  // a stream failed: the peer may be gone
+};
+
+class MpiListener : public Listener {
+ public:
+  MpiListener(std::string port, MpiTuning tuning) : port_(std::move(port)), tuning_(tuning) {}
+  ~MpiListener() override {
+    // Closing a port while an abandoned accept still waits on it is not safe; leave it then.
+    if (!accept_abandoned_) MPI_Close_port(port_.data());
+  }
+  const std::string& address() const override { return port_; }
+
+  Result<std::unique_ptr<Channel>> Accept(Clock::time_point deadline,
+                                          const std::atomic<bool>* cancel) override {
+    std::string port = port_;
+    Result<MPI_Comm> comm = CallWithDeadline<MPI_Comm>(
+        "MPI_Comm_accept", deadline,
+        [port]() mutable -> Result<MPI_Comm> {
+          MPI_Comm c;
+          int rc = MPI_Comm_accept(port.c_str(), MPI_INFO_NULL, 0, MPI_COMM_SELF, &c);
+          if (rc != MPI_SUCCESS) return MpiFailure("MPI_Comm_accept", rc);
+          return c;
+        },
+        [](MPI_Comm& late) { MPI_Comm_free(&late); }, cancel);
+    if (!comm.ok()) {
+      accept_abandoned_ = true;
+      return comm.status();
+    }
+    return std::unique_ptr<Channel>(new MpiChannel(*comm, tuning_));
+  }
+
+ private:
+  std::string port_;
+  MpiTuning tuning_;
+  bool accept_abandoned_ = false;
+};
+
+class MpiTransport : public Transport {
+ public:
+  explicit MpiTransport(MpiTuning tuning) : tuning_(tuning) {}
+
+  std::string rendezvous() const override { return CurrentMpiRendezvous(); }
+
+  Status health() const override {
+    Runtime& rt = GetRuntime();
+    if (rt.private_server_exited && rt.private_server_exited->load()) {
+      return Status(StatusCode::kUnavailable, "the private MPI rendezvous (ompi-server pid " +
+                                                  std::to_string(rt.private_server) + ") exited");
+    }
+    if (rt.ports_stuck.load()) {
+      return Status(StatusCode::kUnavailable,
+                    "MPI stopped answering (MPI_Open_port did not return within " +
+                        std::to_string(kOpenPortTimeout.count()) + " s)");
+    }
+    return Status::Ok();
+  }
+
+  Result<std::unique_ptr<Listener>> Listen() override {
+    Status healthy = health();
+    if (!healthy.ok()) return healthy;
+    Result<std::string> port = CallWithDeadline<std::string>(
+        "MPI_Open_port", Clock::now() + kOpenPortTimeout, []() -> Result<std::string> {
+          char name[MPI_MAX_PORT_NAME] = {};
+          int rc = MPI_Open_port(MPI_INFO_NULL, name);
+          if (rc != MPI_SUCCESS) return MpiFailure("MPI_Open_port", rc);
+          return std::string(name);
+        });
+    if (!port.ok()) {
+      if (port.status().code() == StatusCode::kTimeout) GetRuntime().ports_stuck = true;
+      return port.status();
+    }
+    return std::unique_ptr<Listener>(new MpiListener(*port, tuning_));
+  }
+
+  Result<std::unique_ptr<Channel>> Connect(const std::string& address,
+                                           Clock::time_point deadline) override {
+    Result<MPI_Comm> comm = CallWithDeadline<MPI_Comm>(
+        "MPI_Comm_connect", deadline,
+        [address]() -> Result<MPI_Comm> {
+          MPI_Comm c;
+          int rc = MPI_Comm_connect(address.c_str(), MPI_INFO_NULL, 0, MPI_COMM_SELF, &c);
+          if (rc != MPI_SUCCESS) return MpiFailure("MPI_Comm_connect", rc);
+          return c;
+        },
+        [](MPI_Comm& late) { MPI_Comm_free(&late); });
+    if (!comm.ok()) {
+      if (comm.status().code() == StatusCode::kTimeout) GetRuntime().abandoned++;
+      return comm.status();
+    }
+    return std::unique_ptr<Channel>(new MpiChannel(*comm, tuning_));
+  }
+
+ private:
+  MpiTuning tuning_;
+};
+
+}  // namespace
+
+Result<std::string> ResolveRendezvous(const std::string& spec) {
+  if (spec.rfind("file:", 0) != 0) return spec;
+  const std::string path = spec.substr(5);
+  std::string uri = Trim(ReadWholeFile(path));
+  if (uri.empty()) {
+    return Status(StatusCode::kNotFound, "rendezvous file '" + path + "' is missing or empty");
+  }
+  return uri;
+}
+
+std::string CurrentMpiRendezvous() {
+  Runtime& rt = GetRuntime();
+  std::lock_guard<std::mutex> lock(rt.mu);
+  return rt.initialised ? rt.rendezvous : std::string();
+}
+
+Result<std::shared_ptr<Transport>> MakeMpiTransport(const TransportOptions& options,
+                                                    const std::string& rendezvous_uri,
+                                                    MpiTuning tuning) {
+  const std::string& configured = options.rendezvous_uri;
+  if (!configured.empty() && !rendezvous_uri.empty()) {
+    Result<std::string> a = ResolveRendezvous(configured);
+    Result<std::string> b = ResolveRendezvous(rendezvous_uri);
+    if (a.ok() && b.ok() && *a != *b) {
+      return Status(StatusCode::kInvalidArgument, "configured rendezvous '" + *a +
+                                                      "' differs from the peer's '" + *b + "'");
+    }
+  }
+  Status status = EnsureMpi(options, rendezvous_uri.empty() ? configured : rendezvous_uri);
+  if (!status.ok()) return status;
+  return std::shared_ptr<Transport>(std::make_shared<MpiTransport>(tuning));
+}
+
+}  // namespace netloader::transfer

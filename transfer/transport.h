@@ -1,0 +1,73 @@
+#pragma once
+
+// The bulk data plane's interface. Implementations: MPI between processes (mpi_transport.h) and
+// in-process memory for unit tests and fault injection (inproc_transport.h). Knows nothing of
+// ZeroMQ or protobuf.
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "netloader/status.h"
+#include "transfer/chunk_list.h"
+
+namespace netloader::transfer {
+
+using Clock = std::chrono::steady_clock;
+
+struct StreamOptions {
+  int window = 4;  // messages in flight
+  // Fail with Timeout when no message completes for this long.
+  std::chrono::milliseconds stall_timeout{30000};
+  // Checked while waiting; when it becomes true the stream stops with Cancelled.
+  const std::atomic<bool>* cancel = nullptr;
+};
+
+// Called after chunk `index` has completed (sent, or received in full). A non-OK status aborts the
+// stream with that status. Runs on the streaming thread while later chunks are still in flight.
+using ChunkCallback = std::function<Status(size_t index)>;
+
+// One connected peer. Used by one thread at a time. The destructor disconnects, bounded in time.
+class Channel {
+ public:
+  virtual ~Channel() = default;
+  // Sends every chunk in order, `window` at a time, straight from the chunks' memory.
+  virtual Status Send(const ChunkList& chunks, const StreamOptions& options,
+                      const ChunkCallback& on_sent) = 0;
+  // Receives every chunk in order straight into the chunks' memory. A message whose size differs
+  // from the chunk's fails the stream with TransferFailed.
+  virtual Status Receive(const ChunkList& chunks, const StreamOptions& options,
+                         const ChunkCallback& on_received) = 0;
+  // Declares the peer unreliable (it reported a failure or went silent): the destructor then
+  // releases the connection locally instead of with a collective disconnect.
+  virtual void Abandon() = 0;
+};
+
+// A port waiting for exactly one peer.
+class Listener {
+ public:
+  virtual ~Listener() = default;
+  // What the peer passes to Transport::Connect.
+  virtual const std::string& address() const = 0;
+  // Waits for the peer until `deadline` (Timeout) or until `cancel` becomes true (Cancelled).
+  // May be called once.
+  virtual Result<std::unique_ptr<Channel>> Accept(Clock::time_point deadline,
+                                                  const std::atomic<bool>* cancel = nullptr) = 0;
+};
+
+// Thread-safe: Listen and Connect may be called from several threads at once.
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  // What a peer needs besides a port address to reach this process (the MPI rendezvous URI).
+  virtual std::string rendezvous() const = 0;
+  // OK while the transport can serve; Unavailable with the reason once it cannot.
+  virtual Status health() const = 0;
+  virtual Result<std::unique_ptr<Listener>> Listen() = 0;
+  virtual Result<std::unique_ptr<Channel>> Connect(const std::string& address,
+                                                   Clock::time_point deadline) = 0;
+};
+
+}  // namespace netloader::transfer
