@@ -1,3 +1,4 @@
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <thread>
@@ -78,6 +79,24 @@ class ControlChannel {
   zmq::context_t context_{1};
   zmq::socket_t socket_;
 };
+
+// MPI start-up forks, which write-protects every private page of the process; receiving into
+// such pages then takes one copy-on-write fault per 4 KiB page, and faults are slow on these VMs
+// (DESIGN.md: 0.35 GB/s; measured 0.27 GB/s end to end). MADV_POPULATE_WRITE (Linux 5.14) makes
+// the destination writable again in one call, without faults. Contents are untouched. Best
+// effort: older kernels or non-writable ranges just skip it.
+void PrefaultForWrite(const ModelView& model) {
+#ifndef MADV_POPULATE_WRITE
+  constexpr int MADV_POPULATE_WRITE = 23;
+#endif
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  for (const TensorView& t : model.tensors) {
+    if (t.size_bytes == 0) continue;
+    const auto begin = reinterpret_cast<uintptr_t>(t.data) & ~(page - 1);
+    const auto end = reinterpret_cast<uintptr_t>(t.data) + t.size_bytes;
+    madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
+  }
+}
 
 Status RejectStatus(const wire::Reject& reject) {
   std::string message = "refused: " + reject.reason();
@@ -162,6 +181,7 @@ class Attempt {
     }
     Result<std::shared_ptr<transfer::Transport>> transport = factory_(accept.rendezvous_uri());
     if (!transport.ok()) return transport.status();
+    PrefaultForWrite(destination_);
     Result<std::unique_ptr<transfer::Channel>> channel = (*transport)->Connect(
         accept.mpi_port(), Clock::now() + options_.connect_timeout);
     if (!channel.ok()) return channel.status().WithContext("MPI connect to " + source_);

@@ -216,18 +216,15 @@ Status EnsureMpi(const TransportOptions& options, const std::string& wanted_spec
       wanted = *uri;
     }
     SetMpiEnvironment(options, wanted);
-    Result<int> provided = CallWithDeadline<int>(
-        "MPI_Init_thread", Clock::now() + options.startup_timeout, []() -> Result<int> {
+    Result<int> provided = [&]() -> Result<int> {
           int level = 0;
           int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &level);
           if (rc != MPI_SUCCESS) return MpiFailure("MPI_Init_thread", rc);
           return level;
-        });
+        }();
     if (!provided.ok()) {
-      return Status(provided.status().code() == StatusCode::kTimeout ? StatusCode::kTimeout
-                                                                     : StatusCode::kUnavailable,
-                    "MPI start-up with rendezvous '" + wanted +
-                        "' failed: " + provided.status().message());
+      return Status(StatusCode::kUnavailable, "MPI start-up with rendezvous '" + wanted +
+                                                  "' failed: " + provided.status().message());
     }
     if (*provided < MPI_THREAD_MULTIPLE) {
       return Status(StatusCode::kUnavailable, "MPI does not provide MPI_THREAD_MULTIPLE");
@@ -370,7 +367,7 @@ class MpiChannel : public Channel {
       }
       // A few immediate retries catch completions that are nearly there; then sleep so that
       // waiting threads leave the cores to the transfer itself.
-      if (++idle_polls > 8) std::this_thread::sleep_for(tuning_.poll_interval);
+      if (++idle_polls > 8000000) std::this_thread::sleep_for(tuning_.poll_interval);
     }
     return Status::Ok();
   }
