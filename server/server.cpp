@@ -288,6 +288,7 @@ class ServerImpl : public Server {
     Count([&](ServerStats& s) {
       (served ? s.clients_served : s.clients_failed)++;
       s.bytes_sent += bytes;
+      s.active_transfers--;
     });
     session.finished = true;
   }
@@ -300,7 +301,6 @@ class ServerImpl : public Server {
       }
       it->second->thread.join();
       registrar_.Close(it->first);
-      Count([](ServerStats& s) { s.active_transfers--; });
       it = sessions_.erase(it);
     }
   }

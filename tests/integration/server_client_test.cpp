@@ -1,0 +1,327 @@
+// Server and client in one process over real ZeroMQ sockets on 127.0.0.1, with the in-process
+// data plane (and fault-injecting wrappers) standing in for MPI. Real MPI between real processes
+// is exercised by cli_test.cpp.
+
+#include <gtest/gtest.h>
+#include <zmq.hpp>
+
+#include <cstring>
+#include <random>
+#include <thread>
+
+#include "client/client_internal.h"
+#include "netloader/src/wire.h"
+#include "server/server_internal.h"
+#include "transfer/fault_transport.h"
+#include "transfer/inproc_transport.h"
+
+namespace netloader {
+namespace {
+
+using namespace std::chrono_literals;
+
+// A model of `n` tensors of mixed dtypes, sizes drawn from a printed seed; owns its bytes.
+struct OwnedModel {
+  std::vector<std::vector<unsigned char>> storage;
+  ModelView view;
+
+  OwnedModel(int n, uint64_t seed, bool fill) {
+    std::mt19937_64 rng(seed);
+    const DType dtypes[] = {DType::kBF16, DType::kF32, DType::kI8, DType::kF64, DType::kBool};
+    storage.resize(n);
+    for (int i = 0; i < n; ++i) {
+      const DType dtype = dtypes[i % 5];
+      const int64_t elements = i == 0 ? 0 : (i == 1 ? 1 : static_cast<int64_t>(rng() % 70000));
+      storage[i].resize(elements * DTypeSize(dtype));
+      if (fill) {
+        for (auto& b : storage[i]) b = static_cast<unsigned char>(rng());
+      }
+      view.tensors.push_back({"layer." + std::to_string(i), dtype,
+                              i == 1 ? std::vector<int64_t>{} : std::vector<int64_t>{elements},
+                              storage[i].empty() ? nullptr : storage[i].data(), storage[i].size()});
+    }
+  }
+  // An empty destination with the same layout.
+  OwnedModel EmptyLike() const {
+    OwnedModel copy = *this;
+    for (size_t i = 0; i < copy.storage.size(); ++i) {
+      std::fill(copy.storage[i].begin(), copy.storage[i].end(), 0);
+      copy.view.tensors[i].data = copy.storage[i].empty() ? nullptr : copy.storage[i].data();
+    }
+    return copy;
+  }
+  bool SameBytes(const OwnedModel& other) const { return storage == other.storage; }
+};
+
+internal::TransportFactory Inproc(std::shared_ptr<transfer::Transport> t) {
+  return [t](const std::string&) -> Result<std::shared_ptr<transfer::Transport>> { return t; };
+}
+
+ServerOptions SmallChunks() {
+  ServerOptions o;
+  o.listen = "tcp://127.0.0.1:0";
+  o.chunk_bytes = 64 << 10;
+  o.connect_timeout = 5s;
+  o.stall_timeout = 5s;
+  o.done_timeout = 5s;
+  return o;
+}
+
+ClientOptions ClientFor(const std::string& endpoint) {
+  ClientOptions o;
+  o.sources = {endpoint};
+  o.register_timeout = 5s;
+  o.stall_timeout = 5s;
+  o.connect_timeout = 5s;
+  return o;
+}
+
+class ServerClientTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    seed_ = std::random_device{}();
+    std::printf("seed %llu\n", static_cast<unsigned long long>(seed_));
+  }
+  uint64_t seed_ = 0;
+  std::shared_ptr<transfer::Transport> transport_ = transfer::MakeInprocTransport();
+};
+
+TEST_F(ServerClientTest, LoadsEveryByteAndReportsStatistics) {
+  OwnedModel source(120, seed_, true);
+  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  OwnedModel dest = source.EmptyLike();
+  uint64_t last_progress = 0;
+  ClientOptions options = ClientFor((*server)->endpoint());
+  options.progress = [&](uint64_t done, uint64_t total) {
+    EXPECT_GE(done, last_progress);
+    EXPECT_EQ(total, source.view.total_bytes());
+    last_progress = done;
+  };
+  Result<LoadStats> stats = internal::Load(options, dest.view, Inproc(transport_));
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_TRUE(dest.SameBytes(source));
+  EXPECT_EQ(stats->bytes, source.view.total_bytes());
+  EXPECT_EQ(stats->tensors, 120u);
+  EXPECT_EQ(last_progress, source.view.total_bytes());
+  EXPECT_GT(stats->chunks, 10u);
+  // The server counts the client as served once it reads the verified Done.
+  for (int i = 0; i < 200 && (*server)->stats().clients_served == 0; ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ((*server)->stats().clients_served, 1u);
+  EXPECT_EQ((*server)->stats().bytes_sent, source.view.total_bytes());
+}
+
+TEST_F(ServerClientTest, ClientForAModelTheServerDoesNotHoldGetsAClearError) {
+  OwnedModel source(10, seed_, true);
+  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  ASSERT_TRUE(server.ok());
+  OwnedModel other(11, seed_ + 1, false);
+  Result<LoadStats> stats =
+      internal::Load(ClientFor((*server)->endpoint()), other.view, Inproc(transport_));
+  ASSERT_FALSE(stats.ok());
+  EXPECT_EQ(stats.status().code(), StatusCode::kFingerprintMismatch);
+  EXPECT_NE(stats.status().message().find("table_digest"), std::string::npos)
+      << stats.status().message();
+  EXPECT_EQ((*server)->stats().refused, 1u);
+}
+
+TEST_F(ServerClientTest, RejectsClientWithDifferentPipelineRankNamingTheField) {
+  OwnedModel source(10, seed_, true);
+  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  ASSERT_TRUE(server.ok());
+  OwnedModel dest = source.EmptyLike();
+  ClientOptions options = ClientFor((*server)->endpoint());
+  options.partition.pp_size = 2;
+  options.partition.pp_rank = 1;
+  Result<LoadStats> stats = internal::Load(options, dest.view, Inproc(transport_));
+  ASSERT_FALSE(stats.ok());
+  EXPECT_EQ(stats.status().code(), StatusCode::kFingerprintMismatch);
+  EXPECT_NE(stats.status().message().find("partition.pp_size: server='1' client='2'"),
+            std::string::npos)
+      << stats.status().message();
+  EXPECT_NE(stats.status().message().find("partition.pp_rank: server='0' client='1'"),
+            std::string::npos)
+      << stats.status().message();
+}
+
+TEST_F(ServerClientTest, CorruptedChunkIsDetectedNamingTheTensorAndNothingIsLoaded) {
+  OwnedModel source(40, seed_, true);
+  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  ASSERT_TRUE(server.ok());
+  OwnedModel dest = source.EmptyLike();
+  auto faulty = transfer::MakeFaultyTransport(transport_, {transfer::FaultSpec::Kind::kCorrupt, 3});
+  Result<LoadStats> stats =
+      internal::Load(ClientFor((*server)->endpoint()), dest.view, Inproc(faulty));
+  ASSERT_FALSE(stats.ok());
+  EXPECT_EQ(stats.status().code(), StatusCode::kChecksumMismatch);
+  EXPECT_NE(stats.status().message().find("chunk 3 ('layer."), std::string::npos)
+      << stats.status().message();
+  // The server hears about it and frees the session.
+  for (int i = 0; i < 300 && (*server)->stats().clients_failed == 0; ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ((*server)->stats().clients_failed, 1u);
+  EXPECT_EQ((*server)->stats().active_transfers, 0);
+}
+
+TEST_F(ServerClientTest, FailsOverToTheNextSourceAfterAnUnreachableOneAndABrokenOne) {
+  OwnedModel source(30, seed_, true);
+  auto broken = internal::StartServer(SmallChunks(), source.view,
+                                      transfer::MakeFaultyTransport(transport_, {}));
+  auto good = internal::StartServer(SmallChunks(), source.view, transport_);
+  ASSERT_TRUE(broken.ok() && good.ok());
+  OwnedModel dest = source.EmptyLike();
+  // A port nobody listens on: zmq connects lazily, so this costs the register timeout.
+  zmq::context_t ctx;
+  zmq::socket_t probe(ctx, zmq::socket_type::rep);
+  probe.bind("tcp://127.0.0.1:*");
+  const std::string dead = probe.get(zmq::sockopt::last_endpoint);
+  probe.close();
+  ClientOptions options = ClientFor(dead);
+  options.register_timeout = 300ms;
+  options.sources.push_back((*broken)->endpoint());
+  options.sources.push_back((*good)->endpoint());
+  // The second source's data plane fails at chunk 2 for this client only.
+  auto failing = transfer::MakeFaultyTransport(transport_, {transfer::FaultSpec::Kind::kFail, 2});
+  int calls = 0;
+  internal::TransportFactory factory =
+      [&](const std::string&) -> Result<std::shared_ptr<transfer::Transport>> {
+    return ++calls == 1 ? failing : transport_;
+  };
+  Result<LoadStats> stats = internal::Load(options, dest.view, factory);
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_TRUE(dest.SameBytes(source));
+  ASSERT_EQ(stats->attempts.size(), 3u);
+  EXPECT_EQ(stats->attempts[0].status.code(), StatusCode::kTimeout);
+  EXPECT_EQ(stats->attempts[1].status.code(), StatusCode::kTransferFailed);
+  EXPECT_TRUE(stats->attempts[2].status.ok());
+  EXPECT_EQ(stats->source, (*good)->endpoint());
+}
+
+TEST_F(ServerClientTest, ClientsBeyondTheLimitAreToldBusyAndAllAreEventuallyServed) {
+  OwnedModel source(60, seed_, true);
+  ServerOptions options = SmallChunks();
+  options.max_concurrent_transfers = 1;
+  options.busy_retry_hint = 20ms;
+  auto server = internal::StartServer(options, source.view, transport_);
+  ASSERT_TRUE(server.ok());
+  const int kClients = 4;
+  std::vector<OwnedModel> dests;
+  for (int i = 0; i < kClients; ++i) dests.push_back(source.EmptyLike());
+  std::vector<Status> results(kClients);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      Result<LoadStats> r = internal::Load(ClientFor((*server)->endpoint()), dests[i].view,
+                                           Inproc(transport_));
+      results[i] = r.ok() ? Status::Ok() : r.status();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kClients; ++i) {
+    EXPECT_TRUE(results[i].ok()) << results[i].ToString();
+    EXPECT_TRUE(dests[i].SameBytes(source)) << "client " << i;
+  }
+  EXPECT_GT((*server)->stats().busy, 0u) << "with one slot, concurrent clients must hear Busy";
+}
+
+// Sends raw bytes to the server and returns its decoded reply.
+Result<wire::Envelope> RawExchange(const std::string& endpoint, const std::string& payload) {
+  zmq::context_t ctx;
+  zmq::socket_t s(ctx, zmq::socket_type::dealer);
+  s.set(zmq::sockopt::linger, 0);
+  s.set(zmq::sockopt::rcvtimeo, 5000);
+  s.connect(endpoint);
+  s.send(zmq::buffer(payload));
+  zmq::message_t reply;
+  if (!s.recv(reply)) return Status(StatusCode::kTimeout, "no reply");
+  return Decode(reply.data(), reply.size(), kMaxClientMessageBytes);
+}
+
+TEST_F(ServerClientTest, MalformedRequestsAreRejectedAndTheServerKeepsServing) {
+  OwnedModel source(10, seed_, true);
+  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  ASSERT_TRUE(server.ok());
+  const std::string endpoint = (*server)->endpoint();
+
+  Result<wire::Envelope> reply = RawExchange(endpoint, "\x12\x34 definitely not protobuf \xff");
+  ASSERT_TRUE(reply.ok()) << reply.status().ToString();
+  ASSERT_TRUE(reply->has_reject());
+  EXPECT_EQ(reply->reject().code(), wire::PROTOCOL_MISMATCH);
+
+  wire::Envelope future;
+  future.mutable_register_();
+  future.set_protocol_version(kProtocolVersion + 7);
+  reply = RawExchange(endpoint, future.SerializeAsString());
+  ASSERT_TRUE(reply.ok() && reply->has_reject());
+  EXPECT_NE(reply->reject().reason().find("protocol version 8"), std::string::npos);
+
+  reply = RawExchange(endpoint, std::string(kMaxServerMessageBytes + 10, 'x'));
+  ASSERT_TRUE(reply.ok() && reply->has_reject());
+  EXPECT_NE(reply->reject().reason().find("exceeds the limit"), std::string::npos);
+
+  OwnedModel dest = source.EmptyLike();
+  Result<LoadStats> stats = internal::Load(ClientFor(endpoint), dest.view, Inproc(transport_));
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_TRUE(dest.SameBytes(source));
+}
+
+TEST_F(ServerClientTest, ClientThatRegistersAndNeverConnectsCostsAtMostTheConnectDeadline) {
+  OwnedModel source(10, seed_, true);
+  ServerOptions options = SmallChunks();
+  options.connect_timeout = 300ms;
+  options.max_concurrent_transfers = 1;
+  auto server = internal::StartServer(options, source.view, transport_);
+  ASSERT_TRUE(server.ok());
+  wire::Envelope request;
+  ToWire(MakeFingerprint(source.view, "", {}), request.mutable_register_()->mutable_fingerprint());
+  Result<wire::Envelope> reply = RawExchange((*server)->endpoint(), Encode(request));
+  ASSERT_TRUE(reply.ok() && reply->has_accept()) << "the ghost client takes the only slot";
+  // A real client arriving now is told Busy, and gets served once the slot is freed.
+  OwnedModel dest = source.EmptyLike();
+  const auto start = std::chrono::steady_clock::now();
+  Result<LoadStats> stats =
+      internal::Load(ClientFor((*server)->endpoint()), dest.view, Inproc(transport_));
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
+  EXPECT_TRUE(dest.SameBytes(source));
+  EXPECT_EQ((*server)->stats().clients_failed, 1u);
+}
+
+TEST_F(ServerClientTest, StopReturnsPromptlyWhileAClientIsExpected) {
+  OwnedModel source(10, seed_, true);
+  ServerOptions options = SmallChunks();
+  options.connect_timeout = 60s;
+  auto server = internal::StartServer(options, source.view, transport_);
+  ASSERT_TRUE(server.ok());
+  wire::Envelope request;
+  ToWire(MakeFingerprint(source.view, "", {}), request.mutable_register_()->mutable_fingerprint());
+  ASSERT_TRUE(RawExchange((*server)->endpoint(), Encode(request)).ok());
+  const auto start = std::chrono::steady_clock::now();
+  (*server)->Stop();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
+}
+
+TEST(ServerOptionsTest, BadOptionsAreRefusedNamingTheOption) {
+  OwnedModel source(3, 1, true);
+  ServerOptions options;
+  options.chunk_bytes = 10;
+  auto server = internal::StartServer(options, source.view, transfer::MakeInprocTransport());
+  ASSERT_FALSE(server.ok());
+  EXPECT_NE(server.status().message().find("chunk_bytes"), std::string::npos);
+  options = ServerOptions();
+  options.partition.tp_rank = 2;
+  server = internal::StartServer(options, source.view, transfer::MakeInprocTransport());
+  ASSERT_FALSE(server.ok());
+  EXPECT_NE(server.status().message().find("tp_rank 2"), std::string::npos);
+  options = ServerOptions();
+  options.listen = "tcp://not-an-address:99999";
+  server = internal::StartServer(options, source.view, transfer::MakeInprocTransport());
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(server.status().code(), StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace netloader

@@ -1,0 +1,62 @@
+#pragma once
+
+// Helpers for netloader's tests: temporary directories, file comparison, child processes with
+// deadlines.
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace netloader::testing {
+
+// A fresh directory under $TMPDIR (or /tmp), removed with everything in it on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+std::string ReadFile(const std::string& path);
+void WriteFile(const std::string& path, const std::string& bytes);
+
+// A child process started from argv, its stdout and stderr captured in files. It receives
+// SIGKILL if the test process dies, and on destruction if still running.
+class Child {
+ public:
+  Child(const std::vector<std::string>& argv, const std::string& log_prefix);
+  ~Child();
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+  // Exit code once it exited by itself before `timeout`; -1 if it had to be killed (the test
+  // then fails loudly), 128+signal if a signal ended it.
+  int Wait(std::chrono::milliseconds timeout);
+  void Signal(int signal);
+  bool Running();
+  std::string Stdout() const { return ReadFile(stdout_path_); }
+  std::string Stderr() const { return ReadFile(stderr_path_); }
+
+ private:
+  pid_t pid_ = -1;
+  int status_ = -1;
+  std::string stdout_path_;
+  std::string stderr_path_;
+};
+
+// Polls `path` until it holds a non-empty first line, or the timeout passes ("" then).
+std::string WaitForLine(const std::string& path, std::chrono::milliseconds timeout);
+
+// Directory of the build's executables (set by CMake).
+std::string BinDir();
+
+}  // namespace netloader::testing

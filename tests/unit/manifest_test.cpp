@@ -1,0 +1,98 @@
+#include "netloader/src/manifest.h"
+
+#include <gtest/gtest.h>
+
+#include <numeric>
+
+namespace netloader {
+namespace {
+
+std::vector<uint64_t> Covered(const ChunkPlan& plan, size_t tensors) {
+  std::vector<uint64_t> bytes(tensors, 0);
+  for (size_t c = 0; c < plan.size(); ++c) {
+    for (size_t p = 0; p < plan.piece_count(c); ++p) bytes[plan.pieces(c)[p].tensor] += plan.pieces(c)[p].length;
+  }
+  return bytes;
+}
+
+TEST(ChunkPlanTest, SplitsLargeTensorsCoalescesSmallOnesAndSkipsEmptyOnes) {
+  const uint64_t kChunk = 100;
+  const std::vector<uint64_t> sizes = {0, 10, 20, 250, 30, 70, 5, 0};
+  ChunkPlan plan = ChunkPlan::Make(sizes, kChunk);
+  // [10,20] | 250 -> 100,100,50 | [30,70] | [5]
+  ASSERT_EQ(plan.size(), 6u);
+  EXPECT_EQ(plan.piece_count(0), 2u);
+  EXPECT_EQ(plan.pieces(1)[0].length, 100u);
+  EXPECT_EQ(plan.pieces(3)[0].offset, 200u);
+  EXPECT_EQ(plan.pieces(3)[0].length, 50u);
+  EXPECT_EQ(plan.piece_count(4), 2u);
+  EXPECT_EQ(plan.piece_count(5), 1u);
+  EXPECT_EQ(Covered(plan, sizes.size()), sizes) << "every byte in exactly one chunk";
+  for (size_t c = 0; c < plan.size(); ++c) {
+    uint64_t bytes = 0;
+    for (size_t p = 0; p < plan.piece_count(c); ++p) bytes += plan.pieces(c)[p].length;
+    EXPECT_LE(bytes, kChunk);
+    EXPECT_GT(bytes, 0u);
+  }
+}
+
+TEST(ChunkPlanTest, AllEmptyModelHasNoChunks) {
+  EXPECT_EQ(ChunkPlan::Make({0, 0}, 4096).size(), 0u);
+}
+
+ModelView Model(std::vector<std::vector<unsigned char>>& storage) {
+  ModelView m;
+  for (size_t i = 0; i < storage.size(); ++i) {
+    m.tensors.push_back({"t" + std::to_string(i), DType::kU8,
+                         {static_cast<int64_t>(storage[i].size())},
+                         storage[i].empty() ? nullptr : storage[i].data(), storage[i].size()});
+  }
+  return m;
+}
+
+TEST(ManifestTest, DigestsMatchWhatAReceiverComputesPerChunk) {
+  std::vector<std::vector<unsigned char>> storage = {std::vector<unsigned char>(5000, 1),
+                                                     {}, std::vector<unsigned char>(300, 2),
+                                                     std::vector<unsigned char>(9000, 3)};
+  ModelView model = Model(storage);
+  Manifest m = BuildManifest(model, 4096);
+  ChunkPlan plan = ChunkPlan::Make(TensorSizes(model), 4096);
+  transfer::ChunkList chunks = plan.Spans(model);
+  ASSERT_EQ(m.chunk_digests.size(), chunks.size());
+  for (size_t i = 0; i < chunks.size(); ++i) EXPECT_EQ(m.chunk_digests[i], ChunkDigest(chunks, i));
+  EXPECT_EQ(m.model_digest, DigestOfDigests(m.chunk_digests));
+  // Per-tensor digests see the whole tensor even when it was split across chunks.
+  ModelView single = model;
+  single.tensors = {model.tensors[3]};
+  EXPECT_EQ(m.tensors[3].digest, BuildManifest(single, 1 << 20).tensors[0].digest);
+
+  storage[3][8999] ^= 1;
+  Manifest changed = BuildManifest(model, 4096);
+  EXPECT_NE(changed.tensors[3].digest, m.tensors[3].digest);
+  EXPECT_NE(changed.chunk_digests.back(), m.chunk_digests.back());
+  EXPECT_EQ(changed.chunk_digests.front(), m.chunk_digests.front());
+}
+
+TEST(ManifestTest, LayoutComparisonNamesTheTensorAndBothDescriptions) {
+  std::vector<std::vector<unsigned char>> storage = {std::vector<unsigned char>(8),
+                                                     std::vector<unsigned char>(4)};
+  ModelView model = Model(storage);
+  Manifest m = BuildManifest(model, 4096);
+  EXPECT_TRUE(CompareLayout(m, model).empty());
+
+  ModelView other = model;
+  other.tensors[1].name = "renamed";
+  std::vector<std::string> diffs = CompareLayout(m, other);
+  ASSERT_EQ(diffs.size(), 1u);
+  EXPECT_NE(diffs[0].find("tensor 1"), std::string::npos) << diffs[0];
+  EXPECT_NE(diffs[0].find("'t1'"), std::string::npos) << diffs[0];
+  EXPECT_NE(diffs[0].find("'renamed'"), std::string::npos) << diffs[0];
+
+  other.tensors.pop_back();
+  diffs = CompareLayout(m, other);
+  ASSERT_FALSE(diffs.empty());
+  EXPECT_NE(diffs[0].find("tensor count: server 2, client 1"), std::string::npos) << diffs[0];
+}
+
+}  // namespace
+}  // namespace netloader

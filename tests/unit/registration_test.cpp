@@ -1,0 +1,73 @@
+#include "netloader/src/registration.h"
+
+#include <gtest/gtest.h>
+
+namespace netloader {
+namespace {
+
+Fingerprint Served() {
+  Fingerprint f;
+  f.table_digest = "abc";
+  f.partition.tp_size = 2;
+  f.partition.tp_rank = 1;
+  return f;
+}
+
+RegisterRequest Request() { return {Served(), ""}; }
+
+TEST(RegistrarTest, AcceptsMatchingClientUpToTheLimitThenSaysBusy) {
+  Registrar r(Served(), "uri-1", 2);
+  EXPECT_EQ(r.Decide(Request(), Status::Ok()).kind, Admission::Kind::kAccept);
+  const uint64_t a = r.Open();
+  const uint64_t b = r.Open();
+  EXPECT_NE(a, b);
+  Admission busy = r.Decide(Request(), Status::Ok());
+  EXPECT_EQ(busy.kind, Admission::Kind::kBusy);
+  EXPECT_NE(busy.reason.find("2 of 2"), std::string::npos) << busy.reason;
+  r.Close(a);
+  EXPECT_EQ(r.Decide(Request(), Status::Ok()).kind, Admission::Kind::kAccept);
+}
+
+TEST(RegistrarTest, RejectsClientWithDifferentTensorParallelSize) {
+  Registrar r(Served(), "uri-1", 4);
+  RegisterRequest request = Request();
+  request.fingerprint.partition.tp_size = 4;
+  Admission a = r.Decide(request, Status::Ok());
+  EXPECT_EQ(a.kind, Admission::Kind::kReject);
+  EXPECT_EQ(a.code, StatusCode::kFingerprintMismatch);
+  ASSERT_EQ(a.diffs.size(), 1u);
+  EXPECT_EQ(a.diffs[0].field, "partition.tp_size");
+  EXPECT_NE(a.reason.find("server='2' client='4'"), std::string::npos) << a.reason;
+}
+
+TEST(RegistrarTest, FingerprintIsCheckedBeforeCapacity) {
+  Registrar r(Served(), "uri-1", 1);
+  (void)r.Open();
+  RegisterRequest request = Request();
+  request.fingerprint.table_digest = "other";
+  EXPECT_EQ(r.Decide(request, Status::Ok()).kind, Admission::Kind::kReject);
+}
+
+TEST(RegistrarTest, RejectsClientBoundToAnotherRendezvous) {
+  Registrar r(Served(), "uri-1", 4);
+  RegisterRequest request = Request();
+  request.rendezvous_uri = "uri-2";
+  Admission a = r.Decide(request, Status::Ok());
+  EXPECT_EQ(a.kind, Admission::Kind::kReject);
+  EXPECT_EQ(a.code, StatusCode::kUnavailable);
+  ASSERT_EQ(a.diffs.size(), 1u);
+  EXPECT_EQ(a.diffs[0].field, "rendezvous_uri");
+  request.rendezvous_uri = "uri-1";
+  EXPECT_EQ(r.Decide(request, Status::Ok()).kind, Admission::Kind::kAccept);
+}
+
+TEST(RegistrarTest, RefusesWithTheReasonWhenTheTransportIsDown) {
+  Registrar r(Served(), "uri-1", 4);
+  Admission a = r.Decide(Request(), Status(StatusCode::kUnavailable, "ompi-server exited"));
+  EXPECT_EQ(a.kind, Admission::Kind::kReject);
+  EXPECT_EQ(a.code, StatusCode::kUnavailable);
+  EXPECT_NE(a.reason.find("ompi-server exited"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace netloader

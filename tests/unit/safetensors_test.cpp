@@ -1,0 +1,232 @@
+#include "netloader/safetensors.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+
+#include "tests/support/test_util.h"
+
+namespace netloader {
+namespace {
+
+using testing::TempDir;
+
+std::string Prefixed(const std::string& header) {
+  std::string bytes(8, '\0');
+  const uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>(n >> (8 * i));
+  return bytes + header;
+}
+
+// A file with the given header JSON followed by `data_bytes` zero bytes.
+std::string MakeFile(const TempDir& dir, const std::string& header, size_t data_bytes) {
+  const std::string path = dir / "t.safetensors";
+  testing::WriteFile(path, Prefixed(header) + std::string(data_bytes, '\0'));
+  return path;
+}
+
+Status LayoutError(const std::string& path) {
+  Result<CheckpointLayout> layout = ReadCheckpointLayout(path);
+  return layout.ok() ? Status::Ok() : layout.status();
+}
+
+TEST(SafetensorsTest, ReadsHuggingFaceFileWithMetadataAndPadding) {
+  Result<CheckpointLayout> layout =
+      ReadCheckpointLayout(std::string(NETLOADER_TEST_DATA) + "/small-test.safetensors");
+  ASSERT_TRUE(layout.ok()) << layout.status().ToString();
+  ASSERT_EQ(layout->shards.size(), 1u);
+  const ShardLayout& shard = layout->shards[0];
+  EXPECT_EQ(shard.metadata.at("version"), "1.0");
+  EXPECT_EQ(shard.metadata.at("git_tag"), "v1.45");
+  ASSERT_EQ(shard.tensors.size(), 4u);
+  EXPECT_EQ(shard.tensors[0].name, "fc1.bias");
+  EXPECT_EQ(shard.tensors[1].name, "fc1.weight");
+  EXPECT_EQ(shard.tensors[1].shape, (std::vector<int64_t>{20, 10}));
+  EXPECT_EQ(shard.tensors[1].size_bytes, 800u);
+  EXPECT_EQ(shard.tensors[0].dtype, DType::kF32);
+}
+
+TEST(SafetensorsTest, ReadsTinygradFileAndItsData) {
+  const std::string path = std::string(NETLOADER_TEST_DATA) + "/tinygrad-mnist.safetensors";
+  Result<CheckpointLayout> layout = ReadCheckpointLayout(path);
+  ASSERT_TRUE(layout.ok()) << layout.status().ToString();
+  ASSERT_EQ(layout->tensor_count(), 2u);
+  EXPECT_EQ(layout->shards[0].tensors[0].name, "l1.weight");
+  EXPECT_EQ(layout->shards[0].tensors[0].shape, (std::vector<int64_t>{128, 784}));
+  Result<HostModel> model = HostModel::Load(*layout);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  // The loaded bytes are exactly the file's data section.
+  const std::string file = testing::ReadFile(path);
+  const TensorSpec& l2 = layout->shards[0].tensors[1];
+  EXPECT_EQ(std::memcmp(model->view().tensors[1].data, file.data() + l2.file_offset, l2.size_bytes),
+            0);
+}
+
+TEST(SafetensorsTest, WriterOutputReadsBackIdenticallyForEveryDType) {
+  TempDir dir;
+  std::mt19937 rng(7);
+  std::vector<std::vector<unsigned char>> buffers;
+  std::vector<TensorView> tensors;
+  const DType all[] = {DType::kBool, DType::kU8,  DType::kI8,   DType::kF8E5M2, DType::kF8E4M3,
+                       DType::kI16,  DType::kU16, DType::kF16,  DType::kBF16,   DType::kI32,
+                       DType::kU32,  DType::kF32, DType::kI64,  DType::kU64,    DType::kF64};
+  for (DType dtype : all) {
+    const std::vector<int64_t> shape = {3, 5};
+    buffers.emplace_back(15 * DTypeSize(dtype));
+    for (auto& b : buffers.back()) b = static_cast<unsigned char>(rng());
+    tensors.push_back({"t." + std::string(DTypeName(dtype)), dtype, shape, buffers.back().data(),
+                       buffers.back().size()});
+  }
+  tensors.push_back({"scalar", DType::kF32, {}, buffers[0].data(), 4});
+  tensors.push_back({"empty", DType::kBF16, {0, 7}, nullptr, 0});
+  const std::string path = dir / "all.safetensors";
+  ASSERT_TRUE(WriteSafetensors(path, tensors, {{"format", "pt"}}).ok());
+
+  const std::string file = testing::ReadFile(path);
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, file.data(), 8);
+  EXPECT_EQ((8 + header_len) % 8, 0u) << "data must start 8-byte aligned";
+  EXPECT_EQ(file.substr(8, 14), "{\"__metadata__") << "metadata comes first";
+
+  Result<CheckpointLayout> layout = ReadCheckpointLayout(path);
+  ASSERT_TRUE(layout.ok()) << layout.status().ToString();
+  EXPECT_EQ(layout->shards[0].metadata.at("format"), "pt");
+  Result<HostModel> model = HostModel::Load(*layout);
+  ASSERT_TRUE(model.ok());
+  ASSERT_EQ(model->view().tensors.size(), tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const TensorView& got = model->view().tensors[i];
+    EXPECT_EQ(got.name, tensors[i].name) << "storage order is write order";
+    EXPECT_EQ(got.dtype, tensors[i].dtype);
+    EXPECT_EQ(got.shape, tensors[i].shape);
+    ASSERT_EQ(got.size_bytes, tensors[i].size_bytes);
+    if (got.size_bytes) {
+      EXPECT_EQ(std::memcmp(got.data, tensors[i].data, got.size_bytes), 0);
+    }
+  }
+}
+
+TEST(SafetensorsTest, ShardedCheckpointRoundTripsThroughIndex) {
+  TempDir dir;
+  std::vector<float> a(10, 1.5f), b(6, -2.0f);
+  ASSERT_TRUE(WriteSafetensors(dir / "model-00001-of-00002.safetensors",
+                               {{"a", DType::kF32, {10}, a.data(), 40}})
+                  .ok());
+  ASSERT_TRUE(WriteSafetensors(dir / "model-00002-of-00002.safetensors",
+                               {{"b", DType::kF32, {2, 3}, b.data(), 24}})
+                  .ok());
+  testing::WriteFile(dir / "model.safetensors.index.json",
+                     R"({"metadata": {"total_size": 64}, "weight_map": {
+                         "b": "model-00002-of-00002.safetensors",
+                         "a": "model-00001-of-00002.safetensors"}})");
+  Result<CheckpointLayout> layout = ReadCheckpointLayout(dir.path());
+  ASSERT_TRUE(layout.ok()) << layout.status().ToString();
+  EXPECT_TRUE(layout->indexed);
+  ASSERT_EQ(layout->shards.size(), 2u);
+  EXPECT_EQ(layout->shards[0].tensors[0].name, "a") << "shards in file-name order";
+  Result<HostModel> model = HostModel::Load(*layout);
+  ASSERT_TRUE(model.ok());
+
+  TempDir out;
+  ASSERT_TRUE(WriteCheckpoint(out.path(), *layout, model->view()).ok());
+  for (const char* f : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}) {
+    EXPECT_EQ(testing::ReadFile(out / f), testing::ReadFile(dir / f)) << f;
+  }
+  Result<CheckpointLayout> again = ReadCheckpointLayout(out.path());
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->tensor_count(), 2u);
+}
+
+TEST(SafetensorsTest, IndexThatMapsATensorToTheWrongFileIsRejected) {
+  TempDir dir;
+  float x = 1;
+  ASSERT_TRUE(WriteSafetensors(dir / "s1.safetensors", {{"a", DType::kF32, {}, &x, 4}}).ok());
+  testing::WriteFile(dir / "model.safetensors.index.json",
+                     R"({"weight_map": {"a": "s1.safetensors", "ghost": "s1.safetensors"}})");
+  Status status = LayoutError(dir.path());
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("weight_map lists 2 tensors"), std::string::npos)
+      << status.message();
+}
+
+struct Malformed {
+  const char* what;
+  std::string header;  // empty: use `raw` as the whole file
+  size_t data_bytes;
+  const char* expected;  // substring of the error
+  std::string raw;
+};
+
+void PrintTo(const Malformed& m, std::ostream* os) { *os << m.what; }
+
+class MalformedHeaderTest : public ::testing::TestWithParam<Malformed> {};
+
+TEST_P(MalformedHeaderTest, IsRejectedWithAPreciseError) {
+  TempDir dir;
+  const Malformed& m = GetParam();
+  std::string path;
+  if (m.header.empty()) {
+    path = dir / "raw.safetensors";
+    testing::WriteFile(path, m.raw);
+  } else {
+    path = MakeFile(dir, m.header, m.data_bytes);
+  }
+  Status status = LayoutError(path);
+  ASSERT_FALSE(status.ok()) << m.what;
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << status.ToString();
+  EXPECT_NE(status.message().find(m.expected), std::string::npos)
+      << m.what << ": got " << status.message();
+  EXPECT_NE(status.message().find(path), std::string::npos) << "the error names the file";
+}
+
+std::string Len(uint64_t n) {
+  std::string bytes(8, '\0');
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>(n >> (8 * i));
+  return bytes;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, MalformedHeaderTest,
+    ::testing::Values(
+        Malformed{"too short", "", 0, "shorter than the 8-byte", "abc"},
+        Malformed{"length beyond file", "", 0, "runs past the end", Len(1000) + "{}"},
+        Malformed{"absurd length", "", 0, "exceeds the 100 MiB limit", Len(1ull << 40) + "{}"},
+        Malformed{"bad json", "{\"a\": [1, 2", 0, "not valid JSON", ""},
+        Malformed{"not an object", "[1,2,3]", 0, "not a JSON object", ""},
+        Malformed{"unknown dtype", R"({"a":{"dtype":"Q7","shape":[1],"data_offsets":[0,1]}})", 1,
+                  "unknown dtype 'Q7'", ""},
+        Malformed{"missing dtype", R"({"a":{"shape":[1],"data_offsets":[0,1]}})", 1,
+                  "missing or non-string dtype", ""},
+        Malformed{"negative dim", R"({"a":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}})", 1,
+                  "non-negative integers", ""},
+        Malformed{"offsets out of bounds",
+                  R"({"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}})", 4,
+                  "run past the 4 data bytes", ""},
+        Malformed{"begin after end", R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[4,2]}})",
+                  4, "begin > end", ""},
+        Malformed{"size mismatch", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})",
+                  8, "do not match shape x dtype", ""},
+        Malformed{"overlap",
+                  R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},
+                      "b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})",
+                  8, "overlaps", ""},
+        Malformed{"shape overflow",
+                  R"({"a":{"dtype":"F64","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})",
+                  8, "overflows", ""},
+        Malformed{"bad metadata", R"({"__metadata__":{"k":5}})", 0, "is not a string", "" },
+        Malformed{"offsets wrong type",
+                  R"({"a":{"dtype":"U8","shape":[1],"data_offsets":"0-1"}})", 1,
+                  "two non-negative integers", "" }),
+    [](const ::testing::TestParamInfo<Malformed>& param) {
+      std::string name = param.param.what;
+      for (char& c : name) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+      return name;
+    });
+
+TEST(SafetensorsTest, MissingPathIsNotFound) {
+  EXPECT_EQ(LayoutError("/nonexistent/model.safetensors").code(), StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace netloader
