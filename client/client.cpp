@@ -57,11 +57,12 @@ class ControlChannel {
     const auto deadline = Clock::now() + timeout;
     try {
       while (true) {
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
         if (left.count() <= 0) {
-          return Status(StatusCode::kTimeout,
-                        "no answer within " + std::to_string(timeout.count()) +
-                            " ms (is a netloader server listening there?)");
+          return Status(StatusCode::kTimeout, "no answer within " +
+                                                  std::to_string(timeout.count()) +
+                                                  " ms (is a netloader server listening there?)");
         }
         zmq::poll(items, 1, left);
         if (!(items[0].revents & ZMQ_POLLIN)) continue;
@@ -105,8 +106,9 @@ Status RejectStatus(const wire::Reject& reject) {
 
 class Attempt {
  public:
-  Attempt(const ClientOptions& options, const ModelView& destination, const Fingerprint& fingerprint,
-          const internal::TransportFactory& factory, const std::string& source)
+  Attempt(const ClientOptions& options, const ModelView& destination,
+          const Fingerprint& fingerprint, const internal::TransportFactory& factory,
+          const std::string& source)
       : options_(options),
         destination_(destination),
         fingerprint_(fingerprint),
@@ -142,8 +144,10 @@ class Attempt {
       Result<wire::Envelope> reply = control_.Receive(options_.register_timeout);
       if (!reply.ok()) return reply.status();
       switch (reply->body_case()) {
-        case wire::Envelope::kAccept: return reply->accept();
-        case wire::Envelope::kReject: return RejectStatus(reply->reject());
+        case wire::Envelope::kAccept:
+          return reply->accept();
+        case wire::Envelope::kReject:
+          return RejectStatus(reply->reject());
         case wire::Envelope::kBusy: {
           const auto wait = std::chrono::milliseconds(
               std::clamp<uint32_t>(reply->busy().retry_after_ms(), 10, 10000));
@@ -177,13 +181,14 @@ class Attempt {
     if (plan.size() != manifest->chunk_digests.size()) {
       return Status(StatusCode::kProtocolMismatch,
                     "the source lists " + std::to_string(manifest->chunk_digests.size()) +
-                        " chunk digests for a layout of " + std::to_string(plan.size()) + " chunks");
+                        " chunk digests for a layout of " + std::to_string(plan.size()) +
+                        " chunks");
     }
     Result<std::shared_ptr<transfer::Transport>> transport = factory_(accept.rendezvous_uri());
     if (!transport.ok()) return transport.status();
     PrefaultForWrite(destination_);
-    Result<std::unique_ptr<transfer::Channel>> channel = (*transport)->Connect(
-        accept.mpi_port(), Clock::now() + options_.connect_timeout);
+    Result<std::unique_ptr<transfer::Channel>> channel =
+        (*transport)->Connect(accept.mpi_port(), Clock::now() + options_.connect_timeout);
     if (!channel.ok()) return channel.status().WithContext("MPI connect to " + source_);
 
     const transfer::ChunkList chunks = plan.Spans(destination_);
@@ -198,9 +203,9 @@ class Attempt {
       const uint64_t digest = ChunkDigest(chunks, i);
       if (digest != manifest->chunk_digests[i]) {
         failed_chunk_ = static_cast<int64_t>(i);
-        return Status(StatusCode::kChecksumMismatch,
-                      "chunk " + std::to_string(i) + " (" + plan.TensorNames(i, destination_) +
-                          ") does not match the source's digest");
+        return Status(StatusCode::kChecksumMismatch, "chunk " + std::to_string(i) + " (" +
+                                                         plan.TensorNames(i, destination_) +
+                                                         ") does not match the source's digest");
       }
       digests.push_back(digest);
       done_bytes += chunks.bytes(i);
@@ -208,7 +213,8 @@ class Attempt {
       return Status::Ok();
     });
     if (status.ok() && DigestOfDigests(digests) != manifest->model_digest) {
-      status = Status(StatusCode::kChecksumMismatch, "whole-model digest differs from the source's");
+      status =
+          Status(StatusCode::kChecksumMismatch, "whole-model digest differs from the source's");
     }
     if (!status.ok()) {
       (*channel)->Abandon();
@@ -285,8 +291,9 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& destinatio
     attempts.push_back({source, result.ok() ? Status::Ok() : result.status()});
     if (result.ok()) {
       result->attempts = std::move(attempts);
-      Log().info("loaded {} tensors, {} bytes from {} in {:.3f} s ({:.2f} GB/s), every chunk verified",
-                 result->tensors, result->bytes, source, result->seconds, result->gbps);
+      Log().info(
+          "loaded {} tensors, {} bytes from {} in {:.3f} s ({:.2f} GB/s), every chunk verified",
+          result->tensors, result->bytes, source, result->seconds, result->gbps);
       return result;
     }
     Log().warn("source {} failed: {}", source, result.status().ToString());

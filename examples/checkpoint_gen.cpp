@@ -12,9 +12,9 @@
 namespace netloader::examples {
 namespace {
 
-constexpr DType kAllDTypes[] = {DType::kBF16, DType::kF16,  DType::kF32,    DType::kF64,
-                                DType::kI8,   DType::kI16,  DType::kI32,    DType::kI64,
-                                DType::kU8,   DType::kU16,  DType::kU32,    DType::kU64,
+constexpr DType kAllDTypes[] = {DType::kBF16, DType::kF16,    DType::kF32,   DType::kF64,
+                                DType::kI8,   DType::kI16,    DType::kI32,   DType::kI64,
+                                DType::kU8,   DType::kU16,    DType::kU32,   DType::kU64,
                                 DType::kBool, DType::kF8E4M3, DType::kF8E5M2};
 
 uint64_t Next(uint64_t& state) {  // xorshift64*
@@ -45,7 +45,8 @@ std::vector<Planned> Plan(const CheckpointSpec& spec) {
   plan.push_back({"model.zero_sized", DType::kF32, {0, 16}, 0});
   plan.push_back({"model.scale", DType::kF32, {}, 4});
   const uint64_t embed = std::max<uint64_t>(spec.total_bytes / 8 / 2 * 2, 2);
-  plan.push_back({"model.embed_tokens.weight", DType::kBF16, ShapeFor(embed / 2, 0), embed / 2 * 2});
+  plan.push_back(
+      {"model.embed_tokens.weight", DType::kBF16, ShapeFor(embed / 2, 0), embed / 2 * 2});
   const int rest = std::max(1, spec.tensors - 3);
   const uint64_t budget = spec.total_bytes > embed ? spec.total_bytes - embed : 0;
   // Log-uniform weights over three decades give a few large and many small tensors.
@@ -61,7 +62,8 @@ std::vector<Planned> Plan(const CheckpointSpec& spec) {
   for (int i = 0; i < rest; ++i) {
     const DType dtype = kAllDTypes[i % 15];
     const size_t elem = DTypeSize(dtype);
-    const uint64_t elements = std::max<uint64_t>(1, static_cast<uint64_t>(budget * weights[i] / sum) / elem);
+    const uint64_t elements =
+        std::max<uint64_t>(1, static_cast<uint64_t>(budget * weights[i] / sum) / elem);
     const std::string name = "model.layers." + std::to_string(i / 9) + "." + kinds[i % 9] +
                              (i % 9 < 7 ? ".weight" : ".bias");
     plan.push_back({name, dtype, ShapeFor(elements, static_cast<size_t>(i)), elements * elem});
@@ -77,7 +79,8 @@ Status GenerateCheckpoint(const std::string& dir, const CheckpointSpec& spec) {
   }
   std::error_code error;
   std::filesystem::create_directories(dir, error);
-  if (error) return Status(StatusCode::kUnavailable, "cannot create " + dir + ": " + error.message());
+  if (error)
+    return Status(StatusCode::kUnavailable, "cannot create " + dir + ": " + error.message());
   const std::vector<Planned> plan = Plan(spec);
   const size_t per_shard = (plan.size() + spec.shards - 1) / spec.shards;
   std::string weight_map;
@@ -109,14 +112,13 @@ Status GenerateCheckpoint(const std::string& dir, const CheckpointSpec& spec) {
       std::snprintf(file, sizeof file, "model-%05d-of-%05d.safetensors", s + 1, spec.shards);
     }
     for (const TensorView& v : views) {
-      weight_map += std::string(weight_map.empty() ? "" : ",\n") + "    \"" + v.name + "\": \"" +
-                    file + "\"";
+      weight_map +=
+          std::string(weight_map.empty() ? "" : ",\n") + "    \"" + v.name + "\": \"" + file + "\"";
     }
-    Status written =
-        WriteSafetensors(dir + "/" + file, views,
-                         {{"format", "pt"},
-                          {"generator", "netloader-make-checkpoint"},
-                          {"seed", std::to_string(spec.seed)}});
+    Status written = WriteSafetensors(dir + "/" + file, views,
+                                      {{"format", "pt"},
+                                       {"generator", "netloader-make-checkpoint"},
+                                       {"seed", std::to_string(spec.seed)}});
     if (!written.ok()) return written;
   }
   if (spec.shards > 1) {

@@ -14,11 +14,14 @@ int main(int argc, char** argv) {
   double mib = static_cast<double>(spec.total_bytes >> 20);
   app.add_option("--output", dir, "Directory to write into (created if missing)")->required();
   app.add_option("--size-mib", mib, "Approximate data size in MiB")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--tensors", spec.tensors, "Number of tensors")
-      ->check(CLI::Range(4, 1000000))->capture_default_str();
+      ->check(CLI::Range(4, 1000000))
+      ->capture_default_str();
   app.add_option("--shards", spec.shards, "Number of files (> 1 adds an index.json)")
-      ->check(CLI::Range(1, 10000))->capture_default_str();
+      ->check(CLI::Range(1, 10000))
+      ->capture_default_str();
   app.add_option("--seed", spec.seed, "Seed of the contents")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   spec.total_bytes = static_cast<uint64_t>(mib * (1 << 20));

@@ -12,7 +12,7 @@ packages=(
   libxxhash-dev
   libgtest-dev libgmock-dev
   libcli11-dev nlohmann-json3-dev
-  procps iproute2
+  procps iproute2 clang-format
 )
 
 missing=()

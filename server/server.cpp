@@ -70,7 +70,9 @@ class ServerImpl : public Server {
     return Status::Ok();
   }
 
-  void StartThread() { control_ = std::thread([this] { ControlLoop(); }); }
+  void StartThread() {
+    control_ = std::thread([this] { ControlLoop(); });
+  }
 
   std::string endpoint() const override { return endpoint_; }
   std::string rendezvous_uri() const override { return transport_->rendezvous(); }
@@ -148,8 +150,12 @@ class ServerImpl : public Server {
       return true;
     }
     switch (envelope->body_case()) {
-      case wire::Envelope::kRegister: HandleRegister(identity, envelope->register_()); break;
-      case wire::Envelope::kDone: HandleDone(envelope->done()); break;
+      case wire::Envelope::kRegister:
+        HandleRegister(identity, envelope->register_());
+        break;
+      case wire::Envelope::kDone:
+        HandleDone(envelope->done());
+        break;
       default:
         Log().warn("refused an unexpected message (body {})", int(envelope->body_case()));
         SendReject(identity, StatusCode::kInvalidArgument, "servers accept Register and Done only",
@@ -228,10 +234,11 @@ class ServerImpl : public Server {
   // The session thread: accept the client's MPI connection, stream, await its verdict.
   void Serve(Session& session) {
     const std::string who = session.client + " (session " + Hex(session.id) + ")";
-    Result<std::unique_ptr<transfer::Channel>> channel = session.listener->Accept(
-        Clock::now() + options_.connect_timeout, &session.abort);
+    Result<std::unique_ptr<transfer::Channel>> channel =
+        session.listener->Accept(Clock::now() + options_.connect_timeout, &session.abort);
     if (!channel.ok()) {
-      Log().warn("client {} did not connect over MPI: {}", who, DescribeAbort(session, channel.status()));
+      Log().warn("client {} did not connect over MPI: {}", who,
+                 DescribeAbort(session, channel.status()));
       Finish(session, false, 0);
       return;
     }
@@ -247,8 +254,8 @@ class ServerImpl : public Server {
     });
     const double seconds = SecondsSince(start);
     if (!status.ok()) {
-      Log().warn("transfer to {} failed after {} of {} bytes: {}", who, sent,
-                 model_.total_bytes(), DescribeAbort(session, status));
+      Log().warn("transfer to {} failed after {} of {} bytes: {}", who, sent, model_.total_bytes(),
+                 DescribeAbort(session, status));
       (*channel)->Abandon();
       Finish(session, false, sent);
       return;
@@ -368,10 +375,10 @@ Status ValidateOptions(const ServerOptions& options) {
     return Status(StatusCode::kInvalidArgument, "max_concurrent_transfers must be >= 1");
   }
   if (options.chunk_bytes < kMinChunkBytes || options.chunk_bytes > kMaxChunkBytes) {
-    return Status(StatusCode::kInvalidArgument,
-                  "chunk_bytes must be within [" + std::to_string(kMinChunkBytes) + ", " +
-                      std::to_string(kMaxChunkBytes) + "], got " +
-                      std::to_string(options.chunk_bytes));
+    return Status(StatusCode::kInvalidArgument, "chunk_bytes must be within [" +
+                                                    std::to_string(kMinChunkBytes) + ", " +
+                                                    std::to_string(kMaxChunkBytes) + "], got " +
+                                                    std::to_string(options.chunk_bytes));
   }
   if (options.window < 1) return Status(StatusCode::kInvalidArgument, "window must be >= 1");
   if (options.listen.empty()) return Status(StatusCode::kInvalidArgument, "listen is empty");

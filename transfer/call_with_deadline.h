@@ -52,8 +52,9 @@ Result<T> CallWithDeadline(const std::string& what, std::chrono::steady_clock::t
       state->abandoned = true;
       lock.unlock();
       worker.detach();
-      return cancelled ? Status(StatusCode::kCancelled, what + " was cancelled")
-                       : Status(StatusCode::kTimeout, what + " did not complete before its deadline");
+      return cancelled
+                 ? Status(StatusCode::kCancelled, what + " was cancelled")
+                 : Status(StatusCode::kTimeout, what + " did not complete before its deadline");
     }
     state->cv.wait_until(lock, std::min(deadline, now + std::chrono::milliseconds(20)));
   }

@@ -20,7 +20,8 @@ class FaultyChannel : public Channel {
         static_cast<unsigned char*>(chunks.spans(i)[0].data)[0] ^= 0x5a;
       }
       if (i == fault_.chunk && fault_.kind == FaultSpec::Kind::kFail) {
-        return Status(StatusCode::kTransferFailed, "injected failure at chunk " + std::to_string(i));
+        return Status(StatusCode::kTransferFailed,
+                      "injected failure at chunk " + std::to_string(i));
       }
       return on_received ? on_received(i) : Status::Ok();
     });

@@ -67,10 +67,10 @@ class InprocChannel : public Channel {
       pipe_->cv.notify_all();
       lock.unlock();
       if (message.size() != chunks.bytes(i)) {
-        return Status(StatusCode::kTransferFailed,
-                      "chunk " + std::to_string(i) + ": expected " +
-                          std::to_string(chunks.bytes(i)) + " bytes, received " +
-                          std::to_string(message.size()));
+        return Status(StatusCode::kTransferFailed, "chunk " + std::to_string(i) + ": expected " +
+                                                       std::to_string(chunks.bytes(i)) +
+                                                       " bytes, received " +
+                                                       std::to_string(message.size()));
       }
       size_t at = 0;
       for (size_t s = 0; s < chunks.span_count(i); ++s) {

@@ -45,10 +45,10 @@ Status MpiFailure(const std::string& what, int rc) {
 
 // Process-wide MPI state. Initialised once; never torn down before exit.
 struct Runtime {
-  std::mutex mu;           // guards every field below
+  std::mutex mu;             // guards every field below
   bool initialised = false;  // MPI is usable by netloader
-  bool owns_mpi = false;   // netloader called MPI_Init, so it finalises at exit
-  std::string rendezvous;  // resolved URI shared by all peers of this process
+  bool owns_mpi = false;     // netloader called MPI_Init, so it finalises at exit
+  std::string rendezvous;    // resolved URI shared by all peers of this process
   pid_t private_server = -1;
   std::shared_ptr<std::atomic<bool>> private_server_exited;
   std::atomic<int> abandoned{0};  // MPI calls left running past their deadline
@@ -144,8 +144,8 @@ Result<std::string> StartPrivateRendezvous(const TransportOptions& options,
     if (!uri.empty()) break;
     if (exited->load()) {
       return Status(StatusCode::kUnavailable,
-                    "ompi-server ('" + options.ompi_server + "') exited at start-up: " +
-                        Trim(ReadWholeFile(log_file)));
+                    "ompi-server ('" + options.ompi_server +
+                        "') exited at start-up: " + Trim(ReadWholeFile(log_file)));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
@@ -189,9 +189,9 @@ Status EnsureMpi(const TransportOptions& options, const std::string& wanted_spec
   }
   if (rt.initialised) {
     if (!wanted.empty() && wanted != rt.rendezvous) {
-      return Status(StatusCode::kInvalidArgument,
-                    "MPI in this process already uses rendezvous '" + rt.rendezvous +
-                        "'; cannot also use '" + wanted + "' (one rendezvous per process)");
+      return Status(StatusCode::kInvalidArgument, "MPI in this process already uses rendezvous '" +
+                                                      rt.rendezvous + "'; cannot also use '" +
+                                                      wanted + "' (one rendezvous per process)");
     }
     return Status::Ok();
   }
@@ -217,11 +217,11 @@ Status EnsureMpi(const TransportOptions& options, const std::string& wanted_spec
     }
     SetMpiEnvironment(options, wanted);
     Result<int> provided = [&]() -> Result<int> {
-          int level = 0;
-          int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &level);
-          if (rc != MPI_SUCCESS) return MpiFailure("MPI_Init_thread", rc);
-          return level;
-        }();
+      int level = 0;
+      int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &level);
+      if (rc != MPI_SUCCESS) return MpiFailure("MPI_Init_thread", rc);
+      return level;
+    }();
     if (!provided.ok()) {
       return Status(StatusCode::kUnavailable, "MPI start-up with rendezvous '" + wanted +
                                                   "' failed: " + provided.status().message());
@@ -296,8 +296,8 @@ class MpiChannel : public Channel {
     return rc;
   }
 
-  Status Stream(const ChunkList& chunks, const StreamOptions& options,
-                const ChunkCallback& on_done, bool sending) {
+  Status Stream(const ChunkList& chunks, const StreamOptions& options, const ChunkCallback& on_done,
+                bool sending) {
     const char* verb = sending ? "send" : "receive";
     for (size_t i = 0; i < chunks.size(); ++i) {
       if (chunks.bytes(i) > static_cast<uint64_t>(INT_MAX)) {
@@ -322,8 +322,8 @@ class MpiChannel : public Channel {
         MPI_Request request;
         int rc = Post(chunks, next, sending, &request);
         if (rc != MPI_SUCCESS) {
-          return fail(MpiFailure(std::string("posting the ") + verb + " of chunk " +
-                                     std::to_string(next), rc));
+          return fail(MpiFailure(
+              std::string("posting the ") + verb + " of chunk " + std::to_string(next), rc));
         }
         in_flight.emplace_back(next++, request);
       }
@@ -331,8 +331,8 @@ class MpiChannel : public Channel {
       MPI_Status mpi_status;
       int rc = MPI_Test(&in_flight.front().second, &complete, &mpi_status);
       if (rc != MPI_SUCCESS) {
-        return fail(MpiFailure(std::string(verb) + " of chunk " +
-                                   std::to_string(in_flight.front().first), rc));
+        return fail(MpiFailure(
+            std::string(verb) + " of chunk " + std::to_string(in_flight.front().first), rc));
       }
       if (complete) {
         const size_t index = in_flight.front().first;
@@ -496,8 +496,8 @@ Result<std::shared_ptr<Transport>> MakeMpiTransport(const TransportOptions& opti
     Result<std::string> a = ResolveRendezvous(configured);
     Result<std::string> b = ResolveRendezvous(rendezvous_uri);
     if (a.ok() && b.ok() && *a != *b) {
-      return Status(StatusCode::kInvalidArgument, "configured rendezvous '" + *a +
-                                                      "' differs from the peer's '" + *b + "'");
+      return Status(StatusCode::kInvalidArgument,
+                    "configured rendezvous '" + *a + "' differs from the peer's '" + *b + "'");
     }
   }
   Status status = EnsureMpi(options, rendezvous_uri.empty() ? configured : rendezvous_uri);

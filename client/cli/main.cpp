@@ -36,24 +36,28 @@ int main(int argc, char** argv) {
                  "Checkpoint whose headers give the expected layout (file, index.json or "
                  "directory); tensor data is not read")
       ->required();
-  auto* output = app.add_option("--output", output_dir,
-                                "Directory to write the loaded checkpoint into");
-  auto* verify = app.add_flag("--verify-only", verify_only,
-                              "Load and verify, but write nothing");
+  auto* output =
+      app.add_option("--output", output_dir, "Directory to write the loaded checkpoint into");
+  auto* verify = app.add_flag("--verify-only", verify_only, "Load and verify, but write nothing");
   output->excludes(verify);
   app.add_option("--window", options.window, "MPI receives in flight")
-      ->check(CLI::Range(1, 64))->capture_default_str();
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
   app.add_option("--register-timeout", register_timeout_s,
                  "Seconds a source has to answer registration")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--busy-timeout", busy_timeout_s,
                  "Seconds to keep retrying a busy source before trying the next")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_option("--connect-timeout", connect_timeout_s, "Seconds for the MPI connection")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--stall-timeout", stall_timeout_s,
                  "Seconds without a chunk after which the transfer fails")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   common.Add(app);
   CLI11_PARSE(app, argc, argv);
   if (output_dir.empty() && !verify_only) {
@@ -134,15 +138,14 @@ int main(int argc, char** argv) {
   if (common.json) {
     std::cout << summary.dump() << std::endl;
   } else if (stats.ok()) {
-    std::printf("loaded %llu tensors, %llu bytes (%s) from %s in %.3f s (%.2f GB/s), %llu chunks "
-                "verified%s\n",
-                static_cast<unsigned long long>(stats->tensors),
-                static_cast<unsigned long long>(stats->bytes),
-                cli::HumanBytes(stats->bytes).c_str(), stats->source.c_str(), stats->seconds,
-                stats->gbps, static_cast<unsigned long long>(stats->chunks),
-                exit_code == cli::kExitOk && !output_dir.empty()
-                    ? ("; wrote " + output_dir).c_str()
-                    : "");
+    std::printf(
+        "loaded %llu tensors, %llu bytes (%s) from %s in %.3f s (%.2f GB/s), %llu chunks "
+        "verified%s\n",
+        static_cast<unsigned long long>(stats->tensors),
+        static_cast<unsigned long long>(stats->bytes), cli::HumanBytes(stats->bytes).c_str(),
+        stats->source.c_str(), stats->seconds, stats->gbps,
+        static_cast<unsigned long long>(stats->chunks),
+        exit_code == cli::kExitOk && !output_dir.empty() ? ("; wrote " + output_dir).c_str() : "");
   }
   return exit_code;
 }

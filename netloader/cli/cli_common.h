@@ -37,19 +37,25 @@ inline const char* kExitCodeHelp =
 
 inline int ExitCodeFor(StatusCode code) {
   switch (code) {
-    case StatusCode::kOk: return kExitOk;
+    case StatusCode::kOk:
+      return kExitOk;
     case StatusCode::kInvalidArgument:
-    case StatusCode::kNotFound: return kExitBadModel;
+    case StatusCode::kNotFound:
+      return kExitBadModel;
     case StatusCode::kFingerprintMismatch:
     case StatusCode::kProtocolMismatch:
-    case StatusCode::kPermissionDenied: return kExitRefused;
+    case StatusCode::kPermissionDenied:
+      return kExitRefused;
     case StatusCode::kUnavailable:
     case StatusCode::kTimeout:
     case StatusCode::kBusy:
-    case StatusCode::kCancelled: return kExitUnavailable;
+    case StatusCode::kCancelled:
+      return kExitUnavailable;
     case StatusCode::kChecksumMismatch:
-    case StatusCode::kTransferFailed: return kExitCorrupt;
-    case StatusCode::kInternal: return kExitFailure;
+    case StatusCode::kTransferFailed:
+      return kExitCorrupt;
+    case StatusCode::kInternal:
+      return kExitFailure;
   }
   return kExitFailure;
 }
@@ -67,20 +73,25 @@ struct CommonFlags {
                    "Model id/revision for the fingerprint (e.g. org/name@rev); a client that sets "
                    "it is only served by a server that declares the same");
     app.add_option("--tp-size", partition.tp_size, "Tensor-parallel world size")
-        ->check(CLI::PositiveNumber)->capture_default_str();
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
     app.add_option("--tp-rank", partition.tp_rank, "This process's tensor-parallel rank")
-        ->check(CLI::NonNegativeNumber)->capture_default_str();
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
     app.add_option("--pp-size", partition.pp_size, "Pipeline-parallel world size")
-        ->check(CLI::PositiveNumber)->capture_default_str();
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
     app.add_option("--pp-rank", partition.pp_rank, "This process's pipeline stage")
-        ->check(CLI::NonNegativeNumber)->capture_default_str();
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
     app.add_option("--layout-key", partition.layout_key,
                    "Any further layout both sides must share (e.g. an expert placement)");
     app.add_option("--rendezvous", transport.rendezvous_uri,
                    "MPI rendezvous: an ompi-server URI or file:PATH of the file `ompi-server -r` "
                    "wrote. Default: the server starts a private one and clients adopt it");
     app.add_option("--interface", transport.interface,
-                   "Network interface MPI uses (lo for one host)")->capture_default_str();
+                   "Network interface MPI uses (lo for one host)")
+        ->capture_default_str();
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
         ->capture_default_str();

@@ -5,32 +5,44 @@
 #include <memory>
 #include <mutex>
 
-#include "netloader/src/log.h"
 #include "netloader/logging.h"
+#include "netloader/src/log.h"
 
 namespace netloader {
 namespace {
 
 LogLevel FromSpdlog(spdlog::level::level_enum level) {
   switch (level) {
-    case spdlog::level::trace: return LogLevel::kTrace;
-    case spdlog::level::debug: return LogLevel::kDebug;
-    case spdlog::level::info: return LogLevel::kInfo;
-    case spdlog::level::warn: return LogLevel::kWarn;
+    case spdlog::level::trace:
+      return LogLevel::kTrace;
+    case spdlog::level::debug:
+      return LogLevel::kDebug;
+    case spdlog::level::info:
+      return LogLevel::kInfo;
+    case spdlog::level::warn:
+      return LogLevel::kWarn;
     case spdlog::level::err:
-    case spdlog::level::critical: return LogLevel::kError;
-    default: return LogLevel::kOff;
+    case spdlog::level::critical:
+      return LogLevel::kError;
+    default:
+      return LogLevel::kOff;
   }
 }
 
 spdlog::level::level_enum ToSpdlog(LogLevel level) {
   switch (level) {
-    case LogLevel::kTrace: return spdlog::level::trace;
-    case LogLevel::kDebug: return spdlog::level::debug;
-    case LogLevel::kInfo: return spdlog::level::info;
-    case LogLevel::kWarn: return spdlog::level::warn;
-    case LogLevel::kError: return spdlog::level::err;
-    case LogLevel::kOff: return spdlog::level::off;
+    case LogLevel::kTrace:
+      return spdlog::level::trace;
+    case LogLevel::kDebug:
+      return spdlog::level::debug;
+    case LogLevel::kInfo:
+      return spdlog::level::info;
+    case LogLevel::kWarn:
+      return spdlog::level::warn;
+    case LogLevel::kError:
+      return spdlog::level::err;
+    case LogLevel::kOff:
+      return spdlog::level::off;
   }
   return spdlog::level::info;
 }
@@ -39,9 +51,9 @@ spdlog::level::level_enum ToSpdlog(LogLevel level) {
 // serialises sink_it_ and guards host_sink_.
 class DispatchSink : public spdlog::sinks::base_sink<std::mutex> {
  public:
-  void SetHostSink(LogSink sink) {
+  void SetHostSink(LogSink host_sink) {
     std::lock_guard<std::mutex> lock(mutex_);
-    host_sink_ = std::move(sink);
+    host_sink_ = std::move(host_sink);
   }
 
  protected:

@@ -102,7 +102,8 @@ uint64_t ChunkDigest(const transfer::ChunkList& chunks, size_t chunk) {
 uint64_t DigestOfDigests(const std::vector<uint64_t>& digests) {
   std::vector<unsigned char> bytes(digests.size() * 8);
   for (size_t i = 0; i < digests.size(); ++i) {
-    for (int b = 0; b < 8; ++b) bytes[i * 8 + b] = static_cast<unsigned char>(digests[i] >> (8 * b));
+    for (int b = 0; b < 8; ++b)
+      bytes[i * 8 + b] = static_cast<unsigned char>(digests[i] >> (8 * b));
   }
   return XXH3_64bits(bytes.data(), bytes.size());
 }

@@ -20,8 +20,8 @@ Admission Registrar::Decide(const RegisterRequest& request, const Status& transp
     admission.kind = Admission::Kind::kReject;
     admission.code = StatusCode::kUnavailable;
     admission.diffs.push_back({"rendezvous_uri", rendezvous_uri_, request.rendezvous_uri});
-    admission.reason = "the client's MPI is bound to another rendezvous: " +
-                       DescribeDiffs(admission.diffs);
+    admission.reason =
+        "the client's MPI is bound to another rendezvous: " + DescribeDiffs(admission.diffs);
     return admission;
   }
   if (!transport_health.ok()) {

@@ -31,7 +31,8 @@ Status Invalid(const std::string& path, const std::string& what) {
 std::string ErrnoText() { return std::strerror(errno); }
 
 bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 std::string DirName(const std::string& path) {
@@ -101,8 +102,8 @@ Result<ShardLayout> ReadShardLayout(const std::string& path) {
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | prefix[i];
   if (header_len > kMaxHeaderBytes) {
-    return Invalid(path, "header length " + std::to_string(header_len) +
-                             " exceeds the 100 MiB limit");
+    return Invalid(path,
+                   "header length " + std::to_string(header_len) + " exceeds the 100 MiB limit");
   }
   if (header_len > file_size - 8) {
     return Invalid(path, "header length " + std::to_string(header_len) +
@@ -140,7 +141,8 @@ Result<CheckpointLayout> ReadIndexed(const std::string& index_path) {
   if (meta_it != index.end() && meta_it->is_object()) layout.index_metadata_json = meta_it->dump();
   std::set<std::string> files;
   for (auto& [name, file] : map_it->items()) {
-    if (!file.is_string()) return Invalid(index_path, "weight_map[\"" + name + "\"] is not a string");
+    if (!file.is_string())
+      return Invalid(index_path, "weight_map[\"" + name + "\"] is not a string");
     const std::string f = file.get<std::string>();
     if (f.empty() || f.find('/') != std::string::npos || f == "..") {
       return Invalid(index_path, "weight_map[\"" + name + "\"] names an unsafe file '" + f + "'");
@@ -170,7 +172,9 @@ Result<CheckpointLayout> ReadIndexed(const std::string& index_path) {
   return layout;
 }
 
-size_t AlignUp(size_t n) { return (n + kTensorAlignment - 1) / kTensorAlignment * kTensorAlignment; }
+size_t AlignUp(size_t n) {
+  return (n + kTensorAlignment - 1) / kTensorAlignment * kTensorAlignment;
+}
 
 }  // namespace
 
@@ -205,7 +209,8 @@ Result<ShardLayout> ParseSafetensorsHeader(const std::string& header, uint64_t d
     if (name == "__metadata__") {
       if (!entry.is_object()) return Invalid(path, "__metadata__ is not an object");
       for (auto& [key, value] : entry.items()) {
-        if (!value.is_string()) return Invalid(path, "__metadata__[\"" + key + "\"] is not a string");
+        if (!value.is_string())
+          return Invalid(path, "__metadata__[\"" + key + "\"] is not a string");
         shard.metadata[key] = value.get<std::string>();
       }
       continue;
@@ -220,7 +225,8 @@ Result<ShardLayout> ParseSafetensorsHeader(const std::string& header, uint64_t d
       return Invalid(path, label + ": missing or non-string dtype");
     }
     std::optional<DType> dtype = ParseDType(dtype_it->get<std::string>());
-    if (!dtype) return Invalid(path, label + ": unknown dtype '" + dtype_it->get<std::string>() + "'");
+    if (!dtype)
+      return Invalid(path, label + ": unknown dtype '" + dtype_it->get<std::string>() + "'");
     if (shape_it == entry.end() || !shape_it->is_array()) {
       return Invalid(path, label + ": missing or non-array shape");
     }
@@ -228,8 +234,8 @@ Result<ShardLayout> ParseSafetensorsHeader(const std::string& header, uint64_t d
     spec.name = name;
     spec.dtype = *dtype;
     for (const json& dim : *shape_it) {
-      if (!dim.is_number_integer() || (dim.is_number_integer() && !dim.is_number_unsigned() &&
-                                       dim.get<int64_t>() < 0)) {
+      if (!dim.is_number_integer() ||
+          (dim.is_number_integer() && !dim.is_number_unsigned() && dim.get<int64_t>() < 0)) {
         return Invalid(path, label + ": shape entries must be non-negative integers");
       }
       if (dim.is_number_unsigned() && dim.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
@@ -370,8 +376,8 @@ Result<HostModel> HostModel::Allocate(const CheckpointLayout& layout) {
   char* at = static_cast<char*>(model.memory_);
   for (const ShardLayout& shard : layout.shards) {
     for (const TensorSpec& t : shard.tensors) {
-      model.view_.tensors.push_back({t.name, t.dtype, t.shape, t.size_bytes ? at : nullptr,
-                                     t.size_bytes});
+      model.view_.tensors.push_back(
+          {t.name, t.dtype, t.shape, t.size_bytes ? at : nullptr, t.size_bytes});
       at += AlignUp(t.size_bytes);
     }
   }
@@ -408,8 +414,8 @@ Status WriteSafetensors(const std::string& path, const std::vector<TensorView>& 
   uint64_t offset = 0;
   for (const TensorView& t : tensors) {
     if (t.name == "__metadata__" || !names.insert(t.name).second) {
-      return Status(StatusCode::kInvalidArgument, path + ": duplicate or reserved tensor name '" +
-                                                      t.name + "'");
+      return Status(StatusCode::kInvalidArgument,
+                    path + ": duplicate or reserved tensor name '" + t.name + "'");
     }
     header[t.name] = {{"dtype", std::string(DTypeName(t.dtype))},
                       {"shape", t.shape},
@@ -420,7 +426,8 @@ Status WriteSafetensors(const std::string& path, const std::vector<TensorView>& 
   // Pad with spaces so the data starts 8-byte aligned, as the reference writer does.
   text.append((8 - text.size() % 8) % 8, ' ');
   unsigned char prefix[8];
-  for (int i = 0; i < 8; ++i) prefix[i] = static_cast<unsigned char>(uint64_t{text.size()} >> (8 * i));
+  for (int i = 0; i < 8; ++i)
+    prefix[i] = static_cast<unsigned char>(uint64_t{text.size()} >> (8 * i));
 
   const std::string temp = path + ".tmp";
   {
@@ -450,8 +457,8 @@ Status WriteCheckpoint(const std::string& dir, const CheckpointLayout& layout,
                        const ModelView& model) {
   if (model.tensors.size() != layout.tensor_count()) {
     return Status(StatusCode::kInvalidArgument,
-                  "model has " + std::to_string(model.tensors.size()) +
-                      " tensors, layout has " + std::to_string(layout.tensor_count()));
+                  "model has " + std::to_string(model.tensors.size()) + " tensors, layout has " +
+                      std::to_string(layout.tensor_count()));
   }
   std::error_code error;
   std::filesystem::create_directories(dir, error);
@@ -477,7 +484,8 @@ Status WriteCheckpoint(const std::string& dir, const CheckpointLayout& layout,
   const std::string text = index_doc.dump(2) + "\n";
   const std::string path = dir + "/" + kIndexName;
   Fd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (fd.get() < 0) return Status(StatusCode::kUnavailable, path + ": cannot create: " + ErrnoText());
+  if (fd.get() < 0)
+    return Status(StatusCode::kUnavailable, path + ": cannot create: " + ErrnoText());
   return WriteAll(fd.get(), text.data(), text.size(), path);
 }
 

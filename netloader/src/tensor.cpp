@@ -50,13 +50,13 @@ Status ValidatePartition(const Partition& p) {
   if (p.pp_size < 1) return Status(StatusCode::kInvalidArgument, "pp_size must be >= 1");
   if (p.tp_rank < 0 || p.tp_rank >= p.tp_size) {
     return Status(StatusCode::kInvalidArgument, "tp_rank " + std::to_string(p.tp_rank) +
-                                                    " is outside [0, " +
-                                                    std::to_string(p.tp_size) + ")");
+                                                    " is outside [0, " + std::to_string(p.tp_size) +
+                                                    ")");
   }
   if (p.pp_rank < 0 || p.pp_rank >= p.pp_size) {
     return Status(StatusCode::kInvalidArgument, "pp_rank " + std::to_string(p.pp_rank) +
-                                                    " is outside [0, " +
-                                                    std::to_string(p.pp_size) + ")");
+                                                    " is outside [0, " + std::to_string(p.pp_size) +
+                                                    ")");
   }
   return Status::Ok();
 }

@@ -80,8 +80,9 @@ Result<Manifest> FromWire(const wire::Manifest& in) {
   for (const wire::TensorInfo& info : in.tensors()) {
     std::optional<DType> dtype = ParseDType(info.dtype());
     if (!dtype) {
-      return Status(StatusCode::kProtocolMismatch,
-                    "manifest tensor '" + info.name() + "' has unknown dtype '" + info.dtype() + "'");
+      return Status(
+          StatusCode::kProtocolMismatch,
+          "manifest tensor '" + info.name() + "' has unknown dtype '" + info.dtype() + "'");
     }
     manifest.tensors.push_back({info.name(), *dtype,
                                 std::vector<int64_t>(info.shape().begin(), info.shape().end()),
@@ -94,19 +95,27 @@ Result<Manifest> FromWire(const wire::Manifest& in) {
 
 wire::RejectCode ToRejectCode(StatusCode code) {
   switch (code) {
-    case StatusCode::kFingerprintMismatch: return wire::FINGERPRINT_MISMATCH;
-    case StatusCode::kProtocolMismatch: return wire::PROTOCOL_MISMATCH;
-    case StatusCode::kUnavailable: return wire::UNAVAILABLE;
-    default: return wire::INVALID_REQUEST;
+    case StatusCode::kFingerprintMismatch:
+      return wire::FINGERPRINT_MISMATCH;
+    case StatusCode::kProtocolMismatch:
+      return wire::PROTOCOL_MISMATCH;
+    case StatusCode::kUnavailable:
+      return wire::UNAVAILABLE;
+    default:
+      return wire::INVALID_REQUEST;
   }
 }
 
 StatusCode FromRejectCode(wire::RejectCode code) {
   switch (code) {
-    case wire::FINGERPRINT_MISMATCH: return StatusCode::kFingerprintMismatch;
-    case wire::PROTOCOL_MISMATCH: return StatusCode::kProtocolMismatch;
-    case wire::UNAVAILABLE: return StatusCode::kUnavailable;
-    default: return StatusCode::kInvalidArgument;
+    case wire::FINGERPRINT_MISMATCH:
+      return StatusCode::kFingerprintMismatch;
+    case wire::PROTOCOL_MISMATCH:
+      return StatusCode::kProtocolMismatch;
+    case wire::UNAVAILABLE:
+      return StatusCode::kUnavailable;
+    default:
+      return StatusCode::kInvalidArgument;
   }
 }
 

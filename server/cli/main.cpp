@@ -38,17 +38,22 @@ int main(int argc, char** argv) {
                  "Write the bound endpoint to this file once serving (for scripts)");
   app.add_option("--max-clients", options.max_concurrent_transfers,
                  "Clients streamed at once; more are told Busy and retry")
-      ->check(CLI::Range(1, 1024))->capture_default_str();
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
   app.add_option("--chunk-mib", chunk_mib, "MPI message size in MiB")
-      ->check(CLI::Range(1, 1024))->capture_default_str();
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
   app.add_option("--window", options.window, "MPI messages in flight per client")
-      ->check(CLI::Range(1, 64))->capture_default_str();
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
   app.add_option("--connect-timeout", connect_timeout_s,
                  "Seconds an accepted client has to connect over MPI")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--stall-timeout", stall_timeout_s,
                  "Seconds without progress after which a transfer is abandoned")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   common.Add(app);
   CLI11_PARSE(app, argc, argv);
   common.ApplyLogLevel();
@@ -57,7 +62,8 @@ int main(int argc, char** argv) {
   options.partition = common.partition;
   options.transport = common.transport;
   options.chunk_bytes = chunk_mib << 20;
-  options.connect_timeout = std::chrono::milliseconds(static_cast<int64_t>(connect_timeout_s * 1000));
+  options.connect_timeout =
+      std::chrono::milliseconds(static_cast<int64_t>(connect_timeout_s * 1000));
   options.stall_timeout = std::chrono::milliseconds(static_cast<int64_t>(stall_timeout_s * 1000));
 
   // Block the stop signals before any thread starts, so they all inherit the mask and the main
@@ -88,9 +94,8 @@ int main(int argc, char** argv) {
   Result<std::unique_ptr<Server>> server = Server::Start(options, model->view());
   if (!server.ok()) {
     std::fprintf(stderr, "netloader-server: %s\n", server.status().ToString().c_str());
-    return cli::ExitCodeFor(server.status().code()) == cli::kExitBadModel
-               ? cli::kExitUsage
-               : cli::kExitUnavailable;
+    return cli::ExitCodeFor(server.status().code()) == cli::kExitBadModel ? cli::kExitUsage
+                                                                          : cli::kExitUnavailable;
   }
   std::fprintf(stderr, "netloader-server: serving at %s (rendezvous %s); Ctrl-C to stop\n",
                (*server)->endpoint().c_str(), (*server)->rendezvous_uri().c_str());

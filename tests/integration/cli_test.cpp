@@ -32,8 +32,9 @@ void MakeCheckpoint(const std::string& dir, int tensors, int mib, int shards, in
 class ServerProcess {
  public:
   ServerProcess(const TempDir& tmp, const std::string& model, std::vector<std::string> extra = {}) {
-    std::vector<std::string> argv = {Bin("netloader-server"), "--model", model, "--listen",
-                                     "tcp://127.0.0.1:0", "--endpoint-file", tmp / "endpoint"};
+    std::vector<std::string> argv = {
+        Bin("netloader-server"), "--model",         model,           "--listen",
+        "tcp://127.0.0.1:0",     "--endpoint-file", tmp / "endpoint"};
     argv.insert(argv.end(), extra.begin(), extra.end());
     child_ = std::make_unique<Child>(argv, tmp / "server");
     endpoint_ = testing::WaitForLine(tmp / "endpoint", 30s);
@@ -99,8 +100,9 @@ TEST(CliTest, TwoProcessTransferOfMixedCheckpointIsByteIdentical) {
   MakeCheckpoint(tmp / "model", 256, 48, 1, 11);
   ServerProcess server(tmp, tmp / "model");
   ASSERT_FALSE(server.endpoint().empty()) << server.child().Stderr();
-  ClientRun run = RunClient(tmp, "client", {"--source", server.endpoint(), "--model",
-                                            tmp / "model", "--output", tmp / "out"});
+  ClientRun run =
+      RunClient(tmp, "client",
+                {"--source", server.endpoint(), "--model", tmp / "model", "--output", tmp / "out"});
   ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
   EXPECT_EQ(run.summary["ok"], true);
   EXPECT_EQ(run.summary["tensors"], 256);
@@ -119,9 +121,9 @@ TEST(CliTest, ShardedCheckpointArrivesWithTheSameShardsAndIndex) {
   TempDir tmp;
   MakeCheckpoint(tmp / "model", 40, 8, 3, 12);
   ServerProcess server(tmp, tmp / "model");
-  ClientRun run = RunClient(tmp, "client", {"--source", server.endpoint(), "--model",
-                                            tmp / "model/model.safetensors.index.json",
-                                            "--output", tmp / "out"});
+  ClientRun run = RunClient(tmp, "client",
+                            {"--source", server.endpoint(), "--model",
+                             tmp / "model/model.safetensors.index.json", "--output", tmp / "out"});
   ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
   for (int s = 1; s <= 3; ++s) {
     const std::string f = "/model-0000" + std::to_string(s) + "-of-00003.safetensors";
@@ -134,8 +136,8 @@ TEST(CliTest, FileWrittenByHuggingFaceIsServedAndRewrittenFaithfully) {
   TempDir tmp;
   const std::string model = std::string(NETLOADER_TEST_DATA) + "/small-test.safetensors";
   ServerProcess server(tmp, model);
-  ClientRun run = RunClient(tmp, "client", {"--source", server.endpoint(), "--model", model,
-                                            "--output", tmp / "out"});
+  ClientRun run = RunClient(
+      tmp, "client", {"--source", server.endpoint(), "--model", model, "--output", tmp / "out"});
   ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
   EXPECT_EQ(run.summary["tensors"], 4);
   ExpectSameCheckpoint(model, tmp / "out/small-test.safetensors");
@@ -168,8 +170,8 @@ TEST(CliTest, ClientForAModelTheServerDoesNotHoldIsRefusedNamingTheDigest) {
   MakeCheckpoint(tmp / "wanted", 12, 1, 1, 14);
   ServerProcess server(tmp, tmp / "served");
   const auto start = std::chrono::steady_clock::now();
-  ClientRun run = RunClient(tmp, "client", {"--source", server.endpoint(), "--model",
-                                            tmp / "wanted", "--verify-only"});
+  ClientRun run = RunClient(
+      tmp, "client", {"--source", server.endpoint(), "--model", tmp / "wanted", "--verify-only"});
   EXPECT_EQ(run.exit_code, 4) << run.stderr_text;
   EXPECT_EQ(run.summary["ok"], false);
   EXPECT_EQ(run.summary["error"], "FingerprintMismatch");
@@ -182,12 +184,13 @@ TEST(CliTest, PartitionMismatchIsRefusedNamingTheField) {
   TempDir tmp;
   MakeCheckpoint(tmp / "model", 10, 1, 1, 15);
   ServerProcess server(tmp, tmp / "model", {"--tp-size", "2", "--tp-rank", "1"});
-  ClientRun run = RunClient(tmp, "client", {"--source", server.endpoint(), "--model",
-                                            tmp / "model", "--verify-only", "--tp-size", "2"});
+  ClientRun run = RunClient(
+      tmp, "client",
+      {"--source", server.endpoint(), "--model", tmp / "model", "--verify-only", "--tp-size", "2"});
   EXPECT_EQ(run.exit_code, 4) << run.stderr_text;
-  EXPECT_NE(run.summary["message"].get<std::string>().find(
-                "partition.tp_rank: server='1' client='0'"),
-            std::string::npos)
+  EXPECT_NE(
+      run.summary["message"].get<std::string>().find("partition.tp_rank: server='1' client='0'"),
+      std::string::npos)
       << run.summary.dump();
 }
 
@@ -214,9 +217,9 @@ TEST(CliTest, HelpExplainsEveryFlagAndTheExitCodes) {
   TempDir tmp;
   Child client({Bin("netloader-client"), "--help"}, tmp / "client");
   ASSERT_EQ(client.Wait(10s), 0);
-  for (const char* flag : {"--source", "--model", "--output", "--verify-only", "--tp-size",
-                           "--tp-rank", "--pp-size", "--pp-rank", "--model-id", "--json",
-                           "--rendezvous", "Exit codes"}) {
+  for (const char* flag :
+       {"--source", "--model", "--output", "--verify-only", "--tp-size", "--tp-rank", "--pp-size",
+        "--pp-rank", "--model-id", "--json", "--rendezvous", "Exit codes"}) {
     EXPECT_NE(client.Stdout().find(flag), std::string::npos) << flag;
   }
   Child server({Bin("netloader-server"), "--help"}, tmp / "server");
@@ -233,8 +236,8 @@ TEST(EmbeddedServerTest, HostLoopKeepsRunningWhileItServesATransfer) {
   Child host({Bin("host_loop_server"), tmp / "model", tmp / "endpoint"}, tmp / "host");
   const std::string endpoint = testing::WaitForLine(tmp / "endpoint", 30s);
   ASSERT_FALSE(endpoint.empty()) << host.Stderr();
-  ClientRun run = RunClient(tmp, "client",
-                            {"--source", endpoint, "--model", tmp / "model", "--verify-only"});
+  ClientRun run =
+      RunClient(tmp, "client", {"--source", endpoint, "--model", tmp / "model", "--verify-only"});
   ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
   host.Signal(SIGTERM);
   ASSERT_EQ(host.Wait(20s), 0) << host.Stderr();

@@ -52,10 +52,10 @@ int main(int argc, char** argv) {
   }
   const auto stats = (*server)->stats();
   (*server)->Stop();
-  std::printf("{\"iterations\":%llu,\"iterations_during_transfer\":%llu,\"max_gap_ms\":%.1f,"
-              "\"served\":%llu}\n",
-              static_cast<unsigned long long>(iterations),
-              static_cast<unsigned long long>(during_transfer), max_gap_ms,
-              static_cast<unsigned long long>(stats.clients_served));
+  std::printf(
+      "{\"iterations\":%llu,\"iterations_during_transfer\":%llu,\"max_gap_ms\":%.1f,"
+      "\"served\":%llu}\n",
+      static_cast<unsigned long long>(iterations), static_cast<unsigned long long>(during_transfer),
+      max_gap_ms, static_cast<unsigned long long>(stats.clients_served));
   return 0;
 }

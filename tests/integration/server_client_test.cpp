@@ -214,8 +214,8 @@ TEST_F(ServerClientTest, ClientsBeyondTheLimitAreToldBusyAndAllAreEventuallyServ
   std::vector<std::thread> threads;
   for (int i = 0; i < kClients; ++i) {
     threads.emplace_back([&, i] {
-      Result<LoadStats> r = internal::Load(ClientFor((*server)->endpoint()), dests[i].view,
-                                           Inproc(transport_));
+      Result<LoadStats> r =
+          internal::Load(ClientFor((*server)->endpoint()), dests[i].view, Inproc(transport_));
       results[i] = r.ok() ? Status::Ok() : r.status();
     });
   }

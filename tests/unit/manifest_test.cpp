@@ -10,7 +10,8 @@ namespace {
 std::vector<uint64_t> Covered(const ChunkPlan& plan, size_t tensors) {
   std::vector<uint64_t> bytes(tensors, 0);
   for (size_t c = 0; c < plan.size(); ++c) {
-    for (size_t p = 0; p < plan.piece_count(c); ++p) bytes[plan.pieces(c)[p].tensor] += plan.pieces(c)[p].length;
+    for (size_t p = 0; p < plan.piece_count(c); ++p)
+      bytes[plan.pieces(c)[p].tensor] += plan.pieces(c)[p].length;
   }
   return bytes;
 }
@@ -43,16 +44,19 @@ TEST(ChunkPlanTest, AllEmptyModelHasNoChunks) {
 ModelView Model(std::vector<std::vector<unsigned char>>& storage) {
   ModelView m;
   for (size_t i = 0; i < storage.size(); ++i) {
-    m.tensors.push_back({"t" + std::to_string(i), DType::kU8,
+    m.tensors.push_back({"t" + std::to_string(i),
+                         DType::kU8,
                          {static_cast<int64_t>(storage[i].size())},
-                         storage[i].empty() ? nullptr : storage[i].data(), storage[i].size()});
+                         storage[i].empty() ? nullptr : storage[i].data(),
+                         storage[i].size()});
   }
   return m;
 }
 
 TEST(ManifestTest, DigestsMatchWhatAReceiverComputesPerChunk) {
   std::vector<std::vector<unsigned char>> storage = {std::vector<unsigned char>(5000, 1),
-                                                     {}, std::vector<unsigned char>(300, 2),
+                                                     {},
+                                                     std::vector<unsigned char>(300, 2),
                                                      std::vector<unsigned char>(9000, 3)};
   ModelView model = Model(storage);
   Manifest m = BuildManifest(model, 4096);

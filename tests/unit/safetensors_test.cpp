@@ -68,9 +68,9 @@ TEST(SafetensorsTest, WriterOutputReadsBackIdenticallyForEveryDType) {
   std::mt19937 rng(7);
   std::vector<std::vector<unsigned char>> buffers;
   std::vector<TensorView> tensors;
-  const DType all[] = {DType::kBool, DType::kU8,  DType::kI8,   DType::kF8E5M2, DType::kF8E4M3,
-                       DType::kI16,  DType::kU16, DType::kF16,  DType::kBF16,   DType::kI32,
-                       DType::kU32,  DType::kF32, DType::kI64,  DType::kU64,    DType::kF64};
+  const DType all[] = {DType::kBool, DType::kU8,  DType::kI8,  DType::kF8E5M2, DType::kF8E4M3,
+                       DType::kI16,  DType::kU16, DType::kF16, DType::kBF16,   DType::kI32,
+                       DType::kU32,  DType::kF32, DType::kI64, DType::kU64,    DType::kF64};
   for (DType dtype : all) {
     const std::vector<int64_t> shape = {3, 5};
     buffers.emplace_back(15 * DTypeSize(dtype));
@@ -203,21 +203,21 @@ INSTANTIATE_TEST_SUITE_P(
         Malformed{"offsets out of bounds",
                   R"({"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}})", 4,
                   "run past the 4 data bytes", ""},
-        Malformed{"begin after end", R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[4,2]}})",
-                  4, "begin > end", ""},
-        Malformed{"size mismatch", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})",
-                  8, "do not match shape x dtype", ""},
+        Malformed{"begin after end", R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[4,2]}})", 4,
+                  "begin > end", ""},
+        Malformed{"size mismatch", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8,
+                  "do not match shape x dtype", ""},
         Malformed{"overlap",
                   R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},
                       "b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})",
                   8, "overlaps", ""},
-        Malformed{"shape overflow",
-                  R"({"a":{"dtype":"F64","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})",
-                  8, "overflows", ""},
-        Malformed{"bad metadata", R"({"__metadata__":{"k":5}})", 0, "is not a string", "" },
-        Malformed{"offsets wrong type",
-                  R"({"a":{"dtype":"U8","shape":[1],"data_offsets":"0-1"}})", 1,
-                  "two non-negative integers", "" }),
+        Malformed{
+            "shape overflow",
+            R"({"a":{"dtype":"F64","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})", 8,
+            "overflows", ""},
+        Malformed{"bad metadata", R"({"__metadata__":{"k":5}})", 0, "is not a string", ""},
+        Malformed{"offsets wrong type", R"({"a":{"dtype":"U8","shape":[1],"data_offsets":"0-1"}})",
+                  1, "two non-negative integers", ""}),
     [](const ::testing::TestParamInfo<Malformed>& param) {
       std::string name = param.param.what;
       for (char& c : name) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';

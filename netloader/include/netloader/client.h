@@ -48,8 +48,8 @@ struct LoadStats {
   uint64_t bytes = 0;
   uint64_t tensors = 0;
   uint64_t chunks = 0;
-  double seconds = 0;  // from the first Register sent to the last chunk verified
-  double gbps = 0;     // bytes / seconds / 1e9
+  double seconds = 0;                   // from the first Register sent to the last chunk verified
+  double gbps = 0;                      // bytes / seconds / 1e9
   std::vector<SourceAttempt> attempts;  // every source tried, in order, the last one succeeded
 };
 

@@ -32,7 +32,7 @@ struct ShardLayout {
 // Storage order: shards in file-name order, tensors by data offset within each.
 struct CheckpointLayout {
   std::vector<ShardLayout> shards;
-  bool indexed = false;                               // came with an index.json
+  bool indexed = false;                    // came with an index.json
   std::string index_metadata_json = "{}";  // the index's "metadata" object, verbatim JSON
 
   size_t tensor_count() const;

@@ -26,19 +26,32 @@ enum class StatusCode {
 
 inline const char* StatusCodeName(StatusCode code) {
   switch (code) {
-    case StatusCode::kOk: return "OK";
-    case StatusCode::kInvalidArgument: return "InvalidArgument";
-    case StatusCode::kNotFound: return "NotFound";
-    case StatusCode::kUnavailable: return "Unavailable";
-    case StatusCode::kTimeout: return "Timeout";
-    case StatusCode::kBusy: return "Busy";
-    case StatusCode::kFingerprintMismatch: return "FingerprintMismatch";
-    case StatusCode::kProtocolMismatch: return "ProtocolMismatch";
-    case StatusCode::kChecksumMismatch: return "ChecksumMismatch";
-    case StatusCode::kTransferFailed: return "TransferFailed";
-    case StatusCode::kPermissionDenied: return "PermissionDenied";
-    case StatusCode::kCancelled: return "Cancelled";
-    case StatusCode::kInternal: return "Internal";
+    case StatusCode::kOk:
+      return "OK";
+    case StatusCode::kInvalidArgument:
+      return "InvalidArgument";
+    case StatusCode::kNotFound:
+      return "NotFound";
+    case StatusCode::kUnavailable:
+      return "Unavailable";
+    case StatusCode::kTimeout:
+      return "Timeout";
+    case StatusCode::kBusy:
+      return "Busy";
+    case StatusCode::kFingerprintMismatch:
+      return "FingerprintMismatch";
+    case StatusCode::kProtocolMismatch:
+      return "ProtocolMismatch";
+    case StatusCode::kChecksumMismatch:
+      return "ChecksumMismatch";
+    case StatusCode::kTransferFailed:
+      return "TransferFailed";
+    case StatusCode::kPermissionDenied:
+      return "PermissionDenied";
+    case StatusCode::kCancelled:
+      return "Cancelled";
+    case StatusCode::kInternal:
+      return "Internal";
   }
   return "Unknown";
 }
@@ -71,7 +84,7 @@ class [[nodiscard]] Status {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : value_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  Result(T value) : value_(std::move(value)) {}         // NOLINT(google-explicit-constructor)
   Result(Status status) : status_(std::move(status)) {  // NOLINT(google-explicit-constructor)
     if (status_.ok()) status_ = Status(StatusCode::kInternal, "Result built from an OK status");
   }
