@@ -191,6 +191,7 @@ class Attempt {
         (*transport)->Connect(accept.mpi_port(), Clock::now() + options_.connect_timeout);
     if (!channel.ok()) return channel.status().WithContext("MPI connect to " + source_);
 
+    Log().debug("connected to {} over MPI; receiving {} chunks", source_, plan.size());
     const transfer::ChunkList chunks = plan.Spans(destination_);
     const uint64_t total = destination_.total_bytes();
     uint64_t done_bytes = 0;

@@ -61,8 +61,11 @@ Runtime& GetRuntime() {
 }
 
 void FinalizeAtExit() {
-  // A thread still blocked inside MPI can make MPI_Finalize wait forever; so can a dead
-  // rendezvous. Bound it: the process is exiting either way.
+  // MPI_Finalize while another thread is still inside MPI_Comm_connect/accept aborts the process
+  // (seen: a double free in ompi_comm_finalize). Such calls were abandoned past their deadline;
+  // then skip finalisation: the process is exiting and the OS reclaims everything.
+  if (GetRuntime().abandoned.load() > 0) return;
+  // A dead rendezvous can make MPI_Finalize wait forever; bound it.
   auto finalize = CallWithDeadline<int>("MPI_Finalize", Clock::now() + std::chrono::seconds(5),
                                         []() -> Result<int> { return MPI_Finalize(); });
   (void)finalize;
@@ -400,6 +403,7 @@ class MpiListener : public Listener {
         [](MPI_Comm& late) { MPI_Comm_free(&late); }, cancel);
     if (!comm.ok()) {
       accept_abandoned_ = true;
+      GetRuntime().abandoned++;
       return comm.status();
     }
     return std::unique_ptr<Channel>(new MpiChannel(*comm, tuning_));

@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <cstring>
+#include <thread>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -228,6 +229,54 @@ TEST(CliTest, HelpExplainsEveryFlagAndTheExitCodes) {
                            "--model-id", "--json", "Exit codes"}) {
     EXPECT_NE(server.Stdout().find(flag), std::string::npos) << flag;
   }
+}
+
+TEST(CliTest, SharedRendezvousStartedSeparatelyServesAsTheMpiMeetingPoint) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 20, 4, 1, 18);
+  // One rendezvous for every instance, as a deployment runs it (README: "Rendezvous").
+  Child rendezvous({"/usr/bin/env", "OMPI_MCA_oob_tcp_if_include=lo", "ompi-server",
+                    "--no-daemonize", "-r", tmp / "rendezvous.uri"},
+                   tmp / "ompi-server");
+  ASSERT_FALSE(testing::WaitForLine(tmp / "rendezvous.uri", 20s).empty()) << rendezvous.Stderr();
+  const std::string spec = "file:" + (tmp / "rendezvous.uri");
+  ServerProcess server(tmp, tmp / "model", {"--rendezvous", spec});
+  ASSERT_FALSE(server.endpoint().empty()) << server.child().Stderr();
+  EXPECT_NE(server.child().Stderr().find(testing::ReadFile(tmp / "rendezvous.uri").substr(0, 10)),
+            std::string::npos)
+      << "the server uses the shared rendezvous, not a private one: " << server.child().Stderr();
+  ClientRun run = RunClient(tmp, "client", {"--source", server.endpoint(), "--model",
+                                            tmp / "model", "--verify-only", "--rendezvous", spec});
+  EXPECT_EQ(run.exit_code, 0) << run.stderr_text;
+}
+
+TEST(CliTest, ClientKilledMidTransferIsLoggedAndTheNextClientIsServed) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 50, 512, 1, 19);
+  ServerProcess server(tmp, tmp / "model",
+                       {"--connect-timeout", "5", "--stall-timeout", "5", "--max-clients", "1"});
+  ASSERT_FALSE(server.endpoint().empty());
+  {
+    Child victim({Bin("netloader-client"), "--source", server.endpoint(), "--model", tmp / "model",
+                  "--verify-only", "--window", "1", "--log-level", "debug"},
+                 tmp / "victim");
+    // Kill it once its MPI connection is up, so it dies in the middle of the stream.
+    const auto until = std::chrono::steady_clock::now() + 30s;
+    while (victim.Stderr().find("over MPI; receiving") == std::string::npos &&
+           std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(2ms);
+    }
+    victim.Signal(SIGKILL);
+    EXPECT_EQ(victim.Wait(10s), 128 + SIGKILL);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  ClientRun next = RunClient(tmp, "next", {"--source", server.endpoint(), "--model",
+                                           tmp / "model", "--verify-only", "--busy-timeout", "30"});
+  EXPECT_EQ(next.exit_code, 0) << next.stderr_text;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 30s);
+  EXPECT_EQ(server.Stop(), 0);
+  EXPECT_NE(server.child().Stdout().find("served 1 clients (1 failed"), std::string::npos)
+      << server.child().Stdout() << server.child().Stderr();
 }
 
 TEST(EmbeddedServerTest, HostLoopKeepsRunningWhileItServesATransfer) {
