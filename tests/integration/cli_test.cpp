@@ -5,9 +5,9 @@
 #include <signal.h>
 
 #include <cstring>
-#include <thread>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "netloader/safetensors.h"
 #include "tests/support/test_util.h"
@@ -245,8 +245,9 @@ TEST(CliTest, SharedRendezvousStartedSeparatelyServesAsTheMpiMeetingPoint) {
   EXPECT_NE(server.child().Stderr().find(testing::ReadFile(tmp / "rendezvous.uri").substr(0, 10)),
             std::string::npos)
       << "the server uses the shared rendezvous, not a private one: " << server.child().Stderr();
-  ClientRun run = RunClient(tmp, "client", {"--source", server.endpoint(), "--model",
-                                            tmp / "model", "--verify-only", "--rendezvous", spec});
+  ClientRun run = RunClient(tmp, "client",
+                            {"--source", server.endpoint(), "--model", tmp / "model",
+                             "--verify-only", "--rendezvous", spec});
   EXPECT_EQ(run.exit_code, 0) << run.stderr_text;
 }
 
@@ -270,8 +271,9 @@ TEST(CliTest, ClientKilledMidTransferIsLoggedAndTheNextClientIsServed) {
     EXPECT_EQ(victim.Wait(10s), 128 + SIGKILL);
   }
   const auto start = std::chrono::steady_clock::now();
-  ClientRun next = RunClient(tmp, "next", {"--source", server.endpoint(), "--model",
-                                           tmp / "model", "--verify-only", "--busy-timeout", "30"});
+  ClientRun next = RunClient(tmp, "next",
+                             {"--source", server.endpoint(), "--model", tmp / "model",
+                              "--verify-only", "--busy-timeout", "30"});
   EXPECT_EQ(next.exit_code, 0) << next.stderr_text;
   EXPECT_LT(std::chrono::steady_clock::now() - start, 30s);
   EXPECT_EQ(server.Stop(), 0);
