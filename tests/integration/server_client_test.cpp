@@ -146,6 +146,54 @@ TEST_F(ServerClientTest, RejectsClientWithDifferentPipelineRankNamingTheField) {
       << stats.status().message();
 }
 
+// Each fingerprint field wrong on its own, through a real server: refused, that field named.
+struct Mismatch {
+  const char* field;
+  void (*mutate)(ClientOptions&);
+};
+
+void PrintTo(const Mismatch& m, std::ostream* os) { *os << m.field; }
+
+class FingerprintFieldTest : public ::testing::TestWithParam<Mismatch> {};
+
+TEST_P(FingerprintFieldTest, ServerRefusesNamingOnlyThatField) {
+  OwnedModel source(8, 5, true);
+  ServerOptions server_options = SmallChunks();
+  server_options.model_id = "org/m@1";
+  server_options.partition = {4, 2, 2, 1, "experts:a"};
+  auto transport = transfer::MakeInprocTransport();
+  auto server = internal::StartServer(server_options, source.view, transport);
+  ASSERT_TRUE(server.ok());
+  OwnedModel dest = source.EmptyLike();
+  ClientOptions options = ClientFor((*server)->endpoint());
+  options.model_id = "org/m@1";
+  options.partition = server_options.partition;
+  ASSERT_TRUE(internal::Load(options, dest.view, Inproc(transport)).ok()) << "control: all match";
+  GetParam().mutate(options);
+  Result<LoadStats> stats = internal::Load(options, dest.view, Inproc(transport));
+  ASSERT_FALSE(stats.ok());
+  EXPECT_EQ(stats.status().code(), StatusCode::kFingerprintMismatch);
+  const std::string& message = stats.status().message();
+  EXPECT_NE(message.find(std::string(GetParam().field) + ": server="), std::string::npos)
+      << message;
+  EXPECT_EQ(message.find("; "), message.rfind("; ")) << "only one field differs: " << message;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    EachField, FingerprintFieldTest,
+    ::testing::Values(
+        Mismatch{"model_id", [](ClientOptions& o) { o.model_id = "org/m@2"; }},
+        Mismatch{"partition.tp_size", [](ClientOptions& o) { o.partition.tp_size = 8; }},
+        Mismatch{"partition.tp_rank", [](ClientOptions& o) { o.partition.tp_rank = 3; }},
+        Mismatch{"partition.pp_size", [](ClientOptions& o) { o.partition.pp_size = 3; }},
+        Mismatch{"partition.pp_rank", [](ClientOptions& o) { o.partition.pp_rank = 0; }},
+        Mismatch{"partition.layout_key", [](ClientOptions& o) { o.partition.layout_key = "b"; }}),
+    [](const ::testing::TestParamInfo<Mismatch>& param) {
+      std::string name = param.param.field;
+      for (char& c : name) c = c == '.' ? '_' : c;
+      return name;
+    });
+
 TEST_F(ServerClientTest, CorruptedChunkIsDetectedNamingTheTensorAndNothingIsLoaded) {
   OwnedModel source(40, seed_, true);
   auto server = internal::StartServer(SmallChunks(), source.view, transport_);
