@@ -113,6 +113,10 @@ int main(int argc, char** argv) {
                {"chunks", stats->chunks},
                {"seconds", stats->seconds},
                {"gbps", stats->gbps},
+               {"register_seconds", stats->register_seconds},
+               {"transport_seconds", stats->transport_seconds},
+               {"connect_seconds", stats->connect_seconds},
+               {"transfer_seconds", stats->transfer_seconds},
                {"verified", true}};
     nlohmann::json attempts = nlohmann::json::array();
     for (const SourceAttempt& a : stats->attempts) {

@@ -48,10 +48,21 @@ struct LoadStats {
   uint64_t bytes = 0;
   uint64_t tensors = 0;
   uint64_t chunks = 0;
-  double seconds = 0;                   // from the first Register sent to the last chunk verified
-  double gbps = 0;                      // bytes / seconds / 1e9
+  double seconds = 0;  // from the first Register sent to the last chunk verified
+  double gbps = 0;     // bytes / seconds / 1e9
+  // Where `seconds` went, for the source that delivered:
+  double register_seconds = 0;          // Register sent until Accept received (incl. Busy retries)
+  double transport_seconds = 0;         // MPI start-up; 0 when MPI was already initialised
+  double connect_seconds = 0;           // MPI connect to the source
+  double transfer_seconds = 0;          // first chunk posted until the last one verified
   std::vector<SourceAttempt> attempts;  // every source tried, in order, the last one succeeded
 };
+
+// Initialises the MPI data plane now, so that a later Load or Server::Start does not pay for it.
+// Needs a shared rendezvous (options.rendezvous_uri): MPI's rendezvous is fixed at start-up.
+// Errors: InvalidArgument (no rendezvous given, or MPI already bound to another), Unavailable,
+// Timeout.
+NETLOADER_EXPORT Status InitializeTransport(const TransportOptions& options);
 
 // Fills the host's pre-allocated `destination` tensors from the first source that holds the same
 // model and partition. Every chunk is verified against the source's XXH3 digests before Load

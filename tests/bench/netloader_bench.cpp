@@ -1,0 +1,632 @@
+// netloader-bench: measures netloader against raw MPI, disk and itself in one invocation, every
+// figure a median over interleaved repetitions, every claim a ratio against a baseline measured in
+// the same run (the machines are noisy). Each measurement runs in fresh processes, as a real load
+// does. See BENCHMARKS.md.
+//
+// The same binary plays every part: without --role it orchestrates; with --role it is one of the
+// processes being measured and prints one JSON line on stdout.
+
+#include <fcntl.h>
+#include <mpi.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <deque>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "client/client_internal.h"
+#include "examples/checkpoint_gen.h"
+#include "netloader/client.h"
+#include "netloader/logging.h"
+#include "netloader/safetensors.h"
+#include "netloader/server.h"
+#include "tests/support/test_util.h"
+#include "transfer/mpi_transport.h"
+
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+using netloader::testing::Child;
+using namespace std::chrono_literals;
+
+double Since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+long MaxRssKiB() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss;
+}
+
+[[noreturn]] void Die(const std::string& what) {
+  std::fprintf(stderr, "netloader-bench: %s\n", what.c_str());
+  std::exit(1);
+}
+
+template <typename T>
+T Check(netloader::Result<T> result, const std::string& what) {
+  if (!result.ok()) Die(what + ": " + result.status().ToString());
+  return std::move(result).value();
+}
+
+void Check(const netloader::Status& status, const std::string& what) {
+  if (!status.ok()) Die(what + ": " + status.ToString());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Roles: the processes being measured.
+
+struct RoleArgs {
+  std::string role;
+  std::string rendezvous;
+  std::vector<std::string> models;
+  std::string source;
+  std::string port_file;
+  std::string endpoint_file;
+  uint64_t chunk_bytes = 4ull << 20;
+  int window = 4;
+  int peers = 1;
+  bool verify = true;
+  bool preinit = false;
+  bool cold = false;
+};
+
+netloader::TransportOptions Transport(const RoleArgs& args) {
+  netloader::TransportOptions options;
+  options.rendezvous_uri = args.rendezvous;
+  return options;
+}
+
+// Serves every --model on its own endpoint (one per line of --endpoint-file) until SIGTERM.
+int RoleServe(const RoleArgs& args) {
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  std::vector<netloader::HostModel> models;
+  std::vector<std::unique_ptr<netloader::Server>> servers;
+  std::string endpoints;
+  for (const std::string& path : args.models) {
+    auto layout = Check(netloader::ReadCheckpointLayout(path), path);
+    models.push_back(Check(netloader::HostModel::Load(layout), path));
+    netloader::ServerOptions options;
+    options.transport = Transport(args);
+    options.max_concurrent_transfers = 8;
+    options.chunk_bytes = args.chunk_bytes;
+    options.window = args.window;
+    servers.push_back(Check(netloader::Server::Start(options, models.back().view()), "serve"));
+    endpoints += servers.back()->endpoint() + "\n";
+  }
+  std::ofstream(args.endpoint_file + ".tmp") << endpoints;
+  std::rename((args.endpoint_file + ".tmp").c_str(), args.endpoint_file.c_str());
+  int signal_number = 0;
+  sigwait(&stop, &signal_number);
+  for (auto& server : servers) server->Stop();
+  return 0;
+}
+
+// One netloader load into fresh buffers, timed by the library from the first Register.
+int RoleLoad(const RoleArgs& args) {
+  auto layout = Check(netloader::ReadCheckpointLayout(args.models.at(0)), "layout");
+  auto model = Check(netloader::HostModel::Allocate(layout), "allocate");
+  double preinit_seconds = 0;
+  if (args.preinit) {
+    const auto start = Clock::now();
+    Check(netloader::InitializeTransport(Transport(args)), "InitializeTransport");
+    preinit_seconds = Since(start);
+  }
+  netloader::ClientOptions options;
+  options.sources = {args.source};
+  options.transport = Transport(args);
+  options.window = args.window;
+  netloader::internal::LoadTuning tuning;
+  tuning.verify_chunks = args.verify;
+  auto stats = Check(
+      netloader::internal::Load(options, model.view(),
+                                [&](const std::string& rendezvous) {
+                                  return netloader::transfer::MakeMpiTransport(options.transport,
+                                                                               rendezvous);
+                                },
+                                tuning),
+      "load");
+  std::cout << json{{"seconds", stats.seconds},
+                    {"bytes", stats.bytes},
+                    {"tensors", stats.tensors},
+                    {"register", stats.register_seconds},
+                    {"transport", stats.transport_seconds + preinit_seconds},
+                    {"connect", stats.connect_seconds},
+                    {"transfer", stats.transfer_seconds},
+                    {"max_rss_kib", MaxRssKiB()}}
+                   .dump()
+            << std::endl;
+  return 0;
+}
+
+// Bare MPI: the sender holds the checkpoint's bytes read from disk (warm, as a netloader server's
+// are); each receiver gets fresh buffers exactly as a netloader client does. Same rendezvous, pml,
+// chunk size and window as netloader; nothing else: no handshake, no checksums.
+uint64_t FileDataBytes(const std::string& path, std::vector<std::pair<uint64_t, uint64_t>>* ranges) {
+  auto layout = Check(netloader::ReadCheckpointLayout(path), path);
+  uint64_t total = 0;
+  for (const auto& shard : layout.shards) {
+    for (const auto& t : shard.tensors) {
+      if (ranges) ranges->push_back({t.file_offset, t.size_bytes});
+      total += t.size_bytes;
+    }
+  }
+  return total;
+}
+
+void Stream(MPI_Comm* comms, int peers, char* data, uint64_t bytes, uint64_t chunk, int window,
+            bool sending) {
+  std::deque<MPI_Request> in_flight;
+  for (uint64_t offset = 0; offset < bytes; offset += chunk) {
+    const int count = static_cast<int>(std::min(chunk, bytes - offset));
+    for (int p = 0; p < peers; ++p) {
+      MPI_Request request;
+      if (sending) {
+        MPI_Isend(data + offset, count, MPI_BYTE, 0, 1, comms[p], &request);
+      } else {
+        MPI_Irecv(data + offset, count, MPI_BYTE, 0, 1, comms[p], &request);
+      }
+      in_flight.push_back(request);
+    }
+    while (in_flight.size() >= static_cast<size_t>(window * peers)) {
+      MPI_Wait(&in_flight.front(), MPI_STATUS_IGNORE);
+      in_flight.pop_front();
+    }
+  }
+  for (MPI_Request& r : in_flight) MPI_Wait(&r, MPI_STATUS_IGNORE);
+}
+
+int RoleRawSend(const RoleArgs& args) {
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  const uint64_t bytes = FileDataBytes(args.models.at(0), &ranges);
+  auto layout = Check(netloader::ReadCheckpointLayout(args.models.at(0)), "layout");
+  auto model = Check(netloader::HostModel::Load(layout), "load");
+  // One contiguous copy of the data, written by the kernel (pread), like a server's memory.
+  char* data = static_cast<char*>(mmap(nullptr, std::max<uint64_t>(bytes, 1), PROT_READ | PROT_WRITE,
+                                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0));
+  int fd = open(layout.shards[0].path.c_str(), O_RDONLY);
+  uint64_t at = 0;
+  for (auto& [offset, size] : ranges) {
+    if (pread(fd, data + at, size, static_cast<off_t>(offset)) != static_cast<ssize_t>(size)) {
+      Die("pread");
+    }
+    at += size;
+  }
+  close(fd);
+  Check(netloader::transfer::MakeMpiTransport(Transport(args)), "MPI");
+  char port[MPI_MAX_PORT_NAME];
+  MPI_Open_port(MPI_INFO_NULL, port);
+  std::ofstream(args.port_file + ".tmp") << port << "\n";
+  std::rename((args.port_file + ".tmp").c_str(), args.port_file.c_str());
+  std::vector<MPI_Comm> comms(args.peers);
+  for (MPI_Comm& c : comms) MPI_Comm_accept(port, MPI_INFO_NULL, 0, MPI_COMM_SELF, &c);
+  Stream(comms.data(), args.peers, data, bytes, args.chunk_bytes, args.window, true);
+  for (MPI_Comm& c : comms) MPI_Comm_disconnect(&c);
+  MPI_Close_port(port);
+  std::cout << json{{"max_rss_kib", MaxRssKiB()}}.dump() << std::endl;
+  return 0;
+}
+
+int RoleRawRecv(const RoleArgs& args) {
+  const uint64_t bytes = FileDataBytes(args.models.at(0), nullptr);
+  auto layout = Check(netloader::ReadCheckpointLayout(args.models.at(0)), "layout");
+  auto model = Check(netloader::HostModel::Allocate(layout), "allocate");  // same kind of memory
+  char* data = static_cast<char*>(mmap(nullptr, std::max<uint64_t>(bytes, 1), PROT_READ | PROT_WRITE,
+                                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0));
+  const std::string port = netloader::testing::WaitForLine(args.port_file, 60s);
+  if (port.empty()) Die("no port from raw-send");
+  Check(netloader::transfer::MakeMpiTransport(Transport(args)), "MPI");
+#ifndef MADV_POPULATE_WRITE
+  constexpr int MADV_POPULATE_WRITE = 23;
+#endif
+  madvise(data, std::max<uint64_t>(bytes, 1), MADV_POPULATE_WRITE);  // as netloader's client does
+  MPI_Comm comm;
+  MPI_Comm_connect(port.c_str(), MPI_INFO_NULL, 0, MPI_COMM_SELF, &comm);
+  const auto start = Clock::now();
+  Stream(&comm, 1, data, bytes, args.chunk_bytes, args.window, false);
+  const double seconds = Since(start);
+  MPI_Comm_disconnect(&comm);
+  std::cout << json{{"seconds", seconds}, {"bytes", bytes}, {"max_rss_kib", MaxRssKiB()}}.dump()
+            << std::endl;
+  return 0;
+}
+
+// Reads the checkpoint from disk into fresh buffers (what a loader without netloader does).
+int RoleDisk(const RoleArgs& args) {
+  auto layout = Check(netloader::ReadCheckpointLayout(args.models.at(0)), "layout");
+  if (args.cold) {
+    for (const auto& shard : layout.shards) {
+      int fd = open(shard.path.c_str(), O_RDONLY);
+      fdatasync(fd);
+      posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+      close(fd);
+    }
+  }
+  const auto start = Clock::now();
+  auto model = Check(netloader::HostModel::Load(layout), "disk load");
+  const double seconds = Since(start);
+  std::cout << json{{"seconds", seconds}, {"bytes", layout.total_bytes()}}.dump() << std::endl;
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The orchestrator.
+
+struct Options {
+  bool quick = false;
+  double size_mib = 1024;
+  int tensors = 2000;
+  int reps = 5;
+  uint64_t chunk_mib = 4;
+  int window = 4;
+  std::string json_path;
+  std::string workdir;
+};
+
+class Bench {
+ public:
+  explicit Bench(Options options) : o_(std::move(options)) {}
+
+  int Run() {
+    self_ = std::filesystem::read_symlink("/proc/self/exe").string();
+    tmp_ = std::make_unique<netloader::testing::TempDir>();
+    dir_ = o_.workdir.empty() ? tmp_->path() : o_.workdir;
+    Prepare();
+    StartRendezvousAndServer();
+    const uint64_t bytes = FileDataBytes(big_, nullptr);
+    std::fprintf(stderr, "model: %s, %d tensors; %d repetitions\n", Human(bytes).c_str(),
+                 o_.tensors, o_.reps);
+    for (int rep = 0; rep < o_.reps; ++rep) {
+      std::fprintf(stderr, "repetition %d/%d\n", rep + 1, o_.reps);
+      Add("raw_mpi", RawStreams(1));
+      Add("netloader", Load(big_, endpoints_[0], true, false));
+      Add("netloader_preinit", Load(big_, endpoints_[0], true, true));
+      Add("netloader_no_checksum", Load(big_, endpoints_[0], false, true));
+      Add("disk_warm", Disk(false));
+      Add("disk_cold", Disk(true));
+    }
+    const long server_rss_before = ServerRssKiB();
+    for (int k : Ks()) {
+      for (int rep = 0; rep < std::max(1, o_.reps / 2); ++rep) {
+        std::fprintf(stderr, "%d concurrent clients, repetition %d\n", k, rep + 1);
+        Add("raw_mpi_x" + std::to_string(k), RawStreams(k));
+        Add("netloader_x" + std::to_string(k), Concurrent(k));
+      }
+    }
+    const long server_hwm = ServerHwmKiB();
+    for (size_t t = 0; t < tiny_.size(); ++t) {
+      for (int rep = 0; rep < o_.reps; ++rep) {
+        Add("overhead_" + std::to_string(tiny_counts_[t]), Load(tiny_[t], endpoints_[t + 1], true, true));
+      }
+    }
+    StopServer();
+    return Report(bytes, server_rss_before, server_hwm);
+  }
+
+ private:
+  std::vector<int> Ks() const { return o_.quick ? std::vector<int>{1, 2} : std::vector<int>{1, 2, 4}; }
+
+  void Prepare() {
+    big_ = dir_ + "/model";
+    netloader::examples::CheckpointSpec spec;
+    spec.total_bytes = static_cast<uint64_t>(o_.size_mib * (1 << 20));
+    spec.tensors = o_.tensors;
+    spec.seed = 7;
+    Check(netloader::examples::GenerateCheckpoint(big_, spec), "generate");
+    for (int count : tiny_counts_) {
+      netloader::examples::CheckpointSpec tiny;
+      tiny.tensors = count;
+      tiny.total_bytes = 64ull * count;  // a few bytes per tensor: the cost is per tensor
+      const std::string path = dir_ + "/tiny" + std::to_string(count);
+      Check(netloader::examples::GenerateCheckpoint(path, tiny), "generate");
+      tiny_.push_back(path);
+    }
+  }
+
+  void StartRendezvousAndServer() {
+    rendezvous_ = std::make_unique<Child>(
+        std::vector<std::string>{"/usr/bin/env", "OMPI_MCA_oob_tcp_if_include=lo", "ompi-server",
+                                 "--no-daemonize", "-r", dir_ + "/rendezvous.uri"},
+        dir_ + "/ompi-server");
+    if (netloader::testing::WaitForLine(dir_ + "/rendezvous.uri", 20s).empty()) {
+      Die("ompi-server did not start: " + rendezvous_->Stderr());
+    }
+    rendezvous_spec_ = "file:" + dir_ + "/rendezvous.uri";
+    std::vector<std::string> argv = Role("serve");
+    argv.insert(argv.end(), {"--endpoint-file", dir_ + "/endpoints", "--model", big_});
+    for (const std::string& t : tiny_) argv.insert(argv.end(), {"--model", t});
+    server_ = std::make_unique<Child>(argv, dir_ + "/server");
+    if (netloader::testing::WaitForLine(dir_ + "/endpoints", 120s).empty()) {
+      Die("server did not start: " + server_->Stderr());
+    }
+    std::istringstream lines(netloader::testing::ReadFile(dir_ + "/endpoints"));
+    for (std::string line; std::getline(lines, line);) endpoints_.push_back(line);
+  }
+
+  void StopServer() {
+    server_->Signal(SIGTERM);
+    server_->Wait(20s);
+  }
+
+  std::vector<std::string> Role(const std::string& role) const {
+    return {self_, "--role", role, "--rendezvous", rendezvous_spec_, "--chunk-mib",
+            std::to_string(o_.chunk_mib), "--window", std::to_string(o_.window)};
+  }
+
+  json RunChild(std::vector<std::string> argv, const std::string& name) {
+    Child child(argv, dir_ + "/" + name);
+    const int code = child.Wait(300s);
+    json out = json::parse(child.Stdout(), nullptr, false);
+    if (code != 0 || out.is_discarded()) {
+      Die(name + " failed (exit " + std::to_string(code) + "): " + child.Stderr());
+    }
+    return out;
+  }
+
+  json Load(const std::string& model, const std::string& endpoint, bool verify, bool preinit) {
+    std::vector<std::string> argv = Role("load");
+    argv.insert(argv.end(), {"--model", model, "--source", endpoint});
+    if (!verify) argv.push_back("--no-verify");
+    if (preinit) argv.push_back("--preinit");
+    json out = RunChild(argv, "load");
+    out["gbps"] = out["bytes"].get<double>() / out["seconds"].get<double>() / 1e9;
+    return out;
+  }
+
+  json Concurrent(int k) {
+    std::vector<std::unique_ptr<Child>> clients;
+    for (int i = 0; i < k; ++i) {
+      std::vector<std::string> argv = Role("load");
+      argv.insert(argv.end(), {"--model", big_, "--source", endpoints_[0], "--preinit"});
+      clients.push_back(std::make_unique<Child>(argv, dir_ + "/c" + std::to_string(i)));
+    }
+    double slowest = 0, fastest = 1e9, bytes = 0;
+    for (auto& c : clients) {
+      if (c->Wait(300s) != 0) Die("concurrent client failed: " + c->Stderr());
+      json out = json::parse(c->Stdout());
+      slowest = std::max(slowest, out["seconds"].get<double>());
+      fastest = std::min(fastest, out["seconds"].get<double>());
+      bytes += out["bytes"].get<double>();
+    }
+    return {{"seconds", slowest}, {"gbps", bytes / slowest / 1e9}, {"spread", slowest / fastest}};
+  }
+
+  json RawStreams(int k) {
+    const std::string port_file = dir_ + "/raw-port";
+    std::remove(port_file.c_str());
+    std::vector<std::string> send = Role("raw-send");
+    send.insert(send.end(), {"--model", big_, "--port-file", port_file, "--peers",
+                             std::to_string(k)});
+    Child sender(send, dir_ + "/raw-send");
+    std::vector<std::unique_ptr<Child>> receivers;
+    for (int i = 0; i < k; ++i) {
+      std::vector<std::string> recv = Role("raw-recv");
+      recv.insert(recv.end(), {"--model", big_, "--port-file", port_file});
+      receivers.push_back(std::make_unique<Child>(recv, dir_ + "/raw-recv" + std::to_string(i)));
+    }
+    double slowest = 0, fastest = 1e9, bytes = 0;
+    long rss = 0;
+    for (auto& r : receivers) {
+      if (r->Wait(300s) != 0) Die("raw receiver failed: " + r->Stderr());
+      json out = json::parse(r->Stdout());
+      slowest = std::max(slowest, out["seconds"].get<double>());
+      fastest = std::min(fastest, out["seconds"].get<double>());
+      bytes += out["bytes"].get<double>();
+      rss = out["max_rss_kib"];
+    }
+    if (sender.Wait(60s) != 0) Die("raw sender failed: " + sender.Stderr());
+    return {{"seconds", slowest}, {"gbps", bytes / slowest / 1e9}, {"spread", slowest / fastest},
+            {"max_rss_kib", rss}};
+  }
+
+  json Disk(bool cold) {
+    std::vector<std::string> argv = Role("disk");
+    argv.insert(argv.end(), {"--model", big_});
+    if (cold) argv.push_back("--cold");
+    json out = RunChild(argv, "disk");
+    out["gbps"] = out["bytes"].get<double>() / out["seconds"].get<double>() / 1e9;
+    return out;
+  }
+
+  long ServerStatusKiB(const char* key) const {
+    std::ifstream status("/proc/" + std::to_string(server_pid()) + "/status");
+    for (std::string line; std::getline(status, line);) {
+      if (line.rfind(key, 0) == 0) return std::stol(line.substr(std::strlen(key)));
+    }
+    return 0;
+  }
+  long ServerRssKiB() const { return ServerStatusKiB("VmRSS:"); }
+  long ServerHwmKiB() const { return ServerStatusKiB("VmHWM:"); }
+  pid_t server_pid() const {
+    // The server role is the only child started with "--role serve".
+    std::ifstream pid_file(dir_ + "/server.pid");
+    pid_t pid = 0;
+    pid_file >> pid;
+    return pid;
+  }
+
+  void Add(const std::string& name, json sample) { samples_[name].push_back(std::move(sample)); }
+
+  struct Stat {
+    double median = 0, min = 0, max = 0;
+  };
+  Stat Of(const std::string& name, const std::string& field) const {
+    std::vector<double> v;
+    for (const json& s : samples_.at(name)) v.push_back(s[field].get<double>());
+    std::sort(v.begin(), v.end());
+    return {v[v.size() / 2], v.front(), v.back()};
+  }
+
+  static std::string Human(double bytes) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.0f MiB", bytes / (1 << 20));
+    return text;
+  }
+
+  int Report(uint64_t bytes, long server_rss_before, long server_hwm) {
+    json out;
+    utsname uts{};
+    uname(&uts);
+    out["config"] = {{"bytes", bytes},           {"tensors", o_.tensors},
+                     {"chunk_bytes", o_.chunk_mib << 20}, {"window", o_.window},
+                     {"pml", "ucx (UCX_TLS=tcp, lo)"}, {"reps", o_.reps},
+                     {"cores", std::thread::hardware_concurrency()},
+                     {"kernel", std::string(uts.release)}, {"quick", o_.quick}};
+    const double raw = Of("raw_mpi", "gbps").median;
+    std::printf("\n%-28s %9s %9s %9s %10s\n", "measurement (GB/s)", "median", "min", "max",
+                "vs raw MPI");
+    auto row = [&](const std::string& name, const std::string& label) {
+      Stat s = Of(name, "gbps");
+      std::printf("%-28s %9.2f %9.2f %9.2f %9.0f%%\n", label.c_str(), s.median, s.min, s.max,
+                  100 * s.median / raw);
+      out["results"][name] = {{"gbps_median", s.median}, {"gbps_min", s.min},
+                              {"gbps_max", s.max},       {"vs_raw", s.median / raw},
+                              {"samples", samples_.at(name)}};
+    };
+    row("raw_mpi", "raw MPI (ceiling)");
+    row("netloader", "netloader end to end");
+    row("netloader_preinit", "  MPI started beforehand");
+    row("netloader_no_checksum", "  checksums off");
+    row("disk_warm", "disk, page cache");
+    row("disk_cold", "disk, cold");
+    for (int k : Ks()) {
+      const std::string n = "netloader_x" + std::to_string(k), r = "raw_mpi_x" + std::to_string(k);
+      const double nl = Of(n, "gbps").median, rw = Of(r, "gbps").median;
+      std::printf("%-28s %9.2f %9s %9s %9.0f%%  (raw x%d: %.2f; slowest/fastest client %.2f)\n",
+                  (std::to_string(k) + " clients, aggregate").c_str(), nl, "", "", 100 * nl / rw,
+                  k, rw, Of(n, "spread").median);
+      out["results"][n] = {{"gbps_median", nl}, {"raw_gbps_median", rw}, {"vs_raw", nl / rw},
+                           {"spread_median", Of(n, "spread").median}, {"samples", samples_.at(n)},
+                           {"raw_samples", samples_.at(r)}};
+    }
+    const Stat nl = Of("netloader", "seconds");
+    const Stat pre = Of("netloader_preinit", "seconds");
+    const Stat off = Of("netloader_no_checksum", "seconds");
+    const Stat cold = Of("disk_cold", "seconds");
+    std::printf("\nfaster than a cold disk read: %.2fx; checksum cost: %.1f%% of the load\n",
+                cold.median / nl.median, 100 * (pre.median - off.median) / pre.median);
+    std::printf("\n%-28s %10s %10s %10s %10s %10s\n", "fixed overhead (ms)", "total", "register",
+                "connect", "transfer", "MPI start");
+    for (size_t t = 0; t < tiny_counts_.size(); ++t) {
+      const std::string n = "overhead_" + std::to_string(tiny_counts_[t]);
+      std::printf("%-28s %10.1f %10.1f %10.1f %10.1f %10.1f\n",
+                  (std::to_string(tiny_counts_[t]) + " tensors").c_str(),
+                  1e3 * Of(n, "seconds").median, 1e3 * Of(n, "register").median,
+                  1e3 * Of(n, "connect").median, 1e3 * Of(n, "transfer").median,
+                  1e3 * Of(n, "transport").median);
+      out["results"][n] = {{"seconds_median", Of(n, "seconds").median},
+                           {"samples", samples_.at(n)}};
+    }
+    const double base = Of("overhead_" + std::to_string(tiny_counts_[0]), "seconds").median;
+    const double top = Of("overhead_" + std::to_string(tiny_counts_.back()), "seconds").median;
+    const double per_1000 =
+        (top - base) / ((tiny_counts_.back() - tiny_counts_[0]) / 1000.0);
+    std::printf("growth: %.2f ms per 1,000 tensors\n", 1e3 * per_1000);
+    const double model_mib = bytes / double(1 << 20);
+    const double client_rss_mib = Of("netloader", "max_rss_kib").median / 1024.0;
+    const double server_extra_mib = (server_hwm - server_rss_before) / 1024.0;
+    const int k_max = Ks().back();
+    std::printf("\nmemory: model %.0f MiB; client peak RSS %.0f MiB (model + %.0f); server peak "
+                "grew %.0f MiB during %d concurrent clients (%.1f MiB per client; window %llu MiB)\n",
+                model_mib, client_rss_mib, client_rss_mib - model_mib, server_extra_mib, k_max,
+                server_extra_mib / k_max,
+                static_cast<unsigned long long>(o_.chunk_mib * o_.window));
+    out["summary"] = {{"end_to_end_vs_raw", nl.median > 0 ? Of("netloader", "gbps").median / raw : 0},
+                      {"preinit_vs_raw", Of("netloader_preinit", "gbps").median / raw},
+                      {"vs_cold_disk", cold.median / nl.median},
+                      {"checksum_cost", (pre.median - off.median) / pre.median},
+                      {"overhead_ms", 1e3 * base},
+                      {"overhead_ms_per_1000_tensors", 1e3 * per_1000},
+                      {"client_rss_over_model_mib", client_rss_mib - model_mib},
+                      {"server_extra_mib_per_client", server_extra_mib / k_max}};
+    if (!o_.json_path.empty()) std::ofstream(o_.json_path) << out.dump(2) << "\n";
+    return 0;
+  }
+
+  Options o_;
+  std::string self_;
+  std::unique_ptr<netloader::testing::TempDir> tmp_;
+  std::string dir_, big_, rendezvous_spec_;
+  const std::vector<int> tiny_counts_ = {4, 1004, 4004};
+  std::vector<std::string> tiny_;
+  std::vector<std::string> endpoints_;
+  std::unique_ptr<Child> rendezvous_, server_;
+  std::map<std::string, std::vector<json>> samples_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "netloader-bench: netloader against raw MPI, disk and itself, in one run.\n"
+      "Generates a Llama-shaped checkpoint, starts a rendezvous and a server, then measures in\n"
+      "fresh processes, interleaved over repetitions: raw MPI (the ceiling), netloader end to\n"
+      "end (with MPI started beforehand or not, checksums on or off), disk (warm and cold),\n"
+      "K concurrent clients against K raw streams, fixed overhead by tensor count, and memory.\n"
+      "Prints a table of medians and ratios; --json writes the same with every sample."};
+  Options o;
+  RoleArgs role;
+  double chunk_mib = 4;
+  app.add_flag("--quick", o.quick, "Small model, 2 repetitions: a smoke run under a minute");
+  app.add_option("--size-mib", o.size_mib, "Model size in MiB")->capture_default_str();
+  app.add_option("--tensors", o.tensors, "Number of tensors")->capture_default_str();
+  app.add_option("--reps", o.reps, "Repetitions")->check(CLI::Range(1, 100))->capture_default_str();
+  app.add_option("--chunk-mib", chunk_mib, "Chunk size in MiB (netloader and raw MPI)")
+      ->capture_default_str();
+  app.add_option("--window", o.window, "Messages in flight (netloader and raw MPI)")
+      ->capture_default_str();
+  app.add_option("--json", o.json_path, "Write the results as JSON to this file");
+  app.add_option("--workdir", o.workdir, "Where to put the checkpoints (default: a temp dir)");
+  // Internal: the processes being measured.
+  app.add_option("--role", role.role)->group("");
+  app.add_option("--rendezvous", role.rendezvous)->group("");
+  app.add_option("--model", role.models)->group("");
+  app.add_option("--source", role.source)->group("");
+  app.add_option("--port-file", role.port_file)->group("");
+  app.add_option("--endpoint-file", role.endpoint_file)->group("");
+  app.add_option("--peers", role.peers)->group("");
+  app.add_flag("--preinit", role.preinit)->group("");
+  app.add_flag("--cold", role.cold)->group("");
+  bool no_verify = false;
+  app.add_flag("--no-verify", no_verify)->group("");
+  CLI11_PARSE(app, argc, argv);
+  o.chunk_mib = static_cast<uint64_t>(chunk_mib);
+  role.chunk_bytes = o.chunk_mib << 20;
+  role.window = o.window;
+  role.verify = !no_verify;
+
+  netloader::SetLogLevel(netloader::LogLevel::kWarn);
+  if (role.role == "serve") {
+    std::ofstream(std::filesystem::path(role.endpoint_file).parent_path() / "server.pid")
+        << getpid();
+    return RoleServe(role);
+  }
+  if (role.role == "load") return RoleLoad(role);
+  if (role.role == "raw-send") return RoleRawSend(role);
+  if (role.role == "raw-recv") return RoleRawRecv(role);
+  if (role.role == "disk") return RoleDisk(role);
+  if (!role.role.empty()) Die("unknown role " + role.role);
+  if (o.quick) {
+    o.size_mib = 64;
+    o.tensors = 300;
+    o.reps = 2;
+  }
+  return Bench(o).Run();
+}
