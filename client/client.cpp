@@ -8,6 +8,7 @@
 #include "netloader/fingerprint.h"
 #include "netloader/src/log.h"
 #include "netloader/src/manifest.h"
+#include "netloader/src/staging.h"
 #include "netloader/src/wire.h"
 #include "transfer/mpi_transport.h"
 
@@ -204,6 +205,17 @@ class Attempt {
 
     Log().debug("connected to {} over MPI; receiving {} chunks", source_, plan.size());
     const transfer::ChunkList chunks = plan.Spans(destination_);
+    // What the data plane receives into: the destination itself, or a ring of window slots
+    // (chunk i lands in slot i % window; the stream posts chunk i + window only after chunk i's
+    // callback returned, so a slot is never overwritten before it was copied out).
+    StagingRing ring;
+    transfer::ChunkList staged;
+    if (options_.staged_receive) {
+      Status made = ring.Allocate(static_cast<size_t>(options_.window), LargestChunk(chunks));
+      if (!made.ok()) return made;
+      staged = StagedChunks(chunks, ring);
+    }
+    const transfer::ChunkList& wire_chunks = options_.staged_receive ? staged : chunks;
     const uint64_t total = destination_.total_bytes();
     uint64_t done_bytes = 0;
     std::vector<uint64_t> digests;
@@ -211,9 +223,16 @@ class Attempt {
     transfer::StreamOptions stream;
     stream.window = options_.window;
     stream.stall_timeout = options_.stall_timeout;
-    Status status = (*channel)->Receive(chunks, stream, [&](size_t i) -> Status {
-      const uint64_t digest =
-          tuning_.verify_chunks ? ChunkDigest(chunks, i) : manifest->chunk_digests[i];
+    Status status = (*channel)->Receive(wire_chunks, stream, [&](size_t i) -> Status {
+      uint64_t digest = manifest->chunk_digests[i];
+      if (options_.staged_receive) {
+        const auto* slot = static_cast<const char*>(wire_chunks.spans(i)[0].data);
+        const uint64_t copied =
+            CopyAndDigest(slot, chunks.spans(i), chunks.span_count(i), tuning_.verify_chunks);
+        if (tuning_.verify_chunks) digest = copied;
+      } else if (tuning_.verify_chunks) {
+        digest = ChunkDigest(chunks, i);
+      }
       if (digest != manifest->chunk_digests[i]) {
         failed_chunk_ = static_cast<int64_t>(i);
         return Status(StatusCode::kChecksumMismatch, "chunk " + std::to_string(i) + " (" +
@@ -231,6 +250,7 @@ class Attempt {
     }
     if (!status.ok()) {
       (*channel)->Abandon();
+      ring.Leak();
       return status.WithContext("transfer from " + source_);
     }
     LoadStats stats;

@@ -322,6 +322,7 @@ class MpiChannel : public Channel {
     };
     while (next < chunks.size() || !in_flight.empty()) {
       while (next < chunks.size() && in_flight.size() < window) {
+        if (options.prepare) options.prepare(next);
         MPI_Request request;
         int rc = Post(chunks, next, sending, &request);
         if (rc != MPI_SUCCESS) {

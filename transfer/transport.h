@@ -23,6 +23,10 @@ struct StreamOptions {
   std::chrono::milliseconds stall_timeout{30000};
   // Checked while waiting; when it becomes true the stream stops with Cancelled.
   const std::atomic<bool>* cancel = nullptr;
+  // Called just before chunk i is posted (sent or received into). Chunk i + window is posted only
+  // after chunk i completed and its completion callback returned, so memory shared by chunks i
+  // and i + window (a staging ring of `window` slots) is never in use twice.
+  std::function<void(size_t index)> prepare;
 };
 
 // Called after chunk `index` has completed (sent, or received in full). A non-OK status aborts the

@@ -3,6 +3,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 
 namespace netloader {
@@ -97,6 +98,24 @@ uint64_t ChunkDigest(const transfer::ChunkList& chunks, size_t chunk) {
   XXH3_64bits_reset(state.get());
   for (size_t s = 0; s < n; ++s) XXH3_64bits_update(state.get(), spans[s].data, spans[s].size);
   return XXH3_64bits_digest(state.get());
+}
+
+uint64_t CopyAndDigest(const char* staged, const transfer::Span* spans, size_t span_count,
+                       bool hash) {
+  constexpr size_t kBlock = 128 << 10;  // fits L2 with room: hash and copy read it from cache
+  State state(hash ? XXH3_createState() : nullptr);
+  if (hash) XXH3_64bits_reset(state.get());
+  for (size_t s = 0; s < span_count; ++s) {
+    char* out = static_cast<char*>(spans[s].data);
+    for (size_t done = 0; done < spans[s].size;) {
+      const size_t n = std::min(kBlock, spans[s].size - done);
+      if (hash) XXH3_64bits_update(state.get(), staged, n);
+      std::memcpy(out + done, staged, n);
+      staged += n;
+      done += n;
+    }
+  }
+  return hash ? XXH3_64bits_digest(state.get()) : 0;
 }
 
 uint64_t DigestOfDigests(const std::vector<uint64_t>& digests) {

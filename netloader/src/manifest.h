@@ -64,6 +64,12 @@ std::vector<uint64_t> TensorSizes(const ModelView& model);
 // XXH3-64 over one chunk's spans, in order.
 uint64_t ChunkDigest(const transfer::ChunkList& chunks, size_t chunk);
 
+// Copies `bytes` bytes from `staged` into the spans in order while hashing them (XXH3-64, as
+// ChunkDigest would), in cache-sized blocks so each byte is read once from cache. Returns the
+// digest, or 0 without hashing when `hash` is false.
+uint64_t CopyAndDigest(const char* staged, const transfer::Span* spans, size_t span_count,
+                       bool hash);
+
 // XXH3-64 over a list of digests (the whole-model digest).
 uint64_t DigestOfDigests(const std::vector<uint64_t>& digests);
 

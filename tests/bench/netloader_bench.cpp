@@ -83,6 +83,7 @@ struct RoleArgs {
   bool verify = true;
   bool preinit = false;
   bool cold = false;
+  bool direct = false;
 };
 
 netloader::TransportOptions Transport(const RoleArgs& args) {
@@ -133,16 +134,17 @@ int RoleLoad(const RoleArgs& args) {
   options.sources = {args.source};
   options.transport = Transport(args);
   options.window = args.window;
+  options.staged_receive = !args.direct;
   netloader::internal::LoadTuning tuning;
   tuning.verify_chunks = args.verify;
-  auto stats = Check(
-      netloader::internal::Load(options, model.view(),
-                                [&](const std::string& rendezvous) {
-                                  return netloader::transfer::MakeMpiTransport(options.transport,
-                                                                               rendezvous);
-                                },
-                                tuning),
-      "load");
+  auto stats =
+      Check(netloader::internal::Load(
+                options, model.view(),
+                [&](const std::string& rendezvous) {
+                  return netloader::transfer::MakeMpiTransport(options.transport, rendezvous);
+                },
+                tuning),
+            "load");
   std::cout << json{{"seconds", stats.seconds},
                     {"bytes", stats.bytes},
                     {"tensors", stats.tensors},
@@ -159,7 +161,8 @@ int RoleLoad(const RoleArgs& args) {
 // Bare MPI: the sender holds the checkpoint's bytes read from disk (warm, as a netloader server's
 // are); each receiver gets fresh buffers exactly as a netloader client does. Same rendezvous, pml,
 // chunk size and window as netloader; nothing else: no handshake, no checksums.
-uint64_t FileDataBytes(const std::string& path, std::vector<std::pair<uint64_t, uint64_t>>* ranges) {
+uint64_t FileDataBytes(const std::string& path,
+                       std::vector<std::pair<uint64_t, uint64_t>>* ranges) {
   auto layout = Check(netloader::ReadCheckpointLayout(path), path);
   uint64_t total = 0;
   for (const auto& shard : layout.shards) {
@@ -199,8 +202,9 @@ int RoleRawSend(const RoleArgs& args) {
   auto layout = Check(netloader::ReadCheckpointLayout(args.models.at(0)), "layout");
   auto model = Check(netloader::HostModel::Load(layout), "load");
   // One contiguous copy of the data, written by the kernel (pread), like a server's memory.
-  char* data = static_cast<char*>(mmap(nullptr, std::max<uint64_t>(bytes, 1), PROT_READ | PROT_WRITE,
-                                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0));
+  char* data =
+      static_cast<char*>(mmap(nullptr, std::max<uint64_t>(bytes, 1), PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0));
   int fd = open(layout.shards[0].path.c_str(), O_RDONLY);
   uint64_t at = 0;
   for (auto& [offset, size] : ranges) {
@@ -228,8 +232,9 @@ int RoleRawRecv(const RoleArgs& args) {
   const uint64_t bytes = FileDataBytes(args.models.at(0), nullptr);
   auto layout = Check(netloader::ReadCheckpointLayout(args.models.at(0)), "layout");
   auto model = Check(netloader::HostModel::Allocate(layout), "allocate");  // same kind of memory
-  char* data = static_cast<char*>(mmap(nullptr, std::max<uint64_t>(bytes, 1), PROT_READ | PROT_WRITE,
-                                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0));
+  char* data =
+      static_cast<char*>(mmap(nullptr, std::max<uint64_t>(bytes, 1), PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0));
   const std::string port = netloader::testing::WaitForLine(args.port_file, 60s);
   if (port.empty()) Die("no port from raw-send");
   Check(netloader::transfer::MakeMpiTransport(Transport(args)), "MPI");
@@ -271,6 +276,7 @@ int RoleDisk(const RoleArgs& args) {
 
 struct Options {
   bool quick = false;
+  bool focus = false;  // only raw MPI and netloader (MPI pre-started, checksums on and off)
   double size_mib = 1024;
   int tensors = 2000;
   int reps = 5;
@@ -296,11 +302,17 @@ class Bench {
     for (int rep = 0; rep < o_.reps; ++rep) {
       std::fprintf(stderr, "repetition %d/%d\n", rep + 1, o_.reps);
       Add("raw_mpi", RawStreams(1));
-      Add("netloader", Load(big_, endpoints_[0], true, false));
       Add("netloader_preinit", Load(big_, endpoints_[0], true, true));
       Add("netloader_no_checksum", Load(big_, endpoints_[0], false, true));
+      Add("netloader_direct", Load(big_, endpoints_[0], true, true, true));
+      if (o_.focus) continue;
+      Add("netloader", Load(big_, endpoints_[0], true, false));
       Add("disk_warm", Disk(false));
       Add("disk_cold", Disk(true));
+    }
+    if (o_.focus) {
+      StopServer();
+      return Report(bytes, 0, 0);
     }
     const long server_rss_before = ServerRssKiB();
     for (int k : Ks()) {
@@ -313,7 +325,8 @@ class Bench {
     const long server_hwm = ServerHwmKiB();
     for (size_t t = 0; t < tiny_.size(); ++t) {
       for (int rep = 0; rep < o_.reps; ++rep) {
-        Add("overhead_" + std::to_string(tiny_counts_[t]), Load(tiny_[t], endpoints_[t + 1], true, true));
+        Add("overhead_" + std::to_string(tiny_counts_[t]),
+            Load(tiny_[t], endpoints_[t + 1], true, true));
       }
     }
     StopServer();
@@ -321,7 +334,9 @@ class Bench {
   }
 
  private:
-  std::vector<int> Ks() const { return o_.quick ? std::vector<int>{1, 2} : std::vector<int>{1, 2, 4}; }
+  std::vector<int> Ks() const {
+    return o_.quick ? std::vector<int>{1, 2} : std::vector<int>{1, 2, 4};
+  }
 
   void Prepare() {
     big_ = dir_ + "/model";
@@ -366,8 +381,15 @@ class Bench {
   }
 
   std::vector<std::string> Role(const std::string& role) const {
-    return {self_, "--role", role, "--rendezvous", rendezvous_spec_, "--chunk-mib",
-            std::to_string(o_.chunk_mib), "--window", std::to_string(o_.window)};
+    return {self_,
+            "--role",
+            role,
+            "--rendezvous",
+            rendezvous_spec_,
+            "--chunk-mib",
+            std::to_string(o_.chunk_mib),
+            "--window",
+            std::to_string(o_.window)};
   }
 
   json RunChild(std::vector<std::string> argv, const std::string& name) {
@@ -380,9 +402,11 @@ class Bench {
     return out;
   }
 
-  json Load(const std::string& model, const std::string& endpoint, bool verify, bool preinit) {
+  json Load(const std::string& model, const std::string& endpoint, bool verify, bool preinit,
+            bool direct = false) {
     std::vector<std::string> argv = Role("load");
     argv.insert(argv.end(), {"--model", model, "--source", endpoint});
+    if (direct) argv.push_back("--direct");
     if (!verify) argv.push_back("--no-verify");
     if (preinit) argv.push_back("--preinit");
     json out = RunChild(argv, "load");
@@ -412,8 +436,8 @@ class Bench {
     const std::string port_file = dir_ + "/raw-port";
     std::remove(port_file.c_str());
     std::vector<std::string> send = Role("raw-send");
-    send.insert(send.end(), {"--model", big_, "--port-file", port_file, "--peers",
-                             std::to_string(k)});
+    send.insert(send.end(),
+                {"--model", big_, "--port-file", port_file, "--peers", std::to_string(k)});
     Child sender(send, dir_ + "/raw-send");
     std::vector<std::unique_ptr<Child>> receivers;
     for (int i = 0; i < k; ++i) {
@@ -432,7 +456,9 @@ class Bench {
       rss = out["max_rss_kib"];
     }
     if (sender.Wait(60s) != 0) Die("raw sender failed: " + sender.Stderr());
-    return {{"seconds", slowest}, {"gbps", bytes / slowest / 1e9}, {"spread", slowest / fastest},
+    return {{"seconds", slowest},
+            {"gbps", bytes / slowest / 1e9},
+            {"spread", slowest / fastest},
             {"max_rss_kib", rss}};
   }
 
@@ -484,41 +510,55 @@ class Bench {
     json out;
     utsname uts{};
     uname(&uts);
-    out["config"] = {{"bytes", bytes},           {"tensors", o_.tensors},
-                     {"chunk_bytes", o_.chunk_mib << 20}, {"window", o_.window},
-                     {"pml", "ucx (UCX_TLS=tcp, lo)"}, {"reps", o_.reps},
+    out["config"] = {{"bytes", bytes},
+                     {"tensors", o_.tensors},
+                     {"chunk_bytes", o_.chunk_mib << 20},
+                     {"window", o_.window},
+                     {"pml", "ucx (UCX_TLS=tcp, lo)"},
+                     {"reps", o_.reps},
                      {"cores", std::thread::hardware_concurrency()},
-                     {"kernel", std::string(uts.release)}, {"quick", o_.quick}};
+                     {"kernel", std::string(uts.release)},
+                     {"quick", o_.quick}};
     const double raw = Of("raw_mpi", "gbps").median;
     std::printf("\n%-28s %9s %9s %9s %10s\n", "measurement (GB/s)", "median", "min", "max",
                 "vs raw MPI");
     auto row = [&](const std::string& name, const std::string& label) {
+      if (!samples_.count(name)) return;
       Stat s = Of(name, "gbps");
       std::printf("%-28s %9.2f %9.2f %9.2f %9.0f%%\n", label.c_str(), s.median, s.min, s.max,
                   100 * s.median / raw);
-      out["results"][name] = {{"gbps_median", s.median}, {"gbps_min", s.min},
-                              {"gbps_max", s.max},       {"vs_raw", s.median / raw},
+      out["results"][name] = {{"gbps_median", s.median},
+                              {"gbps_min", s.min},
+                              {"gbps_max", s.max},
+                              {"vs_raw", s.median / raw},
                               {"samples", samples_.at(name)}};
     };
     row("raw_mpi", "raw MPI (ceiling)");
     row("netloader", "netloader end to end");
     row("netloader_preinit", "  MPI started beforehand");
     row("netloader_no_checksum", "  checksums off");
+    row("netloader_direct", "  received in place");
     row("disk_warm", "disk, page cache");
     row("disk_cold", "disk, cold");
+    const Stat pre = Of("netloader_preinit", "seconds");
+    const Stat off = Of("netloader_no_checksum", "seconds");
+    if (o_.focus) {
+      std::printf("checksum cost: %.1f%% of the load\n",
+                  100 * (pre.median - off.median) / pre.median);
+      if (!o_.json_path.empty()) std::ofstream(o_.json_path) << out.dump(2) << "\n";
+      return 0;
+    }
     for (int k : Ks()) {
       const std::string n = "netloader_x" + std::to_string(k), r = "raw_mpi_x" + std::to_string(k);
       const double nl = Of(n, "gbps").median, rw = Of(r, "gbps").median;
       std::printf("%-28s %9.2f %9s %9s %9.0f%%  (raw x%d: %.2f; slowest/fastest client %.2f)\n",
-                  (std::to_string(k) + " clients, aggregate").c_str(), nl, "", "", 100 * nl / rw,
-                  k, rw, Of(n, "spread").median);
-      out["results"][n] = {{"gbps_median", nl}, {"raw_gbps_median", rw}, {"vs_raw", nl / rw},
-                           {"spread_median", Of(n, "spread").median}, {"samples", samples_.at(n)},
-                           {"raw_samples", samples_.at(r)}};
+                  (std::to_string(k) + " clients, aggregate").c_str(), nl, "", "", 100 * nl / rw, k,
+                  rw, Of(n, "spread").median);
+      out["results"][n] = {{"gbps_median", nl},         {"raw_gbps_median", rw},
+                           {"vs_raw", nl / rw},         {"spread_median", Of(n, "spread").median},
+                           {"samples", samples_.at(n)}, {"raw_samples", samples_.at(r)}};
     }
     const Stat nl = Of("netloader", "seconds");
-    const Stat pre = Of("netloader_preinit", "seconds");
-    const Stat off = Of("netloader_no_checksum", "seconds");
     const Stat cold = Of("disk_cold", "seconds");
     std::printf("\nfaster than a cold disk read: %.2fx; checksum cost: %.1f%% of the load\n",
                 cold.median / nl.median, 100 * (pre.median - off.median) / pre.median);
@@ -536,26 +576,26 @@ class Bench {
     }
     const double base = Of("overhead_" + std::to_string(tiny_counts_[0]), "seconds").median;
     const double top = Of("overhead_" + std::to_string(tiny_counts_.back()), "seconds").median;
-    const double per_1000 =
-        (top - base) / ((tiny_counts_.back() - tiny_counts_[0]) / 1000.0);
+    const double per_1000 = (top - base) / ((tiny_counts_.back() - tiny_counts_[0]) / 1000.0);
     std::printf("growth: %.2f ms per 1,000 tensors\n", 1e3 * per_1000);
     const double model_mib = bytes / double(1 << 20);
     const double client_rss_mib = Of("netloader", "max_rss_kib").median / 1024.0;
     const double server_extra_mib = (server_hwm - server_rss_before) / 1024.0;
     const int k_max = Ks().back();
-    std::printf("\nmemory: model %.0f MiB; client peak RSS %.0f MiB (model + %.0f); server peak "
-                "grew %.0f MiB during %d concurrent clients (%.1f MiB per client; window %llu MiB)\n",
-                model_mib, client_rss_mib, client_rss_mib - model_mib, server_extra_mib, k_max,
-                server_extra_mib / k_max,
-                static_cast<unsigned long long>(o_.chunk_mib * o_.window));
-    out["summary"] = {{"end_to_end_vs_raw", nl.median > 0 ? Of("netloader", "gbps").median / raw : 0},
-                      {"preinit_vs_raw", Of("netloader_preinit", "gbps").median / raw},
-                      {"vs_cold_disk", cold.median / nl.median},
-                      {"checksum_cost", (pre.median - off.median) / pre.median},
-                      {"overhead_ms", 1e3 * base},
-                      {"overhead_ms_per_1000_tensors", 1e3 * per_1000},
-                      {"client_rss_over_model_mib", client_rss_mib - model_mib},
-                      {"server_extra_mib_per_client", server_extra_mib / k_max}};
+    std::printf(
+        "\nmemory: model %.0f MiB; client peak RSS %.0f MiB (model + %.0f); server peak "
+        "grew %.0f MiB during %d concurrent clients (%.1f MiB per client; window %llu MiB)\n",
+        model_mib, client_rss_mib, client_rss_mib - model_mib, server_extra_mib, k_max,
+        server_extra_mib / k_max, static_cast<unsigned long long>(o_.chunk_mib * o_.window));
+    out["summary"] = {
+        {"end_to_end_vs_raw", nl.median > 0 ? Of("netloader", "gbps").median / raw : 0},
+        {"preinit_vs_raw", Of("netloader_preinit", "gbps").median / raw},
+        {"vs_cold_disk", cold.median / nl.median},
+        {"checksum_cost", (pre.median - off.median) / pre.median},
+        {"overhead_ms", 1e3 * base},
+        {"overhead_ms_per_1000_tensors", 1e3 * per_1000},
+        {"client_rss_over_model_mib", client_rss_mib - model_mib},
+        {"server_extra_mib_per_client", server_extra_mib / k_max}};
     if (!o_.json_path.empty()) std::ofstream(o_.json_path) << out.dump(2) << "\n";
     return 0;
   }
@@ -585,6 +625,8 @@ int main(int argc, char** argv) {
   RoleArgs role;
   double chunk_mib = 4;
   app.add_flag("--quick", o.quick, "Small model, 2 repetitions: a smoke run under a minute");
+  app.add_flag("--focus", o.focus,
+               "Measure only raw MPI and netloader with MPI pre-started (for tuning runs)");
   app.add_option("--size-mib", o.size_mib, "Model size in MiB")->capture_default_str();
   app.add_option("--tensors", o.tensors, "Number of tensors")->capture_default_str();
   app.add_option("--reps", o.reps, "Repetitions")->check(CLI::Range(1, 100))->capture_default_str();
@@ -604,6 +646,7 @@ int main(int argc, char** argv) {
   app.add_option("--peers", role.peers)->group("");
   app.add_flag("--preinit", role.preinit)->group("");
   app.add_flag("--cold", role.cold)->group("");
+  app.add_flag("--direct", role.direct)->group("");
   bool no_verify = false;
   app.add_flag("--no-verify", no_verify)->group("");
   CLI11_PARSE(app, argc, argv);
