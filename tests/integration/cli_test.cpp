@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -116,6 +117,33 @@ TEST(CliTest, TwoProcessTransferOfMixedCheckpointIsByteIdentical) {
   EXPECT_EQ(server.Stop(), 0) << "SIGTERM stops the server gracefully";
   EXPECT_NE(server.child().Stdout().find("served 1 clients (0 failed"), std::string::npos)
       << server.child().Stdout();
+}
+
+// Processes whose command line starts with `name` (MPI tests run one at a time, so none of
+// another test's are counted).
+int CountProcesses(const std::string& name) {
+  int count = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string cmdline = testing::ReadFile(entry.path().string() + "/cmdline");
+    if (cmdline.rfind(name, 0) == 0) ++count;
+  }
+  return count;
+}
+
+TEST(CliTest, StoppedServerLeavesNoRendezvousOrDaemonBehind) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 5, 1, 1, 20);
+  const int before = CountProcesses("ompi-server");
+  ServerProcess server(tmp, tmp / "model");
+  ASSERT_FALSE(server.endpoint().empty());
+  EXPECT_EQ(CountProcesses("ompi-server"), before + 1) << "the server started a private one";
+  EXPECT_EQ(server.Stop(), 0);
+  // The private ompi-server ignores SIGTERM; it must still die with its parent.
+  const auto until = std::chrono::steady_clock::now() + 5s;
+  while (CountProcesses("ompi-server") > before && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_EQ(CountProcesses("ompi-server"), before);
 }
 
 TEST(CliTest, ShardedCheckpointArrivesWithTheSameShardsAndIndex) {
