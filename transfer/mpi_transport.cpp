@@ -8,8 +8,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <condition_variable>
 #include <cstdio>
@@ -254,9 +254,9 @@ class ProgressEngine {
   struct Op {
     MPI_Request request = MPI_REQUEST_NULL;
     bool done = false;
-    bool cancel = false;    // the owner gave up: cancel and free it
+    bool cancel = false;  // the owner gave up: cancel and free it
     int error = MPI_SUCCESS;
-    MPI_Count bytes = 0;    // elements (bytes) received
+    MPI_Count bytes = 0;  // elements (bytes) received
   };
   enum class Wait { kDone, kTimeout, kCancelled };
 
@@ -332,7 +332,9 @@ class ProgressEngine {
       if (count == 0 && rc == MPI_SUCCESS) {
         // Some immediate retries catch completions that are nearly there; then sleep, so the
         // cores go to the transfer itself (and the host's work) rather than to polling.
-        if (++idle > 16) std::this_thread::sleep_for(tuning_.poll_interval);
+        if (++idle > 16 && tuning_.poll_interval.count() > 0) {
+          std::this_thread::sleep_for(tuning_.poll_interval);
+        }
         continue;
       }
       idle = 0;
@@ -360,7 +362,7 @@ class ProgressEngine {
   }
 
   const MpiTuning tuning_;
-  std::mutex mu_;  // guards pending_ and every Op's fields
+  std::mutex mu_;                 // guards pending_ and every Op's fields
   std::condition_variable work_;  // pending_ became non-empty
   std::condition_variable done_;  // some operation completed
   std::vector<std::shared_ptr<Op>> pending_;
@@ -461,11 +463,10 @@ class MpiChannel : public Channel {
                            std::string(verb) + " cancelled at chunk " + std::to_string(index)));
       }
       if (waited == ProgressEngine::Wait::kTimeout) {
-        return fail(Status(StatusCode::kTimeout, std::string(verb) + " of chunk " +
-                                                     std::to_string(index) +
-                                                     " made no progress for " +
-                                                     std::to_string(options.stall_timeout.count()) +
-                                                     " ms"));
+        return fail(Status(StatusCode::kTimeout,
+                           std::string(verb) + " of chunk " + std::to_string(index) +
+                               " made no progress for " +
+                               std::to_string(options.stall_timeout.count()) + " ms"));
       }
       const ProgressEngine::Op op = *in_flight.front().second;  // complete: no longer shared
       in_flight.pop_front();
