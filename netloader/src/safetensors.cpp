@@ -30,6 +30,12 @@ Status Invalid(const std::string& path, const std::string& what) {
 
 std::string ErrnoText() { return std::strerror(errno); }
 
+// The status for an open() that just failed on `path`.
+Status OpenFailed(const std::string& path) {
+  return Status(errno == ENOENT ? StatusCode::kNotFound : StatusCode::kUnavailable,
+                path + ": cannot open: " + ErrnoText());
+}
+
 bool EndsWith(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() &&
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -88,10 +94,7 @@ class Fd {
 
 Result<ShardLayout> ReadShardLayout(const std::string& path) {
   Fd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    return Status(errno == ENOENT ? StatusCode::kNotFound : StatusCode::kUnavailable,
-                  path + ": cannot open: " + ErrnoText());
-  }
+  if (fd.get() < 0) return OpenFailed(path);
   struct stat st;
   if (fstat(fd.get(), &st) != 0) return Status(StatusCode::kUnavailable, path + ": " + ErrnoText());
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
@@ -118,10 +121,7 @@ Result<ShardLayout> ReadShardLayout(const std::string& path) {
 
 Result<CheckpointLayout> ReadIndexed(const std::string& index_path) {
   Fd fd(open(index_path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    return Status(errno == ENOENT ? StatusCode::kNotFound : StatusCode::kUnavailable,
-                  index_path + ": cannot open: " + ErrnoText());
-  }
+  if (fd.get() < 0) return OpenFailed(index_path);
   struct stat st;
   if (fstat(fd.get(), &st) != 0 || static_cast<uint64_t>(st.st_size) > kMaxHeaderBytes) {
     return Invalid(index_path, "unreadable or larger than 100 MiB");
@@ -390,9 +390,7 @@ Result<HostModel> HostModel::Load(const CheckpointLayout& layout) {
   size_t index = 0;
   for (const ShardLayout& shard : layout.shards) {
     Fd fd(open(shard.path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (fd.get() < 0) {
-      return Status(StatusCode::kUnavailable, shard.path + ": cannot open: " + ErrnoText());
-    }
+    if (fd.get() < 0) return OpenFailed(shard.path);
     for (const TensorSpec& t : shard.tensors) {
       const TensorView& dest = model->view_.tensors[index++];
       Status read = PreadAll(fd.get(), dest.data, t.size_bytes, t.file_offset, shard.path);

@@ -421,15 +421,25 @@ class Bench {
       argv.insert(argv.end(), {"--model", big_, "--source", endpoints_[0], "--preinit"});
       clients.push_back(std::make_unique<Child>(argv, dir_ + "/c" + std::to_string(i)));
     }
+    return Aggregate(clients, "concurrent client");
+  }
+
+  // Waits for K loaders started together: aggregate rate over the slowest, and its spread.
+  static json Aggregate(std::vector<std::unique_ptr<Child>>& children, const std::string& what) {
     double slowest = 0, fastest = 1e9, bytes = 0;
-    for (auto& c : clients) {
-      if (c->Wait(300s) != 0) Die("concurrent client failed: " + c->Stderr());
+    long rss = 0;
+    for (auto& c : children) {
+      if (c->Wait(300s) != 0) Die(what + " failed: " + c->Stderr());
       json out = json::parse(c->Stdout());
       slowest = std::max(slowest, out["seconds"].get<double>());
       fastest = std::min(fastest, out["seconds"].get<double>());
       bytes += out["bytes"].get<double>();
+      rss = std::max(rss, out["max_rss_kib"].get<long>());
     }
-    return {{"seconds", slowest}, {"gbps", bytes / slowest / 1e9}, {"spread", slowest / fastest}};
+    return {{"seconds", slowest},
+            {"gbps", bytes / slowest / 1e9},
+            {"spread", slowest / fastest},
+            {"max_rss_kib", rss}};
   }
 
   json RawStreams(int k) {
@@ -445,21 +455,9 @@ class Bench {
       recv.insert(recv.end(), {"--model", big_, "--port-file", port_file});
       receivers.push_back(std::make_unique<Child>(recv, dir_ + "/raw-recv" + std::to_string(i)));
     }
-    double slowest = 0, fastest = 1e9, bytes = 0;
-    long rss = 0;
-    for (auto& r : receivers) {
-      if (r->Wait(300s) != 0) Die("raw receiver failed: " + r->Stderr());
-      json out = json::parse(r->Stdout());
-      slowest = std::max(slowest, out["seconds"].get<double>());
-      fastest = std::min(fastest, out["seconds"].get<double>());
-      bytes += out["bytes"].get<double>();
-      rss = out["max_rss_kib"];
-    }
+    json result = Aggregate(receivers, "raw receiver");
     if (sender.Wait(60s) != 0) Die("raw sender failed: " + sender.Stderr());
-    return {{"seconds", slowest},
-            {"gbps", bytes / slowest / 1e9},
-            {"spread", slowest / fastest},
-            {"max_rss_kib", rss}};
+    return result;
   }
 
   json Disk(bool cold) {
