@@ -47,7 +47,12 @@ class ServerImpl : public Server {
         chunks_(ChunkPlan::Make(TensorSizes(model_), options_.chunk_bytes).Spans(model_)),
         registrar_(MakeFingerprint(model_, options_.model_id, options_.partition),
                    transport_->rendezvous(), options_.max_concurrent_transfers) {
-    ToWire(manifest, &wire_manifest_);
+    // The manifest part of every Accept, serialized once. Protobuf merges concatenated
+    // serializations of a message (nested messages field by field), so each Accept is these
+    // bytes followed by the small per-client part: no per-client copy of the manifest.
+    wire::Envelope manifest_part;
+    ToWire(manifest, manifest_part.mutable_accept()->mutable_manifest());
+    accept_manifest_bytes_ = Encode(manifest_part);
     ring_slot_bytes_ = LargestChunk(chunks_, /*multi_span_only=*/true);
   }
 
@@ -205,9 +210,8 @@ class ServerImpl : public Server {
     accept->set_session_id(session->id);
     accept->set_mpi_port(session->listener->address());
     accept->set_rendezvous_uri(transport_->rendezvous());
-    *accept->mutable_manifest() = wire_manifest_;
     accept->set_connect_timeout_ms(static_cast<uint32_t>(options_.connect_timeout.count()));
-    if (!Send(identity, reply)) {
+    if (!Send(identity, reply, accept_manifest_bytes_)) {
       registrar_.Close(session->id);
       return;
     }
@@ -370,8 +374,9 @@ class ServerImpl : public Server {
     Send(identity, reply);
   }
 
-  bool Send(const std::string& identity, wire::Envelope& reply) {
-    const std::string payload = Encode(reply);
+  // Sends `prefix` (already serialized Envelope bytes, merged by the parser) followed by `reply`.
+  bool Send(const std::string& identity, wire::Envelope& reply, const std::string& prefix = "") {
+    const std::string payload = prefix + Encode(reply);
     try {
       socket_.send(zmq::buffer(identity), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
       socket_.send(zmq::buffer(payload), zmq::send_flags::dontwait);
@@ -397,8 +402,8 @@ class ServerImpl : public Server {
   const ServerOptions options_;
   const ModelView model_;
   std::shared_ptr<transfer::Transport> transport_;
-  const transfer::ChunkList chunks_;  // spans over the live tensors, computed once
-  wire::Manifest wire_manifest_;      // encoded once, copied into every Accept
+  const transfer::ChunkList chunks_;   // spans over the live tensors, computed once
+  std::string accept_manifest_bytes_;  // Envelope{accept{manifest}}, serialized once
   // Chunks of several tensors are packed into a send ring of `window` slots of this size (0: no
   // such chunks). Rings are reused across sessions: allocating and faulting them in is not free.
   uint64_t ring_slot_bytes_ = 0;
