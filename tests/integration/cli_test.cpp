@@ -309,6 +309,49 @@ TEST(CliTest, ClientKilledMidTransferIsLoggedAndTheNextClientIsServed) {
       << server.child().Stdout() << server.child().Stderr();
 }
 
+// A (netloader-server) -> B (an embedding engine: loads from A, then serves) -> C (client).
+TEST(ChainTest, ALoadedInstanceServesTheNextOneAndTheBytesSurviveTwoHops) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 120, 24, 1, 21);
+  ServerProcess a(tmp, tmp / "model");
+  ASSERT_FALSE(a.endpoint().empty()) << a.child().Stderr();
+  Child b({Bin("netloader-embed-example"), "--model", tmp / "model", "--source", a.endpoint(),
+           "--endpoint-file", tmp / "b-endpoint"},
+          tmp / "b");
+  const std::string b_endpoint = testing::WaitForLine(tmp / "b-endpoint", 60s);
+  ASSERT_FALSE(b_endpoint.empty()) << b.Stderr();
+  ClientRun c = RunClient(
+      tmp, "c", {"--source", b_endpoint, "--model", tmp / "model", "--output", tmp / "out"});
+  ASSERT_EQ(c.exit_code, 0) << c.stderr_text;
+  EXPECT_EQ(c.summary["source"], b_endpoint);
+  EXPECT_TRUE(testing::ReadFile(tmp / "model/model.safetensors") ==
+              testing::ReadFile(tmp / "out/model.safetensors"));
+  b.Signal(SIGTERM);
+  ASSERT_EQ(b.Wait(20s), 0) << b.Stderr();
+  nlohmann::json summary = nlohmann::json::parse(b.Stdout(), nullptr, false);
+  EXPECT_EQ(summary["loaded_from"], a.endpoint()) << b.Stdout();
+  EXPECT_EQ(summary["served"], 1);
+}
+
+TEST(ChainTest, AnInstanceWhoseSourceIsGoneLoadsFromDiskAndStillServes) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 30, 4, 1, 22);
+  Child b({Bin("netloader-embed-example"), "--model", tmp / "model", "--source",
+           "tcp://127.0.0.1:9", "--endpoint-file", tmp / "b-endpoint"},
+          tmp / "b");
+  const std::string b_endpoint = testing::WaitForLine(tmp / "b-endpoint", 60s);
+  ASSERT_FALSE(b_endpoint.empty()) << b.Stderr();
+  EXPECT_NE(b.Stderr().find("loading from disk"), std::string::npos) << b.Stderr();
+  ClientRun c = RunClient(
+      tmp, "c", {"--source", b_endpoint, "--model", tmp / "model", "--output", tmp / "out"});
+  ASSERT_EQ(c.exit_code, 0) << c.stderr_text;
+  EXPECT_TRUE(testing::ReadFile(tmp / "model/model.safetensors") ==
+              testing::ReadFile(tmp / "out/model.safetensors"));
+  b.Signal(SIGTERM);
+  ASSERT_EQ(b.Wait(20s), 0);
+  EXPECT_NE(b.Stdout().find("\"loaded_from\":\"disk\""), std::string::npos) << b.Stdout();
+}
+
 TEST(EmbeddedServerTest, HostLoopKeepsRunningWhileItServesATransfer) {
   TempDir tmp;
   MakeCheckpoint(tmp / "model", 100, 128, 1, 17);
