@@ -13,6 +13,7 @@ packages=(
   libgtest-dev libgmock-dev
   libcli11-dev nlohmann-json3-dev
   procps iproute2 clang-format
+  clang libclang-rt-14-dev
 )
 
 missing=()
