@@ -20,8 +20,9 @@ int main(int argc, char** argv) {
   CLI::App app{"netloader-embed-example: load a model from peers (or disk), then serve it."};
   std::string model_path, endpoint_file;
   std::vector<std::string> sources;
-  app.add_option("--model", model_path, "Checkpoint: its headers give the layout; the disk "
-                                        "fallback reads its data")
+  app.add_option("--model", model_path,
+                 "Checkpoint: its headers give the layout; the disk "
+                 "fallback reads its data")
       ->required();
   app.add_option("--source", sources, "Peers to load from, in order");
   app.add_option("--endpoint-file", endpoint_file, "Where to write this instance's endpoint")
@@ -35,7 +36,8 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
 
   // 1. The engine's own buffers.
-  netloader::Result<netloader::CheckpointLayout> layout = netloader::ReadCheckpointLayout(model_path);
+  netloader::Result<netloader::CheckpointLayout> layout =
+      netloader::ReadCheckpointLayout(model_path);
   if (!layout.ok()) {
     std::fprintf(stderr, "%s\n", layout.status().ToString().c_str());
     return 3;
