@@ -90,10 +90,8 @@ class ServerImpl : public Server {
   }
 
   void Stop() override {
-    if (stopping_.exchange(true)) {
-      if (control_.joinable()) control_.join();
-      return;
-    }
+    stopping_ = true;
+    std::lock_guard<std::mutex> lock(stop_mu_);
     if (control_.joinable()) control_.join();
   }
 
@@ -218,8 +216,8 @@ class ServerImpl : public Server {
     Log().info("client {} registered as session {:016x}; {} of {} slots in use", client,
                session->id, registrar_.active(), registrar_.limit());
     Session* raw = session.get();
+    Count([](ServerStats& s) { s.active_transfers++; });  // before the thread can Finish()
     session->thread = std::thread([this, raw] { Serve(*raw); });
-    Count([](ServerStats& s) { s.active_transfers++; });
     sessions_[raw->id] = std::move(session);
   }
 
@@ -418,6 +416,7 @@ class ServerImpl : public Server {
   std::string endpoint_;  // written before the thread starts, read-only after
 
   std::atomic<bool> stopping_{false};
+  std::mutex stop_mu_;  // guards joining control_ (Stop may be called from several threads)
   std::thread control_;
   mutable std::mutex stats_mu_;  // guards stats_
   ServerStats stats_;
