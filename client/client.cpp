@@ -1,6 +1,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <thread>
 #include <zmq.hpp>
 
@@ -95,11 +96,21 @@ void PrefaultForWrite(const ModelView& model) {
 #ifndef MADV_POPULATE_WRITE
   constexpr int MADV_POPULATE_WRITE = 23;
 #endif
+  // One call per run of adjacent tensors, not per tensor: models have thousands of small ones.
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  std::vector<std::pair<uintptr_t, uintptr_t>> ranges;
   for (const TensorView& t : model.tensors) {
     if (t.size_bytes == 0) continue;
     const auto begin = reinterpret_cast<uintptr_t>(t.data) & ~(page - 1);
-    const auto end = reinterpret_cast<uintptr_t>(t.data) + t.size_bytes;
+    ranges.emplace_back(begin, reinterpret_cast<uintptr_t>(t.data) + t.size_bytes);
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 0; i < ranges.size();) {
+    uintptr_t begin = ranges[i].first, end = ranges[i].second;
+    // Merge ranges that overlap or leave less than a page between them.
+    for (++i; i < ranges.size() && ranges[i].first <= end + page; ++i) {
+      end = std::max(end, ranges[i].second);
+    }
     madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
   }
 }
