@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "netloader/safetensors.h"
@@ -54,6 +55,17 @@ class ServerProcess {
   std::string endpoint_;
 };
 
+// The last line of `text` that parses as a JSON object (MPI may print its own lines to stdout).
+nlohmann::json LastJsonLine(const std::string& text) {
+  std::istringstream lines(text);
+  nlohmann::json last = nullptr;
+  for (std::string line; std::getline(lines, line);) {
+    nlohmann::json parsed = nlohmann::json::parse(line, nullptr, false);
+    if (parsed.is_object()) last = parsed;
+  }
+  return last;
+}
+
 struct ClientRun {
   int exit_code;
   nlohmann::json summary;
@@ -65,7 +77,7 @@ ClientRun RunClient(const TempDir& tmp, const std::string& name, std::vector<std
   argv.insert(argv.end(), args.begin(), args.end());
   Child client(argv, tmp / name);
   ClientRun run{client.Wait(120s), nullptr, client.Stderr()};
-  run.summary = nlohmann::json::parse(client.Stdout(), nullptr, false);
+  run.summary = LastJsonLine(client.Stdout());
   return run;
 }
 
@@ -307,6 +319,31 @@ TEST(CliTest, ClientKilledMidTransferIsLoggedAndTheNextClientIsServed) {
   EXPECT_EQ(server.Stop(), 0);
   EXPECT_NE(server.child().Stdout().find("served 1 clients (1 failed"), std::string::npos)
       << server.child().Stdout() << server.child().Stderr();
+}
+
+TEST(CliTest, ServerKilledMidTransferFailsTheClientWithinItsDeadlineAndNothingIsLoaded) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 50, 512, 1, 23);
+  ServerProcess server(tmp, tmp / "model");
+  ASSERT_FALSE(server.endpoint().empty());
+  Child client(
+      {Bin("netloader-client"), "--source", server.endpoint(), "--model", tmp / "model", "--output",
+       tmp / "out", "--window", "1", "--stall-timeout", "5", "--json", "--log-level", "debug"},
+      tmp / "client");
+  const auto until = std::chrono::steady_clock::now() + 30s;
+  while (client.Stderr().find("over MPI; receiving") == std::string::npos &&
+         std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(2ms);
+  }
+  const auto killed = std::chrono::steady_clock::now();
+  server.child().Signal(SIGKILL);
+  const int code = client.Wait(60s);
+  EXPECT_LT(std::chrono::steady_clock::now() - killed, 20s) << "stall timeout 5 s, plus slack";
+  EXPECT_TRUE(code == 5 || code == 6) << "exit " << code << ": " << client.Stderr();
+  nlohmann::json summary = LastJsonLine(client.Stdout());
+  ASSERT_TRUE(summary.is_object()) << "stdout: " << client.Stdout();
+  EXPECT_EQ(summary["ok"], false) << client.Stdout();
+  EXPECT_FALSE(std::filesystem::exists(tmp / "out/model.safetensors")) << "nothing written";
 }
 
 // A (netloader-server) -> B (an embedding engine: loads from A, then serves) -> C (client).
