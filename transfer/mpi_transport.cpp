@@ -49,7 +49,7 @@ Status MpiFailure(const std::string& what, int rc) {
 struct Runtime {
   std::mutex mu;             // guards every field below
   bool initialised = false;  // MPI is usable by netloader
-  bool owns_mpi = false;     // netloader called MPI_Init, so it finalises at exit
+  Status broken;             // set when MPI start-up failed: MPI is unusable for good
   std::string rendezvous;    // resolved URI shared by all peers of this process
   pid_t private_server = -1;
   std::shared_ptr<std::atomic<bool>> private_server_exited;
@@ -192,6 +192,7 @@ Status EnsureMpi(const TransportOptions& options, const std::string& wanted_spec
     if (!resolved.ok()) return resolved.status();
     wanted = *resolved;
   }
+  if (!rt.broken.ok()) return rt.broken;
   if (rt.initialised) {
     if (!wanted.empty() && wanted != rt.rendezvous) {
       return Status(StatusCode::kInvalidArgument, "MPI in this process already uses rendezvous '" +
@@ -221,20 +222,26 @@ Status EnsureMpi(const TransportOptions& options, const std::string& wanted_spec
       wanted = *uri;
     }
     SetMpiEnvironment(options, wanted);
-    Result<int> provided = [&]() -> Result<int> {
-      int level = 0;
-      int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &level);
-      if (rc != MPI_SUCCESS) return MpiFailure("MPI_Init_thread", rc);
-      return level;
-    }();
+    // An unreachable rendezvous can make MPI_Init wait forever: bound it like every other call.
+    Result<int> provided = CallWithDeadline<int>(
+        "MPI_Init_thread", Clock::now() + options.startup_timeout, []() -> Result<int> {
+          int level = 0;
+          int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &level);
+          if (rc != MPI_SUCCESS) return MpiFailure("MPI_Init_thread", rc);
+          return level;
+        });
     if (!provided.ok()) {
-      return Status(StatusCode::kUnavailable, "MPI start-up with rendezvous '" + wanted +
-                                                  "' failed: " + provided.status().message());
+      const bool timed_out = provided.status().code() == StatusCode::kTimeout;
+      // A half-initialised MPI cannot be retried or finalised: every later use fails with this.
+      if (timed_out) rt.abandoned++;
+      rt.broken = Status(
+          timed_out ? StatusCode::kTimeout : StatusCode::kUnavailable,
+          "MPI start-up with rendezvous '" + wanted + "' failed: " + provided.status().message());
+      return rt.broken;
     }
     if (*provided < MPI_THREAD_MULTIPLE) {
       return Status(StatusCode::kUnavailable, "MPI does not provide MPI_THREAD_MULTIPLE");
     }
-    rt.owns_mpi = true;
     rt.rendezvous = wanted;
     std::atexit(FinalizeAtExit);
   }
