@@ -365,6 +365,10 @@ Status InitializeTransport(const TransportOptions& options) {
   return transport.ok() ? Status::Ok() : transport.status();
 }
 
+void PrepareMpiEnvironment(const TransportOptions& options) {
+  transfer::SetMpiTuningEnvironment(options);
+}
+
 Result<LoadStats> Load(const ClientOptions& options, const ModelView& destination) {
   return internal::Load(options, destination, [&options](const std::string& rendezvous) {
     return transfer::MakeMpiTransport(options.transport, rendezvous);

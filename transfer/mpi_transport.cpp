@@ -168,17 +168,9 @@ Result<std::string> StartPrivateRendezvous(const TransportOptions& options,
 }
 
 void SetMpiEnvironment(const TransportOptions& options, const std::string& rendezvous) {
-  // The rendezvous is what the caller configured: it must win. The tuning below follows
-  // DESIGN.md's measured recipe; a user may override any of it through the environment.
+  // The rendezvous is what the caller configured: it must win.
   setenv("OMPI_MCA_pmix_server_uri", rendezvous.c_str(), 1);
-  setenv("OMPI_MCA_pml", "ucx", 0);
-  setenv("OMPI_MCA_pml_ucx_tls", "any", 0);
-  setenv("OMPI_MCA_pml_ucx_devices", "any", 0);
-  setenv("OMPI_MCA_osc", "^ucx", 0);
-  setenv("UCX_TLS", "tcp", 0);
-  setenv("UCX_NET_DEVICES", options.interface.c_str(), 0);
-  setenv("OMPI_MCA_btl_tcp_if_include", options.interface.c_str(), 0);
-  setenv("OMPI_MCA_oob_tcp_if_include", options.interface.c_str(), 0);
+  SetMpiTuningEnvironment(options);
   setenv("OMPI_MCA_plm", "isolated", 0);
 }
 
@@ -627,6 +619,18 @@ Result<std::shared_ptr<Transport>> MakeMpiTransport(const TransportOptions& opti
   Status status = EnsureMpi(options, rendezvous_uri.empty() ? configured : rendezvous_uri);
   if (!status.ok()) return status;
   return std::shared_ptr<Transport>(std::make_shared<MpiTransport>(tuning));
+}
+
+void SetMpiTuningEnvironment(const TransportOptions& options) {
+  // DESIGN.md's measured recipe; a user may override any of it through the environment.
+  setenv("OMPI_MCA_pml", "ucx", 0);
+  setenv("OMPI_MCA_pml_ucx_tls", "any", 0);
+  setenv("OMPI_MCA_pml_ucx_devices", "any", 0);
+  setenv("OMPI_MCA_osc", "^ucx", 0);
+  setenv("UCX_TLS", "tcp", 0);
+  setenv("UCX_NET_DEVICES", options.interface.c_str(), 0);
+  setenv("OMPI_MCA_btl_tcp_if_include", options.interface.c_str(), 0);
+  setenv("OMPI_MCA_oob_tcp_if_include", options.interface.c_str(), 0);
 }
 
 }  // namespace netloader::transfer

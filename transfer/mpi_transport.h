@@ -32,4 +32,8 @@ Result<std::string> ResolveRendezvous(const std::string& spec);
 // The rendezvous URI this process initialised MPI with; empty before MakeMpiTransport succeeded.
 std::string CurrentMpiRendezvous();
 
+// Sets the Open MPI / UCX settings of DESIGN.md's recipe (pml ucx over TCP on
+// options.interface) in the environment, keeping any the user already set. Before MPI_Init.
+void SetMpiTuningEnvironment(const TransportOptions& options);
+
 }  // namespace netloader::transfer

@@ -70,6 +70,13 @@ struct LoadStats {
 // Timeout.
 NETLOADER_EXPORT Status InitializeTransport(const TransportOptions& options);
 
+// For hosts that call MPI_Init themselves, such as the ranks of an instance started by
+// `mpirun --ompi-server file:PATH -np N` (PATH being the rendezvous every instance shares, also
+// given as TransportOptions::rendezvous_uri). Call before MPI_Init: sets the Open MPI settings
+// netloader's data plane needs (pml ucx over TCP on options.interface), keeping any the user has
+// already set. Then initialise MPI with MPI_THREAD_MULTIPLE; netloader uses it as it is.
+NETLOADER_EXPORT void PrepareMpiEnvironment(const TransportOptions& options);
+
 // Fills the host's pre-allocated `destination` tensors from the first source that holds the same
 // model and partition. Every chunk is verified against the source's XXH3 digests before Load
 // returns OK. On error the destination's contents are undefined and must not be used; the

@@ -1,0 +1,201 @@
+#include "examples/engine/loader_config.h"
+
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+namespace llama {
+
+using netloader::Result;
+using netloader::Status;
+using netloader::StatusCode;
+using Json = nlohmann::json;
+
+namespace {
+
+struct Key {
+  const char* name;
+  const char* help;
+  // Checks the value and stores it; returns "" or what is wrong with it.
+  std::function<std::string(const Json&, LoaderConfig&, int world)> apply;
+};
+
+std::string Integer(const Json& v, int low, int high, int* out) {
+  if (!v.is_number_integer() || v.get<int64_t>() < low || v.get<int64_t>() > high) {
+    return "must be an integer in [" + std::to_string(low) + ", " + std::to_string(high) + "]";
+  }
+  *out = v.get<int>();
+  return "";
+}
+
+std::string Seconds(const Json& v, double* out) {
+  if (!v.is_number() || !(v.get<double>() > 0) || v.get<double>() > 86400) {
+    return "must be a number of seconds in (0, 86400]";
+  }
+  *out = v.get<double>();
+  return "";
+}
+
+std::string Text(const Json& v, bool may_be_empty, std::string* out) {
+  if (!v.is_string() || (!may_be_empty && v.get<std::string>().empty())) {
+    return may_be_empty ? "must be a string" : "must be a non-empty string";
+  }
+  *out = v.get<std::string>();
+  return "";
+}
+
+// "host:port" (Netloader's form) or "tcp://host:port".
+std::string Endpoint(const Json& v, std::string* out) {
+  if (!v.is_string()) return "must list strings \"host:port\"";
+  std::string s = v.get<std::string>();
+  if (s.rfind("tcp://", 0) == 0) s = s.substr(6);
+  const size_t colon = s.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || colon == 0 ||
+      !(std::istringstream(s.substr(colon + 1)) >> port) ||
+      std::to_string(port) != s.substr(colon + 1) || port < 1 || port > 65535) {
+    return "has '" + v.get<std::string>() + "', which is not host:port";
+  }
+  *out = "tcp://" + s;
+  return "";
+}
+
+std::string Sources(const Json& v, LoaderConfig& c, int world) {
+  const char* form = "must be a list of {\"device_id\": rank, \"sources\": [\"host:port\", ...]}";
+  if (!v.is_array()) return form;
+  c.sources.clear();
+  for (const Json& entry : v) {
+    if (!entry.is_object() || entry.size() != 2 || !entry.contains("device_id") ||
+        !entry.contains("sources") || !entry["sources"].is_array()) {
+      return form;
+    }
+    int rank = 0;
+    if (std::string e = Integer(entry["device_id"], 0, world - 1, &rank); !e.empty()) {
+      return "device_id " + e + " (this instance has " + std::to_string(world) + " ranks)";
+    }
+    if (c.sources.count(rank)) return "lists device_id " + std::to_string(rank) + " twice";
+    std::vector<std::string>& list = c.sources[rank];
+    for (const Json& source : entry["sources"]) {
+      std::string endpoint;
+      if (std::string e = Endpoint(source, &endpoint); !e.empty()) {
+        return "device_id " + std::to_string(rank) + " " + e;
+      }
+      list.push_back(endpoint);
+    }
+  }
+  return "";
+}
+
+const std::vector<Key>& Keys() {
+  static const std::vector<Key> keys = {
+      {"SOURCE",
+       "list of {\"device_id\": RANK, \"sources\": [\"host:port\", ...]}: where rank RANK loads "
+       "from, tried in order; a rank with no entry loads from disk",
+       Sources},
+      {"LISTEN_PORT", "rank r serves its weights on LISTEN_PORT + r (default: a free port, logged)",
+       [](const Json& v, LoaderConfig& c, int world) {
+         return Integer(v, 1, 65536 - world, &c.listen_port);
+       }},
+      {"LISTEN_HOST", "address to serve on (default 127.0.0.1)",
+       [](const Json& v, LoaderConfig& c, int) { return Text(v, false, &c.listen_host); }},
+      {"SERVE", "serve the loaded weights to later instances (default true)",
+       [](const Json& v, LoaderConfig& c, int) -> std::string {
+         if (!v.is_boolean()) return "must be true or false";
+         c.serve = v.get<bool>();
+         return "";
+       }},
+      {"MODEL", "model id/revision in the fingerprint; sources must declare the same",
+       [](const Json& v, LoaderConfig& c, int) { return Text(v, true, &c.model_id); }},
+      {"OUTPUT_PREFIX", "rank r writes its serving endpoint to <OUTPUT_PREFIX>r.txt",
+       [](const Json& v, LoaderConfig& c, int) { return Text(v, false, &c.output_prefix); }},
+      {"CONFIG_FILE", "JSON file with these keys; keys given inline win over the file's",
+       [](const Json&, LoaderConfig&, int) { return std::string(); }},
+      {"REGISTER_TIMEOUT", "seconds a source has to answer (default 10)",
+       [](const Json& v, LoaderConfig& c, int) { return Seconds(v, &c.register_timeout_s); }},
+      {"CONNECT_TIMEOUT", "seconds for the MPI connection to a source (default 30)",
+       [](const Json& v, LoaderConfig& c, int) { return Seconds(v, &c.connect_timeout_s); }},
+      {"STALL_TIMEOUT", "seconds without data before a transfer is abandoned (default 30)",
+       [](const Json& v, LoaderConfig& c, int) { return Seconds(v, &c.stall_timeout_s); }},
+      {"MAX_CLIENTS", "instances served at once when serving (default 4)",
+       [](const Json& v, LoaderConfig& c, int) { return Integer(v, 1, 1024, &c.max_clients); }},
+      {"CHUNK_MIB", "MPI message size when serving, MiB (default 4)",
+       [](const Json& v, LoaderConfig& c, int) { return Integer(v, 1, 1024, &c.chunk_mib); }},
+      {"WINDOW", "MPI messages in flight per transfer (default 4)",
+       [](const Json& v, LoaderConfig& c, int) { return Integer(v, 1, 64, &c.window); }},
+      {"RENDEZVOUS",
+       "MPI rendezvous shared by all instances (ompi-server URI or file:PATH); required under "
+       "mpirun, which must be given the same with --ompi-server",
+       [](const Json& v, LoaderConfig& c, int) { return Text(v, false, &c.rendezvous); }},
+      {"INTERFACE", "network interface for MPI (default lo)",
+       [](const Json& v, LoaderConfig& c, int) { return Text(v, false, &c.interface); }},
+  };
+  return keys;
+}
+
+Result<Json> ParseObject(const std::string& text, const std::string& where) {
+  Json j = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return Status(StatusCode::kInvalidArgument, where + " is not valid JSON");
+  if (!j.is_object()) return Status(StatusCode::kInvalidArgument, where + " must be a JSON object");
+  return j;
+}
+
+}  // namespace
+
+Result<LoaderConfig> ParseLoaderConfig(const std::string& json_text, int world_size) {
+  const std::string inline_where = "--model-loader-extra-config";
+  Result<Json> inline_keys = ParseObject(json_text, inline_where);
+  if (!inline_keys.ok()) return inline_keys.status();
+  Json merged = Json::object();
+  std::map<std::string, std::string> origin;
+  if (auto file = inline_keys->find("CONFIG_FILE"); file != inline_keys->end()) {
+    if (!file->is_string() || file->get<std::string>().empty()) {
+      return Status(StatusCode::kInvalidArgument,
+                    inline_where + ": CONFIG_FILE must be a non-empty string");
+    }
+    const std::string path = file->get<std::string>();
+    std::ifstream in(path);
+    if (!in) return Status(StatusCode::kNotFound, "CONFIG_FILE " + path + " cannot be read");
+    std::stringstream text;
+    text << in.rdbuf();
+    Result<Json> from_file = ParseObject(text.str(), "CONFIG_FILE " + path);
+    if (!from_file.ok()) return from_file.status();
+    if (from_file->contains("CONFIG_FILE")) {
+      return Status(StatusCode::kInvalidArgument,
+                    "CONFIG_FILE " + path + ": CONFIG_FILE cannot be nested");
+    }
+    for (auto& [key, value] : from_file->items()) {
+      merged[key] = value;
+      origin[key] = "CONFIG_FILE " + path;
+    }
+  }
+  for (auto& [key, value] : inline_keys->items()) {
+    merged[key] = value;
+    origin[key] = inline_where;
+  }
+  LoaderConfig config;
+  for (auto& [key, value] : merged.items()) {
+    const Key* known = nullptr;
+    for (const Key& k : Keys()) {
+      if (key == k.name) known = &k;
+    }
+    if (known == nullptr) {
+      std::string names;
+      for (const Key& k : Keys()) names += std::string(names.empty() ? "" : ", ") + k.name;
+      return Status(StatusCode::kInvalidArgument,
+                    origin[key] + ": unknown key '" + key + "' (known: " + names + ")");
+    }
+    if (std::string error = known->apply(value, config, world_size); !error.empty()) {
+      return Status(StatusCode::kInvalidArgument, origin[key] + ": " + key + " " + error);
+    }
+  }
+  return config;
+}
+
+std::string LoaderConfigHelp() {
+  std::string out;
+  for (const Key& k : Keys()) out += std::string("  ") + k.name + ": " + k.help + "\n";
+  return out;
+}
+
+}  // namespace llama

@@ -1,0 +1,289 @@
+// netloader-llama: an example inference engine (a Llama-architecture transformer on CPU) with a
+// vLLM-style --load-format=netloader flag. See README "The example engine" for the keys of
+// --model-loader-extra-config and for tensor/pipeline-parallel runs under mpirun.
+//
+// Each rank: read config.json and the checkpoint's headers; allocate its shard's buffers; fill
+// them from the same rank of a running instance (netloader) or, failing that for any reason, from
+// disk; serve them to later instances; decode the prompt greedily. One JSON line per rank on
+// stdout says where the weights came from and what was generated.
+
+#include <mpi.h>
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "examples/engine/llama.h"
+#include "examples/engine/loader_config.h"
+#include "netloader/client.h"
+#include "netloader/server.h"
+
+namespace {
+
+int64_t EpochMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::chrono::milliseconds Ms(double seconds) {
+  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+}
+
+// One line, written at once, so the ranks' lines do not interleave under mpirun.
+void PrintLine(const nlohmann::json& j) {
+  const std::string line = j.dump() + "\n";
+  std::fwrite(line.data(), 1, line.size(), stdout);
+  std::fflush(stdout);
+}
+
+bool StopRequested(const sigset_t& stop) {
+  timespec zero{0, 0};
+  return sigtimedwait(&stop, nullptr, &zero) > 0;
+}
+
+std::string Hex(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "netloader-llama: an example inference engine. Loads a Llama-architecture safetensors\n"
+      "checkpoint (float32, with config.json) from disk or from a running instance through\n"
+      "netloader, decodes a prompt greedily on CPU and prints one JSON line per rank.\n"
+      "Tensor/pipeline parallel: run N = tp x pp ranks under mpirun (see README)."};
+  std::string model_dir, prompt = "Hello, netloader", load_format = "auto", extra_config;
+  int max_tokens = 16;
+  llama::Parallel parallel;
+  bool keep_running = false, decode_loop = false, corrupt = false;
+  app.add_option("--model", model_dir, "Checkpoint directory: config.json and *.safetensors")
+      ->required();
+  app.add_option("--prompt", prompt, "Text to continue (byte tokens)");
+  app.add_option("--max-tokens", max_tokens, "Tokens to generate")->check(CLI::Range(1, 100000));
+  app.add_option("--load-format", load_format,
+                 "safetensors: read the checkpoint from disk. netloader: load each rank from the "
+                 "SOURCE of --model-loader-extra-config, falling back to disk, then serve the "
+                 "weights. auto: netloader if --model-loader-extra-config is given, else "
+                 "safetensors")
+      ->check(CLI::IsMember({"auto", "safetensors", "netloader"}));
+  app.add_option("--model-loader-extra-config", extra_config,
+                 "JSON object for --load-format=netloader. Keys:\n" + llama::LoaderConfigHelp());
+  app.add_option("--tensor-parallel-size", parallel.tp_size, "Tensor-parallel ranks")
+      ->check(CLI::Range(1, 1024));
+  app.add_option("--pipeline-parallel-size", parallel.pp_size, "Pipeline stages")
+      ->check(CLI::Range(1, 1024));
+  app.add_flag("--keep-running", keep_running,
+               "After decoding, keep serving until SIGINT/SIGTERM");
+  app.add_flag("--decode-loop", decode_loop,
+               "With --keep-running: keep decoding the prompt again and again meanwhile, one "
+               "JSON line per token from rank 0");
+  app.add_flag("--testing-corrupt-served-weights", corrupt,
+                "Fault tests only: flip one bit of the weights after serving starts")
+      ->group("");  // hidden
+  CLI11_PARSE(app, argc, argv);
+  if (load_format == "auto") load_format = extra_config.empty() ? "safetensors" : "netloader";
+
+  // Signals are taken by rank 0's decode loop only; no thread of this process is interrupted.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+
+  const bool under_mpirun = std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr;
+  llama::LoaderConfig loader;
+  if (load_format == "netloader") {
+    netloader::Result<llama::LoaderConfig> parsed =
+        llama::ParseLoaderConfig(extra_config.empty() ? "{}" : extra_config, parallel.world());
+    if (!parsed.ok()) {
+      std::fprintf(stderr, "netloader-llama: %s\n", parsed.status().message().c_str());
+      return 2;
+    }
+    loader = *parsed;
+    if (under_mpirun && loader.rendezvous.empty()) {
+      std::fprintf(stderr,
+                   "netloader-llama: under mpirun, --model-loader-extra-config needs RENDEZVOUS "
+                   "(the file:PATH given to mpirun --ompi-server)\n");
+      return 2;
+    }
+  }
+  netloader::TransportOptions transport;
+  transport.rendezvous_uri = loader.rendezvous;
+  transport.interface = loader.interface;
+
+  // A single process leaves MPI to netloader; the ranks of an instance start it themselves.
+  std::unique_ptr<llama::Comm> comm;
+  if (under_mpirun) {
+    netloader::PrepareMpiEnvironment(transport);
+    int provided = 0;
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
+    int world = 0, rank = 0;
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (world != parallel.world() || provided < MPI_THREAD_MULTIPLE) {
+      if (rank == 0) {
+        std::fprintf(stderr,
+                     "netloader-llama: mpirun started %d ranks, but tensor x pipeline parallel "
+                     "size is %d%s\n",
+                     world, parallel.world(),
+                     provided < MPI_THREAD_MULTIPLE ? " (and MPI lacks THREAD_MULTIPLE)" : "");
+      }
+      MPI_Finalize();
+      return 2;
+    }
+    parallel.tp_rank = rank % parallel.tp_size;
+    parallel.pp_rank = rank / parallel.tp_size;
+    comm = llama::MakeMpiComm(parallel);
+  } else if (parallel.world() != 1) {
+    std::fprintf(stderr, "netloader-llama: %d ranks need mpirun -np %d\n", parallel.world(),
+                 parallel.world());
+    return 2;
+  } else {
+    comm = llama::MakeLocalComm();
+  }
+  const int rank = parallel.rank();
+  const std::string who = "netloader-llama rank " + std::to_string(rank);
+  auto fail = [&](const std::string& message, int code) {
+    std::fprintf(stderr, "%s: %s\n", who.c_str(), message.c_str());
+    if (under_mpirun) MPI_Abort(MPI_COMM_WORLD, code);
+    return code;
+  };
+
+  netloader::Result<llama::ModelConfig> config = llama::ReadModelConfig(model_dir + "/config.json");
+  if (!config.ok()) return fail(config.status().message(), 3);
+  netloader::Result<netloader::CheckpointLayout> layout =
+      netloader::ReadCheckpointLayout(model_dir);
+  if (!layout.ok()) return fail(layout.status().message(), 3);
+  netloader::Result<std::vector<llama::ShardSpec>> plan =
+      llama::PlanShards(*layout, *config, parallel);
+  if (!plan.ok()) return fail(plan.status().message(), 3);
+  llama::Weights weights(std::move(*plan));
+  netloader::Partition partition{parallel.tp_size, parallel.tp_rank, parallel.pp_size,
+                                 parallel.pp_rank, llama::kLayoutKey};
+
+  // Load: from the sources of this rank, else from disk. Never compute on anything else.
+  nlohmann::json report = {{"rank", rank}, {"tp_rank", parallel.tp_rank},
+                           {"pp_rank", parallel.pp_rank}, {"bytes", weights.total_bytes()}};
+  const int64_t load_started = EpochMs();
+  std::string loaded_from = "disk", fallback_reason;
+  if (load_format == "netloader") {
+    auto it = loader.sources.find(rank);
+    if (it == loader.sources.end()) {
+      fallback_reason = "no SOURCE for rank " + std::to_string(rank);
+    } else {
+      netloader::ClientOptions options;
+      options.sources = it->second;
+      options.model_id = loader.model_id;
+      options.partition = partition;
+      options.window = loader.window;
+      options.register_timeout = Ms(loader.register_timeout_s);
+      options.connect_timeout = Ms(loader.connect_timeout_s);
+      options.stall_timeout = Ms(loader.stall_timeout_s);
+      options.busy_timeout = Ms(std::max(60.0, loader.register_timeout_s));
+      options.transport = transport;
+      netloader::Result<netloader::LoadStats> stats = netloader::Load(options, weights.view());
+      if (stats.ok()) {
+        loaded_from = stats->source;
+        report["gbps"] = stats->gbps;
+      } else {
+        fallback_reason = stats.status().ToString();
+      }
+    }
+    if (loaded_from == "disk") {
+      std::fprintf(stderr, "%s: WARN netloader did not load this rank (%s); loading from disk\n",
+                   who.c_str(), fallback_reason.c_str());
+    }
+  }
+  if (loaded_from == "disk") {
+    netloader::Status status = weights.LoadFromDisk();
+    if (!status.ok()) return fail(status.message(), 3);
+  }
+  report["load_started_ms"] = load_started;
+  report["load_finished_ms"] = EpochMs();
+  report["loaded_from"] = loaded_from;
+  if (!fallback_reason.empty()) report["fallback_reason"] = fallback_reason;
+  std::fprintf(stderr, "%s: loaded %.1f MiB from %s in %.3f s\n", who.c_str(),
+               weights.total_bytes() / 1048576.0, loaded_from.c_str(),
+               (EpochMs() - load_started) / 1000.0);
+
+  // Serve: every loaded instance is a source for the next one, also one loaded from disk.
+  std::unique_ptr<netloader::Server> server;
+  if (load_format == "netloader" && loader.serve) {
+    netloader::ServerOptions options;
+    const int port = loader.listen_port == 0 ? 0 : loader.listen_port + rank;
+    options.listen = "tcp://" + loader.listen_host + ":" + std::to_string(port);
+    options.model_id = loader.model_id;
+    options.partition = partition;
+    options.max_concurrent_transfers = loader.max_clients;
+    options.chunk_bytes = static_cast<uint64_t>(loader.chunk_mib) << 20;
+    options.window = loader.window;
+    options.connect_timeout = Ms(loader.connect_timeout_s);
+    options.stall_timeout = Ms(loader.stall_timeout_s);
+    options.transport = transport;
+    netloader::Result<std::unique_ptr<netloader::Server>> started =
+        netloader::Server::Start(options, weights.view());
+    if (!started.ok()) return fail("serving failed: " + started.status().ToString(), 5);
+    server = std::move(*started);
+    report["endpoint"] = server->endpoint();
+    std::fprintf(stderr, "%s: serving its weights at %s\n", who.c_str(),
+                 server->endpoint().c_str());
+    if (!loader.output_prefix.empty()) {
+      const std::string path = loader.output_prefix + std::to_string(rank) + ".txt";
+      std::ofstream(path + ".tmp") << server->endpoint() << "\n";
+      if (std::rename((path + ".tmp").c_str(), path.c_str()) != 0) {
+        return fail("cannot write OUTPUT_PREFIX file " + path, 7);
+      }
+    }
+    if (corrupt) weights.CorruptOneBit();
+  }
+
+  // Decode.
+  llama::Engine engine(*config, parallel, weights, *comm);
+  const std::vector<int> prompt_tokens = llama::Tokenize(prompt);
+  if (prompt_tokens.empty()) return fail("--prompt is empty", 2);
+  llama::Generation generation = engine.Generate(prompt_tokens, max_tokens);
+  report["tokens"] = generation.tokens;
+  report["text"] = llama::Detokenize(generation.tokens);
+  report["logits_digest"] = Hex(generation.logits_digest);
+  PrintLine(report);
+
+  // Stay up as a source (optionally decoding meanwhile) until rank 0 is told to stop.
+  int64_t decoded = 0;
+  for (bool running = keep_running; running;) {
+    if (decode_loop) {
+      llama::Generation again = engine.Generate(prompt_tokens, max_tokens);
+      decoded += static_cast<int64_t>(again.tokens.size());
+      if (rank == 0) {
+        PrintLine({{"rank", 0},
+                   {"decoded_tokens", decoded},
+                   {"ms", EpochMs()},
+                   {"same_output", again.tokens == generation.tokens}});
+      }
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    running = comm->BroadcastFromFirst(rank == 0 && StopRequested(stop) ? 1 : 0) == 0;
+  }
+  if (server) {
+    server->Stop();
+    const netloader::ServerStats stats = server->stats();
+    if (keep_running) {
+      PrintLine({{"rank", rank},
+                 {"served", stats.clients_served},
+                 {"failed", stats.clients_failed},
+                 {"refused", stats.refused}});
+    }
+  }
+  comm.reset();
+  if (under_mpirun) MPI_Finalize();
+  return 0;
+}
