@@ -207,9 +207,11 @@ class Attempt {
     if (!transport.ok()) return transport.status();
     PrefaultForWrite(destination_);
     const double transport_seconds = SecondsSince(phase);
+    if (options_.connect_hook) options_.connect_hook(ConnectEvent::kBefore);
     phase = Clock::now();
     Result<std::unique_ptr<transfer::Channel>> channel =
         (*transport)->Connect(accept.mpi_port(), Clock::now() + options_.connect_timeout);
+    if (options_.connect_hook) options_.connect_hook(ConnectEvent::kAfter);
     if (!channel.ok()) return channel.status().WithContext("MPI connect to " + source_);
     const double connect_seconds = SecondsSince(phase);
     phase = Clock::now();

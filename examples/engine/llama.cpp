@@ -20,9 +20,7 @@ using netloader::StatusCode;
 
 namespace {
 
-Status Invalid(const std::string& message) {
-  return Status(StatusCode::kInvalidArgument, message);
-}
+Status Invalid(const std::string& message) { return Status(StatusCode::kInvalidArgument, message); }
 
 std::string ShapeString(const std::vector<int64_t>& shape) {
   std::string out = "[";
@@ -108,9 +106,9 @@ Status PreadAll(int fd, void* out, uint64_t bytes, uint64_t offset, const std::s
     const ssize_t n = pread(fd, p, bytes, static_cast<off_t>(offset));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      return Status(StatusCode::kUnavailable, "reading " + path + " at byte " +
-                                              std::to_string(offset) + ": " +
-                                              (n < 0 ? std::strerror(errno) : "file too short"));
+      return Status(StatusCode::kUnavailable,
+                    "reading " + path + " at byte " + std::to_string(offset) + ": " +
+                        (n < 0 ? std::strerror(errno) : "file too short"));
     }
     p += n;
     bytes -= static_cast<uint64_t>(n);
@@ -149,8 +147,8 @@ Result<ModelConfig> ReadModelConfig(const std::string& path) {
                    integer("num_hidden_layers", &c.num_hidden_layers, true),
                    integer("num_attention_heads", &c.num_attention_heads, true),
                    integer("intermediate_size", &c.intermediate_size, true),
-                   integer("vocab_size", &c.vocab_size, true), real("rms_norm_eps", &c.rms_norm_eps),
-                   real("rope_theta", &c.rope_theta)}) {
+                   integer("vocab_size", &c.vocab_size, true),
+                   real("rms_norm_eps", &c.rms_norm_eps), real("rope_theta", &c.rope_theta)}) {
     if (!s.ok()) return s;
   }
   c.num_key_value_heads = c.num_attention_heads;
@@ -197,12 +195,11 @@ Result<std::vector<ShardSpec>> PlanShards(const netloader::CheckpointLayout& lay
     const char* what;
     int value, by;
   };
-  for (const Divides& d :
-       {Divides{"vocab_size", config.vocab_size, t},
-        Divides{"num_attention_heads", config.num_attention_heads, t},
-        Divides{"num_key_value_heads", config.num_key_value_heads, t},
-        Divides{"intermediate_size", config.intermediate_size, t},
-        Divides{"num_hidden_layers", config.num_hidden_layers, p.pp_size}}) {
+  for (const Divides& d : {Divides{"vocab_size", config.vocab_size, t},
+                           Divides{"num_attention_heads", config.num_attention_heads, t},
+                           Divides{"num_key_value_heads", config.num_key_value_heads, t},
+                           Divides{"intermediate_size", config.intermediate_size, t},
+                           Divides{"num_hidden_layers", config.num_hidden_layers, p.pp_size}}) {
     if (d.value % d.by != 0) {
       return Invalid(std::string(d.what) + " " + std::to_string(d.value) +
                      " is not divisible by the " + (d.by == t ? "tensor" : "pipeline") +
@@ -226,10 +223,10 @@ Result<std::vector<ShardSpec>> PlanShards(const netloader::CheckpointLayout& lay
                        std::string(netloader::DTypeName(tensor.dtype)) + ShapeString(tensor.shape) +
                        ", the config needs F32" + ShapeString(e.shape));
       }
-      const bool mine = e.owner == kFirst   ? p.first_stage()
-                        : e.owner == kLast  ? p.last_stage()
-                                            : (e.owner >= first_layer &&
-                                              e.owner < first_layer + layers_per_stage);
+      const bool mine = e.owner == kFirst ? p.first_stage()
+                        : e.owner == kLast
+                            ? p.last_stage()
+                            : (e.owner >= first_layer && e.owner < first_layer + layers_per_stage);
       if (!mine) continue;
       ShardSpec spec{file.path, tensor, e.split_dim, tensor.shape, 0};
       if (e.split_dim >= 0) {
@@ -331,6 +328,8 @@ class LocalComm : public Comm {
   uint64_t BroadcastFromLast(uint64_t value) override { return value; }
   uint64_t XorTp(uint64_t value) override { return value; }
   int BroadcastFromFirst(int value) override { return value; }
+  void WaitForTurn() override {}
+  void PassTurn() override {}
 };
 
 // The engine's own collectives are plain blocking MPI calls on MPI_COMM_WORLD, as in any MPI
@@ -381,6 +380,19 @@ class MpiComm : public Comm {
     Check(MPI_Bcast(&value, 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Bcast");
     return value;
   }
+  void WaitForTurn() override {
+    int turn = 0;
+    if (p_.rank() > 0) {
+      Check(MPI_Recv(&turn, 1, MPI_INT, p_.rank() - 1, 8, MPI_COMM_WORLD, MPI_STATUS_IGNORE),
+            "MPI_Recv");
+    }
+  }
+  void PassTurn() override {
+    int turn = 0;
+    if (p_.rank() + 1 < p_.world()) {
+      Check(MPI_Send(&turn, 1, MPI_INT, p_.rank() + 1, 8, MPI_COMM_WORLD), "MPI_Send");
+    }
+  }
 
  private:
   static void Check(int rc, const char* what) {
@@ -416,10 +428,9 @@ void Engine::Layer(int layer, float* x, int position) {
   std::vector<float> h(d), q(heads * hd), k(kv_heads * hd), v(kv_heads * hd), attn(heads * hd);
   std::vector<float> out(d);
 
-  RmsNorm(h.data(), x, weights_.get(LayerName(layer, "input_layernorm.weight")), d,
-          c.rms_norm_eps);
-  MatVec(q.data(), weights_.get(LayerName(layer, "self_attn.q_proj.weight")), h.data(),
-         heads * hd, d);
+  RmsNorm(h.data(), x, weights_.get(LayerName(layer, "input_layernorm.weight")), d, c.rms_norm_eps);
+  MatVec(q.data(), weights_.get(LayerName(layer, "self_attn.q_proj.weight")), h.data(), heads * hd,
+         d);
   MatVec(k.data(), weights_.get(LayerName(layer, "self_attn.k_proj.weight")), h.data(),
          kv_heads * hd, d);
   MatVec(v.data(), weights_.get(LayerName(layer, "self_attn.v_proj.weight")), h.data(),
@@ -466,8 +477,7 @@ void Engine::Layer(int layer, float* x, int position) {
   MatVec(gate.data(), weights_.get(LayerName(layer, "mlp.gate_proj.weight")), h.data(), inter, d);
   MatVec(up.data(), weights_.get(LayerName(layer, "mlp.up_proj.weight")), h.data(), inter, d);
   for (int i = 0; i < inter; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
-  MatVec(out.data(), weights_.get(LayerName(layer, "mlp.down_proj.weight")), gate.data(), d,
-         inter);
+  MatVec(out.data(), weights_.get(LayerName(layer, "mlp.down_proj.weight")), gate.data(), d, inter);
   comm_.AllReduceSumTp(out.data(), d);
   for (int i = 0; i < d; ++i) x[i] += out[i];
 }
@@ -480,8 +490,8 @@ int Engine::Forward(int token, int position, uint64_t* digest) {
   if (parallel_.first_stage()) {
     // The embedding is split by vocabulary: the rank holding the row contributes it.
     if (token >= vocab_start && token < vocab_start + vocab) {
-      const float* row = weights_.get("model.embed_tokens.weight") +
-                         static_cast<size_t>(token - vocab_start) * d;
+      const float* row =
+          weights_.get("model.embed_tokens.weight") + static_cast<size_t>(token - vocab_start) * d;
       std::copy(row, row + d, x.begin());
     }
     comm_.AllReduceSumTp(x.data(), d);
@@ -502,7 +512,8 @@ int Engine::Forward(int token, int position, uint64_t* digest) {
   return static_cast<int>(comm_.BroadcastFromLast(static_cast<uint64_t>(next)));
 }
 
-Generation Engine::Generate(const std::vector<int>& prompt, int max_new_tokens) {
+Generation Engine::Generate(const std::vector<int>& prompt, int max_new_tokens,
+                            const std::function<void(int token)>& on_token) {
   k_cache_.assign(layer_count_, {});
   v_cache_.assign(layer_count_, {});
   uint64_t digest = static_cast<uint64_t>(parallel_.tp_rank) + 1;
@@ -511,6 +522,7 @@ Generation Engine::Generate(const std::vector<int>& prompt, int max_new_tokens) 
   for (int token : prompt) next = Forward(token, position++, &digest);
   for (int i = 0; i < max_new_tokens; ++i) {
     out.tokens.push_back(next);
+    if (on_token) on_token(next);
     if (i + 1 < max_new_tokens) next = Forward(next, position++, &digest);
   }
   if (parallel_.last_stage()) digest = comm_.XorTp(digest);

@@ -7,6 +7,7 @@
 // cooperate through MPI collectives (see Comm).
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -55,7 +56,7 @@ inline constexpr const char* kLayoutKey = "netloader-llama/vllm-tp-split-v1";
 struct ShardSpec {
   std::string path;            // the checkpoint file holding the whole tensor
   netloader::TensorSpec full;  // the whole tensor as the checkpoint stores it
-  int split_dim = -1;          // -1: replicated; 0: rows (column-parallel); 1: columns (row-parallel)
+  int split_dim = -1;  // -1: replicated; 0: rows (column-parallel); 1: columns (row-parallel)
   std::vector<int64_t> shape;  // this rank's part
   int64_t start = 0;           // where this rank's part begins along split_dim
   uint64_t size_bytes() const;
@@ -103,6 +104,9 @@ class Comm {
   virtual uint64_t BroadcastFromLast(uint64_t value) = 0;
   // XOR of every tensor-parallel rank's value.
   virtual uint64_t XorTp(uint64_t value) = 0;
+  // A turn passed along the ranks in order: rank r > 0 waits for rank r - 1 to pass it.
+  virtual void WaitForTurn() = 0;
+  virtual void PassTurn() = 0;  // to rank r + 1, if any
   // Rank 0's value, on every rank.
   virtual int BroadcastFromFirst(int value) = 0;
 };
@@ -121,7 +125,9 @@ class Engine {
  public:
   Engine(const ModelConfig& config, const Parallel& parallel, const Weights& weights, Comm& comm);
   // Greedy (temperature 0) decoding of `prompt`; every rank of the instance must call it.
-  Generation Generate(const std::vector<int>& prompt, int max_new_tokens);
+  // `on_token`, if set, sees each new token as soon as it is known.
+  Generation Generate(const std::vector<int>& prompt, int max_new_tokens,
+                      const std::function<void(int token)>& on_token = nullptr);
 
  private:
   int Forward(int token, int position, uint64_t* digest);  // the next token

@@ -21,6 +21,7 @@
 #include "examples/engine/llama.h"
 #include "examples/engine/loader_config.h"
 #include "netloader/client.h"
+#include "netloader/logging.h"
 #include "netloader/server.h"
 
 namespace {
@@ -81,15 +82,23 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1024));
   app.add_option("--pipeline-parallel-size", parallel.pp_size, "Pipeline stages")
       ->check(CLI::Range(1, 1024));
-  app.add_flag("--keep-running", keep_running,
-               "After decoding, keep serving until SIGINT/SIGTERM");
+  app.add_flag("--keep-running", keep_running, "After decoding, keep serving until SIGINT/SIGTERM");
   app.add_flag("--decode-loop", decode_loop,
                "With --keep-running: keep decoding the prompt again and again meanwhile, one "
-               "JSON line per token from rank 0");
+               "JSON line per token from rank 0 ({\"decoded_tokens\": N, \"ms\": epoch ms})");
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "netloader's log level")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
+      ->capture_default_str();
   app.add_flag("--testing-corrupt-served-weights", corrupt,
-                "Fault tests only: flip one bit of the weights after serving starts")
+               "Fault tests only: flip one bit of the weights after serving starts")
       ->group("");  // hidden
   CLI11_PARSE(app, argc, argv);
+  const std::map<std::string, netloader::LogLevel> levels = {
+      {"trace", netloader::LogLevel::kTrace}, {"debug", netloader::LogLevel::kDebug},
+      {"info", netloader::LogLevel::kInfo},   {"warn", netloader::LogLevel::kWarn},
+      {"error", netloader::LogLevel::kError}, {"off", netloader::LogLevel::kOff}};
+  netloader::SetLogLevel(levels.at(log_level));
   if (load_format == "auto") load_format = extra_config.empty() ? "safetensors" : "netloader";
 
   // Signals are taken by rank 0's decode loop only; no thread of this process is interrupted.
@@ -171,10 +180,26 @@ int main(int argc, char** argv) {
                                  parallel.pp_rank, llama::kLayoutKey};
 
   // Load: from the sources of this rank, else from disk. Never compute on anything else.
-  nlohmann::json report = {{"rank", rank}, {"tp_rank", parallel.tp_rank},
-                           {"pp_rank", parallel.pp_rank}, {"bytes", weights.total_bytes()}};
+  nlohmann::json report = {{"rank", rank},
+                           {"tp_rank", parallel.tp_rank},
+                           {"pp_rank", parallel.pp_rank},
+                           {"bytes", weights.total_bytes()}};
   const int64_t load_started = EpochMs();
   std::string loaded_from = "disk", fallback_reason;
+  // The ranks connect to their sources one after another (rank r once rank r - 1 has), because
+  // Open MPI can wedge two connects between the same two mpirun jobs made at the same moment
+  // (DESIGN.md); their transfers still overlap. Every rank passes the turn on exactly once.
+  bool have_turn = rank == 0 || !under_mpirun, passed_turn = !under_mpirun;
+  auto take_turn = [&] {
+    if (have_turn) return;
+    comm->WaitForTurn();
+    have_turn = true;
+  };
+  auto pass_turn = [&] {
+    take_turn();
+    if (!passed_turn) comm->PassTurn();
+    passed_turn = true;
+  };
   if (load_format == "netloader") {
     auto it = loader.sources.find(rank);
     if (it == loader.sources.end()) {
@@ -190,6 +215,9 @@ int main(int argc, char** argv) {
       options.stall_timeout = Ms(loader.stall_timeout_s);
       options.busy_timeout = Ms(std::max(60.0, loader.register_timeout_s));
       options.transport = transport;
+      options.connect_hook = [&](netloader::ConnectEvent event) {
+        event == netloader::ConnectEvent::kBefore ? take_turn() : pass_turn();
+      };
       netloader::Result<netloader::LoadStats> stats = netloader::Load(options, weights.view());
       if (stats.ok()) {
         loaded_from = stats->source;
@@ -207,6 +235,7 @@ int main(int argc, char** argv) {
     netloader::Status status = weights.LoadFromDisk();
     if (!status.ok()) return fail(status.message(), 3);
   }
+  pass_turn();
   report["load_started_ms"] = load_started;
   report["load_finished_ms"] = EpochMs();
   report["loaded_from"] = loaded_from;
@@ -260,14 +289,10 @@ int main(int argc, char** argv) {
   int64_t decoded = 0;
   for (bool running = keep_running; running;) {
     if (decode_loop) {
-      llama::Generation again = engine.Generate(prompt_tokens, max_tokens);
-      decoded += static_cast<int64_t>(again.tokens.size());
-      if (rank == 0) {
-        PrintLine({{"rank", 0},
-                   {"decoded_tokens", decoded},
-                   {"ms", EpochMs()},
-                   {"same_output", again.tokens == generation.tokens}});
-      }
+      llama::Generation again = engine.Generate(prompt_tokens, max_tokens, [&](int) {
+        if (rank == 0) PrintLine({{"rank", 0}, {"decoded_tokens", ++decoded}, {"ms", EpochMs()}});
+      });
+      if (again.tokens != generation.tokens) return fail("decoding is not deterministic", 1);
     } else {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }

@@ -1,11 +1,11 @@
 // netloader-make-llama: writes a Llama-architecture checkpoint (config.json + model.safetensors,
 // float32) with seeded random weights for netloader-llama, of any size.
 
+#include <sys/stat.h>
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <sys/stat.h>
 
 #include "examples/engine/llama.h"
 #include "netloader/safetensors.h"
@@ -25,7 +25,8 @@ struct Random {
 };
 
 uint64_t Params(const llama::ModelConfig& c, int layers) {
-  const uint64_t d = c.hidden_size, kv = static_cast<uint64_t>(c.num_key_value_heads) * c.head_dim();
+  const uint64_t d = c.hidden_size,
+                 kv = static_cast<uint64_t>(c.num_key_value_heads) * c.head_dim();
   const uint64_t per_layer = 2 * d + 2 * d * d + 2 * kv * d + 3 * d * c.intermediate_size;
   return 2 * static_cast<uint64_t>(c.vocab_size) * d + d + per_layer * layers;
 }
@@ -33,8 +34,9 @@ uint64_t Params(const llama::ModelConfig& c, int layers) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"netloader-make-llama: write a seeded Llama-architecture checkpoint "
-               "(config.json + model.safetensors, float32) for netloader-llama."};
+  CLI::App app{
+      "netloader-make-llama: write a seeded Llama-architecture checkpoint "
+      "(config.json + model.safetensors, float32) for netloader-llama."};
   std::string output;
   llama::ModelConfig c;
   uint64_t seed = 1;
@@ -81,7 +83,7 @@ int main(int argc, char** argv) {
   const int64_t q = int64_t{c.num_attention_heads} * c.head_dim();
   const int64_t kv = int64_t{c.num_key_value_heads} * c.head_dim();
   const float in_d = std::sqrt(3.0f / d), in_q = std::sqrt(3.0f / q), in_i = std::sqrt(3.0f / i);
-  add("model.embed_tokens.weight", {v, d}, 1.0f, 0.0f);
+  add("model.embed_tokens.weight", {v, d}, 4.0f, 0.0f);
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     add(p + "input_layernorm.weight", {d}, 0.1f, 1.0f);
@@ -96,8 +98,8 @@ int main(int argc, char** argv) {
   }
   add("model.norm.weight", {d}, 0.1f, 1.0f);
   add("lm_head.weight", {v, d}, in_d, 0.0f);
-  netloader::Status status = netloader::WriteSafetensors(output + "/model.safetensors", tensors,
-                                                         {{"format", "pt"}});
+  netloader::Status status =
+      netloader::WriteSafetensors(output + "/model.safetensors", tensors, {{"format", "pt"}});
   if (!status.ok()) {
     std::fprintf(stderr, "netloader-make-llama: %s\n", status.message().c_str());
     return 7;

@@ -16,6 +16,9 @@ namespace netloader {
 // Called on the loading thread after each verified chunk.
 using ProgressCallback = std::function<void(uint64_t bytes_done, uint64_t bytes_total)>;
 
+// See ClientOptions::connect_hook.
+enum class ConnectEvent { kBefore, kAfter };
+
 struct ClientOptions {
   // ZeroMQ endpoints of sources ("tcp://host:port"), tried in order until one succeeds.
   std::vector<std::string> sources;
@@ -40,6 +43,12 @@ struct ClientOptions {
   // fresh memory are expensive (virtual machines; see DESIGN.md) this was measured 2x faster.
   bool staged_receive = true;
   ProgressCallback progress;  // optional
+  // Optional. Called on the loading thread just before each MPI connect to a source (kBefore)
+  // and as soon as that connect returns, connected or not (kAfter). Open MPI 4.1 can wedge both
+  // sides when two processes of one mpirun job connect to the same other job at the same moment
+  // (DESIGN.md, "Ranks of one instance take turns to connect"); the ranks of a multi-rank engine
+  // use this hook to connect one after another while their transfers still overlap.
+  std::function<void(ConnectEvent)> connect_hook;
   TransportOptions transport;
 };
 

@@ -1,0 +1,434 @@
+// The example engine (netloader-llama) as users run it: separate instances, single processes or
+// N ranks under mpirun, loading with --load-format=netloader from each other. Every test checks
+// what a user cares about: the greedy output (tokens and a digest of every logit) is exactly the
+// output of the same instance loaded from disk.
+
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "tests/support/test_util.h"
+
+namespace netloader {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+using testing::Child;
+using testing::TempDir;
+
+std::string Bin(const std::string& name) { return testing::BinDir() + "/" + name; }
+
+void MakeLlama(const std::string& dir, std::vector<std::string> extra = {}) {
+  std::vector<std::string> argv = {Bin("netloader-make-llama"), "--output", dir, "--seed", "5"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  Child gen(argv, dir + "-gen");
+  ASSERT_EQ(gen.Wait(60s), 0) << gen.Stderr();
+}
+
+// A shared MPI rendezvous, as a deployment of multi-rank instances runs it.
+class Rendezvous {
+ public:
+  explicit Rendezvous(const TempDir& tmp)
+      : path_(tmp / "rendezvous.uri"),
+        child_({"/usr/bin/env", "OMPI_MCA_oob_tcp_if_include=lo", "ompi-server", "--no-daemonize",
+                "-r", path_},
+               tmp / "ompi-server") {
+    EXPECT_FALSE(testing::WaitForLine(path_, 20s).empty()) << child_.Stderr();
+  }
+  std::string spec() const { return "file:" + path_; }
+
+ private:
+  std::string path_;
+  Child child_;
+};
+
+// argv of an engine instance of `ranks` processes (mpirun when more than one).
+std::vector<std::string> EngineArgv(int ranks, const std::string& rendezvous,
+                                    std::vector<std::string> args) {
+  std::vector<std::string> argv;
+  if (ranks > 1) {
+    argv = {"/usr/bin/env",
+            "OMPI_ALLOW_RUN_AS_ROOT=1",
+            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",
+            "OMPI_MCA_oob_tcp_if_include=lo",
+            "OMPI_MCA_btl_tcp_if_include=lo",
+            "mpirun",
+            "--oversubscribe",
+            "-np",
+            std::to_string(ranks)};
+    if (!rendezvous.empty()) {
+      argv.push_back("--ompi-server");
+      argv.push_back(rendezvous);
+    }
+  }
+  argv.push_back(Bin("netloader-llama"));
+  argv.insert(argv.end(), args.begin(), args.end());
+  return argv;
+}
+
+std::vector<json> JsonLines(const std::string& text) {
+  std::vector<json> out;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    json parsed = json::parse(line, nullptr, false);
+    if (parsed.is_object()) out.push_back(parsed);
+  }
+  return out;
+}
+
+// Each rank's report (the line with its tokens), by rank.
+std::map<int, json> Reports(const std::string& stdout_text) {
+  std::map<int, json> out;
+  for (const json& j : JsonLines(stdout_text)) {
+    if (j.contains("tokens")) out[j["rank"].get<int>()] = j;
+  }
+  return out;
+}
+
+struct EngineRun {
+  int exit_code;
+  std::map<int, json> ranks;
+  std::string stderr_text;
+};
+
+EngineRun RunEngine(const TempDir& tmp, const std::string& name, std::vector<std::string> argv) {
+  Child engine(argv, tmp / name);
+  const int code = engine.Wait(120s);
+  return {code, Reports(engine.Stdout()), engine.Stderr()};
+}
+
+// The common case: one process, netloader's private rendezvous.
+EngineRun RunSingle(const TempDir& tmp, const std::string& name, std::vector<std::string> args) {
+  return RunEngine(tmp, name, EngineArgv(1, "", std::move(args)));
+}
+
+std::string SourceConfig(const std::map<int, std::vector<std::string>>& sources, json extra = {}) {
+  json config = extra.is_null() ? json::object() : extra;
+  config["SERVE"] = false;
+  config["SOURCE"] = json::array();
+  for (const auto& [rank, list] : sources) {
+    config["SOURCE"].push_back({{"device_id", rank}, {"sources", list}});
+  }
+  return config.dump();
+}
+
+// A running instance that loaded from disk (no SOURCE) and serves; SIGTERM on destruction.
+class Instance {
+ public:
+  Instance(const TempDir& tmp, const std::string& name, const std::string& model, int tp,
+           const std::string& rendezvous = "", std::vector<std::string> extra = {}, int pp = 1) {
+    json config = {{"OUTPUT_PREFIX", tmp / (name + "-endpoint-")}};
+    if (!rendezvous.empty()) config["RENDEZVOUS"] = rendezvous;
+    std::vector<std::string> args = {"--model",
+                                     model,
+                                     "--load-format",
+                                     "netloader",
+                                     "--model-loader-extra-config",
+                                     config.dump(),
+                                     "--tensor-parallel-size",
+                                     std::to_string(tp),
+                                     "--pipeline-parallel-size",
+                                     std::to_string(pp),
+                                     "--keep-running"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    child_ = std::make_unique<Child>(EngineArgv(tp * pp, rendezvous, args), tmp / name);
+    for (int r = 0; r < tp * pp; ++r) {
+      endpoints_.push_back(
+          testing::WaitForLine(tmp / (name + "-endpoint-" + std::to_string(r) + ".txt"), 60s));
+      EXPECT_FALSE(endpoints_.back().empty()) << child_->Stderr();
+    }
+  }
+  ~Instance() { Stop(); }
+  int Stop() {
+    child_->Signal(SIGTERM);
+    return child_->Wait(30s);
+  }
+  const std::string& endpoint(int rank) const { return endpoints_[rank]; }
+  Child& child() { return *child_; }
+
+ private:
+  std::unique_ptr<Child> child_;
+  std::vector<std::string> endpoints_;
+};
+
+// Same greedy output as `reference`, bit for bit, on every rank.
+void ExpectSameOutput(const EngineRun& run, const EngineRun& reference) {
+  ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
+  ASSERT_EQ(run.ranks.size(), reference.ranks.size()) << run.stderr_text;
+  for (const auto& [rank, report] : run.ranks) {
+    EXPECT_EQ(report["tokens"], reference.ranks.at(rank)["tokens"]) << "rank " << rank;
+    EXPECT_EQ(report["logits_digest"], reference.ranks.at(rank)["logits_digest"])
+        << "rank " << rank;
+  }
+}
+
+EngineRun DiskRun(const TempDir& tmp, const std::string& model, int tp = 1) {
+  EngineRun run = RunEngine(tmp, "disk-tp" + std::to_string(tp),
+                            EngineArgv(tp, "",
+                                       {"--model", model, "--load-format", "safetensors",
+                                        "--tensor-parallel-size", std::to_string(tp)}));
+  EXPECT_EQ(run.exit_code, 0) << run.stderr_text;
+  EXPECT_EQ(run.ranks.size(), static_cast<size_t>(tp)) << run.stderr_text;
+  return run;
+}
+
+TEST(EngineTest, Tp1LoadedThroughNetloaderDecodesExactlyAsFromDisk) {
+  TempDir tmp;
+  MakeLlama(tmp / "model");
+  const EngineRun disk = DiskRun(tmp, tmp / "model");
+  Instance a(tmp, "a", tmp / "model", 1);
+  EngineRun b = RunSingle(tmp, "b",
+                          {"--model", tmp / "model", "--model-loader-extra-config",
+                           SourceConfig({{0, {a.endpoint(0)}}})});
+  ExpectSameOutput(b, disk);
+  EXPECT_EQ(b.ranks[0]["loaded_from"], a.endpoint(0)) << b.stderr_text;
+  EXPECT_FALSE(b.ranks[0].contains("fallback_reason"));
+  // The loaded weights would change the output if any bit differed: the digest covers every
+  // logit, and the disk run's tokens are not degenerate.
+  std::set<int> distinct;
+  for (int t : disk.ranks.at(0)["tokens"]) distinct.insert(t);
+  EXPECT_GE(distinct.size(), 4u);
+}
+
+TEST(EngineTest, Tp2RanksLoadFromTheMatchingRanksAndDecodeExactlyAsFromDisk) {
+  TempDir tmp;
+  MakeLlama(tmp / "model");
+  Rendezvous rendezvous(tmp);
+  const EngineRun disk = DiskRun(tmp, tmp / "model", 2);
+  Instance a(tmp, "a", tmp / "model", 2, rendezvous.spec());
+  EngineRun b = RunEngine(tmp, "b",
+                          EngineArgv(2, rendezvous.spec(),
+                                     {"--model", tmp / "model", "--tensor-parallel-size", "2",
+                                      "--model-loader-extra-config",
+                                      SourceConfig({{0, {a.endpoint(0)}}, {1, {a.endpoint(1)}}},
+                                                   {{"RENDEZVOUS", rendezvous.spec()}})}));
+  ExpectSameOutput(b, disk);
+  EXPECT_EQ(b.ranks[0]["loaded_from"], a.endpoint(0)) << b.stderr_text;
+  EXPECT_EQ(b.ranks[1]["loaded_from"], a.endpoint(1)) << b.stderr_text;
+  EXPECT_EQ(b.ranks[0]["bytes"], b.ranks[1]["bytes"]) << "each rank holds half";
+}
+
+TEST(EngineTest, Pp2StagesLoadFromTheMatchingStagesAndDecodeExactlyAsTp1FromDisk) {
+  TempDir tmp;
+  MakeLlama(tmp / "model");
+  Rendezvous rendezvous(tmp);
+  // A pipeline does the same arithmetic as one process, so even the logits digest matches TP=1.
+  const EngineRun disk = DiskRun(tmp, tmp / "model", 1);
+  Instance a(tmp, "a", tmp / "model", 1, rendezvous.spec(), {}, 2);
+  EngineRun b = RunEngine(tmp, "b",
+                          EngineArgv(2, rendezvous.spec(),
+                                     {"--model", tmp / "model", "--pipeline-parallel-size", "2",
+                                      "--model-loader-extra-config",
+                                      SourceConfig({{0, {a.endpoint(0)}}, {1, {a.endpoint(1)}}},
+                                                   {{"RENDEZVOUS", rendezvous.spec()}})}));
+  ASSERT_EQ(b.exit_code, 0) << b.stderr_text;
+  for (int rank : {0, 1}) {
+    EXPECT_EQ(b.ranks[rank]["loaded_from"], a.endpoint(rank)) << b.stderr_text;
+    EXPECT_EQ(b.ranks[rank]["tokens"], disk.ranks.at(0)["tokens"]);
+    EXPECT_EQ(b.ranks[rank]["logits_digest"], disk.ranks.at(0)["logits_digest"]);
+  }
+}
+
+TEST(EngineTest, ChainDiskToAToBToCKeepsTheOutput) {
+  TempDir tmp;
+  MakeLlama(tmp / "model");
+  Instance a(tmp, "a", tmp / "model", 1);
+  // B loads from A and serves in turn.
+  json b_config = {{"SOURCE", {{{"device_id", 0}, {"sources", {a.endpoint(0)}}}}},
+                   {"OUTPUT_PREFIX", tmp / "b-endpoint-"}};
+  Child b(EngineArgv(1, "",
+                     {"--model", tmp / "model", "--model-loader-extra-config", b_config.dump(),
+                      "--keep-running"}),
+          tmp / "b");
+  const std::string b_endpoint = testing::WaitForLine(tmp / "b-endpoint-0.txt", 60s);
+  ASSERT_FALSE(b_endpoint.empty()) << b.Stderr();
+  EngineRun c = RunSingle(
+      tmp, "c",
+      {"--model", tmp / "model", "--model-loader-extra-config", SourceConfig({{0, {b_endpoint}}})});
+  ASSERT_EQ(c.exit_code, 0) << c.stderr_text;
+  EXPECT_EQ(c.ranks[0]["loaded_from"], b_endpoint);
+  const std::map<int, json> a_out = Reports(a.child().Stdout());
+  EXPECT_EQ(c.ranks[0]["tokens"], a_out.at(0)["tokens"]);
+  EXPECT_EQ(c.ranks[0]["logits_digest"], a_out.at(0)["logits_digest"]);
+  b.Signal(SIGTERM);
+  ASSERT_EQ(b.Wait(30s), 0) << b.Stderr();
+  const std::map<int, json> b_out = Reports(b.Stdout());
+  EXPECT_EQ(b_out.at(0)["loaded_from"], a.endpoint(0));
+  EXPECT_NE(b.Stdout().find("\"served\":1"), std::string::npos) << b.Stdout();
+}
+
+TEST(EngineTest, AnInstanceKeepsDecodingWhileItServesATransfer) {
+  TempDir tmp;
+  MakeLlama(tmp / "model",
+            {"--hidden-size", "512", "--intermediate-size", "1408", "--size-mib", "160"});
+  Instance a(tmp, "a", tmp / "model", 1, "", {"--decode-loop", "--max-tokens", "64"});
+  EngineRun b = RunSingle(tmp, "b",
+                          {"--model", tmp / "model", "--max-tokens", "4",
+                           "--model-loader-extra-config", SourceConfig({{0, {a.endpoint(0)}}})});
+  ASSERT_EQ(b.exit_code, 0) << b.stderr_text;
+  ASSERT_EQ(b.ranks[0]["loaded_from"], a.endpoint(0)) << b.stderr_text;
+  ASSERT_EQ(a.Stop(), 0) << a.child().Stderr();
+  const int64_t start = b.ranks[0]["load_started_ms"], end = b.ranks[0]["load_finished_ms"];
+  int during = 0, total = 0;
+  for (const json& line : JsonLines(a.child().Stdout())) {
+    if (!line.contains("decoded_tokens")) continue;
+    ++total;
+    const int64_t at = line["ms"];
+    if (at >= start && at <= end) ++during;
+  }
+  EXPECT_GE(during, 1) << total << " tokens decoded, none during the " << end - start
+                       << " ms transfer";
+  EXPECT_NE(a.child().Stdout().find("\"served\":1"), std::string::npos) << a.child().Stdout();
+}
+
+// --- Fallback: every cause ends in a disk load of that rank and the right output. ---
+
+void ExpectFellBack(const EngineRun& run, int rank, const std::string& reason) {
+  ASSERT_TRUE(run.ranks.count(rank)) << run.stderr_text;
+  const json& report = run.ranks.at(rank);
+  EXPECT_EQ(report["loaded_from"], "disk") << report.dump();
+  EXPECT_NE(report.value("fallback_reason", "").find(reason), std::string::npos)
+      << "wanted '" << reason << "' in " << report.dump();
+  EXPECT_NE(run.stderr_text.find("WARN"), std::string::npos) << run.stderr_text;
+}
+
+TEST(FallbackTest, ARankWithoutSourceLoadsFromDiskAndTheOtherFromItsPeer) {
+  TempDir tmp;
+  MakeLlama(tmp / "model");
+  Rendezvous rendezvous(tmp);
+  const EngineRun disk = DiskRun(tmp, tmp / "model", 2);
+  Instance a(tmp, "a", tmp / "model", 2, rendezvous.spec());
+  EngineRun b = RunEngine(
+      tmp, "b",
+      EngineArgv(
+          2, rendezvous.spec(),
+          {"--model", tmp / "model", "--tensor-parallel-size", "2", "--model-loader-extra-config",
+           SourceConfig({{0, {a.endpoint(0)}}}, {{"RENDEZVOUS", rendezvous.spec()}})}));
+  ExpectSameOutput(b, disk);
+  EXPECT_EQ(b.ranks[0]["loaded_from"], a.endpoint(0));
+  ExpectFellBack(b, 1, "no SOURCE for rank 1");
+}
+
+TEST(FallbackTest, ASourceWithAnotherPartitionIsRefusedNamingTheFieldsAndRanksLoadFromDisk) {
+  TempDir tmp;
+  MakeLlama(tmp / "model");
+  Rendezvous rendezvous(tmp);
+  const EngineRun disk = DiskRun(tmp, tmp / "model", 2);
+  Instance a(tmp, "a", tmp / "model", 1, rendezvous.spec());  // TP=1
+  EngineRun b = RunEngine(tmp, "b",
+                          EngineArgv(2, rendezvous.spec(),
+                                     {"--model", tmp / "model", "--tensor-parallel-size", "2",
+                                      "--model-loader-extra-config",
+                                      SourceConfig({{0, {a.endpoint(0)}}, {1, {a.endpoint(0)}}},
+                                                   {{"RENDEZVOUS", rendezvous.spec()}})}));
+  ExpectSameOutput(b, disk);
+  ExpectFellBack(b, 0, "tp_size");
+  ExpectFellBack(b, 1, "tp_rank");
+  ASSERT_EQ(a.Stop(), 0);
+  EXPECT_NE(a.child().Stdout().find("\"refused\":2"), std::string::npos) << a.child().Stdout();
+}
+
+TEST(FallbackTest, AnUnreachableSourceFallsBackWithinTheRegisterDeadline) {
+  TempDir tmp;
+  MakeLlama(tmp / "model");
+  const EngineRun disk = DiskRun(tmp, tmp / "model");
+  const auto start = std::chrono::steady_clock::now();
+  EngineRun b = RunSingle(tmp, "b",
+                          {"--model", tmp / "model", "--model-loader-extra-config",
+                           SourceConfig({{0, {"127.0.0.1:9"}}}, {{"REGISTER_TIMEOUT", 1}})});
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 15s);
+  ExpectSameOutput(b, disk);
+  ExpectFellBack(b, 0, "tcp://127.0.0.1:9");
+}
+
+TEST(FallbackTest, AFrozenSourceMissesTheDeadlineAndTheNextSourceServes) {
+  TempDir tmp;
+  MakeLlama(tmp / "model");
+  const EngineRun disk = DiskRun(tmp, tmp / "model");
+  Instance frozen(tmp, "frozen", tmp / "model", 1);
+  Instance good(tmp, "good", tmp / "model", 1);
+  frozen.child().Signal(SIGSTOP);
+  EngineRun b = RunSingle(
+      tmp, "b",
+      {"--model", tmp / "model", "--model-loader-extra-config",
+       SourceConfig({{0, {frozen.endpoint(0), good.endpoint(0)}}}, {{"REGISTER_TIMEOUT", 1}})});
+  ExpectSameOutput(b, disk);
+  EXPECT_EQ(b.ranks[0]["loaded_from"], good.endpoint(0)) << b.stderr_text;
+  // Only the frozen one: disk.
+  EngineRun c = RunSingle(tmp, "c",
+                          {"--model", tmp / "model", "--model-loader-extra-config",
+                           SourceConfig({{0, {frozen.endpoint(0)}}}, {{"REGISTER_TIMEOUT", 1}})});
+  ExpectSameOutput(c, disk);
+  ExpectFellBack(c, 0, "Timeout: no answer within 1000 ms");
+  frozen.child().Signal(SIGCONT);
+}
+
+TEST(FallbackTest, ASourceKilledMidTransferFallsBackToDiskWithinTheStallDeadline) {
+  TempDir tmp;
+  MakeLlama(tmp / "model",
+            {"--hidden-size", "512", "--intermediate-size", "1408", "--size-mib", "256"});
+  const EngineRun disk = DiskRun(tmp, tmp / "model");
+  Instance a(tmp, "a", tmp / "model", 1);
+  Child b(
+      EngineArgv(1, "",
+                 {"--model", tmp / "model", "--log-level", "debug", "--model-loader-extra-config",
+                  SourceConfig({{0, {a.endpoint(0)}}}, {{"STALL_TIMEOUT", 3}, {"WINDOW", 1}})}),
+      tmp / "b");
+  const auto until = std::chrono::steady_clock::now() + 60s;
+  while (b.Stderr().find("over MPI; receiving") == std::string::npos &&
+         std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(2ms);
+  }
+  a.child().Signal(SIGKILL);
+  const auto killed = std::chrono::steady_clock::now();
+  EngineRun run{b.Wait(120s), Reports(b.Stdout()), b.Stderr()};
+  EXPECT_LT(std::chrono::steady_clock::now() - killed, 60s);
+  ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
+  ExpectFellBack(run, 0, "tcp://");
+  ExpectSameOutput(run, disk);
+}
+
+TEST(FallbackTest, ACorruptedSourceFailsTheChecksumAndTheRankLoadsFromDisk) {
+  TempDir tmp;
+  MakeLlama(tmp / "model");
+  const EngineRun disk = DiskRun(tmp, tmp / "model");
+  Instance a(tmp, "a", tmp / "model", 1, "", {"--testing-corrupt-served-weights"});
+  EngineRun b = RunSingle(tmp, "b",
+                          {"--model", tmp / "model", "--model-loader-extra-config",
+                           SourceConfig({{0, {a.endpoint(0)}}})});
+  ExpectSameOutput(b, disk);
+  ExpectFellBack(b, 0, "ChecksumMismatch");
+}
+
+TEST(EngineConfigTest, BadExtraConfigStopsStartUpNamingTheKey) {
+  TempDir tmp;
+  MakeLlama(tmp / "model");
+  struct Case {
+    std::string config, wanted;
+  } cases[] = {
+      {R"({"SOURCES": []})", "unknown key 'SOURCES'"},
+      {R"({"LISTEN_PORT": "8000"})", "LISTEN_PORT must be an integer"},
+      {R"({"LISTEN_PORT": 70000})", "LISTEN_PORT must be an integer in [1, 65535]"},
+      {R"({"SOURCE": [{"device_id": 1, "sources": ["127.0.0.1:1"]}]})", "device_id"},
+      {R"({"SOURCE": [{"device_id": 0, "sources": ["nohost"]}]})", "not host:port"},
+      {R"({"CONFIG_FILE": "/nonexistent.json"})", "CONFIG_FILE /nonexistent.json"},
+      {"{not json", "not valid JSON"},
+  };
+  for (const Case& c : cases) {
+    EngineRun run =
+        RunSingle(tmp, "bad", {"--model", tmp / "model", "--model-loader-extra-config", c.config});
+    EXPECT_EQ(run.exit_code, 2) << c.config;
+    EXPECT_NE(run.stderr_text.find(c.wanted), std::string::npos)
+        << c.config << " -> " << run.stderr_text;
+    EXPECT_TRUE(run.ranks.empty()) << "nothing decoded with a bad config";
+  }
+}
+
+}  // namespace
+}  // namespace netloader
