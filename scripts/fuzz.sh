@@ -9,8 +9,8 @@ seconds=${1:-30}
 build=$root/build-fuzz
 CC=clang CXX=clang++ cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DNETLOADER_BUILD_FUZZERS=ON -DNETLOADER_BUILD_TESTS=OFF -DNETLOADER_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build "$build" -j "$(nproc)" --target fuzz_safetensors_header fuzz_wire_decode
-for target in safetensors_header wire_decode; do
+cmake --build "$build" -j "$(nproc)" --target fuzz_safetensors_header fuzz_wire_decode fuzz_loader_config
+for target in safetensors_header wire_decode loader_config; do
   scratch=$(mktemp -d)
   echo "fuzz_$target: ${seconds}s"
   (cd "$build" && "$build/bin/fuzz_$target" -max_total_time="$seconds" -max_len=65536 \

@@ -12,6 +12,6 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # In CI, also fuzz every decoder of untrusted bytes for a bounded time (a crash fails the run).
 # It runs first so that ctest's pass/fail summary is the last thing printed.
 if [ "${CI:-}" = "true" ]; then
-  "$root/scripts/fuzz.sh" "${FUZZ_SECONDS:-30}"
+  "$root/scripts/fuzz.sh" "${FUZZ_SECONDS:-20}"
 fi
 ctest --output-on-failure -j 2 --timeout 300 "$@"

@@ -1,5 +1,7 @@
 #include "examples/engine/loader_config.h"
 
+#include <sys/stat.h>
+
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -154,6 +156,14 @@ Result<LoaderConfig> ParseLoaderConfig(const std::string& json_text, int world_s
                     inline_where + ": CONFIG_FILE must be a non-empty string");
     }
     const std::string path = file->get<std::string>();
+    struct stat info {};
+    if (stat(path.c_str(), &info) != 0) {
+      return Status(StatusCode::kNotFound, "CONFIG_FILE " + path + " cannot be read");
+    }
+    if (!S_ISREG(info.st_mode) || info.st_size > (1 << 20)) {
+      return Status(StatusCode::kInvalidArgument,
+                    "CONFIG_FILE " + path + " must be a regular file of at most 1 MiB");
+    }
     std::ifstream in(path);
     if (!in) return Status(StatusCode::kNotFound, "CONFIG_FILE " + path + " cannot be read");
     std::stringstream text;
