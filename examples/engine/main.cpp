@@ -231,11 +231,11 @@ int main(int argc, char** argv) {
                    who.c_str(), fallback_reason.c_str());
     }
   }
+  pass_turn();  // also when this rank never connected: the next one must not wait for its disk
   if (loaded_from == "disk") {
     netloader::Status status = weights.LoadFromDisk();
     if (!status.ok()) return fail(status.message(), 3);
   }
-  pass_turn();
   report["load_started_ms"] = load_started;
   report["load_finished_ms"] = EpochMs();
   report["loaded_from"] = loaded_from;
