@@ -254,6 +254,29 @@ TEST(CliTest, BadModelPathGivesExitCode3AndNamesThePath) {
   EXPECT_NE(server.Stderr().find(tmp / "missing"), std::string::npos) << server.Stderr();
 }
 
+TEST(CliTest, ServerOnAPortInUseOrWithAMissingRendezvousFailsAtOnceNamingIt) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 8, 1, 1, 24);
+  ServerProcess first(tmp, tmp / "model");
+  ASSERT_FALSE(first.endpoint().empty());
+  const auto start = std::chrono::steady_clock::now();
+  Child taken({Bin("netloader-server"), "--model", tmp / "model", "--listen", first.endpoint()},
+              tmp / "taken");
+  EXPECT_EQ(taken.Wait(30s), 5);
+  EXPECT_NE(taken.Stderr().find("cannot bind '" + first.endpoint() + "': Address already in use"),
+            std::string::npos)
+      << taken.Stderr();
+  Child missing({Bin("netloader-server"), "--model", tmp / "model", "--rendezvous",
+                 "file:" + (tmp / "no-such-uri")},
+                tmp / "missing");
+  EXPECT_EQ(missing.Wait(30s), 2);
+  EXPECT_NE(
+      missing.Stderr().find("rendezvous file '" + (tmp / "no-such-uri") + "' is missing or empty"),
+      std::string::npos)
+      << missing.Stderr();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s) << "no waiting on a deadline";
+}
+
 TEST(CliTest, HelpExplainsEveryFlagAndTheExitCodes) {
   TempDir tmp;
   Child client({Bin("netloader-client"), "--help"}, tmp / "client");
