@@ -46,7 +46,7 @@ struct ClientOptions {
   // Optional. Called on the loading thread just before each MPI connect to a source (kBefore)
   // and as soon as that connect returns, connected or not (kAfter). Open MPI 4.1 can wedge both
   // sides when two processes of one mpirun job connect to the same other job at the same moment
-  // (DESIGN.md, "Ranks of one instance take turns to connect"); the ranks of a multi-rank engine
+  // (DESIGN.md, "Multi-rank instances"); the ranks of a multi-rank engine
   // use this hook to connect one after another while their transfers still overlap.
   std::function<void(ConnectEvent)> connect_hook;
   TransportOptions transport;
