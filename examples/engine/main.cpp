@@ -68,20 +68,25 @@ int main(int argc, char** argv) {
   bool keep_running = false, decode_loop = false, corrupt = false;
   app.add_option("--model", model_dir, "Checkpoint directory: config.json and *.safetensors")
       ->required();
-  app.add_option("--prompt", prompt, "Text to continue (byte tokens)");
-  app.add_option("--max-tokens", max_tokens, "Tokens to generate")->check(CLI::Range(1, 100000));
+  app.add_option("--prompt", prompt, "Text to continue (byte tokens)")->capture_default_str();
+  app.add_option("--max-tokens", max_tokens, "Tokens to generate")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
   app.add_option("--load-format", load_format,
                  "safetensors: read the checkpoint from disk. netloader: load each rank from the "
                  "SOURCE of --model-loader-extra-config, falling back to disk, then serve the "
                  "weights. auto: netloader if --model-loader-extra-config is given, else "
                  "safetensors")
-      ->check(CLI::IsMember({"auto", "safetensors", "netloader"}));
+      ->check(CLI::IsMember({"auto", "safetensors", "netloader"}))
+      ->capture_default_str();
   app.add_option("--model-loader-extra-config", extra_config,
                  "JSON object for --load-format=netloader. Keys:\n" + llama::LoaderConfigHelp());
   app.add_option("--tensor-parallel-size", parallel.tp_size, "Tensor-parallel ranks")
-      ->check(CLI::Range(1, 1024));
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
   app.add_option("--pipeline-parallel-size", parallel.pp_size, "Pipeline stages")
-      ->check(CLI::Range(1, 1024));
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
   app.add_flag("--keep-running", keep_running, "After decoding, keep serving until SIGINT/SIGTERM");
   app.add_flag("--decode-loop", decode_loop,
                "With --keep-running: keep decoding the prompt again and again meanwhile, one "
