@@ -20,8 +20,8 @@
 
 #include "examples/engine/llama.h"
 #include "examples/engine/loader_config.h"
+#include "netloader/cli/cli_common.h"
 #include "netloader/client.h"
-#include "netloader/logging.h"
 #include "netloader/server.h"
 
 namespace {
@@ -92,18 +92,12 @@ int main(int argc, char** argv) {
                "With --keep-running: keep decoding the prompt again and again meanwhile, one "
                "JSON line per token from rank 0 ({\"decoded_tokens\": N, \"ms\": epoch ms})");
   std::string log_level = "info";
-  app.add_option("--log-level", log_level, "netloader's log level")
-      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
-      ->capture_default_str();
+  netloader::cli::AddLogLevelOption(app, &log_level);
   app.add_flag("--testing-corrupt-served-weights", corrupt,
                "Fault tests only: flip one bit of the weights after serving starts")
       ->group("");  // hidden
   CLI11_PARSE(app, argc, argv);
-  const std::map<std::string, netloader::LogLevel> levels = {
-      {"trace", netloader::LogLevel::kTrace}, {"debug", netloader::LogLevel::kDebug},
-      {"info", netloader::LogLevel::kInfo},   {"warn", netloader::LogLevel::kWarn},
-      {"error", netloader::LogLevel::kError}, {"off", netloader::LogLevel::kOff}};
-  netloader::SetLogLevel(levels.at(log_level));
+  netloader::cli::ApplyLogLevel(log_level);
   if (load_format == "auto") load_format = extra_config.empty() ? "safetensors" : "netloader";
 
   // Signals are taken by rank 0's decode loop only; no thread of this process is interrupted.

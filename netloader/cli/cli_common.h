@@ -61,6 +61,20 @@ inline int ExitCodeFor(StatusCode code) {
 }
 
 // Flags both CLIs share, bound to the options they fill.
+// --log-level, shared by the CLIs and the example engine.
+inline void AddLogLevelOption(CLI::App& app, std::string* level) {
+  app.add_option("--log-level", *level, "trace, debug, info, warn, error or off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
+      ->capture_default_str();
+}
+
+inline void ApplyLogLevel(const std::string& level) {
+  static const std::map<std::string, LogLevel> levels = {
+      {"trace", LogLevel::kTrace}, {"debug", LogLevel::kDebug}, {"info", LogLevel::kInfo},
+      {"warn", LogLevel::kWarn},   {"error", LogLevel::kError}, {"off", LogLevel::kOff}};
+  SetLogLevel(levels.at(level));
+}
+
 struct CommonFlags {
   Partition partition;
   std::string model_id;
@@ -92,18 +106,11 @@ struct CommonFlags {
     app.add_option("--interface", transport.interface,
                    "Network interface MPI uses (lo for one host)")
         ->capture_default_str();
-    app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
-        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
-        ->capture_default_str();
+    AddLogLevelOption(app, &log_level);
     app.add_flag("--json", json, "Print the final summary as one JSON object on stdout");
   }
 
-  void ApplyLogLevel() const {
-    static const std::map<std::string, LogLevel> levels = {
-        {"trace", LogLevel::kTrace}, {"debug", LogLevel::kDebug}, {"info", LogLevel::kInfo},
-        {"warn", LogLevel::kWarn},   {"error", LogLevel::kError}, {"off", LogLevel::kOff}};
-    SetLogLevel(levels.at(log_level));
-  }
+  void ApplyLogLevel() const { netloader::cli::ApplyLogLevel(log_level); }
 };
 
 inline std::string HumanBytes(double bytes) {

@@ -8,7 +8,6 @@
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <thread>
 
 #include "netloader/safetensors.h"
@@ -57,13 +56,8 @@ class ServerProcess {
 
 // The last line of `text` that parses as a JSON object (MPI may print its own lines to stdout).
 nlohmann::json LastJsonLine(const std::string& text) {
-  std::istringstream lines(text);
-  nlohmann::json last = nullptr;
-  for (std::string line; std::getline(lines, line);) {
-    nlohmann::json parsed = nlohmann::json::parse(line, nullptr, false);
-    if (parsed.is_object()) last = parsed;
-  }
-  return last;
+  std::vector<nlohmann::json> lines = testing::JsonLines(text);
+  return lines.empty() ? nlohmann::json(nullptr) : lines.back();
 }
 
 struct ClientRun {
@@ -298,11 +292,9 @@ TEST(CliTest, SharedRendezvousStartedSeparatelyServesAsTheMpiMeetingPoint) {
   TempDir tmp;
   MakeCheckpoint(tmp / "model", 20, 4, 1, 18);
   // One rendezvous for every instance, as a deployment runs it (README: "Rendezvous").
-  Child rendezvous({"/usr/bin/env", "OMPI_MCA_oob_tcp_if_include=lo", "ompi-server",
-                    "--no-daemonize", "-r", tmp / "rendezvous.uri"},
-                   tmp / "ompi-server");
-  ASSERT_FALSE(testing::WaitForLine(tmp / "rendezvous.uri", 20s).empty()) << rendezvous.Stderr();
-  const std::string spec = "file:" + (tmp / "rendezvous.uri");
+  testing::Rendezvous rendezvous(tmp);
+  ASSERT_TRUE(rendezvous.ready()) << rendezvous.child().Stderr();
+  const std::string spec = rendezvous.spec();
   ServerProcess server(tmp, tmp / "model", {"--rendezvous", spec});
   ASSERT_FALSE(server.endpoint().empty()) << server.child().Stderr();
   EXPECT_NE(server.child().Stderr().find(testing::ReadFile(tmp / "rendezvous.uri").substr(0, 10)),

@@ -9,7 +9,6 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 #include <thread>
 
 #include "tests/support/test_util.h"
@@ -20,6 +19,8 @@ namespace {
 using namespace std::chrono_literals;
 using nlohmann::json;
 using testing::Child;
+using testing::JsonLines;
+using testing::Rendezvous;
 using testing::TempDir;
 
 std::string Bin(const std::string& name) { return testing::BinDir() + "/" + name; }
@@ -30,23 +31,6 @@ void MakeLlama(const std::string& dir, std::vector<std::string> extra = {}) {
   Child gen(argv, dir + "-gen");
   ASSERT_EQ(gen.Wait(60s), 0) << gen.Stderr();
 }
-
-// A shared MPI rendezvous, as a deployment of multi-rank instances runs it.
-class Rendezvous {
- public:
-  explicit Rendezvous(const TempDir& tmp)
-      : path_(tmp / "rendezvous.uri"),
-        child_({"/usr/bin/env", "OMPI_MCA_oob_tcp_if_include=lo", "ompi-server", "--no-daemonize",
-                "-r", path_},
-               tmp / "ompi-server") {
-    EXPECT_FALSE(testing::WaitForLine(path_, 20s).empty()) << child_.Stderr();
-  }
-  std::string spec() const { return "file:" + path_; }
-
- private:
-  std::string path_;
-  Child child_;
-};
 
 // argv of an engine instance of `ranks` processes (mpirun when more than one).
 std::vector<std::string> EngineArgv(int ranks, const std::string& rendezvous,
@@ -70,16 +54,6 @@ std::vector<std::string> EngineArgv(int ranks, const std::string& rendezvous,
   argv.push_back(Bin("netloader-llama"));
   argv.insert(argv.end(), args.begin(), args.end());
   return argv;
-}
-
-std::vector<json> JsonLines(const std::string& text) {
-  std::vector<json> out;
-  std::istringstream lines(text);
-  for (std::string line; std::getline(lines, line);) {
-    json parsed = json::parse(line, nullptr, false);
-    if (parsed.is_object()) out.push_back(parsed);
-  }
-  return out;
 }
 
 // Each rank's report (the line with its tokens), by rank.
@@ -200,6 +174,7 @@ TEST(EngineTest, Tp2RanksLoadFromTheMatchingRanksAndDecodeExactlyAsFromDisk) {
   TempDir tmp;
   MakeLlama(tmp / "model");
   Rendezvous rendezvous(tmp);
+  ASSERT_TRUE(rendezvous.ready()) << rendezvous.child().Stderr();
   const EngineRun disk = DiskRun(tmp, tmp / "model", 2);
   Instance a(tmp, "a", tmp / "model", 2, rendezvous.spec());
   EngineRun b = RunEngine(tmp, "b",
@@ -218,6 +193,7 @@ TEST(EngineTest, Pp2StagesLoadFromTheMatchingStagesAndDecodeExactlyAsTp1FromDisk
   TempDir tmp;
   MakeLlama(tmp / "model");
   Rendezvous rendezvous(tmp);
+  ASSERT_TRUE(rendezvous.ready()) << rendezvous.child().Stderr();
   // A pipeline does the same arithmetic as one process, so even the logits digest matches TP=1.
   const EngineRun disk = DiskRun(tmp, tmp / "model", 1);
   Instance a(tmp, "a", tmp / "model", 1, rendezvous.spec(), {}, 2);
@@ -302,6 +278,7 @@ TEST(FallbackTest, ARankWithoutSourceLoadsFromDiskAndTheOtherFromItsPeer) {
   TempDir tmp;
   MakeLlama(tmp / "model");
   Rendezvous rendezvous(tmp);
+  ASSERT_TRUE(rendezvous.ready()) << rendezvous.child().Stderr();
   const EngineRun disk = DiskRun(tmp, tmp / "model", 2);
   Instance a(tmp, "a", tmp / "model", 2, rendezvous.spec());
   EngineRun b = RunEngine(
@@ -319,6 +296,7 @@ TEST(FallbackTest, ASourceWithAnotherPartitionIsRefusedNamingTheFieldsAndRanksLo
   TempDir tmp;
   MakeLlama(tmp / "model");
   Rendezvous rendezvous(tmp);
+  ASSERT_TRUE(rendezvous.ready()) << rendezvous.child().Stderr();
   const EngineRun disk = DiskRun(tmp, tmp / "model", 2);
   Instance a(tmp, "a", tmp / "model", 1, rendezvous.spec());  // TP=1
   EngineRun b = RunEngine(tmp, "b",

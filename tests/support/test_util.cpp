@@ -108,6 +108,23 @@ std::string WaitForLine(const std::string& path, std::chrono::milliseconds timeo
   return "";
 }
 
+Rendezvous::Rendezvous(const TempDir& dir)
+    : path_(dir / "rendezvous.uri"),
+      child_({"/usr/bin/env", "OMPI_MCA_oob_tcp_if_include=lo", "ompi-server", "--no-daemonize",
+              "-r", path_},
+             dir / "ompi-server"),
+      ready_(!WaitForLine(path_, std::chrono::seconds(20)).empty()) {}
+
+std::vector<nlohmann::json> JsonLines(const std::string& text) {
+  std::vector<nlohmann::json> out;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    nlohmann::json parsed = nlohmann::json::parse(line, nullptr, false);
+    if (parsed.is_object()) out.push_back(parsed);
+  }
+  return out;
+}
+
 std::string BinDir() { return NETLOADER_BIN_DIR; }
 
 }  // namespace netloader::testing

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,24 @@ class Child {
 
 // Polls `path` until it holds a non-empty first line, or the timeout passes ("" then).
 std::string WaitForLine(const std::string& path, std::chrono::milliseconds timeout);
+
+// A shared MPI rendezvous as a deployment runs one: ompi-server on loopback, writing its URI to
+// `dir`/rendezvous.uri. Killed with its process group on destruction.
+class Rendezvous {
+ public:
+  explicit Rendezvous(const TempDir& dir);
+  bool ready() const { return ready_; }  // the URI file appeared within 20 s
+  std::string spec() const { return "file:" + path_; }
+  Child& child() { return child_; }
+
+ private:
+  std::string path_;
+  Child child_;
+  bool ready_;
+};
+
+// Every line of `text` that parses as a JSON object, in order (MPI may print its own lines).
+std::vector<nlohmann::json> JsonLines(const std::string& text);
 
 // Directory of the build's executables (set by CMake).
 std::string BinDir();
