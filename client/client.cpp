@@ -2,11 +2,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <optional>
 #include <thread>
 #include <zmq.hpp>
 
 #include "client/client_internal.h"
 #include "netloader/fingerprint.h"
+#include "netloader/src/auth.h"
 #include "netloader/src/log.h"
 #include "netloader/src/manifest.h"
 #include "netloader/src/staging.h"
@@ -28,10 +32,12 @@ std::string ClientName() {
   return std::string(host) + ":" + std::to_string(getpid());
 }
 
-// The ZeroMQ side of one attempt: a DEALER connected to one source.
+// The ZeroMQ side of one attempt: a DEALER connected to one source, CURVE-authenticated when
+// there is a secret.
 class ControlChannel {
  public:
-  explicit ControlChannel(const std::string& source) : source_(source) {}
+  ControlChannel(const std::string& source, const std::string& secret)
+      : source_(source), secret_(secret) {}
 
   Status Connect() {
     try {
@@ -39,6 +45,8 @@ class ControlChannel {
       // Long enough for a final Done to leave, short enough never to hold up the caller.
       socket_.set(zmq::sockopt::linger, 1000);
       socket_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kMaxClientMessageBytes));
+      if (!secret_.empty()) MakeCurveClient(socket_, secret_);
+      monitor_.emplace(context_, socket_, "client");
       socket_.connect(source_);
     } catch (const zmq::error_t& e) {
       return Status(StatusCode::kInvalidArgument, "bad source endpoint: " + std::string(e.what()));
@@ -58,8 +66,11 @@ class ControlChannel {
     return Status::Ok();
   }
 
+  // Waits for one message. A failed handshake (secrets differ, or only one side has one) fails
+  // at once with PermissionDenied instead of waiting out `timeout`.
   Result<wire::Envelope> Receive(std::chrono::milliseconds timeout) {
-    zmq::pollitem_t items[] = {{static_cast<void*>(socket_), 0, ZMQ_POLLIN, 0}};
+    zmq::pollitem_t items[] = {{static_cast<void*>(socket_), 0, ZMQ_POLLIN, 0},
+                               {static_cast<void*>(monitor_->socket()), 0, ZMQ_POLLIN, 0}};
     const auto deadline = Clock::now() + timeout;
     try {
       while (true) {
@@ -70,7 +81,13 @@ class ControlChannel {
                                                   std::to_string(timeout.count()) +
                                                   " ms (is a netloader server listening there?)");
         }
-        zmq::poll(items, 1, left);
+        zmq::poll(items, 2, left);
+        if (items[1].revents & ZMQ_POLLIN) {
+          if (std::optional<HandshakeMonitor::Event> event = monitor_->Read()) {
+            return Status(StatusCode::kPermissionDenied,
+                          DescribeHandshakeFailure(*event, !secret_.empty()));
+          }
+        }
         if (!(items[0].revents & ZMQ_POLLIN)) continue;
         zmq::message_t frame;
         if (!socket_.recv(frame, zmq::recv_flags::dontwait)) continue;
@@ -83,8 +100,75 @@ class ControlChannel {
 
  private:
   std::string source_;
+  std::string secret_;
   zmq::context_t context_{1};
   zmq::socket_t socket_;
+  std::optional<HandshakeMonitor> monitor_;
+};
+
+// From Accept until Done: a heartbeat to the source every interval, so that it keeps this
+// client's session, and `lost` once the source has answered none for the timeout (it died or
+// froze), so that the transfer stops at once instead of waiting for the stall deadline. Owns
+// the control socket while it runs.
+class Heartbeats {
+ public:
+  Heartbeats(ControlChannel& control, uint64_t session, const ClientOptions& options,
+             const std::atomic<uint64_t>& bytes)
+      : control_(control), session_(session), options_(options), bytes_(bytes) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~Heartbeats() {
+    stop_ = true;
+    thread_.join();  // within one 50 ms receive
+  }
+  const std::atomic<bool>& lost() const { return lost_; }
+  std::string reason() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return reason_;
+  }
+
+ private:
+  void Loop() {
+    using std::chrono::milliseconds;
+    auto last_answer = Clock::now();
+    while (!stop_) {
+      wire::Envelope beat;
+      beat.mutable_heartbeat()->set_session_id(session_);
+      beat.mutable_heartbeat()->set_bytes(bytes_.load());
+      (void)control_.Send(beat);  // a source that is gone shows as silence
+      // Read answers until the next beat is due.
+      const auto next = Clock::now() + options_.heartbeat_interval;
+      for (auto now = Clock::now(); !stop_ && now < next; now = Clock::now()) {
+        const auto wait = std::chrono::duration_cast<milliseconds>(next - now) + milliseconds(1);
+        Result<wire::Envelope> reply = control_.Receive(std::min(wait, milliseconds(50)));
+        if (reply.ok() && reply->has_heartbeat()) last_answer = Clock::now();
+        if (reply.ok() && reply->has_reject()) {
+          return Lose("the source dropped the session: " + reply->reject().reason());
+        }
+      }
+      const auto silent = std::chrono::duration_cast<milliseconds>(Clock::now() - last_answer);
+      if (options_.heartbeat_timeout.count() > 0 && silent > options_.heartbeat_timeout) {
+        return Lose("the source answered no heartbeat for " + std::to_string(silent.count()) +
+                    " ms (it died or froze)");
+      }
+    }
+  }
+
+  void Lose(const std::string& why) {
+    std::lock_guard<std::mutex> lock(mu_);
+    reason_ = why;
+    lost_ = true;
+  }
+
+  ControlChannel& control_;
+  const uint64_t session_;
+  const ClientOptions& options_;
+  const std::atomic<uint64_t>& bytes_;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> lost_{false};
+  mutable std::mutex mu_;  // guards reason_
+  std::string reason_;
+  std::thread thread_;
 };
 
 // MPI start-up forks, which write-protects every private page of the process; receiving into
@@ -131,7 +215,7 @@ class Attempt {
         fingerprint_(fingerprint),
         factory_(factory),
         source_(source),
-        control_(source) {}
+        control_(source, options.secret) {}
 
   Result<LoadStats> Run() {
     const auto start = Clock::now();
@@ -141,6 +225,7 @@ class Attempt {
     if (!accept.ok()) return accept.status();
     register_seconds_ = SecondsSince(start);
     session_ = accept->session_id();
+    beats_.emplace(control_, session_, options_, received_);
 
     Result<LoadStats> stats = Transfer(*accept, start);
     if (!stats.ok()) SendDone(false, failed_chunk_, stats.status().ToString(), 0, 0);
@@ -230,12 +315,12 @@ class Attempt {
     }
     const transfer::ChunkList& wire_chunks = options_.staged_receive ? staged : chunks;
     const uint64_t total = destination_.total_bytes();
-    uint64_t done_bytes = 0;
     std::vector<uint64_t> digests;
     digests.reserve(chunks.size());
     transfer::StreamOptions stream;
     stream.window = options_.window;
     stream.stall_timeout = options_.stall_timeout;
+    stream.cancel = &beats_->lost();
     Status status = (*channel)->Receive(wire_chunks, stream, [&](size_t i) -> Status {
       uint64_t digest = manifest->chunk_digests[i];
       if (options_.staged_receive) {
@@ -253,8 +338,8 @@ class Attempt {
                                                          ") does not match the source's digest");
       }
       digests.push_back(digest);
-      done_bytes += chunks.bytes(i);
-      if (options_.progress) options_.progress(done_bytes, total);
+      received_ += chunks.bytes(i);
+      if (options_.progress) options_.progress(received_.load(), total);
       return Status::Ok();
     });
     if (status.ok() && DigestOfDigests(digests) != manifest->model_digest) {
@@ -262,13 +347,14 @@ class Attempt {
           Status(StatusCode::kChecksumMismatch, "whole-model digest differs from the source's");
     }
     if (!status.ok()) {
+      if (beats_->lost()) status = Status(StatusCode::kUnavailable, beats_->reason());
       (*channel)->Abandon();
       ring.Leak();
       return status.WithContext("transfer from " + source_);
     }
     LoadStats stats;
     stats.source = source_;
-    stats.bytes = done_bytes;
+    stats.bytes = received_.load();
     stats.tensors = destination_.tensors.size();
     stats.chunks = chunks.size();
     stats.transfer_seconds = SecondsSince(phase);
@@ -287,6 +373,7 @@ class Attempt {
   void SendDone(bool verified, int64_t failed_chunk, const std::string& message, uint64_t bytes,
                 double seconds) {
     if (session_ == 0 || done_sent_) return;
+    beats_.reset();  // the socket is ours again
     wire::Envelope envelope;
     wire::Done* done = envelope.mutable_done();
     done->set_session_id(session_);
@@ -307,6 +394,8 @@ class Attempt {
   const internal::TransportFactory& factory_;
   const std::string source_;
   ControlChannel control_;
+  std::optional<Heartbeats> beats_;  // from Accept until Done
+  std::atomic<uint64_t> received_{0};
   uint64_t session_ = 0;
   int64_t failed_chunk_ = -1;
   bool done_sent_ = false;
@@ -319,6 +408,14 @@ Status ValidateOptions(const ClientOptions& options) {
     if (s.empty()) return Status(StatusCode::kInvalidArgument, "a source endpoint is empty");
   }
   if (options.window < 1) return Status(StatusCode::kInvalidArgument, "window must be >= 1");
+  if (options.heartbeat_interval.count() < 1 ||
+      (options.heartbeat_timeout.count() > 0 &&
+       options.heartbeat_timeout <= options.heartbeat_interval)) {
+    return Status(StatusCode::kInvalidArgument,
+                  "heartbeat_interval must be >= 1 ms and below heartbeat_timeout (0: never)");
+  }
+  Status secret = ValidateSecret(options.secret);
+  if (!secret.ok()) return secret.WithContext("ClientOptions::secret");
   return ValidatePartition(options.partition);
 }
 

@@ -3,6 +3,7 @@
 //   2. fill them from the first source that holds the same model, or from disk if none can;
 //   3. serve those same buffers to the next instance, while the engine keeps running.
 // Usage: netloader-embed-example --model PATH [--source tcp://HOST:PORT ...] --endpoint-file F
+//        [--secret-file PATH | --no-auth]
 // Prints one JSON line on SIGTERM: {"loaded_from": ..., "bytes": N, "served": K}.
 
 #include <signal.h>
@@ -14,6 +15,7 @@
 
 #include "netloader/client.h"
 #include "netloader/safetensors.h"
+#include "netloader/secret.h"
 #include "netloader/server.h"
 
 int main(int argc, char** argv) {
@@ -27,7 +29,24 @@ int main(int argc, char** argv) {
   app.add_option("--source", sources, "Peers to load from, in order");
   app.add_option("--endpoint-file", endpoint_file, "Where to write this instance's endpoint")
       ->required();
+  std::string secret_file = netloader::DefaultSecretPath();
+  bool no_auth = false;
+  auto* secret_option =
+      app.add_option("--secret-file", secret_file, "Shared secret (created if missing)")
+          ->capture_default_str();
+  app.add_flag("--no-auth", no_auth, "No shared secret (local tests only)")->excludes(secret_option);
   CLI11_PARSE(app, argc, argv);
+
+  // 0. The shared secret: peers without it learn nothing from this instance, and vice versa.
+  std::string secret;
+  if (!no_auth) {
+    netloader::Result<std::string> read = netloader::LoadOrCreateSecret(secret_file);
+    if (!read.ok()) {
+      std::fprintf(stderr, "%s\n", read.status().ToString().c_str());
+      return 2;
+    }
+    secret = *read;
+  }
 
   sigset_t stop;
   sigemptyset(&stop);
@@ -51,6 +70,7 @@ int main(int argc, char** argv) {
     netloader::ClientOptions options;
     options.sources = sources;
     options.register_timeout = std::chrono::seconds(5);
+    options.secret = secret;
     netloader::Result<netloader::LoadStats> stats = netloader::Load(options, weights->view());
     if (stats.ok()) {
       loaded_from = stats->source;
@@ -71,8 +91,10 @@ int main(int argc, char** argv) {
   }
 
   // 3. Every loaded instance is a source for the next one.
+  netloader::ServerOptions server_options;
+  server_options.secret = secret;
   netloader::Result<std::unique_ptr<netloader::Server>> server =
-      netloader::Server::Start(netloader::ServerOptions{}, weights->view());
+      netloader::Server::Start(server_options, weights->view());
   if (!server.ok()) {
     std::fprintf(stderr, "%s\n", server.status().ToString().c_str());
     return 5;

@@ -6,6 +6,7 @@
 #include <zmq.hpp>
 
 #include "netloader/fingerprint.h"
+#include "netloader/src/auth.h"
 #include "netloader/src/log.h"
 #include "netloader/src/manifest.h"
 #include "netloader/src/registration.h"
@@ -23,6 +24,11 @@ double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch())
+      .count();
+}
+
 // One admitted client: its MPI listener, its streaming thread, and the Done mailbox the control
 // thread fills.
 struct Session {
@@ -30,11 +36,14 @@ struct Session {
   std::string client;
   std::unique_ptr<transfer::Listener> listener;
   std::thread thread;
-  std::atomic<bool> abort{false};     // set by Stop() or by an early Done from the client
+  std::atomic<bool> abort{false};     // set by Stop(), an early Done, or missed heartbeats
   std::atomic<bool> finished{false};  // the thread is about to exit; join and free the slot
-  std::mutex mu;                      // guards done
+  std::atomic<int64_t> last_heard_ms{NowMs()};  // the client's last heartbeat (or Register)
+  std::atomic<uint64_t> sent{0};                // bytes sent so far
+  std::mutex mu;                                // guards done and lost
   std::condition_variable cv;
   std::optional<wire::Done> done;
+  std::string lost;  // why the control thread gave up on the client
 };
 
 class ServerImpl : public Server {
@@ -65,6 +74,13 @@ class ServerImpl : public Server {
       // Past this zmq drops the connection itself; below it oversized messages get a Reject.
       socket_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(4 * kMaxServerMessageBytes));
       socket_.set(zmq::sockopt::router_mandatory, 1);
+      // With a secret the socket is a CURVE server and ZAP checks each client's key; without
+      // one, the monitor still reports clients that try to authenticate.
+      if (!options_.secret.empty()) {
+        zap_.emplace(context_, options_.secret);
+        MakeCurveServer(socket_, options_.secret);
+      }
+      monitor_.emplace(context_, socket_, "server");
       std::string endpoint = options_.listen;
       if (endpoint.size() > 2 && endpoint.compare(endpoint.size() - 2, 2, ":0") == 0) {
         endpoint.replace(endpoint.size() - 1, 1, "*");
@@ -97,19 +113,26 @@ class ServerImpl : public Server {
 
  private:
   void ControlLoop() {
-    Log().info("serving {} tensors ({} bytes) at {} (rendezvous {}), up to {} clients at once",
+    Log().info("serving {} tensors ({} bytes) at {} (rendezvous {}), up to {} clients at once, {}",
                model_.tensors.size(), model_.total_bytes(), endpoint_, transport_->rendezvous(),
-               options_.max_concurrent_transfers);
+               options_.max_concurrent_transfers,
+               zap_ ? "shared secret required" : "without authentication");
     while (!stopping_.load()) {
-      zmq::pollitem_t items[] = {{static_cast<void*>(socket_), 0, ZMQ_POLLIN, 0}};
+      zmq::pollitem_t items[] = {
+          {static_cast<void*>(socket_), 0, ZMQ_POLLIN, 0},
+          {static_cast<void*>(monitor_->socket()), 0, ZMQ_POLLIN, 0},
+          {zap_ ? static_cast<void*>(zap_->socket()) : nullptr, 0, ZMQ_POLLIN, 0}};
       try {
-        zmq::poll(items, 1, std::chrono::milliseconds(100));
+        zmq::poll(items, zap_ ? 3 : 2, std::chrono::milliseconds(100));
+        if (items[1].revents & ZMQ_POLLIN) LogFailedHandshakes();
+        if (zap_ && (items[2].revents & ZMQ_POLLIN)) CheckClientKeys();
       } catch (const zmq::error_t& e) {
         if (e.num() == EINTR) continue;
         Log().error("polling {} failed: {}", endpoint_, e.what());
         break;
       }
       ReapFinishedSessions();
+      DropSilentSessions();
       // Bounded per wake-up so reaping and Stop() stay responsive under a flood.
       for (int i = 0; i < 64 && (items[0].revents & ZMQ_POLLIN); ++i) {
         if (!ReceiveOne()) break;
@@ -122,8 +145,43 @@ class ServerImpl : public Server {
     }
     for (auto& [id, session] : sessions_) session->thread.join();
     sessions_.clear();
+    monitor_.reset();
+    zap_.reset();
     socket_.close();
     Log().info("server at {} stopped", endpoint_);
+  }
+
+  void LogFailedHandshakes() {
+    while (std::optional<HandshakeMonitor::Event> event = monitor_->Read()) {
+      Log().warn("a client failed the connection handshake: {}",
+                 DescribeHandshakeFailure(*event, zap_.has_value()));
+      Count([](ServerStats& s) { s.unauthenticated++; });
+    }
+  }
+
+  void CheckClientKeys() {
+    for (int i = 0; i < 64; ++i) {
+      std::optional<std::string> refused;
+      if (!zap_->AnswerOne(&refused)) break;
+      if (refused) Log().warn("refused a client at {}: it does not hold the shared secret", *refused);
+    }
+  }
+
+  // A client that stopped sending heartbeats died or froze: abort its transfer, free its slot.
+  void DropSilentSessions() {
+    if (options_.heartbeat_timeout.count() <= 0) return;
+    const int64_t now = NowMs();
+    for (auto& [id, session] : sessions_) {
+      const int64_t silent = now - session->last_heard_ms.load();
+      if (session->finished.load() || session->abort.load() ||
+          silent <= options_.heartbeat_timeout.count()) {
+        continue;
+      }
+      std::lock_guard<std::mutex> lock(session->mu);
+      session->lost = "no heartbeat from the client for " + std::to_string(silent) + " ms";
+      session->abort = true;
+      session->cv.notify_all();
+    }
   }
 
   // Reads and handles one message; false when none is waiting.
@@ -158,13 +216,16 @@ class ServerImpl : public Server {
       case wire::Envelope::kRegister:
         HandleRegister(identity, envelope->register_());
         break;
+      case wire::Envelope::kHeartbeat:
+        HandleHeartbeat(identity, envelope->heartbeat());
+        break;
       case wire::Envelope::kDone:
         HandleDone(envelope->done());
         break;
       default:
         Log().warn("refused an unexpected message (body {})", int(envelope->body_case()));
-        SendReject(identity, StatusCode::kInvalidArgument, "servers accept Register and Done only",
-                   {});
+        SendReject(identity, StatusCode::kInvalidArgument,
+                   "servers accept Register, Heartbeat and Done only", {});
     }
     return true;
   }
@@ -221,6 +282,21 @@ class ServerImpl : public Server {
     sessions_[raw->id] = std::move(session);
   }
 
+  void HandleHeartbeat(const std::string& identity, const wire::Heartbeat& beat) {
+    auto it = sessions_.find(beat.session_id());
+    if (it == sessions_.end() || it->second->abort.load()) {
+      SendReject(identity, StatusCode::kInvalidArgument,
+                 "session " + Hex(beat.session_id()) + " is not active on this server", {});
+      return;
+    }
+    Session& session = *it->second;
+    session.last_heard_ms = NowMs();
+    wire::Envelope reply;
+    reply.mutable_heartbeat()->set_session_id(session.id);
+    reply.mutable_heartbeat()->set_bytes(session.sent.load());
+    Send(identity, reply);
+  }
+
   void HandleDone(const wire::Done& done) {
     auto it = sessions_.find(done.session_id());
     if (it == sessions_.end()) {
@@ -274,6 +350,7 @@ class ServerImpl : public Server {
     const transfer::ChunkList& wire_chunks = ring ? staged : chunks_;
     Status status = (*channel)->Send(wire_chunks, stream, [&](size_t i) {
       sent += chunks_.bytes(i);
+      session.sent = sent;
       return Status::Ok();
     });
     const double seconds = SecondsSince(start);
@@ -289,6 +366,7 @@ class ServerImpl : public Server {
     session.cv.wait_until(lock, Clock::now() + options_.done_timeout,
                           [&] { return session.done.has_value() || session.abort.load(); });
     std::optional<wire::Done> done = session.done;
+    const std::string lost = session.lost;
     lock.unlock();
     if (done && done->verified()) {
       Log().info("served {}: {} bytes, {} tensors in {:.3f} s ({:.2f} GB/s), verified by client",
@@ -300,6 +378,8 @@ class ServerImpl : public Server {
     if (done) {
       Log().warn("client {} rejected the transfer at chunk {}: {}", who, done->failed_chunk(),
                  done->message());
+    } else if (!lost.empty()) {
+      Log().warn("client {} was lost after the last chunk: {}", who, lost);
     } else {
       Log().warn("client {} sent no Done within {} ms after the last chunk", who,
                  options_.done_timeout.count());
@@ -333,6 +413,7 @@ class ServerImpl : public Server {
     if (status.code() == StatusCode::kCancelled && session.done) {
       return "the client gave up: " + session.done->message();
     }
+    if (status.code() == StatusCode::kCancelled && !session.lost.empty()) return session.lost;
     return status.ToString();
   }
 
@@ -411,7 +492,9 @@ class ServerImpl : public Server {
   // Owned by the control thread once it runs.
   Registrar registrar_;
   zmq::context_t context_{1};
+  std::optional<ZapHandler> zap_;  // set when a secret is configured
   zmq::socket_t socket_;
+  std::optional<HandshakeMonitor> monitor_;
   std::map<uint64_t, std::unique_ptr<Session>> sessions_;
   std::string endpoint_;  // written before the thread starts, read-only after
 
@@ -434,6 +517,8 @@ Status ValidateOptions(const ServerOptions& options) {
   }
   if (options.window < 1) return Status(StatusCode::kInvalidArgument, "window must be >= 1");
   if (options.listen.empty()) return Status(StatusCode::kInvalidArgument, "listen is empty");
+  Status secret = ValidateSecret(options.secret);
+  if (!secret.ok()) return secret.WithContext("ServerOptions::secret");
   return ValidatePartition(options.partition);
 }
 

@@ -39,6 +39,12 @@ std::string Seconds(const Json& v, double* out) {
   return "";
 }
 
+std::string Bool(const Json& v, bool* out) {
+  if (!v.is_boolean()) return "must be true or false";
+  *out = v.get<bool>();
+  return "";
+}
+
 std::string Text(const Json& v, bool may_be_empty, std::string* out) {
   if (!v.is_string() || (!may_be_empty && v.get<std::string>().empty())) {
     return may_be_empty ? "must be a string" : "must be a non-empty string";
@@ -102,11 +108,7 @@ const std::vector<Key>& Keys() {
       {"LISTEN_HOST", "address to serve on (default 127.0.0.1)",
        [](const Json& v, LoaderConfig& c, int) { return Text(v, false, &c.listen_host); }},
       {"SERVE", "serve the loaded weights to later instances (default true)",
-       [](const Json& v, LoaderConfig& c, int) -> std::string {
-         if (!v.is_boolean()) return "must be true or false";
-         c.serve = v.get<bool>();
-         return "";
-       }},
+       [](const Json& v, LoaderConfig& c, int) { return Bool(v, &c.serve); }},
       {"MODEL", "model id/revision in the fingerprint; sources must declare the same",
        [](const Json& v, LoaderConfig& c, int) { return Text(v, true, &c.model_id); }},
       {"OUTPUT_PREFIX", "rank r writes its serving endpoint to <OUTPUT_PREFIX>r.txt",
@@ -119,6 +121,20 @@ const std::vector<Key>& Keys() {
        [](const Json& v, LoaderConfig& c, int) { return Seconds(v, &c.connect_timeout_s); }},
       {"STALL_TIMEOUT", "seconds without data before a transfer is abandoned (default 30)",
        [](const Json& v, LoaderConfig& c, int) { return Seconds(v, &c.stall_timeout_s); }},
+      {"HEARTBEAT_TIMEOUT",
+       "seconds without a heartbeat after which a source or client is presumed dead (default 10)",
+       [](const Json& v, LoaderConfig& c, int) -> std::string {
+         std::string e = Seconds(v, &c.heartbeat_timeout_s);
+         return e.empty() && c.heartbeat_timeout_s < 2 ? "must be at least 2 seconds" : e;
+       }},
+      {"AUTH",
+       "require and present the shared secret (default true); false only for local tests: anyone "
+       "who reaches the port can then pull the weights",
+       [](const Json& v, LoaderConfig& c, int) { return Bool(v, &c.auth); }},
+      {"SECRET_FILE",
+       "the shared secret, created if missing (default $NETLOADER_SECRET_FILE, else "
+       "~/.config/netloader/secret)",
+       [](const Json& v, LoaderConfig& c, int) { return Text(v, false, &c.secret_file); }},
       {"MAX_CLIENTS", "instances served at once when serving (default 4)",
        [](const Json& v, LoaderConfig& c, int) { return Integer(v, 1, 1024, &c.max_clients); }},
       {"CHUNK_MIB", "MPI message size when serving, MiB (default 4)",

@@ -22,6 +22,7 @@
 #include "examples/engine/loader_config.h"
 #include "netloader/cli/cli_common.h"
 #include "netloader/client.h"
+#include "netloader/secret.h"
 #include "netloader/server.h"
 
 namespace {
@@ -124,6 +125,17 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  // The shared secret both sides of every transfer hold (AUTH, SECRET_FILE); none with AUTH false.
+  std::string secret;
+  if (load_format == "netloader" && loader.auth) {
+    netloader::Result<std::string> read = netloader::LoadOrCreateSecret(
+        loader.secret_file.empty() ? netloader::DefaultSecretPath() : loader.secret_file);
+    if (!read.ok()) {
+      std::fprintf(stderr, "netloader-llama: %s\n", read.status().ToString().c_str());
+      return 2;
+    }
+    secret = *read;
+  }
   netloader::TransportOptions transport;
   transport.rendezvous_uri = loader.rendezvous;
   transport.interface = loader.interface;
@@ -212,6 +224,8 @@ int main(int argc, char** argv) {
       options.register_timeout = Ms(loader.register_timeout_s);
       options.connect_timeout = Ms(loader.connect_timeout_s);
       options.stall_timeout = Ms(loader.stall_timeout_s);
+      options.heartbeat_timeout = Ms(loader.heartbeat_timeout_s);
+      options.secret = secret;
       options.busy_timeout = Ms(std::max(60.0, loader.register_timeout_s));
       options.transport = transport;
       options.connect_hook = [&](netloader::ConnectEvent event) {
@@ -256,6 +270,8 @@ int main(int argc, char** argv) {
     options.window = loader.window;
     options.connect_timeout = Ms(loader.connect_timeout_s);
     options.stall_timeout = Ms(loader.stall_timeout_s);
+    options.heartbeat_timeout = Ms(loader.heartbeat_timeout_s);
+    options.secret = secret;
     options.transport = transport;
     netloader::Result<std::unique_ptr<netloader::Server>> started =
         netloader::Server::Start(options, weights.view());

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "netloader/logging.h"
+#include "netloader/secret.h"
 #include "netloader/status.h"
 #include "netloader/tensor.h"
 #include "netloader/transport_options.h"
@@ -60,7 +61,6 @@ inline int ExitCodeFor(StatusCode code) {
   return kExitFailure;
 }
 
-// Flags both CLIs share, bound to the options they fill.
 // --log-level, shared by the CLIs and the example engine.
 inline void AddLogLevelOption(CLI::App& app, std::string* level) {
   app.add_option("--log-level", *level, "trace, debug, info, warn, error or off")
@@ -75,11 +75,24 @@ inline void ApplyLogLevel(const std::string& level) {
   SetLogLevel(levels.at(level));
 }
 
+inline constexpr const char* kSecretHelp =
+    "The shared secret every server and client of a deployment holds: a client without it "
+    "learns nothing from a server, and the control plane is encrypted (CURVE). Created with a "
+    "fresh random key (mode 0600) if the file does not exist; copy it to every machine. Default: "
+    "$NETLOADER_SECRET_FILE, else ~/.config/netloader/secret";
+inline constexpr const char* kNoAuthHelp =
+    "Run without the shared secret: no authentication and no encryption, so anyone who reaches "
+    "the port can pull the weights. For local tests; both sides must agree";
+
+// Flags both CLIs share, bound to the options they fill.
 struct CommonFlags {
   Partition partition;
   std::string model_id;
   std::string log_level = "info";
   bool json = false;
+  std::string secret_file = DefaultSecretPath();
+  bool no_auth = false;
+  double heartbeat_timeout_s = 10;
   TransportOptions transport;
 
   void Add(CLI::App& app) {
@@ -106,11 +119,28 @@ struct CommonFlags {
     app.add_option("--interface", transport.interface,
                    "Network interface MPI uses (lo for one host)")
         ->capture_default_str();
+    app.add_option("--heartbeat-timeout", heartbeat_timeout_s,
+                   "Seconds without a heartbeat (one a second, from registration until the client's "
+                   "verdict) after which the other side is presumed dead and the transfer stops")
+        ->check(CLI::Range(2.0, 86400.0))
+        ->capture_default_str();
+    auto* secret = app.add_option("--secret-file", secret_file, kSecretHelp)->capture_default_str();
+    app.add_flag("--no-auth", no_auth, kNoAuthHelp)->excludes(secret);
     AddLogLevelOption(app, &log_level);
     app.add_flag("--json", json, "Print the final summary as one JSON object on stdout");
   }
 
   void ApplyLogLevel() const { netloader::cli::ApplyLogLevel(log_level); }
+
+  std::chrono::milliseconds heartbeat_timeout() const {
+    return std::chrono::milliseconds(static_cast<int64_t>(heartbeat_timeout_s * 1000));
+  }
+
+  // The secret to use: empty with --no-auth.
+  Result<std::string> Secret() const {
+    if (no_auth) return std::string();
+    return LoadOrCreateSecret(secret_file);
+  }
 };
 
 inline std::string HumanBytes(double bytes) {

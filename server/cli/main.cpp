@@ -61,6 +61,13 @@ int main(int argc, char** argv) {
   options.model_id = common.model_id;
   options.partition = common.partition;
   options.transport = common.transport;
+  options.heartbeat_timeout = common.heartbeat_timeout();
+  Result<std::string> secret = common.Secret();
+  if (!secret.ok()) {
+    std::fprintf(stderr, "netloader-server: %s\n", secret.status().ToString().c_str());
+    return cli::kExitUsage;
+  }
+  options.secret = *secret;
   options.chunk_bytes = chunk_mib << 20;
   options.connect_timeout =
       std::chrono::milliseconds(static_cast<int64_t>(connect_timeout_s * 1000));
@@ -97,8 +104,10 @@ int main(int argc, char** argv) {
     return cli::ExitCodeFor(server.status().code()) == cli::kExitBadModel ? cli::kExitUsage
                                                                           : cli::kExitUnavailable;
   }
-  std::fprintf(stderr, "netloader-server: serving at %s (rendezvous %s); Ctrl-C to stop\n",
-               (*server)->endpoint().c_str(), (*server)->rendezvous_uri().c_str());
+  std::fprintf(stderr, "netloader-server: serving at %s (rendezvous %s, %s); Ctrl-C to stop\n",
+               (*server)->endpoint().c_str(), (*server)->rendezvous_uri().c_str(),
+               common.no_auth ? "NO authentication: --no-auth"
+                              : ("clients need the secret in " + common.secret_file).c_str());
   if (!endpoint_file.empty()) {
     // Written to a temporary name first so a reader never sees a partial endpoint.
     std::ofstream(endpoint_file + ".tmp") << (*server)->endpoint() << "\n";
@@ -128,13 +137,16 @@ int main(int argc, char** argv) {
                               {"clients_failed", s.clients_failed},
                               {"refused", s.refused},
                               {"busy", s.busy},
+                              {"unauthenticated", s.unauthenticated},
                               {"bytes_sent", s.bytes_sent}};
     std::cout << summary.dump() << std::endl;
   } else {
-    std::printf("served %llu clients (%llu failed, %llu refused), %s sent\n",
+    std::printf("served %llu clients (%llu failed, %llu refused, %llu failed authentication), %s sent\n",
                 static_cast<unsigned long long>(s.clients_served),
                 static_cast<unsigned long long>(s.clients_failed),
-                static_cast<unsigned long long>(s.refused), cli::HumanBytes(s.bytes_sent).c_str());
+                static_cast<unsigned long long>(s.refused),
+                static_cast<unsigned long long>(s.unauthenticated),
+                cli::HumanBytes(s.bytes_sent).c_str());
   }
   return cli::kExitOk;
 }

@@ -31,6 +31,7 @@
 #include "netloader/client.h"
 #include "netloader/logging.h"
 #include "netloader/safetensors.h"
+#include "netloader/secret.h"
 #include "netloader/server.h"
 #include "tests/support/test_util.h"
 #include "transfer/mpi_transport.h"
@@ -109,6 +110,7 @@ int RoleServe(const RoleArgs& args) {
     options.max_concurrent_transfers = 8;
     options.chunk_bytes = args.chunk_bytes;
     options.window = args.window;
+    options.secret = Check(netloader::LoadOrCreateSecret(netloader::DefaultSecretPath()), "secret");
     servers.push_back(Check(netloader::Server::Start(options, models.back().view()), "serve"));
     endpoints += servers.back()->endpoint() + "\n";
   }
@@ -135,6 +137,7 @@ int RoleLoad(const RoleArgs& args) {
   options.transport = Transport(args);
   options.window = args.window;
   options.staged_receive = !args.direct;
+  options.secret = Check(netloader::LoadOrCreateSecret(netloader::DefaultSecretPath()), "secret");
   netloader::internal::LoadTuning tuning;
   tuning.verify_chunks = args.verify;
   auto stats =
@@ -294,6 +297,9 @@ class Bench {
     self_ = std::filesystem::read_symlink("/proc/self/exe").string();
     tmp_ = std::make_unique<netloader::testing::TempDir>();
     dir_ = o_.workdir.empty() ? tmp_->path() : o_.workdir;
+    // Every role of this run shares a secret, as a real deployment does (CURVE on the control
+    // plane is part of what is measured).
+    setenv("NETLOADER_SECRET_FILE", (tmp_->path() + "/secret").c_str(), 1);
     Prepare();
     StartRendezvousAndServer();
     const uint64_t bytes = FileDataBytes(big_, nullptr);

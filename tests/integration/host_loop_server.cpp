@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "netloader/safetensors.h"
+#include "netloader/secret.h"
 #include "netloader/server.h"
 
 namespace {
@@ -27,6 +28,9 @@ int main(int argc, char** argv) {
   auto model = netloader::HostModel::Load(*layout);
   if (!model.ok()) return 3;
   netloader::ServerOptions options;
+  auto secret = netloader::LoadOrCreateSecret(netloader::DefaultSecretPath());  // as the CLIs
+  if (!secret.ok()) return 2;
+  options.secret = *secret;
   auto server = netloader::Server::Start(options, model->view());
   if (!server.ok()) {
     std::fprintf(stderr, "%s\n", server.status().ToString().c_str());

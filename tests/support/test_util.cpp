@@ -27,6 +27,17 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ignored);
 }
 
+namespace {
+// Every test process gets a shared secret of its own, which the servers, clients and engines it
+// starts find through NETLOADER_SECRET_FILE (the default the CLIs and examples read): tests run
+// with authentication on, as deployed, and never touch the user's ~/.config/netloader/secret.
+// A process that inherited the variable (a child of a test) keeps it.
+struct SecretPerProcess {
+  SecretPerProcess() { setenv("NETLOADER_SECRET_FILE", (dir / "secret").c_str(), 0); }
+  TempDir dir;
+} const secret_per_process;
+}  // namespace
+
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream buffer;

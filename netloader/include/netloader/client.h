@@ -36,6 +36,14 @@ struct ClientOptions {
   std::chrono::milliseconds connect_timeout{30000};
   // The transfer fails when no chunk arrives for this long.
   std::chrono::milliseconds stall_timeout{30000};
+  // From Accept until Done the client sends a heartbeat this often over ZeroMQ...
+  std::chrono::milliseconds heartbeat_interval{1000};
+  // ...and gives up on a source that answers none for this long (it died or froze). Must
+  // exceed heartbeat_interval.
+  std::chrono::milliseconds heartbeat_timeout{10000};
+  // The shared secret (netloader/secret.h) the sources hold; empty: talk to sources that run
+  // without one. A mismatch either way fails the attempt at once with PermissionDenied.
+  std::string secret;
   // Receive each chunk into a small reused ring (window x chunk size), verify it there and copy
   // it into the destination, instead of receiving straight into the destination. One extra
   // memcpy per byte, but each destination page is then first touched once, by user-space code,
@@ -92,7 +100,8 @@ NETLOADER_EXPORT void PrepareMpiEnvironment(const TransportOptions& options);
 // status message lists each source tried and why it failed. Blocks until done or failed; each
 // step has its own deadline (ClientOptions). Not thread-safe with respect to `destination`.
 // Errors: InvalidArgument (bad options or view), the last source's failure otherwise
-// (Unavailable, Timeout, FingerprintMismatch, ProtocolMismatch, ChecksumMismatch, ...).
+// (Unavailable, Timeout, PermissionDenied, FingerprintMismatch, ProtocolMismatch,
+// ChecksumMismatch, ...).
 NETLOADER_EXPORT Result<LoadStats> Load(const ClientOptions& options, const ModelView& destination);
 
 }  // namespace netloader

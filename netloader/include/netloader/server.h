@@ -34,6 +34,12 @@ struct ServerOptions {
   std::chrono::milliseconds done_timeout{30000};
   // How long a Busy client is told to wait before retrying.
   std::chrono::milliseconds busy_retry_hint{500};
+  // An admitted client that sends no heartbeat for this long (it died or froze) loses its
+  // session: its transfer is aborted and its slot freed. 0: never.
+  std::chrono::milliseconds heartbeat_timeout{10000};
+  // The shared secret (netloader/secret.h) a client must hold; empty: anyone who reaches
+  // `listen` may register and pull the weights, over an unencrypted control plane.
+  std::string secret;
   TransportOptions transport;
 };
 
@@ -43,6 +49,7 @@ struct ServerStats {
   uint64_t clients_failed = 0;  // transfers that failed or were never confirmed
   uint64_t refused = 0;         // Register requests answered with Reject
   uint64_t busy = 0;            // Register requests answered with Busy
+  uint64_t unauthenticated = 0;  // connections that failed the shared-secret handshake
   uint64_t bytes_sent = 0;
   int active_transfers = 0;
 };
@@ -55,8 +62,9 @@ class NETLOADER_EXPORT Server {
  public:
   // Validates the model, computes its digests once (one pass over the memory), initialises MPI
   // (starting a private rendezvous if none is configured), binds the endpoint and starts serving.
-  // Blocks for that work only. Errors: InvalidArgument (bad model or options), Unavailable (bind
-  // or MPI start-up failed), Timeout (rendezvous did not start in time).
+  // Blocks for that work only. Errors: InvalidArgument (bad model or options, or a malformed
+  // secret), Unavailable (bind or MPI start-up failed), Timeout (rendezvous did not start in
+  // time).
   static Result<std::unique_ptr<Server>> Start(ServerOptions options, ModelView model);
 
   virtual ~Server();  // calls Stop()

@@ -1,0 +1,198 @@
+#include "netloader/src/auth.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+namespace netloader {
+namespace {
+
+constexpr size_t kSecretChars = 40;  // Z85 of a 32-byte CURVE key
+
+std::string Errno(const std::string& what, const std::string& path) {
+  return what + " '" + path + "': " + std::strerror(errno);
+}
+
+std::string PublicKeyOf(const std::string& secret) {
+  char public_key[kSecretChars + 1] = {};
+  if (zmq_curve_public(public_key, secret.c_str()) != 0) {
+    throw zmq::error_t();  // libzmq without CURVE: ValidateSecret reports it first
+  }
+  return public_key;
+}
+
+// Creates every missing directory above `path`, mode 0700.
+Status MakeParents(const std::string& path) {
+  for (size_t slash = path.find('/', 1); slash != std::string::npos;
+       slash = path.find('/', slash + 1)) {
+    const std::string dir = path.substr(0, slash);
+    if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+      return Status(StatusCode::kUnavailable, Errno("cannot create directory", dir));
+    }
+  }
+  return Status::Ok();
+}
+
+// Writes a fresh secret to a private temporary file and links it into place, so a concurrent
+// reader sees either no file or a whole one. Losing the race to another creator is fine.
+Status CreateSecretFile(const std::string& path) {
+  Status status = MakeParents(path);
+  if (!status.ok()) return status;
+  char public_key[kSecretChars + 1], secret[kSecretChars + 1];
+  if (zmq_curve_keypair(public_key, secret) != 0) {
+    return Status(StatusCode::kUnavailable, "this libzmq cannot make CURVE keys");
+  }
+  std::string temp = path + ".XXXXXX";
+  const int fd = mkstemp(temp.data());  // mode 0600
+  if (fd < 0) return Status(StatusCode::kUnavailable, Errno("cannot create a file next to", path));
+  const std::string text = std::string(secret) + "\n";
+  const bool written = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  close(fd);
+  const bool linked = written && (link(temp.c_str(), path.c_str()) == 0 || errno == EEXIST);
+  const std::string error = Errno("cannot write", path);
+  unlink(temp.c_str());
+  if (!linked) return Status(StatusCode::kUnavailable, error);
+  return Status::Ok();
+}
+
+}  // namespace
+
+std::string DefaultSecretPath() {
+  if (const char* path = std::getenv("NETLOADER_SECRET_FILE"); path && *path) return path;
+  const char* home = std::getenv("HOME");
+  return std::string(home && *home ? home : ".") + "/.config/netloader/secret";
+}
+
+Status ValidateSecret(const std::string& secret) {
+  if (secret.empty()) return Status::Ok();
+  uint8_t key[32];
+  if (secret.size() != kSecretChars || !zmq_z85_decode(key, secret.c_str())) {
+    return Status(StatusCode::kInvalidArgument,
+                  "a shared secret is 40 characters of Z85 text (a CURVE secret key), got " +
+                      std::to_string(secret.size()) + " characters");
+  }
+  if (!zmq_has("curve")) {
+    return Status(StatusCode::kUnavailable, "this libzmq was built without CURVE security");
+  }
+  return Status::Ok();
+}
+
+Result<std::string> LoadOrCreateSecret(const std::string& path) {
+  if (path.empty()) return Status(StatusCode::kInvalidArgument, "the secret file path is empty");
+  struct stat info;
+  if (stat(path.c_str(), &info) != 0) {
+    if (errno != ENOENT) return Status(StatusCode::kUnavailable, Errno("cannot read", path));
+    Status created = CreateSecretFile(path);
+    if (!created.ok()) return created;
+    if (stat(path.c_str(), &info) != 0) {
+      return Status(StatusCode::kUnavailable, Errno("cannot read", path));
+    }
+  }
+  if (!S_ISREG(info.st_mode)) {
+    return Status(StatusCode::kInvalidArgument, "secret file '" + path + "' is not a regular file");
+  }
+  if (info.st_mode & 077) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(info.st_mode & 07777));
+    return Status(StatusCode::kPermissionDenied,
+                  "secret file '" + path + "' may be read or changed by others (mode " + mode +
+                      "); make it private: chmod 600 " + path);
+  }
+  std::FILE* file = std::fopen(path.c_str(), "re");
+  if (!file) return Status(StatusCode::kUnavailable, Errno("cannot read", path));
+  char buffer[128] = {};
+  const size_t n = std::fread(buffer, 1, sizeof buffer - 1, file);
+  std::fclose(file);
+  std::string secret(buffer, n);
+  while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
+  Status valid = ValidateSecret(secret);
+  if (!valid.ok()) return valid.WithContext("secret file '" + path + "'");
+  return secret;
+}
+
+void MakeCurveServer(zmq::socket_t& socket, const std::string& secret) {
+  socket.set(zmq::sockopt::curve_server, 1);
+  socket.set(zmq::sockopt::curve_secretkey, secret);
+}
+
+void MakeCurveClient(zmq::socket_t& socket, const std::string& secret) {
+  const std::string public_key = PublicKeyOf(secret);
+  socket.set(zmq::sockopt::curve_serverkey, public_key);
+  socket.set(zmq::sockopt::curve_publickey, public_key);
+  socket.set(zmq::sockopt::curve_secretkey, secret);
+}
+
+ZapHandler::ZapHandler(zmq::context_t& context, const std::string& secret)
+    : socket_(context, zmq::socket_type::rep), allowed_key_(32, '\0') {
+  zmq_z85_decode(reinterpret_cast<uint8_t*>(allowed_key_.data()), PublicKeyOf(secret).c_str());
+  socket_.set(zmq::sockopt::linger, 0);
+  socket_.bind("inproc://zeromq.zap.01");  // the endpoint libzmq asks, per context
+}
+
+bool ZapHandler::AnswerOne(std::optional<std::string>* refused) {
+  // Request frames (ZMQ RFC 27): version, request id, domain, address, identity, mechanism,
+  // then the mechanism's credentials (CURVE: the client's 32-byte public key).
+  std::vector<zmq::message_t> frames;
+  do {
+    zmq::message_t frame;
+    if (!socket_.recv(frame, zmq::recv_flags::dontwait)) break;
+    frames.push_back(std::move(frame));
+  } while (frames.back().more());
+  if (frames.empty()) return false;
+  const bool allowed = frames.size() == 7 && frames[5].to_string() == "CURVE" &&
+                       frames[6].to_string() == allowed_key_;
+  const std::string request_id = frames.size() > 1 ? frames[1].to_string() : "";
+  socket_.send(zmq::str_buffer("1.0"), zmq::send_flags::sndmore);
+  socket_.send(zmq::buffer(request_id), zmq::send_flags::sndmore);
+  socket_.send(zmq::buffer(std::string(allowed ? "200" : "400")), zmq::send_flags::sndmore);
+  socket_.send(zmq::buffer(std::string(allowed ? "OK" : "unknown key")), zmq::send_flags::sndmore);
+  socket_.send(zmq::str_buffer(""), zmq::send_flags::sndmore);  // user id
+  socket_.send(zmq::str_buffer(""));                             // metadata
+  if (!allowed) *refused = frames.size() > 3 ? frames[3].to_string() : std::string("?");
+  return true;
+}
+
+HandshakeMonitor::HandshakeMonitor(zmq::context_t& context, zmq::socket_t& watched,
+                                   const std::string& name)
+    : socket_(context, zmq::socket_type::pair) {
+  const std::string endpoint = "inproc://netloader-monitor-" + name;
+  const int events = ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                     ZMQ_EVENT_HANDSHAKE_FAILED_AUTH;
+  if (zmq_socket_monitor(watched.handle(), endpoint.c_str(), events) != 0) throw zmq::error_t();
+  socket_.set(zmq::sockopt::linger, 0);
+  socket_.connect(endpoint);
+}
+
+std::optional<HandshakeMonitor::Event> HandshakeMonitor::Read() {
+  zmq::message_t head, address;
+  if (!socket_.recv(head, zmq::recv_flags::dontwait)) return std::nullopt;
+  if (head.more()) (void)socket_.recv(address, zmq::recv_flags::none);
+  Event event{0, 0};
+  if (head.size() >= 6) {
+    std::memcpy(&event.id, head.data(), 2);
+    std::memcpy(&event.value, static_cast<const char*>(head.data()) + 2, 4);
+  }
+  return event;
+}
+
+std::string DescribeHandshakeFailure(const HandshakeMonitor::Event& event, bool we_authenticate) {
+  if (event.id == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
+      event.value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
+    return we_authenticate
+               ? "the peer does not use a shared secret (started with --no-auth?) and this side "
+                 "does: refusing to talk unauthenticated"
+               : "the peer requires the shared secret and this side has none (--no-auth?)";
+  }
+  if (event.id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+    return "the peer refused this side's key: it does not hold the same shared secret";
+  }
+  return "the authentication handshake failed (error " + std::to_string(event.value) +
+         "): most likely the two sides hold different shared secrets";
+}
+
+}  // namespace netloader
