@@ -54,6 +54,20 @@ class ControlChannel {
     return Status::Ok();
   }
 
+  Status HandshakeFailed(HandshakeMonitor::Event event) {
+    // A failure without detail (the peer hung up) often comes just before the one that says
+    // why (mechanism mismatch): give that a moment to arrive.
+    zmq::pollitem_t item = {static_cast<void*>(monitor_->socket()), 0, ZMQ_POLLIN, 0};
+    const auto until = Clock::now() + std::chrono::milliseconds(200);
+    while (event.id == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL && Clock::now() < until &&
+           zmq::poll(&item, 1, std::chrono::milliseconds(20)) >= 0) {
+      if (std::optional<HandshakeMonitor::Event> next = monitor_->Read()) event = *next;
+    }
+    // Nothing queued here may ever leave: do not retry the handshake while closing.
+    socket_.set(zmq::sockopt::linger, 0);
+    return Status(StatusCode::kPermissionDenied, DescribeHandshakeFailure(event, !secret_.empty()));
+  }
+
   Status Send(wire::Envelope& message) {
     const std::string payload = Encode(message);
     try {
@@ -84,8 +98,7 @@ class ControlChannel {
         zmq::poll(items, 2, left);
         if (items[1].revents & ZMQ_POLLIN) {
           if (std::optional<HandshakeMonitor::Event> event = monitor_->Read()) {
-            return Status(StatusCode::kPermissionDenied,
-                          DescribeHandshakeFailure(*event, !secret_.empty()));
+            return HandshakeFailed(*event);
           }
         }
         if (!(items[0].revents & ZMQ_POLLIN)) continue;

@@ -181,18 +181,19 @@ std::optional<HandshakeMonitor::Event> HandshakeMonitor::Read() {
 }
 
 std::string DescribeHandshakeFailure(const HandshakeMonitor::Event& event, bool we_authenticate) {
+  if (!we_authenticate) {
+    return "the peer uses a shared secret and this side runs without one (--no-auth)";
+  }
   if (event.id == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
       event.value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
-    return we_authenticate
-               ? "the peer does not use a shared secret (started with --no-auth?) and this side "
-                 "does: refusing to talk unauthenticated"
-               : "the peer requires the shared secret and this side has none (--no-auth?)";
+    return "the peer runs without a shared secret (--no-auth) and this side requires one";
   }
   if (event.id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
-    return "the peer refused this side's key: it does not hold the same shared secret";
+    return "the peer's key was refused: it does not hold this side's shared secret";
   }
-  return "the authentication handshake failed (error " + std::to_string(event.value) +
-         "): most likely the two sides hold different shared secrets";
+  // Often all a side learns: the other hung up during the handshake.
+  return "the peer does not hold this side's shared secret (it holds another, or runs with "
+         "--no-auth)";
 }
 
 }  // namespace netloader

@@ -52,6 +52,7 @@ class HandshakeMonitor {
 };
 
 // Why a handshake failed, for a person: `we_authenticate` says whether this side uses a secret.
+// Without one, any failure means the peer has one; with one, the cause is not always known.
 std::string DescribeHandshakeFailure(const HandshakeMonitor::Event& event, bool we_authenticate);
 
 }  // namespace netloader

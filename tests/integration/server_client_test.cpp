@@ -10,8 +10,10 @@
 #include <thread>
 
 #include "client/client_internal.h"
+#include "netloader/secret.h"
 #include "netloader/src/wire.h"
 #include "server/server_internal.h"
+#include "tests/support/test_util.h"
 #include "transfer/fault_transport.h"
 #include "transfer/inproc_transport.h"
 
@@ -312,6 +314,12 @@ TEST_F(ServerClientTest, MalformedRequestsAreRejectedAndTheServerKeepsServing) {
   ASSERT_TRUE(reply.ok() && reply->has_reject());
   EXPECT_NE(reply->reject().reason().find("exceeds the limit"), std::string::npos);
 
+  wire::Envelope stray;
+  stray.mutable_heartbeat()->set_session_id(42);
+  reply = RawExchange(endpoint, Encode(stray));
+  ASSERT_TRUE(reply.ok() && reply->has_reject());
+  EXPECT_NE(reply->reject().reason().find("not active"), std::string::npos);
+
   OwnedModel dest = source.EmptyLike();
   Result<LoadStats> stats = internal::Load(ClientFor(endpoint), dest.view, Inproc(transport_));
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
@@ -340,6 +348,81 @@ TEST_F(ServerClientTest, ClientThatRegistersAndNeverConnectsCostsAtMostTheConnec
   EXPECT_EQ((*server)->stats().clients_failed, 1u);
 }
 
+TEST_F(ServerClientTest, ClientThatRegistersThenFallsSilentLosesItsSlotAtTheHeartbeatDeadline) {
+  OwnedModel source(10, seed_, true);
+  ServerOptions options = SmallChunks();
+  options.connect_timeout = 60s;  // not what frees the slot
+  options.heartbeat_timeout = 500ms;
+  options.max_concurrent_transfers = 1;
+  auto server = internal::StartServer(options, source.view, transport_);
+  ASSERT_TRUE(server.ok());
+  wire::Envelope request;
+  ToWire(MakeFingerprint(source.view, "", {}), request.mutable_register_()->mutable_fingerprint());
+  Result<wire::Envelope> reply = RawExchange((*server)->endpoint(), Encode(request));
+  ASSERT_TRUE(reply.ok() && reply->has_accept()) << "the silent client takes the only slot";
+  OwnedModel dest = source.EmptyLike();
+  const auto start = std::chrono::steady_clock::now();
+  Result<LoadStats> stats =
+      internal::Load(ClientFor((*server)->endpoint()), dest.view, Inproc(transport_));
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+  EXPECT_TRUE(dest.SameBytes(source));
+  EXPECT_EQ((*server)->stats().clients_failed, 1u);
+}
+
+TEST_F(ServerClientTest, OnlyAClientHoldingTheSharedSecretLearnsAnything) {
+  testing::TempDir tmp;
+  OwnedModel source(10, seed_, true);
+  ServerOptions server_options = SmallChunks();
+  server_options.secret = *LoadOrCreateSecret(tmp / "secret");
+  auto server = internal::StartServer(server_options, source.view, transport_);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  struct Case {
+    const char* who;
+    std::string secret;
+    const char* reason;
+  };
+  const Case cases[] = {{"another secret", *LoadOrCreateSecret(tmp / "other"), "shared secret"},
+                        {"no secret", "", "this side runs without one (--no-auth)"}};
+  OwnedModel dest = source.EmptyLike();
+  for (const Case& c : cases) {
+    ClientOptions options = ClientFor((*server)->endpoint());
+    options.secret = c.secret;
+    const auto start = std::chrono::steady_clock::now();
+    Result<LoadStats> stats = internal::Load(options, dest.view, Inproc(transport_));
+    EXPECT_EQ(stats.status().code(), StatusCode::kPermissionDenied) << c.who;
+    EXPECT_NE(stats.status().message().find(c.reason), std::string::npos)
+        << c.who << ": " << stats.status().message();
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 3s) << c.who << ": fails at once";
+    EXPECT_TRUE(dest.SameBytes(source.EmptyLike())) << c.who << ": nothing was sent";
+  }
+  for (int i = 0; i < 100 && (*server)->stats().unauthenticated < 2; ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_GE((*server)->stats().unauthenticated, 2u);
+  EXPECT_EQ((*server)->stats().refused, 0u) << "no Register ever reached the server";
+
+  ClientOptions options = ClientFor((*server)->endpoint());
+  options.secret = server_options.secret;
+  Result<LoadStats> stats = internal::Load(options, dest.view, Inproc(transport_));
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_TRUE(dest.SameBytes(source));
+}
+
+TEST_F(ServerClientTest, AClientWithASecretRefusesASourceThatRunsWithout) {
+  testing::TempDir tmp;
+  OwnedModel source(10, seed_, true);
+  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  ASSERT_TRUE(server.ok());
+  OwnedModel dest = source.EmptyLike();
+  ClientOptions options = ClientFor((*server)->endpoint());
+  options.secret = *LoadOrCreateSecret(tmp / "secret");
+  Result<LoadStats> stats = internal::Load(options, dest.view, Inproc(transport_));
+  EXPECT_EQ(stats.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_NE(stats.status().message().find("--no-auth"), std::string::npos)
+      << stats.status().message();
+}
+
 TEST_F(ServerClientTest, StopReturnsPromptlyWhileAClientIsExpected) {
   OwnedModel source(10, seed_, true);
   ServerOptions options = SmallChunks();
@@ -366,6 +449,11 @@ TEST(ServerOptionsTest, BadOptionsAreRefusedNamingTheOption) {
   server = internal::StartServer(options, source.view, transfer::MakeInprocTransport());
   ASSERT_FALSE(server.ok());
   EXPECT_NE(server.status().message().find("tp_rank 2"), std::string::npos);
+  options = ServerOptions();
+  options.secret = "not a secret";
+  server = internal::StartServer(options, source.view, transfer::MakeInprocTransport());
+  ASSERT_FALSE(server.ok());
+  EXPECT_NE(server.status().message().find("ServerOptions::secret"), std::string::npos);
   options = ServerOptions();
   options.listen = "tcp://not-an-address:99999";
   server = internal::StartServer(options, source.view, transfer::MakeInprocTransport());
