@@ -34,7 +34,8 @@ int main(int argc, char** argv) {
   auto* secret_option =
       app.add_option("--secret-file", secret_file, "Shared secret (created if missing)")
           ->capture_default_str();
-  app.add_flag("--no-auth", no_auth, "No shared secret (local tests only)")->excludes(secret_option);
+  app.add_flag("--no-auth", no_auth, "No shared secret (local tests only)")
+      ->excludes(secret_option);
   CLI11_PARSE(app, argc, argv);
 
   // 0. The shared secret: peers without it learn nothing from this instance, and vice versa.

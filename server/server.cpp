@@ -163,7 +163,8 @@ class ServerImpl : public Server {
     for (int i = 0; i < 64; ++i) {
       std::optional<std::string> refused;
       if (!zap_->AnswerOne(&refused)) break;
-      if (refused) Log().warn("refused a client at {}: it does not hold the shared secret", *refused);
+      if (refused)
+        Log().warn("refused a client at {}: it does not hold the shared secret", *refused);
     }
   }
 

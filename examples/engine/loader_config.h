@@ -26,7 +26,7 @@ struct LoaderConfig {
   double stall_timeout_s = 30;            // STALL_TIMEOUT
   double heartbeat_timeout_s = 10;        // HEARTBEAT_TIMEOUT
   bool auth = true;                       // AUTH
-  std::string secret_file;  // SECRET_FILE; empty: netloader::DefaultSecretPath()
+  std::string secret_file;                // SECRET_FILE; empty: netloader::DefaultSecretPath()
   int max_clients = 4;                    // MAX_CLIENTS
   int chunk_mib = 4;                      // CHUNK_MIB
   int window = 4;                         // WINDOW

@@ -119,9 +119,10 @@ struct CommonFlags {
     app.add_option("--interface", transport.interface,
                    "Network interface MPI uses (lo for one host)")
         ->capture_default_str();
-    app.add_option("--heartbeat-timeout", heartbeat_timeout_s,
-                   "Seconds without a heartbeat (one a second, from registration until the client's "
-                   "verdict) after which the other side is presumed dead and the transfer stops")
+    app.add_option(
+           "--heartbeat-timeout", heartbeat_timeout_s,
+           "Seconds without a heartbeat (one a second, from registration until the client's "
+           "verdict) after which the other side is presumed dead and the transfer stops")
         ->check(CLI::Range(2.0, 86400.0))
         ->capture_default_str();
     auto* secret = app.add_option("--secret-file", secret_file, kSecretHelp)->capture_default_str();

@@ -152,7 +152,7 @@ bool ZapHandler::AnswerOne(std::optional<std::string>* refused) {
   socket_.send(zmq::buffer(std::string(allowed ? "200" : "400")), zmq::send_flags::sndmore);
   socket_.send(zmq::buffer(std::string(allowed ? "OK" : "unknown key")), zmq::send_flags::sndmore);
   socket_.send(zmq::str_buffer(""), zmq::send_flags::sndmore);  // user id
-  socket_.send(zmq::str_buffer(""));                             // metadata
+  socket_.send(zmq::str_buffer(""));                            // metadata
   if (!allowed) *refused = frames.size() > 3 ? frames[3].to_string() : std::string("?");
   return true;
 }

@@ -141,12 +141,12 @@ int main(int argc, char** argv) {
                               {"bytes_sent", s.bytes_sent}};
     std::cout << summary.dump() << std::endl;
   } else {
-    std::printf("served %llu clients (%llu failed, %llu refused, %llu failed authentication), %s sent\n",
-                static_cast<unsigned long long>(s.clients_served),
-                static_cast<unsigned long long>(s.clients_failed),
-                static_cast<unsigned long long>(s.refused),
-                static_cast<unsigned long long>(s.unauthenticated),
-                cli::HumanBytes(s.bytes_sent).c_str());
+    std::printf(
+        "served %llu clients (%llu failed, %llu refused, %llu failed authentication), %s sent\n",
+        static_cast<unsigned long long>(s.clients_served),
+        static_cast<unsigned long long>(s.clients_failed),
+        static_cast<unsigned long long>(s.refused),
+        static_cast<unsigned long long>(s.unauthenticated), cli::HumanBytes(s.bytes_sent).c_str());
   }
   return cli::kExitOk;
 }

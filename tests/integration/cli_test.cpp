@@ -229,7 +229,7 @@ TEST(CliTest, PartitionMismatchIsRefusedNamingTheField) {
       << run.summary.dump();
 }
 
-TEST(CliTest, UnreachableSourceFailsWithinTheRegisterDeadline) {
+TEST(CliFaultTest, UnreachableSourceFailsWithinTheRegisterDeadline) {
   TempDir tmp;
   MakeCheckpoint(tmp / "model", 5, 1, 1, 16);
   const auto start = std::chrono::steady_clock::now();
@@ -248,7 +248,7 @@ TEST(CliTest, BadModelPathGivesExitCode3AndNamesThePath) {
   EXPECT_NE(server.Stderr().find(tmp / "missing"), std::string::npos) << server.Stderr();
 }
 
-TEST(CliTest, ServerOnAPortInUseOrWithAMissingRendezvousFailsAtOnceNamingIt) {
+TEST(CliFaultTest, ServerOnAPortInUseOrWithAMissingRendezvousFailsAtOnceNamingIt) {
   TempDir tmp;
   MakeCheckpoint(tmp / "model", 8, 1, 1, 24);
   ServerProcess first(tmp, tmp / "model");
@@ -277,13 +277,15 @@ TEST(CliTest, HelpExplainsEveryFlagAndTheExitCodes) {
   ASSERT_EQ(client.Wait(10s), 0);
   for (const char* flag :
        {"--source", "--model", "--output", "--verify-only", "--tp-size", "--tp-rank", "--pp-size",
-        "--pp-rank", "--model-id", "--json", "--rendezvous", "Exit codes"}) {
+        "--pp-rank", "--model-id", "--json", "--rendezvous", "--secret-file", "--no-auth",
+        "--heartbeat-timeout", "Exit codes"}) {
     EXPECT_NE(client.Stdout().find(flag), std::string::npos) << flag;
   }
   Child server({Bin("netloader-server"), "--help"}, tmp / "server");
   ASSERT_EQ(server.Wait(10s), 0);
-  for (const char* flag : {"--model", "--listen", "--max-clients", "--chunk-mib", "--tp-size",
-                           "--model-id", "--json", "Exit codes"}) {
+  for (const char* flag :
+       {"--model", "--listen", "--max-clients", "--chunk-mib", "--tp-size", "--model-id", "--json",
+        "--secret-file", "--no-auth", "--heartbeat-timeout", "Exit codes"}) {
     EXPECT_NE(server.Stdout().find(flag), std::string::npos) << flag;
   }
 }
@@ -306,7 +308,7 @@ TEST(CliTest, SharedRendezvousStartedSeparatelyServesAsTheMpiMeetingPoint) {
   EXPECT_EQ(run.exit_code, 0) << run.stderr_text;
 }
 
-TEST(CliTest, ClientKilledMidTransferIsLoggedAndTheNextClientIsServed) {
+TEST(CliFaultTest, ClientKilledMidTransferIsLoggedAndTheNextClientIsServed) {
   TempDir tmp;
   MakeCheckpoint(tmp / "model", 50, 512, 1, 19);
   ServerProcess server(tmp, tmp / "model",
@@ -336,7 +338,7 @@ TEST(CliTest, ClientKilledMidTransferIsLoggedAndTheNextClientIsServed) {
       << server.child().Stdout() << server.child().Stderr();
 }
 
-TEST(CliTest, ServerKilledMidTransferFailsTheClientWithinItsDeadlineAndNothingIsLoaded) {
+TEST(CliFaultTest, ServerKilledMidTransferFailsTheClientWithinItsDeadlineAndNothingIsLoaded) {
   TempDir tmp;
   MakeCheckpoint(tmp / "model", 50, 512, 1, 23);
   ServerProcess server(tmp, tmp / "model");
@@ -359,6 +361,109 @@ TEST(CliTest, ServerKilledMidTransferFailsTheClientWithinItsDeadlineAndNothingIs
   ASSERT_TRUE(summary.is_object()) << "stdout: " << client.Stdout();
   EXPECT_EQ(summary["ok"], false) << client.Stdout();
   EXPECT_FALSE(std::filesystem::exists(tmp / "out/model.safetensors")) << "nothing written";
+}
+
+// Waits until `child` has logged `text` on stderr (or the timeout passed).
+bool WaitForStderr(Child& child, const std::string& text, std::chrono::milliseconds timeout) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (child.Stderr().find(text) == std::string::npos) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(2ms);
+  }
+  return true;
+}
+
+// Frozen, not dead: the kernel keeps its TCP connections open, so only the missing heartbeats
+// give it away. The server frees the slot well before its 60 s stall deadline.
+TEST(CliFaultTest, ClientFrozenMidTransferLosesItsSlotAtTheHeartbeatDeadline) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 100, 256, 1, 29);  // 256 MiB: the stream lasts long enough
+  ServerProcess server(tmp, tmp / "model",
+                       {"--stall-timeout", "60", "--heartbeat-timeout", "2", "--max-clients", "1"});
+  ASSERT_FALSE(server.endpoint().empty());
+  Child frozen({Bin("netloader-client"), "--source", server.endpoint(), "--model", tmp / "model",
+                "--verify-only", "--window", "1", "--log-level", "debug"},
+               tmp / "frozen");
+  ASSERT_TRUE(WaitForStderr(frozen, "over MPI; receiving", 30s)) << frozen.Stderr();
+  frozen.Signal(SIGSTOP);
+  const auto stopped = std::chrono::steady_clock::now();
+  ClientRun next = RunClient(tmp, "next",
+                             {"--source", server.endpoint(), "--model", tmp / "model",
+                              "--verify-only", "--busy-timeout", "50"});
+  EXPECT_EQ(next.exit_code, 0) << next.stderr_text;
+  EXPECT_LT(std::chrono::steady_clock::now() - stopped, 20s) << "heartbeat deadline 2 s";
+  frozen.Signal(SIGKILL);
+  EXPECT_EQ(server.Stop(), 0);
+  EXPECT_NE(server.child().Stderr().find("no heartbeat from the client"), std::string::npos)
+      << server.child().Stderr();
+  EXPECT_NE(server.child().Stdout().find("served 1 clients (1 failed"), std::string::npos)
+      << server.child().Stdout();
+}
+
+TEST(CliFaultTest, ServerFrozenMidTransferFailsTheClientAtTheHeartbeatDeadline) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 100, 256, 1, 31);
+  ServerProcess server(tmp, tmp / "model");
+  ASSERT_FALSE(server.endpoint().empty());
+  Child client({Bin("netloader-client"), "--source", server.endpoint(), "--model", tmp / "model",
+                "--output", tmp / "out", "--window", "1", "--stall-timeout", "60",
+                "--heartbeat-timeout", "2", "--json", "--log-level", "debug"},
+               tmp / "client");
+  ASSERT_TRUE(WaitForStderr(client, "over MPI; receiving", 30s)) << client.Stderr();
+  server.child().Signal(SIGSTOP);
+  const auto stopped = std::chrono::steady_clock::now();
+  const int code = client.Wait(60s);
+  EXPECT_LT(std::chrono::steady_clock::now() - stopped, 15s) << "heartbeat deadline 2 s";
+  server.child().Signal(SIGKILL);
+  EXPECT_EQ(code, 5) << client.Stderr();
+  EXPECT_NE(client.Stderr().find("answered no heartbeat"), std::string::npos) << client.Stderr();
+  nlohmann::json summary = LastJsonLine(client.Stdout());
+  ASSERT_TRUE(summary.is_object()) << "stdout: " << client.Stdout();
+  EXPECT_EQ(summary["ok"], false);
+  EXPECT_FALSE(std::filesystem::exists(tmp / "out/model.safetensors")) << "nothing written";
+}
+
+// The shared secret as the CLIs use it: the default file, created on first use, copied to a
+// client; anything else is refused at once, before the server reveals a byte.
+TEST(CliFaultTest, OnlyAClientWithTheServersSecretIsServed) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 20, 64, 1, 37);
+  ServerProcess server(tmp, tmp / "model", {"--secret-file", tmp / "keys/server"});
+  ASSERT_FALSE(server.endpoint().empty()) << server.child().Stderr();
+  const std::vector<std::string> load = {"--source", server.endpoint(), "--model", tmp / "model",
+                                         "--verify-only"};
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.begin(), load.begin(), load.end());
+    return extra;
+  };
+  const auto start = std::chrono::steady_clock::now();
+  ClientRun stranger = RunClient(tmp, "stranger", with({"--secret-file", tmp / "keys/other"}));
+  EXPECT_EQ(stranger.exit_code, 4) << stranger.stderr_text;
+  EXPECT_NE(stranger.stderr_text.find("PermissionDenied"), std::string::npos)
+      << stranger.stderr_text;
+  ClientRun anonymous = RunClient(tmp, "anonymous", with({"--no-auth"}));
+  EXPECT_EQ(anonymous.exit_code, 4) << anonymous.stderr_text;
+  EXPECT_NE(anonymous.stderr_text.find("this side runs without one (--no-auth)"), std::string::npos)
+      << anonymous.stderr_text;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 8s) << "refusals come at once";
+
+  // A secret others may read is refused before anything is sent.
+  std::filesystem::copy_file(tmp / "keys/server", tmp / "keys/leaky");
+  std::filesystem::permissions(tmp / "keys/leaky", std::filesystem::perms::others_read,
+                               std::filesystem::perm_options::add);
+  ClientRun leaky = RunClient(tmp, "leaky", with({"--secret-file", tmp / "keys/leaky"}));
+  EXPECT_EQ(leaky.exit_code, 2) << leaky.stderr_text;
+  EXPECT_NE(leaky.stderr_text.find("chmod 600"), std::string::npos) << leaky.stderr_text;
+
+  std::filesystem::copy_file(tmp / "keys/server", tmp / "keys/copy");  // copy keeps mode 0600
+  ClientRun friendly = RunClient(tmp, "friend", with({"--secret-file", tmp / "keys/copy"}));
+  EXPECT_EQ(friendly.exit_code, 0) << friendly.stderr_text;
+  EXPECT_EQ(server.Stop(), 0);
+  EXPECT_NE(server.child().Stdout().find("served 1 clients (0 failed, 0 refused"),
+            std::string::npos)
+      << server.child().Stdout();
+  EXPECT_EQ(server.child().Stdout().find(", 0 failed authentication"), std::string::npos)
+      << "the two strangers were counted: " << server.child().Stdout();
 }
 
 // A (netloader-server) -> B (an embedding engine: loads from A, then serves) -> C (client).
@@ -385,7 +490,7 @@ TEST(ChainTest, ALoadedInstanceServesTheNextOneAndTheBytesSurviveTwoHops) {
   EXPECT_EQ(summary["served"], 1);
 }
 
-TEST(ChainTest, AnInstanceWhoseSourceIsGoneLoadsFromDiskAndStillServes) {
+TEST(ChainFaultTest, AnInstanceWhoseSourceIsGoneLoadsFromDiskAndStillServes) {
   TempDir tmp;
   MakeCheckpoint(tmp / "model", 30, 4, 1, 22);
   Child b({Bin("netloader-embed-example"), "--model", tmp / "model", "--source",

@@ -274,7 +274,7 @@ void ExpectFellBack(const EngineRun& run, int rank, const std::string& reason) {
   EXPECT_NE(run.stderr_text.find("WARN"), std::string::npos) << run.stderr_text;
 }
 
-TEST(FallbackTest, ARankWithoutSourceLoadsFromDiskAndTheOtherFromItsPeer) {
+TEST(FallbackFaultTest, ARankWithoutSourceLoadsFromDiskAndTheOtherFromItsPeer) {
   TempDir tmp;
   MakeLlama(tmp / "model");
   Rendezvous rendezvous(tmp);
@@ -292,7 +292,7 @@ TEST(FallbackTest, ARankWithoutSourceLoadsFromDiskAndTheOtherFromItsPeer) {
   ExpectFellBack(b, 1, "no SOURCE for rank 1");
 }
 
-TEST(FallbackTest, ASourceWithAnotherPartitionIsRefusedNamingTheFieldsAndRanksLoadFromDisk) {
+TEST(FallbackFaultTest, ASourceWithAnotherPartitionIsRefusedNamingTheFieldsAndRanksLoadFromDisk) {
   TempDir tmp;
   MakeLlama(tmp / "model");
   Rendezvous rendezvous(tmp);
@@ -312,7 +312,7 @@ TEST(FallbackTest, ASourceWithAnotherPartitionIsRefusedNamingTheFieldsAndRanksLo
   EXPECT_NE(a.child().Stdout().find("\"refused\":2"), std::string::npos) << a.child().Stdout();
 }
 
-TEST(FallbackTest, AnUnreachableSourceFallsBackWithinTheRegisterDeadline) {
+TEST(FallbackFaultTest, AnUnreachableSourceFallsBackWithinTheRegisterDeadline) {
   TempDir tmp;
   MakeLlama(tmp / "model");
   const EngineRun disk = DiskRun(tmp, tmp / "model");
@@ -325,7 +325,7 @@ TEST(FallbackTest, AnUnreachableSourceFallsBackWithinTheRegisterDeadline) {
   ExpectFellBack(b, 0, "tcp://127.0.0.1:9");
 }
 
-TEST(FallbackTest, AFrozenSourceMissesTheDeadlineAndTheNextSourceServes) {
+TEST(FallbackFaultTest, AFrozenSourceMissesTheDeadlineAndTheNextSourceServes) {
   TempDir tmp;
   MakeLlama(tmp / "model");
   const EngineRun disk = DiskRun(tmp, tmp / "model");
@@ -347,7 +347,7 @@ TEST(FallbackTest, AFrozenSourceMissesTheDeadlineAndTheNextSourceServes) {
   frozen.child().Signal(SIGCONT);
 }
 
-TEST(FallbackTest, ASourceKilledMidTransferFallsBackToDiskWithinTheStallDeadline) {
+TEST(FallbackFaultTest, ASourceKilledMidTransferFallsBackToDiskWithinTheStallDeadline) {
   TempDir tmp;
   MakeLlama(tmp / "model",
             {"--hidden-size", "512", "--intermediate-size", "1408", "--size-mib", "256"});
@@ -372,7 +372,7 @@ TEST(FallbackTest, ASourceKilledMidTransferFallsBackToDiskWithinTheStallDeadline
   ExpectSameOutput(run, disk);
 }
 
-TEST(FallbackTest, ACorruptedSourceFailsTheChecksumAndTheRankLoadsFromDisk) {
+TEST(FallbackFaultTest, ACorruptedSourceFailsTheChecksumAndTheRankLoadsFromDisk) {
   TempDir tmp;
   MakeLlama(tmp / "model");
   const EngineRun disk = DiskRun(tmp, tmp / "model");
@@ -384,7 +384,7 @@ TEST(FallbackTest, ACorruptedSourceFailsTheChecksumAndTheRankLoadsFromDisk) {
   ExpectFellBack(b, 0, "ChecksumMismatch");
 }
 
-TEST(EngineConfigTest, BadExtraConfigStopsStartUpNamingTheKey) {
+TEST(EngineConfigFaultTest, BadExtraConfigStopsStartUpNamingTheKey) {
   TempDir tmp;
   MakeLlama(tmp / "model");
   struct Case {

@@ -88,6 +88,10 @@ class ServerClientTest : public ::testing::Test {
   std::shared_ptr<transfer::Transport> transport_ = transfer::MakeInprocTransport();
 };
 
+// The fault matrix (README, "Failure behaviour and security"): suites named *FaultTest also carry
+// the ctest label `fault`.
+class ServerClientFaultTest : public ServerClientTest {};
+
 TEST_F(ServerClientTest, LoadsEveryByteAndReportsStatistics) {
   OwnedModel source(120, seed_, true);
   auto server = internal::StartServer(SmallChunks(), source.view, transport_);
@@ -156,9 +160,9 @@ struct Mismatch {
 
 void PrintTo(const Mismatch& m, std::ostream* os) { *os << m.field; }
 
-class FingerprintFieldTest : public ::testing::TestWithParam<Mismatch> {};
+class FingerprintFieldFaultTest : public ::testing::TestWithParam<Mismatch> {};
 
-TEST_P(FingerprintFieldTest, ServerRefusesNamingOnlyThatField) {
+TEST_P(FingerprintFieldFaultTest, ServerRefusesNamingOnlyThatField) {
   OwnedModel source(8, 5, true);
   ServerOptions server_options = SmallChunks();
   server_options.model_id = "org/m@1";
@@ -182,7 +186,7 @@ TEST_P(FingerprintFieldTest, ServerRefusesNamingOnlyThatField) {
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    EachField, FingerprintFieldTest,
+    EachField, FingerprintFieldFaultTest,
     ::testing::Values(
         Mismatch{"model_id", [](ClientOptions& o) { o.model_id = "org/m@2"; }},
         Mismatch{"partition.tp_size", [](ClientOptions& o) { o.partition.tp_size = 8; }},
@@ -196,7 +200,7 @@ INSTANTIATE_TEST_SUITE_P(
       return name;
     });
 
-TEST_F(ServerClientTest, CorruptedChunkIsDetectedNamingTheTensorAndNothingIsLoaded) {
+TEST_F(ServerClientFaultTest, CorruptedChunkIsDetectedNamingTheTensorAndNothingIsLoaded) {
   OwnedModel source(40, seed_, true);
   auto server = internal::StartServer(SmallChunks(), source.view, transport_);
   ASSERT_TRUE(server.ok());
@@ -216,7 +220,7 @@ TEST_F(ServerClientTest, CorruptedChunkIsDetectedNamingTheTensorAndNothingIsLoad
   EXPECT_EQ((*server)->stats().active_transfers, 0);
 }
 
-TEST_F(ServerClientTest, FailsOverToTheNextSourceAfterAnUnreachableOneAndABrokenOne) {
+TEST_F(ServerClientFaultTest, FailsOverToTheNextSourceAfterAnUnreachableOneAndABrokenOne) {
   OwnedModel source(30, seed_, true);
   auto broken = internal::StartServer(SmallChunks(), source.view,
                                       transfer::MakeFaultyTransport(transport_, {}));
@@ -250,7 +254,7 @@ TEST_F(ServerClientTest, FailsOverToTheNextSourceAfterAnUnreachableOneAndABroken
   EXPECT_EQ(stats->source, (*good)->endpoint());
 }
 
-TEST_F(ServerClientTest, ClientsBeyondTheLimitAreToldBusyAndAllAreEventuallyServed) {
+TEST_F(ServerClientFaultTest, ClientsBeyondTheLimitAreToldBusyAndAllAreEventuallyServed) {
   OwnedModel source(60, seed_, true);
   ServerOptions options = SmallChunks();
   options.max_concurrent_transfers = 1;
@@ -290,7 +294,7 @@ Result<wire::Envelope> RawExchange(const std::string& endpoint, const std::strin
   return Decode(reply.data(), reply.size(), kMaxClientMessageBytes);
 }
 
-TEST_F(ServerClientTest, MalformedRequestsAreRejectedAndTheServerKeepsServing) {
+TEST_F(ServerClientFaultTest, MalformedRequestsAreRejectedAndTheServerKeepsServing) {
   OwnedModel source(10, seed_, true);
   auto server = internal::StartServer(SmallChunks(), source.view, transport_);
   ASSERT_TRUE(server.ok());
@@ -306,9 +310,9 @@ TEST_F(ServerClientTest, MalformedRequestsAreRejectedAndTheServerKeepsServing) {
   future.set_protocol_version(kProtocolVersion + 7);
   reply = RawExchange(endpoint, future.SerializeAsString());
   ASSERT_TRUE(reply.ok() && reply->has_reject());
-  EXPECT_NE(reply->reject().reason().find("protocol version " +
-                                          std::to_string(kProtocolVersion + 7)),
-            std::string::npos);
+  EXPECT_NE(
+      reply->reject().reason().find("protocol version " + std::to_string(kProtocolVersion + 7)),
+      std::string::npos);
 
   reply = RawExchange(endpoint, std::string(kMaxServerMessageBytes + 10, 'x'));
   ASSERT_TRUE(reply.ok() && reply->has_reject());
@@ -326,7 +330,7 @@ TEST_F(ServerClientTest, MalformedRequestsAreRejectedAndTheServerKeepsServing) {
   EXPECT_TRUE(dest.SameBytes(source));
 }
 
-TEST_F(ServerClientTest, ClientThatRegistersAndNeverConnectsCostsAtMostTheConnectDeadline) {
+TEST_F(ServerClientFaultTest, ClientThatRegistersAndNeverConnectsCostsAtMostTheConnectDeadline) {
   OwnedModel source(10, seed_, true);
   ServerOptions options = SmallChunks();
   options.connect_timeout = 300ms;
@@ -348,7 +352,8 @@ TEST_F(ServerClientTest, ClientThatRegistersAndNeverConnectsCostsAtMostTheConnec
   EXPECT_EQ((*server)->stats().clients_failed, 1u);
 }
 
-TEST_F(ServerClientTest, ClientThatRegistersThenFallsSilentLosesItsSlotAtTheHeartbeatDeadline) {
+TEST_F(ServerClientFaultTest,
+       ClientThatRegistersThenFallsSilentLosesItsSlotAtTheHeartbeatDeadline) {
   OwnedModel source(10, seed_, true);
   ServerOptions options = SmallChunks();
   options.connect_timeout = 60s;  // not what frees the slot
@@ -370,7 +375,7 @@ TEST_F(ServerClientTest, ClientThatRegistersThenFallsSilentLosesItsSlotAtTheHear
   EXPECT_EQ((*server)->stats().clients_failed, 1u);
 }
 
-TEST_F(ServerClientTest, OnlyAClientHoldingTheSharedSecretLearnsAnything) {
+TEST_F(ServerClientFaultTest, OnlyAClientHoldingTheSharedSecretLearnsAnything) {
   testing::TempDir tmp;
   OwnedModel source(10, seed_, true);
   ServerOptions server_options = SmallChunks();
@@ -409,7 +414,7 @@ TEST_F(ServerClientTest, OnlyAClientHoldingTheSharedSecretLearnsAnything) {
   EXPECT_TRUE(dest.SameBytes(source));
 }
 
-TEST_F(ServerClientTest, AClientWithASecretRefusesASourceThatRunsWithout) {
+TEST_F(ServerClientFaultTest, AClientWithASecretRefusesASourceThatRunsWithout) {
   testing::TempDir tmp;
   OwnedModel source(10, seed_, true);
   auto server = internal::StartServer(SmallChunks(), source.view, transport_);
@@ -423,7 +428,7 @@ TEST_F(ServerClientTest, AClientWithASecretRefusesASourceThatRunsWithout) {
       << stats.status().message();
 }
 
-TEST_F(ServerClientTest, StopReturnsPromptlyWhileAClientIsExpected) {
+TEST_F(ServerClientFaultTest, StopReturnsPromptlyWhileAClientIsExpected) {
   OwnedModel source(10, seed_, true);
   ServerOptions options = SmallChunks();
   options.connect_timeout = 60s;

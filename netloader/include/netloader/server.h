@@ -45,10 +45,10 @@ struct ServerOptions {
 
 // Counters a host may poll.
 struct ServerStats {
-  uint64_t clients_served = 0;  // transfers the client confirmed as verified
-  uint64_t clients_failed = 0;  // transfers that failed or were never confirmed
-  uint64_t refused = 0;         // Register requests answered with Reject
-  uint64_t busy = 0;            // Register requests answered with Busy
+  uint64_t clients_served = 0;   // transfers the client confirmed as verified
+  uint64_t clients_failed = 0;   // transfers that failed or were never confirmed
+  uint64_t refused = 0;          // Register requests answered with Reject
+  uint64_t busy = 0;             // Register requests answered with Busy
   uint64_t unauthenticated = 0;  // connections that failed the shared-secret handshake
   uint64_t bytes_sent = 0;
   int active_transfers = 0;
