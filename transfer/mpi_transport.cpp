@@ -1,9 +1,13 @@
 #include "transfer/mpi_transport.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <mpi.h>
+#include <netdb.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -14,6 +18,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <fstream>
 #include <future>
@@ -55,11 +60,52 @@ struct Runtime {
   std::shared_ptr<std::atomic<bool>> private_server_exited;
   std::atomic<int> abandoned{0};  // MPI calls left running past their deadline
   std::atomic<bool> ports_stuck{false};
+  std::mutex probe_mu;  // guards the two fields below
+  Clock::time_point probed{};
+  Status rendezvous_health;
 };
 
 Runtime& GetRuntime() {
   static Runtime* runtime = new Runtime();  // outlives detached threads at exit
   return *runtime;
+}
+
+// Whether anything accepts TCP connections at the first tcp://HOST:PORT of an ompi-server URI
+// ("JOBID.VPID;tcp://HOST[,HOST...]:PORT..."), within `timeout`.
+Status ProbeRendezvous(const std::string& uri, std::chrono::milliseconds timeout) {
+  const size_t at = uri.find("tcp://");
+  if (at == std::string::npos) return Status::Ok();  // another transport: nothing to probe
+  std::string address = uri.substr(at + 6);
+  address = address.substr(0, address.find(';'));
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos) return Status::Ok();
+  const std::string host = address.substr(0, std::min(address.find(','), colon));
+  const std::string port = address.substr(colon + 1);
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0 || !found) return Status::Ok();
+  std::string error;
+  const int fd = socket(found->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd >= 0) {
+    int rc = connect(fd, found->ai_addr, found->ai_addrlen);
+    if (rc != 0 && errno == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      rc = poll(&p, 1, static_cast<int>(timeout.count()));
+      int so_error = 0;
+      socklen_t length = sizeof so_error;
+      if (rc == 1) getsockopt(fd, SOL_SOCKET, SO_ERROR, &so_error, &length);
+      error = rc == 0 ? "no answer within " + std::to_string(timeout.count()) + " ms"
+                      : (so_error ? std::strerror(so_error) : "");
+    } else if (rc != 0) {
+      error = std::strerror(errno);
+    }
+    close(fd);
+  }
+  freeaddrinfo(found);
+  if (error.empty()) return Status::Ok();
+  return Status(StatusCode::kUnavailable,
+                "the MPI rendezvous at " + host + ":" + port + " does not answer (" + error + ")");
 }
 
 void FinalizeAtExit() {
@@ -544,7 +590,15 @@ class MpiTransport : public Transport {
                     "MPI stopped answering (MPI_Open_port did not return within " +
                         std::to_string(kOpenPortTimeout.count()) + " s)");
     }
-    return Status::Ok();
+    // A dead rendezvous (a shared ompi-server that was stopped) would leave every connect and
+    // accept waiting until its deadline: MPI cannot tell. Checked at most once a second.
+    std::lock_guard<std::mutex> lock(rt.probe_mu);
+    if (Clock::now() - rt.probed > std::chrono::seconds(1)) {
+      rt.rendezvous_health =
+          ProbeRendezvous(CurrentMpiRendezvous(), std::chrono::milliseconds(500));
+      rt.probed = Clock::now();
+    }
+    return rt.rendezvous_health;
   }
 
   Result<std::unique_ptr<Listener>> Listen() override {

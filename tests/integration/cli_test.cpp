@@ -466,6 +466,36 @@ TEST(CliFaultTest, OnlyAClientWithTheServersSecretIsServed) {
       << "the two strangers were counted: " << server.child().Stdout();
 }
 
+// A stopped shared rendezvous would leave every MPI connect waiting until its deadline; the server
+// notices and refuses new clients with the reason instead, and keeps running.
+TEST(CliFaultTest, ADeadRendezvousMakesTheServerRefuseNewClientsNamingIt) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 20, 4, 1, 41);
+  testing::Rendezvous rendezvous(tmp);
+  ASSERT_TRUE(rendezvous.ready()) << rendezvous.child().Stderr();
+  ServerProcess server(tmp, tmp / "model", {"--rendezvous", rendezvous.spec()});
+  ASSERT_FALSE(server.endpoint().empty()) << server.child().Stderr();
+  const std::vector<std::string> load = {"--source",    server.endpoint(), "--model",
+                                         tmp / "model", "--verify-only",   "--connect-timeout",
+                                         "60"};
+  ClientRun before = RunClient(tmp, "before", load);
+  ASSERT_EQ(before.exit_code, 0) << before.stderr_text;
+
+  rendezvous.child().Signal(SIGKILL);
+  rendezvous.child().Wait(10s);
+  std::this_thread::sleep_for(1100ms);  // past the server's once-a-second check
+  const auto start = std::chrono::steady_clock::now();
+  ClientRun after = RunClient(tmp, "after", load);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s) << "not the 60 s connect deadline";
+  EXPECT_EQ(after.exit_code, 5) << after.stderr_text;
+  EXPECT_NE(after.stderr_text.find("rendezvous"), std::string::npos) << after.stderr_text;
+  EXPECT_NE(after.stderr_text.find("does not answer"), std::string::npos) << after.stderr_text;
+  EXPECT_EQ(server.Stop(), 0) << "the server itself is unharmed";
+  EXPECT_NE(server.child().Stdout().find("served 1 clients (0 failed, 1 refused"),
+            std::string::npos)
+      << server.child().Stdout();
+}
+
 // A (netloader-server) -> B (an embedding engine: loads from A, then serves) -> C (client).
 TEST(ChainTest, ALoadedInstanceServesTheNextOneAndTheBytesSurviveTwoHops) {
   TempDir tmp;
