@@ -6,6 +6,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <xxhash.h>
 #include <zmq.hpp>
 
 #include "client/client_internal.h"
@@ -376,6 +377,7 @@ class Attempt {
     stats.transport_seconds = transport_seconds;
     stats.connect_seconds = connect_seconds;
     stats.gbps = stats.seconds > 0 ? stats.bytes / stats.seconds / 1e9 : 0;
+    for (const TensorEntry& t : manifest->tensors) stats.tensor_digests.push_back(t.digest);
     // Done before the collective disconnect: the server disconnects once it reads a verified Done.
     SendDone(true, -1, "", stats.bytes, stats.seconds);
     done_sent_ = true;
@@ -466,6 +468,25 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& destinatio
 }
 
 }  // namespace internal
+
+Status VerifyModel(const ModelView& model, const LoadStats& stats) {
+  if (model.tensors.size() != stats.tensor_digests.size()) {
+    return Status(StatusCode::kInvalidArgument,
+                  "the model has " + std::to_string(model.tensors.size()) +
+                      " tensors; the source listed " + std::to_string(stats.tensor_digests.size()));
+  }
+  std::string differing;
+  size_t count = 0;
+  for (size_t i = 0; i < model.tensors.size(); ++i) {
+    const TensorView& t = model.tensors[i];
+    if (XXH3_64bits(t.data, t.size_bytes) == stats.tensor_digests[i]) continue;
+    if (++count <= 5) differing += (differing.empty() ? "" : ", ") + t.name;
+  }
+  if (count == 0) return Status::Ok();
+  if (count > 5) differing += " and " + std::to_string(count - 5) + " more";
+  return Status(StatusCode::kChecksumMismatch,
+                std::to_string(count) + " tensors differ from the source's digests: " + differing);
+}
 
 Status InitializeTransport(const TransportOptions& options) {
   if (options.rendezvous_uri.empty()) {

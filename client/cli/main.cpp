@@ -1,6 +1,11 @@
 // netloader-client: pulls a model from running netloader sources, verifies every chunk, and
 // writes it out as safetensors (or only verifies it).
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -11,6 +16,41 @@
 #include "netloader/safetensors.h"
 
 using namespace netloader;
+
+namespace {
+
+// Checks the checkpoint written to `dir` against the source's per-tensor digests. The files are
+// mapped read-only rather than read into memory: no second copy of the model.
+Status CheckWrittenCheckpoint(const std::string& dir, const LoadStats& stats) {
+  Result<CheckpointLayout> layout = ReadCheckpointLayout(dir);
+  if (!layout.ok()) return layout.status();
+  std::vector<std::pair<void*, size_t>> mappings;
+  ModelView view;
+  Status status;
+  for (const ShardLayout& shard : layout->shards) {
+    const int fd = open(shard.path.c_str(), O_RDONLY | O_CLOEXEC);
+    struct stat info {};
+    void* base = MAP_FAILED;
+    if (fd >= 0 && fstat(fd, &info) == 0 && info.st_size > 0) {
+      base = mmap(nullptr, info.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    }
+    if (fd >= 0) close(fd);
+    if (base == MAP_FAILED) {
+      status = Status(StatusCode::kUnavailable, "cannot read back " + shard.path);
+      break;
+    }
+    mappings.emplace_back(base, info.st_size);
+    for (const TensorSpec& t : shard.tensors) {
+      view.tensors.push_back({t.name, t.dtype, t.shape, static_cast<char*>(base) + t.file_offset,
+                              t.size_bytes});
+    }
+  }
+  if (status.ok()) status = VerifyModel(view, stats);
+  for (auto& [base, size] : mappings) munmap(base, size);
+  return status;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -40,6 +80,9 @@ int main(int argc, char** argv) {
   auto* output =
       app.add_option("--output", output_dir, "Directory to write the loaded checkpoint into");
   auto* verify = app.add_flag("--verify-only", verify_only, "Load and verify, but write nothing");
+  bool skip_output_check = false;
+  app.add_flag("--skip-output-check", skip_output_check,
+               "Do not read --output back to check it against the source's per-tensor digests");
   output->excludes(verify);
   app.add_option("--window", options.window, "MPI receives in flight")
       ->check(CLI::Range(1, 64))
@@ -137,6 +180,12 @@ int main(int argc, char** argv) {
           std::chrono::duration<double>(std::chrono::steady_clock::now() - write_start).count();
       summary["output"] = output_dir;
       summary["write_seconds"] = write_seconds;
+      // Read the written files back and check them against the source's own digests, so what
+      // is on disk is known to be what the source holds, not only what arrived in memory.
+      if (written.ok() && !skip_output_check) {
+        written = CheckWrittenCheckpoint(output_dir, *stats);
+        summary["output_verified"] = written.ok();
+      }
       if (!written.ok()) {
         std::fprintf(stderr, "netloader-client: writing %s: %s\n", output_dir.c_str(),
                      written.ToString().c_str());
@@ -157,7 +206,11 @@ int main(int argc, char** argv) {
         static_cast<unsigned long long>(stats->bytes), cli::HumanBytes(stats->bytes).c_str(),
         stats->source.c_str(), stats->seconds, stats->gbps,
         static_cast<unsigned long long>(stats->chunks),
-        exit_code == cli::kExitOk && !output_dir.empty() ? ("; wrote " + output_dir).c_str() : "");
+        exit_code != cli::kExitOk || output_dir.empty() ? ""
+        : skip_output_check
+            ? ("; wrote " + output_dir).c_str()
+            : ("; wrote " + output_dir + ", read it back and checked it against the source's digests")
+                  .c_str());
   }
   return exit_code;
 }

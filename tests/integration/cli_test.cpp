@@ -116,6 +116,7 @@ TEST(CliTest, TwoProcessTransferOfMixedCheckpointIsByteIdentical) {
   EXPECT_EQ(run.summary["tensors"], 256);
   EXPECT_GT(run.summary["bytes"].get<uint64_t>(), 40u << 20);
   EXPECT_GT(run.summary["gbps"].get<double>(), 0.0);
+  EXPECT_EQ(run.summary["output_verified"], true) << "the written files were read back and checked";
   // Same writer, same metadata: the output file is the input file, byte for byte.
   EXPECT_TRUE(testing::ReadFile(tmp / "model/model.safetensors") ==
               testing::ReadFile(tmp / "out/model.safetensors"));

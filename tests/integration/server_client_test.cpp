@@ -119,6 +119,27 @@ TEST_F(ServerClientTest, LoadsEveryByteAndReportsStatistics) {
   EXPECT_EQ((*server)->stats().bytes_sent, source.view.total_bytes());
 }
 
+TEST_F(ServerClientTest, ALoadedModelCanBeReverifiedLaterAgainstTheSourcesDigests) {
+  OwnedModel source(40, seed_, true);
+  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  ASSERT_TRUE(server.ok());
+  OwnedModel dest = source.EmptyLike();
+  Result<LoadStats> stats =
+      internal::Load(ClientFor((*server)->endpoint()), dest.view, Inproc(transport_));
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_TRUE(VerifyModel(dest.view, *stats).ok());
+  // Later, one bit of one tensor changes (a stray write, bad memory): named precisely.
+  dest.storage[7][dest.storage[7].size() / 2] ^= 0x10;
+  Status changed = VerifyModel(dest.view, *stats);
+  EXPECT_EQ(changed.code(), StatusCode::kChecksumMismatch);
+  EXPECT_NE(changed.message().find("1 tensors differ from the source's digests: layer.7"),
+            std::string::npos)
+      << changed.message();
+  ModelView fewer = dest.view;
+  fewer.tensors.pop_back();
+  EXPECT_EQ(VerifyModel(fewer, *stats).code(), StatusCode::kInvalidArgument);
+}
+
 TEST_F(ServerClientTest, ClientForAModelTheServerDoesNotHoldGetsAClearError) {
   OwnedModel source(10, seed_, true);
   auto server = internal::StartServer(SmallChunks(), source.view, transport_);

@@ -79,6 +79,8 @@ struct LoadStats {
   double connect_seconds = 0;           // MPI connect to the source
   double transfer_seconds = 0;          // first chunk posted until the last one verified
   std::vector<SourceAttempt> attempts;  // every source tried, in order, the last one succeeded
+  // The source's XXH3-64 of each tensor, in storage order: what VerifyModel checks against.
+  std::vector<uint64_t> tensor_digests;
 };
 
 // Initialises the MPI data plane now, so that a later Load or Server::Start does not pay for it.
@@ -103,5 +105,11 @@ NETLOADER_EXPORT void PrepareMpiEnvironment(const TransportOptions& options);
 // (Unavailable, Timeout, PermissionDenied, FingerprintMismatch, ProtocolMismatch,
 // ChecksumMismatch, ...).
 NETLOADER_EXPORT Result<LoadStats> Load(const ClientOptions& options, const ModelView& destination);
+
+// Re-verifies a loaded model at any later time (the buffers Load filled, or a copy of them such
+// as the files written from them) against the source's per-tensor digests in `stats`. One pass
+// over the memory. Errors: ChecksumMismatch naming the tensors that differ (up to 5, then a
+// count), InvalidArgument when the model has another number of tensors.
+NETLOADER_EXPORT Status VerifyModel(const ModelView& model, const LoadStats& stats);
 
 }  // namespace netloader
