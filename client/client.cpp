@@ -1,12 +1,12 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <xxhash.h>
 #include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <optional>
 #include <thread>
-#include <xxhash.h>
 #include <zmq.hpp>
 
 #include "client/client_internal.h"

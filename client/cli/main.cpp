@@ -41,8 +41,8 @@ Status CheckWrittenCheckpoint(const std::string& dir, const LoadStats& stats) {
     }
     mappings.emplace_back(base, info.st_size);
     for (const TensorSpec& t : shard.tensors) {
-      view.tensors.push_back({t.name, t.dtype, t.shape, static_cast<char*>(base) + t.file_offset,
-                              t.size_bytes});
+      view.tensors.push_back(
+          {t.name, t.dtype, t.shape, static_cast<char*>(base) + t.file_offset, t.size_bytes});
     }
   }
   if (status.ok()) status = VerifyModel(view, stats);
@@ -207,10 +207,10 @@ int main(int argc, char** argv) {
         stats->source.c_str(), stats->seconds, stats->gbps,
         static_cast<unsigned long long>(stats->chunks),
         exit_code != cli::kExitOk || output_dir.empty() ? ""
-        : skip_output_check
-            ? ("; wrote " + output_dir).c_str()
-            : ("; wrote " + output_dir + ", read it back and checked it against the source's digests")
-                  .c_str());
+        : skip_output_check                             ? ("; wrote " + output_dir).c_str()
+                                                        : ("; wrote " + output_dir +
+                               ", read it back and checked it against the source's digests")
+                                  .c_str());
   }
   return exit_code;
 }

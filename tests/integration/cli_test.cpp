@@ -540,6 +540,33 @@ TEST(ChainFaultTest, AnInstanceWhoseSourceIsGoneLoadsFromDiskAndStillServes) {
   EXPECT_NE(b.Stdout().find("\"loaded_from\":\"disk\""), std::string::npos) << b.Stdout();
 }
 
+TEST(EmbeddedServerFaultTest, HostLoopKeepsRunningWhenAClientIsKilledMidTransfer) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 100, 256, 1, 43);
+  Child host({Bin("host_loop_server"), tmp / "model", tmp / "endpoint"}, tmp / "host");
+  const std::string endpoint = testing::WaitForLine(tmp / "endpoint", 30s);
+  ASSERT_FALSE(endpoint.empty()) << host.Stderr();
+  {
+    Child victim({Bin("netloader-client"), "--source", endpoint, "--model", tmp / "model",
+                  "--verify-only", "--window", "1", "--log-level", "debug"},
+                 tmp / "victim");
+    ASSERT_TRUE(WaitForStderr(victim, "over MPI; receiving", 30s)) << victim.Stderr();
+    victim.Signal(SIGKILL);
+    EXPECT_EQ(victim.Wait(10s), 128 + SIGKILL);
+  }
+  ClientRun next =
+      RunClient(tmp, "next", {"--source", endpoint, "--model", tmp / "model", "--verify-only"});
+  EXPECT_EQ(next.exit_code, 0) << next.stderr_text;
+  host.Signal(SIGTERM);
+  ASSERT_EQ(host.Wait(20s), 0) << host.Stderr();
+  nlohmann::json loop = nlohmann::json::parse(host.Stdout(), nullptr, false);
+  ASSERT_TRUE(loop.is_object()) << host.Stdout();
+  EXPECT_EQ(loop["served"], 1);
+  // The host's own loop ticked all through the failed session and the next transfer.
+  EXPECT_GE(loop["iterations_during_transfer"].get<int>(), 20) << loop.dump();
+  EXPECT_LT(loop["max_gap_ms"].get<double>(), 250.0) << loop.dump();
+}
+
 TEST(EmbeddedServerTest, HostLoopKeepsRunningWhileItServesATransfer) {
   TempDir tmp;
   MakeCheckpoint(tmp / "model", 100, 128, 1, 17);

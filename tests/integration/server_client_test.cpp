@@ -2,7 +2,12 @@
 // data plane (and fault-injecting wrappers) standing in for MPI. Real MPI between real processes
 // is exercised by cli_test.cpp.
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <zmq.hpp>
 
 #include <cstring>
@@ -447,6 +452,49 @@ TEST_F(ServerClientFaultTest, AClientWithASecretRefusesASourceThatRunsWithout) {
   EXPECT_EQ(stats.status().code(), StatusCode::kPermissionDenied);
   EXPECT_NE(stats.status().message().find("--no-auth"), std::string::npos)
       << stats.status().message();
+}
+
+// Peers that connect and then say nothing: raw TCP connections that never send the ZeroMQ
+// greeting (to a server that requires the secret, so they also never finish a handshake), and
+// ZeroMQ sockets that never send a message. None of them holds anything up.
+TEST_F(ServerClientFaultTest, ConnectionsThatSendNothingHoldNothingUp) {
+  testing::TempDir tmp;
+  OwnedModel source(10, seed_, true);
+  ServerOptions options = SmallChunks();
+  options.secret = *LoadOrCreateSecret(tmp / "secret");
+  auto server = internal::StartServer(options, source.view, transport_);
+  ASSERT_TRUE(server.ok());
+  const std::string endpoint = (*server)->endpoint();
+  const int port = std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
+  std::vector<int> mute;
+  for (int i = 0; i < 20; ++i) {
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(port));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+    mute.push_back(fd);
+  }
+  zmq::context_t context;
+  std::vector<zmq::socket_t> silent;
+  for (int i = 0; i < 5; ++i) {
+    silent.emplace_back(context, zmq::socket_type::dealer);
+    silent.back().set(zmq::sockopt::linger, 0);
+    silent.back().connect(endpoint);
+  }
+  OwnedModel dest = source.EmptyLike();
+  ClientOptions client = ClientFor(endpoint);
+  client.secret = options.secret;
+  const auto start = std::chrono::steady_clock::now();
+  Result<LoadStats> stats = internal::Load(client, dest.view, Inproc(transport_));
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_TRUE(dest.SameBytes(source));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
+  const auto stopping = std::chrono::steady_clock::now();
+  (*server)->Stop();
+  EXPECT_LT(std::chrono::steady_clock::now() - stopping, 2s);
+  for (int fd : mute) close(fd);
 }
 
 TEST_F(ServerClientFaultTest, StopReturnsPromptlyWhileAClientIsExpected) {
