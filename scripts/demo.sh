@@ -21,7 +21,9 @@ echo "== 1. generate a sample checkpoint"
 "$bin/netloader-make-checkpoint" --output "$work/model" --size-mib "${SIZE_MIB:-512}" \
   --tensors "${TENSORS:-1000}" --seed 42
 
-echo "== 2. start netloader-server (it starts its own MPI rendezvous, a private ompi-server)"
+echo "== 2. start netloader-server (it starts its own MPI rendezvous, a private ompi-server;"
+echo "      clients must hold its shared secret, ${NETLOADER_SECRET_FILE:-$HOME/.config/netloader/secret},"
+echo "      created on first use)"
 "$bin/netloader-server" --model "$work/model" --listen tcp://127.0.0.1:0 \
   --endpoint-file "$work/endpoint" 2>"$work/server.log" &
 server_pid=$!
