@@ -4,6 +4,7 @@
 #include <xxhash.h>
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -89,23 +90,24 @@ class ControlChannel {
     const auto deadline = Clock::now() + timeout;
     try {
       while (true) {
-        const auto left =
-            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-        if (left.count() <= 0) {
-          return Status(StatusCode::kTimeout, "no answer within " +
-                                                  std::to_string(timeout.count()) +
-                                                  " ms (is a netloader server listening there?)");
-        }
-        zmq::poll(items, 2, left);
+        const auto left = std::max(
+            std::chrono::milliseconds(0),
+            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
+        zmq::poll(items, 2, left);  // a timeout of 0 just looks
         if (items[1].revents & ZMQ_POLLIN) {
           if (std::optional<HandshakeMonitor::Event> event = monitor_->Read()) {
             return HandshakeFailed(*event);
           }
         }
-        if (!(items[0].revents & ZMQ_POLLIN)) continue;
         zmq::message_t frame;
-        if (!socket_.recv(frame, zmq::recv_flags::dontwait)) continue;
-        return Decode(frame.data(), frame.size(), kMaxClientMessageBytes);
+        if ((items[0].revents & ZMQ_POLLIN) && socket_.recv(frame, zmq::recv_flags::dontwait)) {
+          return Decode(frame.data(), frame.size(), kMaxClientMessageBytes);
+        }
+        if (Clock::now() >= deadline) {
+          return Status(StatusCode::kTimeout, "no answer within " +
+                                                  std::to_string(timeout.count()) +
+                                                  " ms (is a netloader server listening there?)");
+        }
       }
     } catch (const zmq::error_t& e) {
       return Status(StatusCode::kUnavailable, std::string("receive failed: ") + e.what());
@@ -132,8 +134,12 @@ class Heartbeats {
     thread_ = std::thread([this] { Loop(); });
   }
   ~Heartbeats() {
-    stop_ = true;
-    thread_.join();  // within one 50 ms receive
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    thread_.join();  // at once: the thread sleeps on wake_ between beats
   }
   const std::atomic<bool>& lost() const { return lost_; }
   std::string reason() const {
@@ -143,28 +149,32 @@ class Heartbeats {
 
  private:
   void Loop() {
-    using std::chrono::milliseconds;
     auto last_answer = Clock::now();
+    std::unique_lock<std::mutex> lock(mu_);
     while (!stop_) {
+      lock.unlock();
       wire::Envelope beat;
       beat.mutable_heartbeat()->set_session_id(session_);
       beat.mutable_heartbeat()->set_bytes(bytes_.load());
       (void)control_.Send(beat);  // a source that is gone shows as silence
-      // Read answers until the next beat is due.
-      const auto next = Clock::now() + options_.heartbeat_interval;
-      for (auto now = Clock::now(); !stop_ && now < next; now = Clock::now()) {
-        const auto wait = std::chrono::duration_cast<milliseconds>(next - now) + milliseconds(1);
-        Result<wire::Envelope> reply = control_.Receive(std::min(wait, milliseconds(50)));
-        if (reply.ok() && reply->has_heartbeat()) last_answer = Clock::now();
-        if (reply.ok() && reply->has_reject()) {
+      lock.lock();
+      if (wake_.wait_for(lock, options_.heartbeat_interval, [this] { return stop_; })) return;
+      lock.unlock();
+      // The answers that came meanwhile (looking only: nothing here waits).
+      for (Result<wire::Envelope> reply = control_.Receive(std::chrono::milliseconds(0));
+           reply.ok(); reply = control_.Receive(std::chrono::milliseconds(0))) {
+        if (reply->has_heartbeat()) last_answer = Clock::now();
+        if (reply->has_reject()) {
           return Lose("the source dropped the session: " + reply->reject().reason());
         }
       }
-      const auto silent = std::chrono::duration_cast<milliseconds>(Clock::now() - last_answer);
+      const auto silent =
+          std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - last_answer);
       if (options_.heartbeat_timeout.count() > 0 && silent > options_.heartbeat_timeout) {
         return Lose("the source answered no heartbeat for " + std::to_string(silent.count()) +
                     " ms (it died or froze)");
       }
+      lock.lock();
     }
   }
 
@@ -178,9 +188,10 @@ class Heartbeats {
   const uint64_t session_;
   const ClientOptions& options_;
   const std::atomic<uint64_t>& bytes_;
-  std::atomic<bool> stop_{false};
+  mutable std::mutex mu_;  // guards stop_ and reason_
+  std::condition_variable wake_;
+  bool stop_ = false;
   std::atomic<bool> lost_{false};
-  mutable std::mutex mu_;  // guards reason_
   std::string reason_;
   std::thread thread_;
 };
@@ -287,12 +298,16 @@ class Attempt {
   Result<LoadStats> Transfer(const wire::Accept& accept, Clock::time_point start) {
     Result<Manifest> manifest = FromWire(accept.manifest());
     if (!manifest.ok()) return manifest.status();
-    std::vector<std::string> diffs = CompareLayout(*manifest, destination_);
-    if (!diffs.empty()) {
-      std::string text;
-      for (const std::string& d : diffs) text += (text.empty() ? "" : "; ") + d;
+    // The server matched the fingerprint's table digest; a manifest for another table means a
+    // broken or lying source.
+    if (manifest->table_digest != fingerprint_.table_digest ||
+        manifest->tensor_digests.size() != destination_.tensors.size()) {
       return Status(StatusCode::kFingerprintMismatch,
-                    "the source's manifest differs from the expected layout: " + text);
+                    "the source's manifest is for another tensor table (" +
+                        std::to_string(manifest->tensor_digests.size()) + " tensors, digest '" +
+                        manifest->table_digest + "'; expected " +
+                        std::to_string(destination_.tensors.size()) + ", '" +
+                        fingerprint_.table_digest + "')");
     }
     const ChunkPlan plan = ChunkPlan::Make(TensorSizes(destination_), manifest->chunk_bytes);
     if (plan.size() != manifest->chunk_digests.size()) {
@@ -377,7 +392,7 @@ class Attempt {
     stats.transport_seconds = transport_seconds;
     stats.connect_seconds = connect_seconds;
     stats.gbps = stats.seconds > 0 ? stats.bytes / stats.seconds / 1e9 : 0;
-    for (const TensorEntry& t : manifest->tensors) stats.tensor_digests.push_back(t.digest);
+    stats.tensor_digests = manifest->tensor_digests;
     // Done before the collective disconnect: the server disconnects once it reads a verified Done.
     SendDone(true, -1, "", stats.bytes, stats.seconds);
     done_sent_ = true;

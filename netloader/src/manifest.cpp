@@ -1,5 +1,7 @@
 #include "netloader/src/manifest.h"
 
+#include "netloader/fingerprint.h"
+
 #include <xxhash.h>
 
 #include <algorithm>
@@ -8,18 +10,6 @@
 
 namespace netloader {
 namespace {
-
-std::string ShapeText(const std::vector<int64_t>& shape) {
-  std::string text = "[";
-  for (size_t i = 0; i < shape.size(); ++i) text += (i ? "," : "") + std::to_string(shape[i]);
-  return text + "]";
-}
-
-std::string Describe(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
-                     uint64_t size) {
-  return "'" + name + "' " + std::string(DTypeName(dtype)) + " " + ShapeText(shape) + " " +
-         std::to_string(size) + " B";
-}
 
 struct StateDeleter {
   void operator()(XXH3_state_t* s) const { XXH3_freeState(s); }
@@ -129,16 +119,15 @@ uint64_t DigestOfDigests(const std::vector<uint64_t>& digests) {
 
 Manifest BuildManifest(const ModelView& model, uint64_t chunk_bytes) {
   Manifest manifest;
+  manifest.table_digest = TableDigest(model);
   manifest.chunk_bytes = chunk_bytes;
-  for (const TensorView& t : model.tensors) {
-    manifest.tensors.push_back({t.name, t.dtype, t.shape, t.size_bytes, 0});
-  }
+  // Zero-byte tensors belong to no chunk: their digest is that of no bytes.
+  manifest.tensor_digests.assign(model.tensors.size(), XXH3_64bits(nullptr, 0));
   const ChunkPlan plan = ChunkPlan::Make(TensorSizes(model), chunk_bytes);
   // One pass over memory feeding two digests: the chunk's and the current tensor's. Pieces come
   // in storage order, so each tensor's bytes are contiguous in the walk.
   State chunk_state(XXH3_createState());
   State tensor_state(XXH3_createState());
-  std::vector<bool> tensor_started(model.tensors.size(), false);
   for (size_t c = 0; c < plan.size(); ++c) {
     XXH3_64bits_reset(chunk_state.get());
     for (size_t p = 0; p < plan.piece_count(c); ++p) {
@@ -148,47 +137,13 @@ Manifest BuildManifest(const ModelView& model, uint64_t chunk_bytes) {
       if (piece.offset == 0) XXH3_64bits_reset(tensor_state.get());
       XXH3_64bits_update(tensor_state.get(), data, piece.length);
       if (piece.offset + piece.length == model.tensors[piece.tensor].size_bytes) {
-        manifest.tensors[piece.tensor].digest = XXH3_64bits_digest(tensor_state.get());
-        tensor_started[piece.tensor] = true;
+        manifest.tensor_digests[piece.tensor] = XXH3_64bits_digest(tensor_state.get());
       }
     }
     manifest.chunk_digests.push_back(XXH3_64bits_digest(chunk_state.get()));
   }
-  for (size_t i = 0; i < model.tensors.size(); ++i) {
-    if (!tensor_started[i]) manifest.tensors[i].digest = XXH3_64bits(nullptr, 0);
-  }
   manifest.model_digest = DigestOfDigests(manifest.chunk_digests);
   return manifest;
-}
-
-std::vector<std::string> CompareLayout(const Manifest& manifest, const ModelView& expected,
-                                       size_t limit) {
-  std::vector<std::string> diffs;
-  size_t more = 0;
-  auto add = [&](std::string line) {
-    if (diffs.size() < limit) {
-      diffs.push_back(std::move(line));
-    } else {
-      ++more;
-    }
-  };
-  if (manifest.tensors.size() != expected.tensors.size()) {
-    add("tensor count: server " + std::to_string(manifest.tensors.size()) + ", client " +
-        std::to_string(expected.tensors.size()));
-  }
-  const size_t n = std::min(manifest.tensors.size(), expected.tensors.size());
-  for (size_t i = 0; i < n; ++i) {
-    const TensorEntry& s = manifest.tensors[i];
-    const TensorView& c = expected.tensors[i];
-    if (s.name != c.name || s.dtype != c.dtype || s.shape != c.shape ||
-        s.size_bytes != c.size_bytes) {
-      add("tensor " + std::to_string(i) + ": server " +
-          Describe(s.name, s.dtype, s.shape, s.size_bytes) + ", client " +
-          Describe(c.name, c.dtype, c.shape, c.size_bytes));
-    }
-  }
-  if (more) diffs.push_back("... and " + std::to_string(more) + " more differences");
-  return diffs;
 }
 
 }  // namespace netloader

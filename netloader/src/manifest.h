@@ -9,18 +9,10 @@
 
 namespace netloader {
 
-// One tensor as the server describes it to clients.
-struct TensorEntry {
-  std::string name;
-  DType dtype = DType::kU8;
-  std::vector<int64_t> shape;
-  uint64_t size_bytes = 0;
-  uint64_t digest = 0;  // XXH3-64 of the tensor's bytes
-};
-
-// What a server sends in Accept: the tensor table, how it is chunked, and content digests.
+// What a server sends in Accept: how the model is chunked, and content digests.
 struct Manifest {
-  std::vector<TensorEntry> tensors;
+  std::string table_digest;              // the served table's Fingerprint::table_digest
+  std::vector<uint64_t> tensor_digests;  // XXH3-64 per tensor, storage order
   uint64_t chunk_bytes = 0;
   std::vector<uint64_t> chunk_digests;  // XXH3-64 per chunk, stream order
   uint64_t model_digest = 0;            // XXH3-64 over chunk_digests
@@ -73,12 +65,8 @@ uint64_t CopyAndDigest(const char* staged, const transfer::Span* spans, size_t s
 // XXH3-64 over a list of digests (the whole-model digest).
 uint64_t DigestOfDigests(const std::vector<uint64_t>& digests);
 
-// Computes every tensor and chunk digest of `model` in one pass over its memory.
+// Computes every tensor and chunk digest of `model` in one pass over its memory, and its table
+// digest.
 Manifest BuildManifest(const ModelView& model, uint64_t chunk_bytes);
-
-// Every way `manifest` differs from the layout the client expects (order, names, dtypes,
-// shapes, sizes), at most `limit` lines plus a count of the rest. Empty when they agree.
-std::vector<std::string> CompareLayout(const Manifest& manifest, const ModelView& expected,
-                                       size_t limit = 10);
 
 }  // namespace netloader

@@ -55,39 +55,23 @@ Fingerprint FromWire(const wire::Fingerprint& in) {
 }
 
 void ToWire(const Manifest& manifest, wire::Manifest* out) {
-  out->mutable_tensors()->Reserve(static_cast<int>(manifest.tensors.size()));
-  for (const TensorEntry& t : manifest.tensors) {
-    wire::TensorInfo* info = out->add_tensors();
-    info->set_name(t.name);
-    info->set_dtype(std::string(DTypeName(t.dtype)));
-    for (int64_t d : t.shape) info->add_shape(d);
-    info->set_size_bytes(t.size_bytes);
-    info->set_digest(t.digest);
-  }
+  out->set_table_digest(manifest.table_digest);
+  out->mutable_tensor_digests()->Add(manifest.tensor_digests.begin(),
+                                     manifest.tensor_digests.end());
   out->set_chunk_bytes(manifest.chunk_bytes);
-  for (uint64_t d : manifest.chunk_digests) out->add_chunk_digests(d);
+  out->mutable_chunk_digests()->Add(manifest.chunk_digests.begin(), manifest.chunk_digests.end());
   out->set_model_digest(manifest.model_digest);
 }
 
 Result<Manifest> FromWire(const wire::Manifest& in) {
-  Manifest manifest;
   if (in.chunk_bytes() < kMinChunkBytes || in.chunk_bytes() > kMaxChunkBytes) {
     return Status(StatusCode::kProtocolMismatch,
                   "manifest chunk size " + std::to_string(in.chunk_bytes()) + " is out of range");
   }
+  Manifest manifest;
+  manifest.table_digest = in.table_digest();
+  manifest.tensor_digests.assign(in.tensor_digests().begin(), in.tensor_digests().end());
   manifest.chunk_bytes = in.chunk_bytes();
-  manifest.tensors.reserve(in.tensors_size());
-  for (const wire::TensorInfo& info : in.tensors()) {
-    std::optional<DType> dtype = ParseDType(info.dtype());
-    if (!dtype) {
-      return Status(
-          StatusCode::kProtocolMismatch,
-          "manifest tensor '" + info.name() + "' has unknown dtype '" + info.dtype() + "'");
-    }
-    manifest.tensors.push_back({info.name(), *dtype,
-                                std::vector<int64_t>(info.shape().begin(), info.shape().end()),
-                                info.size_bytes(), info.digest()});
-  }
   manifest.chunk_digests.assign(in.chunk_digests().begin(), in.chunk_digests().end());
   manifest.model_digest = in.model_digest();
   return manifest;

@@ -28,7 +28,7 @@ void ToWire(const Fingerprint& fingerprint, wire::Fingerprint* out);
 Fingerprint FromWire(const wire::Fingerprint& in);
 
 void ToWire(const Manifest& manifest, wire::Manifest* out);
-// Errors: ProtocolMismatch naming the first malformed entry (unknown dtype, bad chunk size).
+// Errors: ProtocolMismatch (chunk size out of range).
 Result<Manifest> FromWire(const wire::Manifest& in);
 
 wire::RejectCode ToRejectCode(StatusCode code);

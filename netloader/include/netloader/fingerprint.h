@@ -10,7 +10,7 @@
 namespace netloader {
 
 // The protocol version this build speaks. Peers of another version are refused by name.
-inline constexpr uint32_t kProtocolVersion = 2;  // 2: heartbeats
+inline constexpr uint32_t kProtocolVersion = 2;  // 2: heartbeats, manifest without the table
 
 // What must match before a single byte moves (DESIGN.md, "Fingerprint").
 struct Fingerprint {
