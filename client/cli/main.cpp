@@ -111,16 +111,11 @@ int main(int argc, char** argv) {
   }
   common.ApplyLogLevel();
   auto ms = [](double s) { return std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); };
-  options.model_id = common.model_id;
-  options.partition = common.partition;
-  options.transport = common.transport;
-  options.heartbeat_timeout = common.heartbeat_timeout();
-  Result<std::string> secret = common.Secret();
-  if (!secret.ok()) {
-    std::fprintf(stderr, "netloader-client: %s\n", secret.status().ToString().c_str());
+  Status applied = common.ApplyTo(options);
+  if (!applied.ok()) {
+    std::fprintf(stderr, "netloader-client: %s\n", applied.ToString().c_str());
     return cli::kExitUsage;
   }
-  options.secret = *secret;
   options.register_timeout = ms(register_timeout_s);
   options.connect_timeout = ms(connect_timeout_s);
   options.stall_timeout = ms(stall_timeout_s);

@@ -134,14 +134,20 @@ struct CommonFlags {
 
   void ApplyLogLevel() const { netloader::cli::ApplyLogLevel(log_level); }
 
-  std::chrono::milliseconds heartbeat_timeout() const {
-    return std::chrono::milliseconds(static_cast<int64_t>(heartbeat_timeout_s * 1000));
-  }
-
-  // The secret to use: empty with --no-auth.
-  Result<std::string> Secret() const {
-    if (no_auth) return std::string();
-    return LoadOrCreateSecret(secret_file);
+  // Copies these flags into ServerOptions or ClientOptions, reading (or creating) the secret
+  // file. Errors: the secret file's, naming it.
+  template <typename Options>
+  Status ApplyTo(Options& options) const {
+    options.model_id = model_id;
+    options.partition = partition;
+    options.transport = transport;
+    options.heartbeat_timeout =
+        std::chrono::milliseconds(static_cast<int64_t>(heartbeat_timeout_s * 1000));
+    if (no_auth) return Status::Ok();
+    Result<std::string> secret = LoadOrCreateSecret(secret_file);
+    if (!secret.ok()) return secret.status();
+    options.secret = *secret;
+    return Status::Ok();
   }
 };
 

@@ -58,16 +58,11 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   common.ApplyLogLevel();
 
-  options.model_id = common.model_id;
-  options.partition = common.partition;
-  options.transport = common.transport;
-  options.heartbeat_timeout = common.heartbeat_timeout();
-  Result<std::string> secret = common.Secret();
-  if (!secret.ok()) {
-    std::fprintf(stderr, "netloader-server: %s\n", secret.status().ToString().c_str());
+  Status applied = common.ApplyTo(options);
+  if (!applied.ok()) {
+    std::fprintf(stderr, "netloader-server: %s\n", applied.ToString().c_str());
     return cli::kExitUsage;
   }
-  options.secret = *secret;
   options.chunk_bytes = chunk_mib << 20;
   options.connect_timeout =
       std::chrono::milliseconds(static_cast<int64_t>(connect_timeout_s * 1000));

@@ -320,6 +320,14 @@ Result<wire::Envelope> RawExchange(const std::string& endpoint, const std::strin
   return Decode(reply.data(), reply.size(), kMaxClientMessageBytes);
 }
 
+// A Register for `model` sent from a bare socket that then does nothing more: no heartbeat, no
+// MPI connect, no Done.
+Result<wire::Envelope> RegisterRaw(const std::string& endpoint, const ModelView& model) {
+  wire::Envelope request;
+  ToWire(MakeFingerprint(model, "", {}), request.mutable_register_()->mutable_fingerprint());
+  return RawExchange(endpoint, Encode(request));
+}
+
 TEST_F(ServerClientFaultTest, MalformedRequestsAreRejectedAndTheServerKeepsServing) {
   OwnedModel source(10, seed_, true);
   auto server = internal::StartServer(SmallChunks(), source.view, transport_);
@@ -363,9 +371,7 @@ TEST_F(ServerClientFaultTest, ClientThatRegistersAndNeverConnectsCostsAtMostTheC
   options.max_concurrent_transfers = 1;
   auto server = internal::StartServer(options, source.view, transport_);
   ASSERT_TRUE(server.ok());
-  wire::Envelope request;
-  ToWire(MakeFingerprint(source.view, "", {}), request.mutable_register_()->mutable_fingerprint());
-  Result<wire::Envelope> reply = RawExchange((*server)->endpoint(), Encode(request));
+  Result<wire::Envelope> reply = RegisterRaw((*server)->endpoint(), source.view);
   ASSERT_TRUE(reply.ok() && reply->has_accept()) << "the ghost client takes the only slot";
   // A real client arriving now is told Busy, and gets served once the slot is freed.
   OwnedModel dest = source.EmptyLike();
@@ -387,9 +393,7 @@ TEST_F(ServerClientFaultTest,
   options.max_concurrent_transfers = 1;
   auto server = internal::StartServer(options, source.view, transport_);
   ASSERT_TRUE(server.ok());
-  wire::Envelope request;
-  ToWire(MakeFingerprint(source.view, "", {}), request.mutable_register_()->mutable_fingerprint());
-  Result<wire::Envelope> reply = RawExchange((*server)->endpoint(), Encode(request));
+  Result<wire::Envelope> reply = RegisterRaw((*server)->endpoint(), source.view);
   ASSERT_TRUE(reply.ok() && reply->has_accept()) << "the silent client takes the only slot";
   OwnedModel dest = source.EmptyLike();
   const auto start = std::chrono::steady_clock::now();
@@ -503,9 +507,7 @@ TEST_F(ServerClientFaultTest, StopReturnsPromptlyWhileAClientIsExpected) {
   options.connect_timeout = 60s;
   auto server = internal::StartServer(options, source.view, transport_);
   ASSERT_TRUE(server.ok());
-  wire::Envelope request;
-  ToWire(MakeFingerprint(source.view, "", {}), request.mutable_register_()->mutable_fingerprint());
-  ASSERT_TRUE(RawExchange((*server)->endpoint(), Encode(request)).ok());
+  ASSERT_TRUE(RegisterRaw((*server)->endpoint(), source.view).ok());
   const auto start = std::chrono::steady_clock::now();
   (*server)->Stop();
   EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
