@@ -1,7 +1,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <xxhash.h>
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -17,6 +16,7 @@
 #include "netloader/src/manifest.h"
 #include "netloader/src/staging.h"
 #include "netloader/src/wire.h"
+#include "netloader/src/xxh3.h"
 #include "transfer/mpi_transport.h"
 
 namespace netloader {

@@ -1,8 +1,8 @@
 #include "netloader/fingerprint.h"
 
-#include <xxhash.h>
-
 #include <cstdio>
+
+#include "netloader/src/xxh3.h"
 
 namespace netloader {
 namespace {

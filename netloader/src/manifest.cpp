@@ -2,11 +2,11 @@
 
 #include "netloader/fingerprint.h"
 
-#include <xxhash.h>
-
 #include <algorithm>
 #include <cstring>
 #include <memory>
+
+#include "netloader/src/xxh3.h"
 
 namespace netloader {
 namespace {

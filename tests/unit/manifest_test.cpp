@@ -83,6 +83,39 @@ TEST(ManifestTest, DigestsMatchWhatAReceiverComputesPerChunk) {
   EXPECT_EQ(changed.chunk_digests.front(), m.chunk_digests.front());
 }
 
+// The library hashes through libxxhash's CPU dispatch (AVX2/AVX-512); this file calls the plain
+// SSE2 entry points. A source and a client on different CPUs must agree, so every digest is the
+// XXH3 of the bytes whichever code computed it, across the sizes where XXH3 changes strategy.
+TEST(ManifestTest, DigestsAreXxh3OfTheBytesOnAnyCpu) {
+  std::vector<std::vector<unsigned char>> storage = {std::vector<unsigned char>((1 << 20) + 7),
+                                                     std::vector<unsigned char>(129),
+                                                     std::vector<unsigned char>(240 * 1024 + 3)};
+  uint32_t x = 12345;
+  for (auto& t : storage) {
+    for (auto& b : t) b = static_cast<unsigned char>((x = x * 1664525 + 1013904223) >> 24);
+  }
+  ModelView model = Model(storage);
+  const uint64_t kChunk = 256 << 10;
+  Manifest m = BuildManifest(model, kChunk);
+  for (size_t i = 0; i < storage.size(); ++i) {
+    EXPECT_EQ(m.tensor_digests[i], XXH3_64bits(storage[i].data(), storage[i].size())) << i;
+  }
+  transfer::ChunkList chunks = ChunkPlan::Make(TensorSizes(model), kChunk).Spans(model);
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    std::vector<unsigned char> bytes;
+    for (size_t s = 0; s < chunks.span_count(i); ++s) {
+      const auto* data = static_cast<const unsigned char*>(chunks.spans(i)[s].data);
+      bytes.insert(bytes.end(), data, data + chunks.spans(i)[s].size);
+    }
+    EXPECT_EQ(m.chunk_digests[i], XXH3_64bits(bytes.data(), bytes.size())) << "chunk " << i;
+    std::vector<unsigned char> copy(bytes.size());
+    transfer::Span out{copy.data(), copy.size()};
+    EXPECT_EQ(CopyAndDigest(reinterpret_cast<const char*>(bytes.data()), &out, 1, true),
+              m.chunk_digests[i]);
+    EXPECT_EQ(copy, bytes);
+  }
+}
+
 TEST(ManifestTest, CarriesTheTableDigestAndSurvivesTheWire) {
   std::vector<std::vector<unsigned char>> storage = {std::vector<unsigned char>(8),
                                                      std::vector<unsigned char>(4)};
