@@ -2,7 +2,6 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,6 +11,8 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
+
+#include "netloader/src/host_memory.h"
 
 namespace netloader {
 namespace {
@@ -349,7 +350,7 @@ HostModel& HostModel::operator=(HostModel&& other) noexcept {
 HostModel::~HostModel() { Release(); }
 
 void HostModel::Release() {
-  if (memory_) munmap(memory_, mapped_bytes_);
+  UnmapHostMemory(memory_, mapped_bytes_);
   memory_ = nullptr;
   mapped_bytes_ = 0;
 }
@@ -362,11 +363,8 @@ Result<HostModel> HostModel::Allocate(const CheckpointLayout& layout) {
     for (const TensorSpec& t : shard.tensors) bytes += AlignUp(t.size_bytes);
   }
   if (bytes > 0) {
-    // MAP_POPULATE pre-faults the pages: first touch of fresh memory is slow on these VMs
-    // (DESIGN.md), and a receive must not pay it chunk by chunk.
-    void* memory = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    if (memory == MAP_FAILED) {
+    void* memory = MapHostMemory(bytes);  // present, writable, huge pages where possible
+    if (memory == nullptr) {
       return Status(StatusCode::kUnavailable,
                     "cannot allocate " + std::to_string(bytes) + " bytes: " + ErrnoText());
     }

@@ -1,22 +1,19 @@
 #include "netloader/src/staging.h"
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cstring>
 #include <string>
 
+#include "netloader/src/host_memory.h"
+
 namespace netloader {
 
-StagingRing::~StagingRing() {
-  if (data_) munmap(data_, slots_ * slot_bytes_);
-}
+StagingRing::~StagingRing() { UnmapHostMemory(data_, slots_ * slot_bytes_); }
 
 Status StagingRing::Allocate(size_t slots, size_t slot_bytes) {
   const size_t bytes = slots * slot_bytes;
-  void* memory = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-  if (memory == MAP_FAILED) {
+  void* memory = MapHostMemory(bytes);
+  if (memory == nullptr) {
     return Status(StatusCode::kUnavailable,
                   "cannot allocate a " + std::to_string(bytes) + "-byte staging ring");
   }

@@ -1,10 +1,14 @@
 #include "netloader/safetensors.h"
 
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 
+#include "netloader/src/host_memory.h"
 #include "tests/support/test_util.h"
 
 namespace netloader {
@@ -223,6 +227,26 @@ INSTANTIATE_TEST_SUITE_P(
       for (char& c : name) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
       return name;
     });
+
+// Tensor memory and staging rings: zeroed, every page already present (a receive must not pay
+// first-touch faults chunk by chunk), and 2 MiB-aligned from 2 MiB up so huge pages can back it.
+TEST(HostMemoryTest, IsZeroedPresentAndHugePageAligned) {
+  EXPECT_EQ(MapHostMemory(0), nullptr);
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  for (size_t bytes : {size_t{1}, page + 1, size_t{2} << 20, (size_t{5} << 20) + 3}) {
+    auto* memory = static_cast<unsigned char*>(MapHostMemory(bytes));
+    ASSERT_NE(memory, nullptr) << bytes;
+    if (bytes >= (2u << 20)) {
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(memory) % (2u << 20), 0u);
+    }
+    std::vector<unsigned char> resident((bytes + page - 1) / page);
+    ASSERT_EQ(mincore(memory, bytes, resident.data()), 0);
+    for (size_t p = 0; p < resident.size(); ++p) ASSERT_TRUE(resident[p] & 1) << "page " << p;
+    EXPECT_EQ(std::count(memory, memory + bytes, 0), static_cast<std::ptrdiff_t>(bytes));
+    std::memset(memory, 0xab, bytes);  // writable to the last byte
+    UnmapHostMemory(memory, bytes);
+  }
+}
 
 TEST(SafetensorsTest, MissingPathIsNotFound) {
   EXPECT_EQ(LayoutError("/nonexistent/model.safetensors").code(), StatusCode::kNotFound);

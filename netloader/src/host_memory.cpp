@@ -1,0 +1,54 @@
+#include "netloader/src/host_memory.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdint>
+
+namespace netloader {
+namespace {
+
+constexpr size_t kHugePage = 2 << 20;
+
+#ifndef MADV_POPULATE_WRITE
+constexpr int MADV_POPULATE_WRITE = 23;  // Linux 5.14
+#endif
+
+// Maps `bytes` starting on a `align` boundary: over-maps, then unmaps the ends.
+void* MapAligned(size_t bytes, size_t align) {
+  const size_t padded = bytes + align;
+  void* raw = mmap(nullptr, padded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  const auto start = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = (start + align - 1) & ~(align - 1);
+  if (aligned > start) munmap(raw, aligned - start);
+  const uintptr_t end = aligned + bytes;
+  if (start + padded > end) munmap(reinterpret_cast<void*>(end), start + padded - end);
+  return reinterpret_cast<void*>(aligned);
+}
+
+}  // namespace
+
+void* MapHostMemory(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  if (bytes < kHugePage) {
+    void* memory = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    return memory == MAP_FAILED ? nullptr : memory;
+  }
+  void* memory = MapAligned(bytes, kHugePage);
+  if (memory == nullptr) return nullptr;
+  (void)madvise(memory, bytes, MADV_HUGEPAGE);  // best effort: THP may be off
+  if (madvise(memory, bytes, MADV_POPULATE_WRITE) != 0) {
+    // Kernels before 5.14: fault every page in by hand.
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    for (size_t at = 0; at < bytes; at += page) static_cast<volatile char*>(memory)[at] = 0;
+  }
+  return memory;
+}
+
+void UnmapHostMemory(void* memory, size_t bytes) {
+  if (memory != nullptr) munmap(memory, bytes);
+}
+
+}  // namespace netloader
