@@ -16,6 +16,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <deque>
@@ -219,15 +220,22 @@ int RoleRawSend(const RoleArgs& args) {
   }
   close(fd);
   Check(netloader::transfer::MakeMpiTransport(Transport(args)), "MPI");
-  char port[MPI_MAX_PORT_NAME];
-  MPI_Open_port(MPI_INFO_NULL, port);
-  std::ofstream(args.port_file + ".tmp") << port << "\n";
-  std::rename((args.port_file + ".tmp").c_str(), args.port_file.c_str());
+  // One port per receiver (PORT_FILE.i), as a netloader server opens one per session: receivers
+  // that connect to one port at the same moment can wedge in Open MPI's PMIx lookup (DESIGN.md).
+  std::vector<std::array<char, MPI_MAX_PORT_NAME>> ports(args.peers);
+  for (int p = 0; p < args.peers; ++p) {
+    MPI_Open_port(MPI_INFO_NULL, ports[p].data());
+    const std::string file = args.port_file + "." + std::to_string(p);
+    std::ofstream(file + ".tmp") << ports[p].data() << "\n";
+    std::rename((file + ".tmp").c_str(), file.c_str());
+  }
   std::vector<MPI_Comm> comms(args.peers);
-  for (MPI_Comm& c : comms) MPI_Comm_accept(port, MPI_INFO_NULL, 0, MPI_COMM_SELF, &c);
+  for (int p = 0; p < args.peers; ++p) {
+    MPI_Comm_accept(ports[p].data(), MPI_INFO_NULL, 0, MPI_COMM_SELF, &comms[p]);
+  }
   Stream(comms.data(), args.peers, data, bytes, args.chunk_bytes, args.window, true);
   for (MPI_Comm& c : comms) MPI_Comm_disconnect(&c);
-  MPI_Close_port(port);
+  for (auto& port : ports) MPI_Close_port(port.data());
   std::cout << json{{"max_rss_kib", MaxRssKiB()}}.dump() << std::endl;
   return 0;
 }
@@ -463,7 +471,7 @@ class Bench {
 
   json RawStreams(int k) {
     const std::string port_file = dir_ + "/raw-port";
-    std::remove(port_file.c_str());
+    for (int i = 0; i < k; ++i) std::remove((port_file + "." + std::to_string(i)).c_str());
     std::vector<std::string> send = Role("raw-send");
     send.insert(send.end(),
                 {"--model", big_, "--port-file", port_file, "--peers", std::to_string(k)});
@@ -471,7 +479,8 @@ class Bench {
     std::vector<std::unique_ptr<Child>> receivers;
     for (int i = 0; i < k; ++i) {
       std::vector<std::string> recv = Role("raw-recv");
-      recv.insert(recv.end(), {"--model", big_, "--port-file", port_file});
+      recv.insert(recv.end(),
+                  {"--model", big_, "--port-file", port_file + "." + std::to_string(i)});
       receivers.push_back(std::make_unique<Child>(recv, dir_ + "/raw-recv" + std::to_string(i)));
     }
     json result = Aggregate(receivers, "raw receiver");
