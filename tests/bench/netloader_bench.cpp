@@ -552,6 +552,19 @@ class Bench {
     return kRounds * block.size() / seconds / 1e9;
   }
 
+  // Seconds of `field` per 1,000 tensors: the least-squares slope over every sample of the
+  // tiny models (one noisy median, such as an MPI connect, cannot make or break it).
+  double GrowthPer1000(const std::string& field) const {
+    double n = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
+    for (int count : tiny_counts_) {
+      for (const json& sample : samples_.at("overhead_" + std::to_string(count))) {
+        const double x = count / 1000.0, y = sample[field].get<double>();
+        n += 1, sx += x, sy += y, sxx += x * x, sxy += x * y;
+      }
+    }
+    return (n * sxy - sx * sy) / (n * sxx - sx * sx);
+  }
+
   static std::string Human(double bytes) {
     char text[32];
     std::snprintf(text, sizeof text, "%.0f MiB", bytes / (1 << 20));
@@ -632,9 +645,12 @@ class Bench {
                            {"samples", samples_.at(n)}};
     }
     const double base = Of("overhead_" + std::to_string(tiny_counts_[0]), "seconds").median;
-    const double top = Of("overhead_" + std::to_string(tiny_counts_.back()), "seconds").median;
-    const double per_1000 = (top - base) / ((tiny_counts_.back() - tiny_counts_[0]) / 1000.0);
-    std::printf("growth: %.2f ms per 1,000 tensors\n", 1e3 * per_1000);
+    const double per_1000 = GrowthPer1000("seconds");
+    std::printf(
+        "growth: %.2f ms per 1,000 tensors (least squares over every sample; register %+.2f, "
+        "connect %+.2f, transfer %+.2f)\n",
+        1e3 * per_1000, 1e3 * GrowthPer1000("register"), 1e3 * GrowthPer1000("connect"),
+        1e3 * GrowthPer1000("transfer"));
     const double model_mib = bytes / double(1 << 20);
     const double client_rss_mib = Of("netloader", "max_rss_kib").median / 1024.0;
     const double server_extra_mib = (server_hwm - server_rss_before) / 1024.0;
