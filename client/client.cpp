@@ -1,4 +1,3 @@
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +11,7 @@
 #include "client/client_internal.h"
 #include "netloader/fingerprint.h"
 #include "netloader/src/auth.h"
+#include "netloader/src/host_memory.h"
 #include "netloader/src/log.h"
 #include "netloader/src/manifest.h"
 #include "netloader/src/staging.h"
@@ -202,9 +202,6 @@ class Heartbeats {
 // the destination writable again in one call, without faults. Contents are untouched. Best
 // effort: older kernels or non-writable ranges just skip it.
 void PrefaultForWrite(const ModelView& model) {
-#ifndef MADV_POPULATE_WRITE
-  constexpr int MADV_POPULATE_WRITE = 23;
-#endif
   // One call per run of adjacent tensors, not per tensor: models have thousands of small ones.
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   std::vector<std::pair<uintptr_t, uintptr_t>> ranges;
@@ -220,7 +217,7 @@ void PrefaultForWrite(const ModelView& model) {
     for (++i; i < ranges.size() && ranges[i].first <= end + page; ++i) {
       end = std::max(end, ranges[i].second);
     }
-    madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
+    (void)PopulateForWrite(reinterpret_cast<void*>(begin), end - begin);
   }
 }
 

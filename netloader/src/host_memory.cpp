@@ -10,10 +10,6 @@ namespace {
 
 constexpr size_t kHugePage = 2 << 20;
 
-#ifndef MADV_POPULATE_WRITE
-constexpr int MADV_POPULATE_WRITE = 23;  // Linux 5.14
-#endif
-
 // Maps `bytes` starting on a `align` boundary: over-maps, then unmaps the ends.
 void* MapAligned(size_t bytes, size_t align) {
   const size_t padded = bytes + align;
@@ -39,12 +35,19 @@ void* MapHostMemory(size_t bytes) {
   void* memory = MapAligned(bytes, kHugePage);
   if (memory == nullptr) return nullptr;
   (void)madvise(memory, bytes, MADV_HUGEPAGE);  // best effort: THP may be off
-  if (madvise(memory, bytes, MADV_POPULATE_WRITE) != 0) {
+  if (!PopulateForWrite(memory, bytes)) {
     // Kernels before 5.14: fault every page in by hand.
     const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
     for (size_t at = 0; at < bytes; at += page) static_cast<volatile char*>(memory)[at] = 0;
   }
   return memory;
+}
+
+bool PopulateForWrite(void* memory, size_t bytes) {
+#ifndef MADV_POPULATE_WRITE
+  constexpr int MADV_POPULATE_WRITE = 23;  // Linux 5.14
+#endif
+  return madvise(memory, bytes, MADV_POPULATE_WRITE) == 0;
 }
 
 void UnmapHostMemory(void* memory, size_t bytes) {

@@ -9,7 +9,6 @@
 #include <fcntl.h>
 #include <mpi.h>
 #include <signal.h>
-#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -248,10 +247,7 @@ int RoleRawRecv(const RoleArgs& args) {
   const std::string port = netloader::testing::WaitForLine(args.port_file, 60s);
   if (port.empty()) Die("no port from raw-send");
   Check(netloader::transfer::MakeMpiTransport(Transport(args)), "MPI");
-#ifndef MADV_POPULATE_WRITE
-  constexpr int MADV_POPULATE_WRITE = 23;
-#endif
-  madvise(data, std::max<uint64_t>(bytes, 1), MADV_POPULATE_WRITE);  // as netloader's client does
+  netloader::PopulateForWrite(data, std::max<uint64_t>(bytes, 1));  // as netloader's client does
   MPI_Comm comm;
   MPI_Comm_connect(port.c_str(), MPI_INFO_NULL, 0, MPI_COMM_SELF, &comm);
   const auto start = Clock::now();

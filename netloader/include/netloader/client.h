@@ -106,7 +106,7 @@ NETLOADER_EXPORT void PrepareMpiEnvironment(const TransportOptions& options);
 // ChecksumMismatch, ...).
 // Speed: fresh destination memory is filled fastest when it is backed by huge pages. Allocate
 // large buffers 2 MiB-aligned and madvise(MADV_HUGEPAGE) them before their first touch (what
-// HostModel::Allocate does); on the benchmark's VMs that tripled the load rate (DESIGN.md).
+// HostModel::Allocate does); on the benchmark's VMs that made loads about 4x faster (DESIGN.md).
 NETLOADER_EXPORT Result<LoadStats> Load(const ClientOptions& options, const ModelView& destination);
 
 // Re-verifies a loaded model at any later time (the buffers Load filled, or a copy of them such
