@@ -22,9 +22,19 @@ class ChunkList {
     starts_.push_back(spans_.size());
     bytes_.push_back(0);
   }
+  // A span that starts where the chunk's previous one ends extends it: tensors that lie back to
+  // back in memory then travel without being gathered (a server sends single-span chunks in
+  // place).
   void AddSpan(void* data, size_t size) {
-    spans_.push_back({data, size});
     bytes_.back() += size;
+    if (spans_.size() > starts_.back()) {
+      Span& last = spans_.back();
+      if (static_cast<char*>(last.data) + last.size == data) {
+        last.size += size;
+        return;
+      }
+    }
+    spans_.push_back({data, size});
   }
 
   size_t size() const { return starts_.size(); }

@@ -41,6 +41,31 @@ TEST(ChunkPlanTest, SplitsLargeTensorsCoalescesSmallOnesAndSkipsEmptyOnes) {
   }
 }
 
+TEST(ChunkPlanTest, TensorsBackToBackInMemoryBecomeOneSpan) {
+  // Four tensors in one buffer: [0, 100) [100, 150) [150, 250), a gap, then [300, 400).
+  std::vector<char> memory(400);
+  ModelView model;
+  const std::vector<std::pair<size_t, size_t>> placed = {
+      {0, 100}, {100, 50}, {150, 100}, {300, 100}};
+  for (const auto& [offset, size] : placed) {
+    model.tensors.push_back({"t" + std::to_string(offset),
+                             DType::kU8,
+                             {static_cast<int64_t>(size)},
+                             &memory[offset],
+                             size});
+  }
+  transfer::ChunkList chunks = ChunkPlan::Make(TensorSizes(model), 1000).Spans(model);
+  ASSERT_EQ(chunks.size(), 1u);
+  ASSERT_EQ(chunks.span_count(0), 2u) << "0..250 is one run; 300..400 another";
+  EXPECT_EQ(chunks.spans(0)[0].data, memory.data());
+  EXPECT_EQ(chunks.spans(0)[0].size, 250u);
+  EXPECT_EQ(chunks.spans(0)[1].data, &memory[300]);
+  EXPECT_EQ(chunks.bytes(0), 350u);
+  // Runs never cross a chunk boundary: each chunk is its own message.
+  transfer::ChunkList small = ChunkPlan::Make(TensorSizes(model), 100).Spans(model);
+  for (size_t c = 0; c < small.size(); ++c) EXPECT_LE(small.bytes(c), 100u);
+}
+
 TEST(ChunkPlanTest, AllEmptyModelHasNoChunks) {
   EXPECT_EQ(ChunkPlan::Make({0, 0}, 4096).size(), 0u);
 }
