@@ -329,15 +329,19 @@ class Attempt {
 
     Log().debug("connected to {} over MPI; receiving {} chunks", source_, plan.size());
     const transfer::ChunkList chunks = plan.Spans(destination_);
-    // What the data plane receives into: the destination itself, or a ring of window slots
-    // (chunk i lands in slot i % window; the stream posts chunk i + window only after chunk i's
-    // callback returned, so a slot is never overwritten before it was copied out).
+    // What the data plane receives into: the destination itself, or for chunks of several
+    // spans a ring of window slots (chunk i lands in slot i % window; the stream posts chunk
+    // i + window only after chunk i's callback returned, so a slot is never overwritten before
+    // it was copied out). A one-span chunk always lands in place.
     StagingRing ring;
     transfer::ChunkList staged;
     if (options_.staged_receive) {
-      Status made = ring.Allocate(static_cast<size_t>(options_.window), LargestChunk(chunks));
-      if (!made.ok()) return made;
-      staged = StagedChunks(chunks, ring);
+      const uint64_t slot_bytes = LargestChunk(chunks, /*multi_span_only=*/true);
+      if (slot_bytes > 0) {
+        Status made = ring.Allocate(static_cast<size_t>(options_.window), slot_bytes);
+        if (!made.ok()) return made;
+      }
+      staged = StagedMultiSpanChunks(chunks, ring);
     }
     const transfer::ChunkList& wire_chunks = options_.staged_receive ? staged : chunks;
     const uint64_t total = destination_.total_bytes();
@@ -349,7 +353,7 @@ class Attempt {
     stream.cancel = &beats_->lost();
     Status status = (*channel)->Receive(wire_chunks, stream, [&](size_t i) -> Status {
       uint64_t digest = manifest->chunk_digests[i];
-      if (options_.staged_receive) {
+      if (wire_chunks.spans(i)[0].data != chunks.spans(i)[0].data) {  // staged
         const auto* slot = static_cast<const char*>(wire_chunks.spans(i)[0].data);
         const uint64_t copied =
             CopyAndDigest(slot, chunks.spans(i), chunks.span_count(i), tuning_.verify_chunks);

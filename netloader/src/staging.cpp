@@ -23,15 +23,6 @@ Status StagingRing::Allocate(size_t slots, size_t slot_bytes) {
   return Status::Ok();
 }
 
-transfer::ChunkList StagedChunks(const transfer::ChunkList& chunks, const StagingRing& ring) {
-  transfer::ChunkList staged;
-  for (size_t i = 0; i < chunks.size(); ++i) {
-    staged.BeginChunk();
-    staged.AddSpan(ring.slot(i), chunks.bytes(i));
-  }
-  return staged;
-}
-
 transfer::ChunkList StagedMultiSpanChunks(const transfer::ChunkList& chunks,
                                           const StagingRing& ring) {
   transfer::ChunkList staged;

@@ -28,9 +28,6 @@ class StagingRing {
   size_t slot_bytes_ = 0;
 };
 
-// `chunks` with every chunk replaced by its ring slot (receiving: all chunks arrive contiguous).
-transfer::ChunkList StagedChunks(const transfer::ChunkList& chunks, const StagingRing& ring);
-
 // `chunks` with each multi-span chunk replaced by its ring slot; single-span chunks (slices of
 // large tensors) keep pointing at their own memory, so they still travel without a copy.
 transfer::ChunkList StagedMultiSpanChunks(const transfer::ChunkList& chunks,

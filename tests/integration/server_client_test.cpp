@@ -16,6 +16,7 @@
 
 #include "client/client_internal.h"
 #include "netloader/secret.h"
+#include "netloader/src/manifest.h"
 #include "netloader/src/wire.h"
 #include "server/server_internal.h"
 #include "tests/support/test_util.h"
@@ -230,19 +231,37 @@ TEST_F(ServerClientFaultTest, CorruptedChunkIsDetectedNamingTheTensorAndNothingI
   OwnedModel source(40, seed_, true);
   auto server = internal::StartServer(SmallChunks(), source.view, transport_);
   ASSERT_TRUE(server.ok());
-  OwnedModel dest = source.EmptyLike();
-  auto faulty = transfer::MakeFaultyTransport(transport_, {transfer::FaultSpec::Kind::kCorrupt, 3});
-  Result<LoadStats> stats =
-      internal::Load(ClientFor((*server)->endpoint()), dest.view, Inproc(faulty));
-  ASSERT_FALSE(stats.ok());
-  EXPECT_EQ(stats.status().code(), StatusCode::kChecksumMismatch);
-  EXPECT_NE(stats.status().message().find("chunk 3 ('layer."), std::string::npos)
-      << stats.status().message();
-  // The server hears about it and frees the session.
-  for (int i = 0; i < 300 && (*server)->stats().clients_failed == 0; ++i) {
+  // Both ways a chunk reaches the client: a slice of one large tensor lands in place, several
+  // small tensors coalesced land in the staging ring and are copied out.
+  const ChunkPlan plan = ChunkPlan::Make(TensorSizes(source.view), SmallChunks().chunk_bytes);
+  std::vector<size_t> corrupted;
+  for (bool coalesced : {false, true}) {
+    for (size_t c = 0; c < plan.size(); ++c) {
+      if ((plan.piece_count(c) > 1) == coalesced) {
+        corrupted.push_back(c);
+        break;
+      }
+    }
+  }
+  ASSERT_EQ(corrupted.size(), 2u) << "the model has no slice or no coalesced chunk";
+  for (size_t chunk : corrupted) {
+    SCOPED_TRACE("chunk " + std::to_string(chunk));
+    OwnedModel dest = source.EmptyLike();
+    auto faulty =
+        transfer::MakeFaultyTransport(transport_, {transfer::FaultSpec::Kind::kCorrupt, chunk});
+    Result<LoadStats> stats =
+        internal::Load(ClientFor((*server)->endpoint()), dest.view, Inproc(faulty));
+    ASSERT_FALSE(stats.ok());
+    EXPECT_EQ(stats.status().code(), StatusCode::kChecksumMismatch);
+    EXPECT_NE(stats.status().message().find("chunk " + std::to_string(chunk) + " ('layer."),
+              std::string::npos)
+        << stats.status().message();
+  }
+  // The server hears about each and frees the sessions.
+  for (int i = 0; i < 300 && (*server)->stats().clients_failed < 2; ++i) {
     std::this_thread::sleep_for(10ms);
   }
-  EXPECT_EQ((*server)->stats().clients_failed, 1u);
+  EXPECT_EQ((*server)->stats().clients_failed, 2u);
   EXPECT_EQ((*server)->stats().active_transfers, 0);
 }
 

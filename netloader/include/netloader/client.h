@@ -44,11 +44,11 @@ struct ClientOptions {
   // The shared secret (netloader/secret.h) the sources hold; empty: talk to sources that run
   // without one. A mismatch either way fails the attempt at once with PermissionDenied.
   std::string secret;
-  // Receive each chunk into a small reused ring (window x chunk size), verify it there and copy
-  // it into the destination, instead of receiving straight into the destination. One extra
-  // memcpy per byte, but each destination page is then first touched once, by user-space code,
-  // rather than by the kernel's socket copy and again by verification. Where first touches of
-  // fresh memory are expensive (virtual machines; see DESIGN.md) this was measured 2x faster.
+  // Receive each chunk that coalesces several small tensors into a small reused ring (window x
+  // chunk size), verify it there and copy it into place, instead of receiving it straight into
+  // the destination (an MPI datatype scattering into many small tensors is slow: measured 19 %
+  // of raw MPI over TCP, BENCHMARKS.md). Chunks that are one contiguous span (slices of large
+  // tensors, or small tensors lying back to back) always land in place and are verified there.
   bool staged_receive = true;
   ProgressCallback progress;  // optional
   // Optional. Called on the loading thread just before each MPI connect to a source (kBefore)
