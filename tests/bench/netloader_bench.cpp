@@ -290,6 +290,7 @@ struct Options {
   int window = 4;
   std::string json_path;
   std::string workdir;
+  std::string checkpoint;  // measure this checkpoint instead of a generated one
 };
 
 class Bench {
@@ -305,9 +306,11 @@ class Bench {
     setenv("NETLOADER_SECRET_FILE", (tmp_->path() + "/secret").c_str(), 1);
     Prepare();
     StartRendezvousAndServer();
-    const uint64_t bytes = FileDataBytes(big_, nullptr);
-    std::fprintf(stderr, "model: %s, %d tensors; %d repetitions\n", Human(bytes).c_str(),
-                 o_.tensors, o_.reps);
+    std::vector<std::pair<uint64_t, uint64_t>> tensors;
+    const uint64_t bytes = FileDataBytes(big_, &tensors);
+    tensor_count_ = tensors.size();
+    std::fprintf(stderr, "model: %s (%s), %zu tensors; %d repetitions\n", big_.c_str(),
+                 Human(bytes).c_str(), tensor_count_, o_.reps);
     // Each repetition runs every row once, in an order rotated by one per repetition, so that
     // what one run leaves behind (the raw pair frees 2 GiB as it exits) does not always fall on
     // the same next row.
@@ -359,12 +362,16 @@ class Bench {
   }
 
   void Prepare() {
-    big_ = dir_ + "/model";
-    netloader::examples::CheckpointSpec spec;
-    spec.total_bytes = static_cast<uint64_t>(o_.size_mib * (1 << 20));
-    spec.tensors = o_.tensors;
-    spec.seed = 7;
-    Check(netloader::examples::GenerateCheckpoint(big_, spec), "generate");
+    if (o_.checkpoint.empty()) {
+      big_ = dir_ + "/model";
+      netloader::examples::CheckpointSpec spec;
+      spec.total_bytes = static_cast<uint64_t>(o_.size_mib * (1 << 20));
+      spec.tensors = o_.tensors;
+      spec.seed = 7;
+      Check(netloader::examples::GenerateCheckpoint(big_, spec), "generate");
+    } else {
+      big_ = o_.checkpoint;
+    }
     for (int count : tiny_counts_) {
       netloader::examples::CheckpointSpec tiny;
       tiny.tensors = count;
@@ -572,7 +579,8 @@ class Bench {
     utsname uts{};
     uname(&uts);
     out["config"] = {{"bytes", bytes},
-                     {"tensors", o_.tensors},
+                     {"tensors", tensor_count_},
+                     {"checkpoint", o_.checkpoint.empty() ? "generated" : o_.checkpoint},
                      {"chunk_bytes", o_.chunk_mib << 20},
                      {"window", o_.window},
                      {"pml", "ucx (UCX_TLS=tcp, lo)"},
@@ -670,6 +678,7 @@ class Bench {
   std::string self_;
   std::unique_ptr<netloader::testing::TempDir> tmp_;
   std::string dir_, big_, rendezvous_spec_;
+  size_t tensor_count_ = 0;
   const std::vector<int> tiny_counts_ = {4, 1004, 4004};
   std::vector<std::string> tiny_;
   std::vector<std::string> endpoints_;
@@ -701,6 +710,10 @@ int main(int argc, char** argv) {
   app.add_option("--window", o.window, "Messages in flight (netloader and raw MPI)")
       ->capture_default_str();
   app.add_option("--json", o.json_path, "Write the results as JSON to this file");
+  app.add_option("--checkpoint", o.checkpoint,
+                 "Measure this checkpoint (a .safetensors file, or a directory of shards) instead "
+                 "of generating one; --size-mib and --tensors are then ignored")
+      ->check(CLI::ExistingPath);
   app.add_option("--workdir", o.workdir, "Where to put the checkpoints (default: a temp dir)");
   // Internal: the processes being measured.
   app.add_option("--role", role.role)->group("");
