@@ -9,6 +9,7 @@
 
 #include <mpi.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
@@ -91,11 +92,17 @@ int main(int argc, char** argv) {
   app.add_flag("--keep-running", keep_running, "After decoding, keep serving until SIGINT/SIGTERM");
   app.add_flag("--decode-loop", decode_loop,
                "With --keep-running: keep decoding the prompt again and again meanwhile, one "
-               "JSON line per token from rank 0 ({\"decoded_tokens\": N, \"ms\": epoch ms})");
+               "JSON line per token from rank 0 ({\"decoded_tokens\": N, \"ms\": epoch ms, "
+               "\"serving\": transfers in progress})");
   std::string log_level = "info";
   netloader::cli::AddLogLevelOption(app, &log_level);
   app.add_flag("--testing-corrupt-served-weights", corrupt,
                "Fault tests only: flip one bit of the weights after serving starts")
+      ->group("");  // hidden
+  std::string hold_file;
+  app.add_option("--testing-hold-load", hold_file,
+                 "Tests only: after the first verified chunk, hold the load (up to 60 s) until "
+                 "this file exists, so that a transfer is known to be in progress meanwhile")
       ->group("");  // hidden
   CLI11_PARSE(app, argc, argv);
   netloader::cli::ApplyLogLevel(log_level);
@@ -231,6 +238,17 @@ int main(int argc, char** argv) {
       options.connect_hook = [&](netloader::ConnectEvent event) {
         event == netloader::ConnectEvent::kBefore ? take_turn() : pass_turn();
       };
+      bool held = hold_file.empty();
+      options.progress = [&](uint64_t, uint64_t) {
+        if (held) return;
+        held = true;
+        std::fprintf(stderr, "%s: holding the load after its first chunk until %s exists\n",
+                     who.c_str(), hold_file.c_str());
+        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+        while (access(hold_file.c_str(), F_OK) != 0 && std::chrono::steady_clock::now() < until) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+      };
       netloader::Result<netloader::LoadStats> stats = netloader::Load(options, weights.view());
       if (stats.ok()) {
         loaded_from = stats->source;
@@ -305,7 +323,11 @@ int main(int argc, char** argv) {
   for (bool running = keep_running; running;) {
     if (decode_loop) {
       llama::Generation again = engine.Generate(prompt_tokens, max_tokens, [&](int) {
-        if (rank == 0) PrintLine({{"rank", 0}, {"decoded_tokens", ++decoded}, {"ms", EpochMs()}});
+        if (rank != 0) return;
+        // How many transfers this instance's server has in progress as the token is done.
+        const int serving = server ? server->stats().active_transfers : 0;
+        PrintLine(
+            {{"rank", 0}, {"decoded_tokens", ++decoded}, {"ms", EpochMs()}, {"serving", serving}});
       });
       if (again.tokens != generation.tokens) return fail("decoding is not deterministic", 1);
     } else {

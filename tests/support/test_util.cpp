@@ -93,11 +93,7 @@ void Child::Signal(int signal) {
 }
 
 int Child::Wait(std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (Running() && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  if (Running()) {
+  if (!WaitFor([this] { return !Running(); }, timeout)) {
     kill(-pid_, SIGKILL);
     kill(pid_, SIGKILL);
     waitpid(pid_, &status_, 0);
@@ -108,15 +104,27 @@ int Child::Wait(std::chrono::milliseconds timeout) {
   return -1;
 }
 
-std::string WaitForLine(const std::string& path, std::chrono::milliseconds timeout) {
+bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::string text = ReadFile(path);
-    const size_t newline = text.find('\n');
-    if (newline != std::string::npos && newline > 0) return text.substr(0, newline);
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  return "";
+  return true;
+}
+
+std::string WaitForLine(const std::string& path, std::chrono::milliseconds timeout) {
+  std::string line;
+  WaitFor(
+      [&] {
+        const std::string text = ReadFile(path);
+        const size_t newline = text.find('\n');
+        if (newline == std::string::npos || newline == 0) return false;
+        line = text.substr(0, newline);
+        return true;
+      },
+      timeout);
+  return line;
 }
 
 Rendezvous::Rendezvous(const TempDir& dir)

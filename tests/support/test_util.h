@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -53,6 +54,12 @@ class Child {
   std::string stdout_path_;
   std::string stderr_path_;
 };
+
+// Waits until `condition` holds, looking every few milliseconds, for at most `timeout`; true when
+// it held. Tests wait for what another thread or process does only through this, with a deadline
+// far beyond the expected time (sanitizers and a loaded machine slow everything down), never
+// with a fixed sleep.
+bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds timeout);
 
 // Polls `path` until it holds a non-empty first line, or the timeout passes ("" then).
 std::string WaitForLine(const std::string& path, std::chrono::milliseconds timeout);
