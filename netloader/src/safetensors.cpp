@@ -93,7 +93,7 @@ class Fd {
   int fd_;
 };
 
-Result<ShardLayout> ReadShardLayout(const std::string& path) {
+Result<ShardLayout> ReadShardLayout(const std::string& path, LayoutRead mode) {
   Fd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return OpenFailed(path);
   struct stat st;
@@ -117,10 +117,12 @@ Result<ShardLayout> ReadShardLayout(const std::string& path) {
   std::string header(header_len, '\0');
   read = PreadAll(fd.get(), header.data(), header_len, 8, path);
   if (!read.ok()) return read;
-  return ParseSafetensorsHeader(header, file_size - 8 - header_len, path);
+  const uint64_t data_bytes =
+      mode == LayoutRead::kHeadersOnly ? UINT64_MAX : file_size - 8 - header_len;
+  return ParseSafetensorsHeader(header, data_bytes, path);
 }
 
-Result<CheckpointLayout> ReadIndexed(const std::string& index_path) {
+Result<CheckpointLayout> ReadIndexed(const std::string& index_path, LayoutRead mode) {
   Fd fd(open(index_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return OpenFailed(index_path);
   struct stat st;
@@ -154,7 +156,7 @@ Result<CheckpointLayout> ReadIndexed(const std::string& index_path) {
   const std::string dir = DirName(index_path);
   size_t listed = 0;
   for (const std::string& file : files) {
-    Result<ShardLayout> shard = ReadShardLayout(dir + "/" + file);
+    Result<ShardLayout> shard = ReadShardLayout(dir + "/" + file, mode);
     if (!shard.ok()) return shard.status();
     for (const TensorSpec& t : shard->tensors) {
       auto entry = map_it->find(t.name);
@@ -208,7 +210,8 @@ Result<ShardLayout> ParseSafetensorsHeader(const std::string& header, uint64_t d
   std::vector<Range> ranges;
   for (auto& [name, entry] : doc.items()) {
     if (name == "__metadata__") {
-      if (!entry.is_object()) return Invalid(path, "__metadata__ is not an object");
+      if (entry.is_null()) continue;  // MLX writes null for "no metadata"; so reads the reference
+      if (!entry.is_object()) return Invalid(path, "__metadata__ is not an object or null");
       for (auto& [key, value] : entry.items()) {
         if (!value.is_string())
           return Invalid(path, "__metadata__[\"" + key + "\"] is not a string");
@@ -269,9 +272,12 @@ Result<ShardLayout> ParseSafetensorsHeader(const std::string& header, uint64_t d
     ranges.push_back({begin, end, shard.tensors.size()});
     shard.tensors.push_back(std::move(spec));
   }
-  // Storage order is data order. Zero-byte tensors sort by offset too and overlap nothing.
-  std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  // Storage order is data order. Zero-byte tensors sort by offset too and overlap nothing; those
+  // at the same offset go by name, so every reader lists them in one order (PROTOCOL.md).
+  std::sort(ranges.begin(), ranges.end(), [&](const Range& a, const Range& b) {
+    if (a.begin != b.begin) return a.begin < b.begin;
+    if (a.end != b.end) return a.end < b.end;
+    return shard.tensors[a.index].name < shard.tensors[b.index].name;
   });
   uint64_t covered_to = 0;
   const TensorSpec* previous = nullptr;
@@ -292,14 +298,14 @@ Result<ShardLayout> ParseSafetensorsHeader(const std::string& header, uint64_t d
   return shard;
 }
 
-Result<CheckpointLayout> ReadCheckpointLayout(const std::string& path) {
+Result<CheckpointLayout> ReadCheckpointLayout(const std::string& path, LayoutRead mode) {
   struct stat st;
   if (stat(path.c_str(), &st) != 0) {
     return Status(StatusCode::kNotFound, path + ": no such file or directory");
   }
   if (S_ISDIR(st.st_mode)) {
     const std::string index = path + "/" + kIndexName;
-    if (access(index.c_str(), F_OK) == 0) return ReadIndexed(index);
+    if (access(index.c_str(), F_OK) == 0) return ReadIndexed(index, mode);
     std::vector<std::string> files;
     if (DIR* dir = opendir(path.c_str())) {
       while (dirent* e = readdir(dir)) {
@@ -315,7 +321,7 @@ Result<CheckpointLayout> ReadCheckpointLayout(const std::string& path) {
     CheckpointLayout layout;
     std::set<std::string> names;
     for (const std::string& file : files) {
-      Result<ShardLayout> shard = ReadShardLayout(file);
+      Result<ShardLayout> shard = ReadShardLayout(file, mode);
       if (!shard.ok()) return shard.status();
       for (const TensorSpec& t : shard->tensors) {
         if (!names.insert(t.name).second) {
@@ -326,8 +332,8 @@ Result<CheckpointLayout> ReadCheckpointLayout(const std::string& path) {
     }
     return layout;
   }
-  if (EndsWith(path, ".json")) return ReadIndexed(path);
-  Result<ShardLayout> shard = ReadShardLayout(path);
+  if (EndsWith(path, ".json")) return ReadIndexed(path, mode);
+  Result<ShardLayout> shard = ReadShardLayout(path, mode);
   if (!shard.ok()) return shard.status();
   CheckpointLayout layout;
   layout.shards.push_back(std::move(*shard));
@@ -449,6 +455,13 @@ Status WriteSafetensors(const std::string& path, const std::vector<TensorView>& 
   return Status::Ok();
 }
 
+std::vector<std::string> CheckpointFileNames(const CheckpointLayout& layout) {
+  std::vector<std::string> names;
+  for (const ShardLayout& shard : layout.shards) names.push_back(BaseName(shard.path));
+  if (layout.indexed) names.push_back(kIndexName);
+  return names;
+}
+
 Status WriteCheckpoint(const std::string& dir, const CheckpointLayout& layout,
                        const ModelView& model) {
   if (model.tensors.size() != layout.tensor_count()) {
@@ -459,10 +472,12 @@ Status WriteCheckpoint(const std::string& dir, const CheckpointLayout& layout,
   std::error_code error;
   std::filesystem::create_directories(dir, error);
   if (error) return Status(StatusCode::kUnavailable, dir + ": cannot create: " + error.message());
+  const std::vector<std::string> files = CheckpointFileNames(layout);
   size_t index = 0;
   ordered_json weight_map = ordered_json::object();
-  for (const ShardLayout& shard : layout.shards) {
-    const std::string file = BaseName(shard.path);
+  for (size_t s = 0; s < layout.shards.size(); ++s) {
+    const ShardLayout& shard = layout.shards[s];
+    const std::string& file = files[s];
     std::vector<TensorView> tensors(model.tensors.begin() + index,
                                     model.tensors.begin() + index + shard.tensors.size());
     index += shard.tensors.size();

@@ -154,6 +154,88 @@ TEST(SafetensorsTest, IndexThatMapsATensorToTheWrongFileIsRejected) {
       << status.message();
 }
 
+// Files other tools write, each accepted as the reference reader accepts it.
+
+TEST(SafetensorsTest, NullMetadataAsMlxWritesItMeansNoMetadata) {
+  TempDir dir;
+  const std::string path = MakeFile(
+      dir, R"({"__metadata__":null,"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})", 4);
+  Result<CheckpointLayout> layout = ReadCheckpointLayout(path);
+  ASSERT_TRUE(layout.ok()) << layout.status().ToString();
+  EXPECT_TRUE(layout->shards[0].metadata.empty());
+  ASSERT_EQ(layout->tensor_count(), 1u);
+  EXPECT_EQ(layout->shards[0].tensors[0].name, "w");
+}
+
+TEST(SafetensorsTest, EmptyMetadataObjectIsAccepted) {
+  TempDir dir;
+  const std::string path = MakeFile(
+      dir, R"({"__metadata__":{},"w":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", 2);
+  Result<CheckpointLayout> layout = ReadCheckpointLayout(path);
+  ASSERT_TRUE(layout.ok()) << layout.status().ToString();
+  EXPECT_TRUE(layout->shards[0].metadata.empty());
+}
+
+// The header lists tensors in one order (JSON keys), the data lies in another: storage order is
+// the data's. The header is not padded to 8 bytes, so the data starts at an odd offset.
+TEST(SafetensorsTest, DataOutOfHeaderOrderInAnUnpaddedFileIsReadInDataOrder) {
+  TempDir dir;
+  const std::string header = R"({"a":{"dtype":"U8","shape":[3],"data_offsets":[5,8]},)"
+                             R"("z":{"dtype":"U8","shape":[5],"data_offsets":[0,5]}})";
+  ASSERT_NE((8 + header.size()) % 8, 0u) << "the test needs an unpadded header";
+  const std::string path = dir / "t.safetensors";
+  testing::WriteFile(path, Prefixed(header) + "ZZZZZAAA");
+  Result<CheckpointLayout> layout = ReadCheckpointLayout(path);
+  ASSERT_TRUE(layout.ok()) << layout.status().ToString();
+  ASSERT_EQ(layout->tensor_count(), 2u);
+  EXPECT_EQ(layout->shards[0].tensors[0].name, "z");
+  EXPECT_EQ(layout->shards[0].tensors[1].name, "a");
+  Result<HostModel> model = HostModel::Load(*layout);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  EXPECT_EQ(std::string(static_cast<const char*>(model->view().tensors[0].data), 5), "ZZZZZ");
+  EXPECT_EQ(std::string(static_cast<const char*>(model->view().tensors[1].data), 3), "AAA");
+}
+
+// Zero-byte tensors lying at one offset are ordered by name, whatever order the header gives:
+// the tensor table, and so its digest, must not depend on which reader built it.
+TEST(SafetensorsTest, ZeroByteTensorsAtOneOffsetAreOrderedByName) {
+  TempDir dir;
+  const std::string path = MakeFile(dir,
+                                    R"({"m":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},)"
+                                    R"("b":{"dtype":"U8","shape":[0,3],"data_offsets":[4,4]},)"
+                                    R"("k":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
+                                    R"("y":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}})",
+                                    4);
+  Result<CheckpointLayout> layout = ReadCheckpointLayout(path);
+  ASSERT_TRUE(layout.ok()) << layout.status().ToString();
+  std::vector<std::string> names;
+  for (const TensorSpec& t : layout->shards[0].tensors) names.push_back(t.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"y", "k", "b", "m"}));
+}
+
+// A layout file: a safetensors header without its data, as a user ships a model's layout to
+// the machines that will load it. Read for the layout it is accepted; as a checkpoint it is not.
+TEST(SafetensorsTest, AHeaderOnlyLayoutFileIsALayoutButNotACheckpoint) {
+  TempDir dir;
+  const std::string path =
+      MakeFile(dir, R"({"w":{"dtype":"BF16","shape":[64,32],"data_offsets":[0,4096]}})", 0);
+  Result<CheckpointLayout> layout = ReadCheckpointLayout(path, LayoutRead::kHeadersOnly);
+  ASSERT_TRUE(layout.ok()) << layout.status().ToString();
+  EXPECT_EQ(layout->total_bytes(), 4096u);
+  EXPECT_EQ(layout->shards[0].tensors[0].shape, (std::vector<int64_t>{64, 32}));
+  Status as_checkpoint = LayoutError(path);
+  EXPECT_EQ(as_checkpoint.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(as_checkpoint.message().find("run past the 0 data bytes"), std::string::npos)
+      << as_checkpoint.message();
+  // Still a well-formed header: sizes and overlaps are checked all the same.
+  const std::string bad =
+      MakeFile(dir, R"({"w":{"dtype":"BF16","shape":[64,32],"data_offsets":[0,4000]}})", 0);
+  Result<CheckpointLayout> refused = ReadCheckpointLayout(bad, LayoutRead::kHeadersOnly);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("do not match shape x dtype"), std::string::npos)
+      << refused.status().message();
+}
+
 struct Malformed {
   const char* what;
   std::string header;  // empty: use `raw` as the whole file
@@ -220,6 +302,8 @@ INSTANTIATE_TEST_SUITE_P(
             R"({"a":{"dtype":"F64","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})", 8,
             "overflows", ""},
         Malformed{"bad metadata", R"({"__metadata__":{"k":5}})", 0, "is not a string", ""},
+        Malformed{"metadata not an object", R"({"__metadata__":[1]})", 0,
+                  "__metadata__ is not an object or null", ""},
         Malformed{"offsets wrong type", R"({"a":{"dtype":"U8","shape":[1],"data_offsets":"0-1"}})",
                   1, "two non-negative integers", ""}),
     [](const ::testing::TestParamInfo<Malformed>& param) {

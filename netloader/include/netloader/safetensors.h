@@ -21,7 +21,8 @@ struct TensorSpec {
   uint64_t file_offset = 0;  // absolute byte offset of the tensor's data in its file
 };
 
-// One .safetensors file: its tensors in storage order (ascending data offset).
+// One .safetensors file: its tensors in storage order: ascending data offsets (begin, then end),
+// tensors at the same offsets (zero-byte ones) by name, bytewise (PROTOCOL.md, "Storage order").
 struct ShardLayout {
   std::string path;
   std::map<std::string, std::string> metadata;  // the "__metadata__" block, kept verbatim
@@ -39,14 +40,26 @@ struct CheckpointLayout {
   uint64_t total_bytes() const;
 };
 
+// What ReadCheckpointLayout asks of the files.
+enum class LayoutRead {
+  // Each file holds its tensors' data: offsets must lie within the file.
+  kCheckpoint,
+  // Only the layout matters (what a loading client needs; tensor data is never read): a file may
+  // also be a *layout file*, the 8-byte length and JSON header of a safetensors file without the
+  // data. Offsets are still checked against each other (sizes, overlaps), not against the file.
+  kHeadersOnly,
+};
+
 // Reads only headers. `path` is a .safetensors file, a model.safetensors.index.json, or a
 // directory holding either (an index if present, else every *.safetensors file in it).
 // Malformed input gives InvalidArgument naming the file and what is wrong; missing input NotFound.
-NETLOADER_EXPORT Result<CheckpointLayout> ReadCheckpointLayout(const std::string& path);
+NETLOADER_EXPORT Result<CheckpointLayout> ReadCheckpointLayout(
+    const std::string& path, LayoutRead read = LayoutRead::kCheckpoint);
 
 // Parses one file's header bytes (the JSON after the 8-byte length), given how many bytes of
-// tensor data follow it. Checks dtypes, shapes, offsets in bounds, sizes = shape x dtype and no
-// overlaps. `path` only labels errors. Exposed for tests and fuzzing.
+// tensor data follow it (UINT64_MAX: unknown, do not check). Checks dtypes, shapes, offsets in
+// bounds, sizes = shape x dtype and no overlaps. "__metadata__" may be an object of strings or
+// null (no metadata). `path` only labels errors. Exposed for tests and fuzzing.
 NETLOADER_EXPORT Result<ShardLayout> ParseSafetensorsHeader(const std::string& header,
                                                             uint64_t data_bytes,
                                                             const std::string& path);
@@ -84,8 +97,13 @@ NETLOADER_EXPORT Status WriteSafetensors(const std::string& path,
                                          const std::vector<TensorView>& tensors,
                                          const std::map<std::string, std::string>& metadata = {});
 
+// The names of the files WriteCheckpoint writes for `layout`, in order: each shard's file name,
+// then model.safetensors.index.json when the layout came with an index.
+NETLOADER_EXPORT std::vector<std::string> CheckpointFileNames(const CheckpointLayout& layout);
+
 // Writes `model` (whose tensors are in `layout`'s storage order) into directory `dir` with the
-// same shard file names, metadata and, if the layout had one, a regenerated index.json.
+// same shard file names, metadata and, if the layout had one, a regenerated index.json. Files of
+// those names already in `dir` are replaced; nothing else in `dir` is touched.
 NETLOADER_EXPORT Status WriteCheckpoint(const std::string& dir, const CheckpointLayout& layout,
                                         const ModelView& model);
 
