@@ -48,7 +48,8 @@ class ControlChannel {
       socket_.set(zmq::sockopt::linger, 1000);
       socket_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kMaxClientMessageBytes));
       if (!secret_.empty()) MakeCurveClient(socket_, secret_);
-      monitor_.emplace(context_, socket_, "client");
+      monitor_.emplace(context_, socket_, "client",
+                       SocketMonitor::kHandshakeFailures | SocketMonitor::kConnects);
       socket_.connect(source_);
     } catch (const zmq::error_t& e) {
       return Status(StatusCode::kInvalidArgument, "bad source endpoint: " + std::string(e.what()));
@@ -56,18 +57,37 @@ class ControlChannel {
     return Status::Ok();
   }
 
-  Status HandshakeFailed(HandshakeMonitor::Event event) {
+  Status HandshakeFailed(SocketMonitor::Event event) {
     // A failure without detail (the peer hung up) often comes just before the one that says
     // why (mechanism mismatch): give that a moment to arrive.
     zmq::pollitem_t item = {static_cast<void*>(monitor_->socket()), 0, ZMQ_POLLIN, 0};
     const auto until = Clock::now() + std::chrono::milliseconds(200);
     while (event.id == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL && Clock::now() < until &&
            zmq::poll(&item, 1, std::chrono::milliseconds(20)) >= 0) {
-      if (std::optional<HandshakeMonitor::Event> next = monitor_->Read()) event = *next;
+      std::optional<SocketMonitor::Event> next = monitor_->Read();
+      if (next && next->handshake_failed()) event = *next;
     }
     // Nothing queued here may ever leave: do not retry the handshake while closing.
     socket_.set(zmq::sockopt::linger, 0);
     return Status(StatusCode::kPermissionDenied, DescribeHandshakeFailure(event, !secret_.empty()));
+  }
+
+  // What a monitor event means for the exchange under way: OK to go on waiting, or why not.
+  Status Interpret(const SocketMonitor::Event& event) {
+    if (event.id == ZMQ_EVENT_CONNECTED) connected_ = true;
+    if (event.handshake_failed()) return HandshakeFailed(event);
+    // libzmq retries a failed connect for ever; a connect that failed before any succeeded
+    // (refused: nothing listens there; or unreachable) is known at once, so say so at once
+    // instead of waiting out the register deadline. A source that accepts the connection but
+    // does not answer still gets the whole deadline.
+    if (event.id == ZMQ_EVENT_CONNECT_RETRIED && !connected_) {
+      socket_.set(zmq::sockopt::linger, 0);
+      return Status(StatusCode::kUnavailable,
+                    "cannot connect to " + source_ +
+                        ": the connection was refused or the host is unreachable (is a "
+                        "netloader server listening there?)");
+    }
+    return Status::Ok();
   }
 
   Status Send(wire::Envelope& message) {
@@ -83,7 +103,8 @@ class ControlChannel {
   }
 
   // Waits for one message. A failed handshake (secrets differ, or only one side has one) fails
-  // at once with PermissionDenied instead of waiting out `timeout`.
+  // at once with PermissionDenied, a refused connection with Unavailable, instead of waiting out
+  // `timeout`.
   Result<wire::Envelope> Receive(std::chrono::milliseconds timeout) {
     zmq::pollitem_t items[] = {{static_cast<void*>(socket_), 0, ZMQ_POLLIN, 0},
                                {static_cast<void*>(monitor_->socket()), 0, ZMQ_POLLIN, 0}};
@@ -95,8 +116,9 @@ class ControlChannel {
             std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
         zmq::poll(items, 2, left);  // a timeout of 0 just looks
         if (items[1].revents & ZMQ_POLLIN) {
-          if (std::optional<HandshakeMonitor::Event> event = monitor_->Read()) {
-            return HandshakeFailed(*event);
+          while (std::optional<SocketMonitor::Event> event = monitor_->Read()) {
+            Status status = Interpret(*event);
+            if (!status.ok()) return status;
           }
         }
         zmq::message_t frame;
@@ -119,7 +141,8 @@ class ControlChannel {
   std::string secret_;
   zmq::context_t context_{1};
   zmq::socket_t socket_;
-  std::optional<HandshakeMonitor> monitor_;
+  std::optional<SocketMonitor> monitor_;
+  bool connected_ = false;  // the TCP connection was made at least once
 };
 
 // From Accept until Done: a heartbeat to the source every interval, so that it keeps this
@@ -393,6 +416,8 @@ class Attempt {
     stats.transport_seconds = transport_seconds;
     stats.connect_seconds = connect_seconds;
     stats.gbps = stats.seconds > 0 ? stats.bytes / stats.seconds / 1e9 : 0;
+    stats.transfer_gbps =
+        stats.transfer_seconds > 0 ? stats.bytes / stats.transfer_seconds / 1e9 : 0;
     stats.tensor_digests = manifest->tensor_digests;
     // Done before the collective disconnect: the server disconnects once it reads a verified Done.
     SendDone(true, -1, "", stats.bytes, stats.seconds);
@@ -472,8 +497,10 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& destinatio
     if (result.ok()) {
       result->attempts = std::move(attempts);
       Log().info(
-          "loaded {} tensors, {} bytes from {} in {:.3f} s ({:.2f} GB/s), every chunk verified",
-          result->tensors, result->bytes, source, result->seconds, result->gbps);
+          "loaded {} tensors, {} bytes from {} in {:.3f} s (the transfer itself {:.3f} s at "
+          "{:.2f} GB/s), every chunk verified",
+          result->tensors, result->bytes, source, result->seconds, result->transfer_seconds,
+          result->transfer_gbps);
       return result;
     }
     Log().warn("source {} failed: {}", source, result.status().ToString());

@@ -152,7 +152,7 @@ class ServerImpl : public Server {
   }
 
   void LogFailedHandshakes() {
-    while (std::optional<HandshakeMonitor::Event> event = monitor_->Read()) {
+    while (std::optional<SocketMonitor::Event> event = monitor_->Read()) {
       Log().warn("a client failed the connection handshake: {}",
                  DescribeHandshakeFailure(*event, zap_.has_value()));
       Count([](ServerStats& s) { s.unauthenticated++; });
@@ -495,7 +495,7 @@ class ServerImpl : public Server {
   zmq::context_t context_{1};
   std::optional<ZapHandler> zap_;  // set when a secret is configured
   zmq::socket_t socket_;
-  std::optional<HandshakeMonitor> monitor_;
+  std::optional<SocketMonitor> monitor_;
   std::map<uint64_t, std::unique_ptr<Session>> sessions_;
   std::string endpoint_;  // written before the thread starts, read-only after
 

@@ -19,15 +19,41 @@ using namespace netloader;
 
 namespace {
 
-// Checks the checkpoint written to `dir` against the source's per-tensor digests. The files are
-// mapped read-only rather than read into memory: no second copy of the model.
-Status CheckWrittenCheckpoint(const std::string& dir, const LoadStats& stats) {
-  Result<CheckpointLayout> layout = ReadCheckpointLayout(dir);
-  if (!layout.ok()) return layout.status();
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// The files this run writes into `dir` that are already there.
+std::vector<std::string> ExistingOutputFiles(const std::string& dir,
+                                             const CheckpointLayout& layout) {
+  std::vector<std::string> existing;
+  for (const std::string& name : CheckpointFileNames(layout)) {
+    struct stat info {};
+    if (lstat((dir + "/" + name).c_str(), &info) == 0) existing.push_back(dir + "/" + name);
+  }
+  return existing;
+}
+
+// Reads back the checkpoint this run wrote into `dir` (its index if it wrote one, else each shard
+// file it wrote; nothing else in `dir`) and checks every tensor against the source's per-tensor
+// digests. The files are mapped read-only rather than read into memory: no second copy.
+Status CheckWrittenCheckpoint(const std::string& dir, const CheckpointLayout& written,
+                              const LoadStats& stats) {
+  CheckpointLayout layout;
+  const std::vector<std::string> names = CheckpointFileNames(written);
+  for (size_t i = 0; i < names.size(); ++i) {
+    // An index names exactly the shards written with it; without one, read each shard.
+    if (written.indexed && i + 1 < names.size()) continue;
+    Result<CheckpointLayout> part = ReadCheckpointLayout(dir + "/" + names[i]);
+    if (!part.ok()) return part.status();
+    for (ShardLayout& shard : part->shards) layout.shards.push_back(std::move(shard));
+  }
   std::vector<std::pair<void*, size_t>> mappings;
   ModelView view;
   Status status;
-  for (const ShardLayout& shard : layout->shards) {
+  for (const ShardLayout& shard : layout.shards) {
     const int fd = open(shard.path.c_str(), O_RDONLY | O_CLOEXEC);
     struct stat info {};
     void* base = MAP_FAILED;
@@ -58,7 +84,10 @@ int main(int argc, char** argv) {
       "Reads only the headers of --model to learn the expected tensor layout, allocates memory\n"
       "for it, and loads the tensors from the first --source that holds the same model and\n"
       "partition, verifying every chunk against the source's XXH3 digests. Then writes the\n"
-      "checkpoint to --output (same shard files and metadata) or, with --verify-only, stops."};
+      "checkpoint to --output (same shard files and metadata) or, with --verify-only, stops.\n"
+      "The summary gives the transfer's own time and rate (transfer_seconds, transfer_gbps)\n"
+      "apart from the whole run's wall time (wall_seconds: reading --model, MPI start-up,\n"
+      "registration, the transfer, writing and reading back --output)."};
   app.footer(cli::kExitCodeHelp);
   std::string model_path;
   std::string output_dir;
@@ -74,11 +103,21 @@ int main(int argc, char** argv) {
                  "Source endpoint (tcp://HOST:PORT); repeat for fallbacks, tried in order")
       ->required();
   app.add_option("--model", model_path,
-                 "Checkpoint whose headers give the expected layout (file, index.json or "
-                 "directory); tensor data is not read")
+                 "The expected layout: a checkpoint (file, index.json or directory) or a layout "
+                 "file (a safetensors header without its data: the first 8 + N bytes of a "
+                 ".safetensors file whose 8-byte little-endian prefix is N). Tensor data is "
+                 "not read")
       ->required();
-  auto* output =
-      app.add_option("--output", output_dir, "Directory to write the loaded checkpoint into");
+  auto* output = app.add_option(
+      "--output", output_dir,
+      "Directory to write the loaded checkpoint into (created if missing): the shard files of "
+      "--model under their names, and its index if it has one. Other files there are left "
+      "alone; a file of one of those names is never replaced unless --overwrite is given");
+  bool overwrite = false;
+  app.add_flag("--overwrite", overwrite,
+               "Replace files of the same names already in --output (without it the client "
+               "refuses before loading anything, naming them: exit 7)")
+      ->needs(output);
   auto* verify = app.add_flag("--verify-only", verify_only, "Load and verify, but write nothing");
   bool skip_output_check = false;
   app.add_flag("--skip-output-check", skip_output_check,
@@ -109,6 +148,7 @@ int main(int argc, char** argv) {
                  app.help().c_str());
     return cli::kExitUsage;
   }
+  const auto run_start = Clock::now();
   common.ApplyLogLevel();
   auto ms = [](double s) { return std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); };
   Status applied = common.ApplyTo(options);
@@ -121,10 +161,22 @@ int main(int argc, char** argv) {
   options.stall_timeout = ms(stall_timeout_s);
   options.busy_timeout = ms(busy_timeout_s);
 
-  Result<CheckpointLayout> layout = ReadCheckpointLayout(model_path);
+  Result<CheckpointLayout> layout = ReadCheckpointLayout(model_path, LayoutRead::kHeadersOnly);
   if (!layout.ok()) {
     std::fprintf(stderr, "netloader-client: %s\n", layout.status().ToString().c_str());
     return cli::kExitBadModel;
+  }
+  if (!output_dir.empty() && !overwrite) {
+    const std::vector<std::string> existing = ExistingOutputFiles(output_dir, *layout);
+    if (!existing.empty()) {
+      std::string names;
+      for (const std::string& f : existing) names += (names.empty() ? "" : ", ") + f;
+      std::fprintf(stderr,
+                   "netloader-client: --output %s already holds %s; nothing was loaded (give "
+                   "--overwrite to replace, or another directory)\n",
+                   output_dir.c_str(), names.c_str());
+      return cli::kExitOutput;
+    }
   }
   Result<HostModel> model = HostModel::Allocate(*layout);
   if (!model.ok()) {
@@ -133,10 +185,9 @@ int main(int argc, char** argv) {
   }
 
   cli::ProgressLine progress;
-  const auto start = std::chrono::steady_clock::now();
+  const auto start = Clock::now();
   options.progress = [&](uint64_t done, uint64_t total) {
-    progress.Bar(done, total,
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    progress.Bar(done, total, SecondsSince(start));
   };
   Result<LoadStats> stats = Load(options, model->view());
   progress.Finish();
@@ -156,12 +207,12 @@ int main(int argc, char** argv) {
                {"bytes", stats->bytes},
                {"tensors", stats->tensors},
                {"chunks", stats->chunks},
-               {"seconds", stats->seconds},
-               {"gbps", stats->gbps},
+               {"transfer_seconds", stats->transfer_seconds},
+               {"transfer_gbps", stats->transfer_gbps},
+               {"load_seconds", stats->seconds},
                {"register_seconds", stats->register_seconds},
                {"transport_seconds", stats->transport_seconds},
                {"connect_seconds", stats->connect_seconds},
-               {"transfer_seconds", stats->transfer_seconds},
                {"verified", true}};
     nlohmann::json attempts = nlohmann::json::array();
     for (const SourceAttempt& a : stats->attempts) {
@@ -169,16 +220,14 @@ int main(int argc, char** argv) {
     }
     summary["attempts"] = attempts;
     if (!output_dir.empty()) {
-      const auto write_start = std::chrono::steady_clock::now();
+      const auto write_start = Clock::now();
       Status written = WriteCheckpoint(output_dir, *layout, model->view());
-      const double write_seconds =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - write_start).count();
       summary["output"] = output_dir;
-      summary["write_seconds"] = write_seconds;
+      summary["write_seconds"] = SecondsSince(write_start);
       // Read the written files back and check them against the source's own digests, so what
       // is on disk is known to be what the source holds, not only what arrived in memory.
       if (written.ok() && !skip_output_check) {
-        written = CheckWrittenCheckpoint(output_dir, *stats);
+        written = CheckWrittenCheckpoint(output_dir, *layout, *stats);
         summary["output_verified"] = written.ok();
       }
       if (!written.ok()) {
@@ -191,15 +240,17 @@ int main(int argc, char** argv) {
       }
     }
   }
+  const double wall_seconds = SecondsSince(run_start);
+  summary["wall_seconds"] = wall_seconds;
   if (common.json) {
     std::cout << summary.dump() << std::endl;
   } else if (stats.ok()) {
     std::printf(
-        "loaded %llu tensors, %llu bytes (%s) from %s in %.3f s (%.2f GB/s), %llu chunks "
-        "verified%s\n",
+        "loaded %llu tensors, %llu bytes (%s) from %s: transfer %.3f s at %.2f GB/s, %.3f s wall "
+        "in all; %llu chunks verified%s\n",
         static_cast<unsigned long long>(stats->tensors),
         static_cast<unsigned long long>(stats->bytes), cli::HumanBytes(stats->bytes).c_str(),
-        stats->source.c_str(), stats->seconds, stats->gbps,
+        stats->source.c_str(), stats->transfer_seconds, stats->transfer_gbps, wall_seconds,
         static_cast<unsigned long long>(stats->chunks),
         exit_code != cli::kExitOk || output_dir.empty() ? ""
         : skip_output_check                             ? ("; wrote " + output_dir).c_str()

@@ -157,18 +157,16 @@ bool ZapHandler::AnswerOne(std::optional<std::string>* refused) {
   return true;
 }
 
-HandshakeMonitor::HandshakeMonitor(zmq::context_t& context, zmq::socket_t& watched,
-                                   const std::string& name)
+SocketMonitor::SocketMonitor(zmq::context_t& context, zmq::socket_t& watched,
+                             const std::string& name, int events)
     : socket_(context, zmq::socket_type::pair) {
   const std::string endpoint = "inproc://netloader-monitor-" + name;
-  const int events = ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
-                     ZMQ_EVENT_HANDSHAKE_FAILED_AUTH;
   if (zmq_socket_monitor(watched.handle(), endpoint.c_str(), events) != 0) throw zmq::error_t();
   socket_.set(zmq::sockopt::linger, 0);
   socket_.connect(endpoint);
 }
 
-std::optional<HandshakeMonitor::Event> HandshakeMonitor::Read() {
+std::optional<SocketMonitor::Event> SocketMonitor::Read() {
   zmq::message_t head, address;
   if (!socket_.recv(head, zmq::recv_flags::dontwait)) return std::nullopt;
   if (head.more()) (void)socket_.recv(address, zmq::recv_flags::none);
@@ -180,7 +178,7 @@ std::optional<HandshakeMonitor::Event> HandshakeMonitor::Read() {
   return event;
 }
 
-std::string DescribeHandshakeFailure(const HandshakeMonitor::Event& event, bool we_authenticate) {
+std::string DescribeHandshakeFailure(const SocketMonitor::Event& event, bool we_authenticate) {
   if (!we_authenticate) {
     return "the peer uses a shared secret and this side runs without one (--no-auth)";
   }

@@ -35,14 +35,22 @@ class ZapHandler {
   std::string allowed_key_;  // 32 raw bytes
 };
 
-// The events of one socket that matter here: handshakes that failed, and why.
-class HandshakeMonitor {
+// The events of one socket that matter here: handshakes that failed, and why; on a client also
+// whether its connection was ever made (a refused connect is known at once).
+class SocketMonitor {
  public:
-  HandshakeMonitor(zmq::context_t& context, zmq::socket_t& watched, const std::string& name);
+  static constexpr int kHandshakeFailures = ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                                            ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                                            ZMQ_EVENT_HANDSHAKE_FAILED_AUTH;
+  static constexpr int kConnects = ZMQ_EVENT_CONNECTED | ZMQ_EVENT_CONNECT_RETRIED;
+
+  SocketMonitor(zmq::context_t& context, zmq::socket_t& watched, const std::string& name,
+                int events = kHandshakeFailures);
   zmq::socket_t& socket() { return socket_; }
   struct Event {
-    uint16_t id;     // ZMQ_EVENT_HANDSHAKE_FAILED_*
-    uint32_t value;  // errno or ZMQ_PROTOCOL_ERROR_*
+    uint16_t id;     // ZMQ_EVENT_*
+    uint32_t value;  // errno, ZMQ_PROTOCOL_ERROR_*, or the reconnect interval
+    bool handshake_failed() const { return (id & kHandshakeFailures) != 0; }
   };
   // Reads one waiting event; nullopt if none is waiting.
   std::optional<Event> Read();
@@ -53,6 +61,6 @@ class HandshakeMonitor {
 
 // Why a handshake failed, for a person: `we_authenticate` says whether this side uses a secret.
 // Without one, any failure means the peer has one; with one, the cause is not always known.
-std::string DescribeHandshakeFailure(const HandshakeMonitor::Event& event, bool we_authenticate);
+std::string DescribeHandshakeFailure(const SocketMonitor::Event& event, bool we_authenticate);
 
 }  // namespace netloader

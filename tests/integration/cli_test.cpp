@@ -138,7 +138,16 @@ TEST(CliTest, TwoProcessTransferOfMixedCheckpointIsByteIdentical) {
   EXPECT_EQ(run.summary["ok"], true);
   EXPECT_EQ(run.summary["tensors"], 256);
   EXPECT_GT(run.summary["bytes"].get<uint64_t>(), 40u << 20);
-  EXPECT_GT(run.summary["gbps"].get<double>(), 0.0);
+  // The transfer's own rate and the run's wall time, apart: each phase within the next.
+  const double transfer = run.summary["transfer_seconds"], load = run.summary["load_seconds"],
+               wall = run.summary["wall_seconds"];
+  EXPECT_GT(run.summary["transfer_gbps"].get<double>(), 0.0);
+  EXPECT_NEAR(run.summary["transfer_gbps"].get<double>(),
+              run.summary["bytes"].get<double>() / transfer / 1e9, 1e-6);
+  EXPECT_GT(transfer, 0.0);
+  EXPECT_LE(transfer, load);
+  EXPECT_LE(load, wall);
+  EXPECT_FALSE(run.summary.contains("gbps")) << "no figure whose span is ambiguous";
   EXPECT_EQ(run.summary["output_verified"], true) << "the written files were read back and checked";
   // Same writer, same metadata: the output file is the input file, byte for byte.
   EXPECT_TRUE(testing::ReadFile(tmp / "model/model.safetensors") ==
@@ -189,6 +198,74 @@ TEST(CliTest, ShardedCheckpointArrivesWithTheSameShardsAndIndex) {
     EXPECT_TRUE(testing::ReadFile(tmp / "model" + f) == testing::ReadFile(tmp / "out" + f)) << f;
   }
   ExpectSameCheckpoint(tmp / "model", tmp / "out");
+}
+
+// --output into a folder that already holds other things: another model, a stray file. Only
+// what this run writes is written and read back; the rest is left as it was.
+TEST(CliTest, OutputIntoAFolderHoldingOtherFilesTouchesAndChecksOnlyItsOwn) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 20, 4, 1, 51);
+  MakeCheckpoint(tmp / "out", 12, 2, 3, 52);  // another, sharded model already in the folder
+  const std::string stray = std::string(NETLOADER_TEST_DATA) + "/tinygrad-mnist.safetensors";
+  std::filesystem::copy_file(stray, tmp / "out/mnist.safetensors");
+  const std::string other_index = testing::ReadFile(tmp / "out/model.safetensors.index.json");
+  ServerProcess server(tmp, tmp / "model");
+  ClientRun run =
+      RunClient(tmp, "client",
+                {"--source", server.endpoint(), "--model", tmp / "model", "--output", tmp / "out"});
+  ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
+  EXPECT_EQ(run.summary["output_verified"], true);
+  EXPECT_TRUE(testing::ReadFile(tmp / "model/model.safetensors") ==
+              testing::ReadFile(tmp / "out/model.safetensors"));
+  EXPECT_TRUE(testing::ReadFile(stray) == testing::ReadFile(tmp / "out/mnist.safetensors"));
+  EXPECT_EQ(testing::ReadFile(tmp / "out/model.safetensors.index.json"), other_index);
+}
+
+// A file of the name the output would take is never replaced silently: the client refuses
+// before loading anything, names it, and leaves it; --overwrite replaces it.
+TEST(CliTest, OutputNeverReplacesAnExistingFileUnlessToldTo) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 10, 1, 1, 53);
+  std::filesystem::create_directories(tmp / "out");
+  testing::WriteFile(tmp / "out/model.safetensors", "the user's own file");
+  ServerProcess server(tmp, tmp / "model");
+  const std::vector<std::string> load = {"--source",    server.endpoint(), "--model",
+                                         tmp / "model", "--output",        tmp / "out"};
+  ClientRun refused = RunClient(tmp, "refused", load);
+  EXPECT_EQ(refused.exit_code, 7) << refused.stderr_text;
+  EXPECT_NE(refused.stderr_text.find(tmp / "out/model.safetensors"), std::string::npos)
+      << refused.stderr_text;
+  EXPECT_NE(refused.stderr_text.find("--overwrite"), std::string::npos) << refused.stderr_text;
+  EXPECT_EQ(testing::ReadFile(tmp / "out/model.safetensors"), "the user's own file");
+  std::vector<std::string> overwrite = load;
+  overwrite.push_back("--overwrite");
+  ClientRun replaced = RunClient(tmp, "replaced", overwrite);
+  ASSERT_EQ(replaced.exit_code, 0) << replaced.stderr_text;
+  EXPECT_TRUE(testing::ReadFile(tmp / "model/model.safetensors") ==
+              testing::ReadFile(tmp / "out/model.safetensors"));
+  EXPECT_EQ(server.Stop(), 0);
+  EXPECT_NE(server.child().Stdout().find("served 1 clients (0 failed"), std::string::npos)
+      << "the refused run never registered: " << server.child().Stdout();
+}
+
+// A layout file: the safetensors header alone, as a user ships a model's layout to the machines
+// that load it. It gives --model everything it needs.
+TEST(CliTest, AHeaderOnlyLayoutFileIsEnoughForModel) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 30, 8, 1, 54);
+  const std::string file = testing::ReadFile(tmp / "model/model.safetensors");
+  uint64_t header_bytes = 0;
+  std::memcpy(&header_bytes, file.data(), 8);
+  std::filesystem::create_directories(tmp / "layout");
+  testing::WriteFile(tmp / "layout/model.safetensors", file.substr(0, 8 + header_bytes));
+  ServerProcess server(tmp, tmp / "model");
+  ClientRun run = RunClient(
+      tmp, "client",
+      {"--source", server.endpoint(), "--model", tmp / "layout", "--output", tmp / "out"});
+  ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
+  EXPECT_EQ(run.summary["tensors"], 30);
+  EXPECT_EQ(run.summary["output_verified"], true);
+  EXPECT_TRUE(file == testing::ReadFile(tmp / "out/model.safetensors"));
 }
 
 TEST(CliTest, FileWrittenByHuggingFaceIsServedAndRewrittenFaithfully) {
@@ -253,16 +330,40 @@ TEST(CliTest, PartitionMismatchIsRefusedNamingTheField) {
       << run.summary.dump();
 }
 
-TEST(CliFaultTest, UnreachableSourceFailsWithinTheRegisterDeadline) {
+// Nothing listens on the port: the refused connection is known at once, not at the register
+// deadline, and the next source is tried.
+TEST(CliFaultTest, ASourceThatRefusesTheConnectionFailsAtOnceAndTheNextOneServes) {
   TempDir tmp;
   MakeCheckpoint(tmp / "model", 5, 1, 1, 16);
+  ServerProcess server(tmp, tmp / "model");
   const auto start = std::chrono::steady_clock::now();
+  ClientRun run =
+      RunClient(tmp, "client",
+                {"--source", "tcp://127.0.0.1:9", "--source", server.endpoint(), "--model",
+                 tmp / "model", "--verify-only", "--register-timeout", "120"});
+  EXPECT_EQ(run.exit_code, 0) << run.stderr_text;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 60s) << "far from the 120 s deadline";
+  ASSERT_EQ(run.summary["attempts"].size(), 2u) << run.summary.dump();
+  EXPECT_NE(run.summary["attempts"][0]["status"].get<std::string>().find(
+                "Unavailable: cannot connect to tcp://127.0.0.1:9: the connection was refused"),
+            std::string::npos)
+      << run.summary.dump();
+  EXPECT_EQ(run.summary["source"], server.endpoint());
+}
+
+// A port that accepts TCP connections but never speaks ZeroMQ: only the deadline tells.
+TEST(CliFaultTest, ASourceThatAcceptsButNeverAnswersFailsAtTheRegisterDeadline) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 5, 1, 1, 16);
+  testing::MuteListener mute;
   ClientRun run = RunClient(tmp, "client",
-                            {"--source", "tcp://127.0.0.1:9", "--model", tmp / "model",
-                             "--verify-only", "--register-timeout", "0.5"});
+                            {"--source", mute.endpoint(), "--model", tmp / "model", "--verify-only",
+                             "--register-timeout", "0.5"});
   EXPECT_EQ(run.exit_code, 5) << run.stderr_text;
   EXPECT_EQ(run.summary["error"], "Timeout");
-  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+  EXPECT_NE(run.summary["message"].get<std::string>().find("no answer within 500 ms"),
+            std::string::npos)
+      << run.summary.dump();
 }
 
 TEST(CliTest, BadModelPathGivesExitCode3AndNamesThePath) {

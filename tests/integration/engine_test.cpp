@@ -325,17 +325,19 @@ TEST(FallbackFaultTest, ASourceWithAnotherPartitionIsRefusedNamingTheFieldsAndRa
   EXPECT_NE(a.child().Stdout().find("\"refused\":2"), std::string::npos) << a.child().Stdout();
 }
 
-TEST(FallbackFaultTest, AnUnreachableSourceFallsBackWithinTheRegisterDeadline) {
+// Nothing listens at the source: the refused connection is known at once, long before the
+// register deadline.
+TEST(FallbackFaultTest, AnUnreachableSourceFallsBackAtOnce) {
   TempDir tmp;
   MakeLlama(tmp / "model");
   const EngineRun disk = DiskRun(tmp, tmp / "model");
   const auto start = std::chrono::steady_clock::now();
   EngineRun b = RunSingle(tmp, "b",
                           {"--model", tmp / "model", "--model-loader-extra-config",
-                           SourceConfig({{0, {"127.0.0.1:9"}}}, {{"REGISTER_TIMEOUT", 1}})});
-  EXPECT_LT(std::chrono::steady_clock::now() - start, 15s);
+                           SourceConfig({{0, {"127.0.0.1:9"}}}, {{"REGISTER_TIMEOUT", 120}})});
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 60s) << "not the 120 s register deadline";
   ExpectSameOutput(b, disk);
-  ExpectFellBack(b, 0, "tcp://127.0.0.1:9");
+  ExpectFellBack(b, 0, "cannot connect to tcp://127.0.0.1:9: the connection was refused");
 }
 
 TEST(FallbackFaultTest, AFrozenSourceMissesTheDeadlineAndTheNextSourceServes) {

@@ -276,16 +276,8 @@ TEST_F(ServerClientFaultTest, FailsOverToTheNextSourceAfterAnUnreachableOneAndAB
   // TCP handshake, no ZeroMQ greeting follows), so this costs the register timeout. It stays
   // bound for the whole test: a port bound and closed again was once taken by another test's
   // server running in parallel, which answered.
-  const int mute = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t length = sizeof address;
-  ASSERT_EQ(bind(mute, reinterpret_cast<sockaddr*>(&address), length), 0);
-  ASSERT_EQ(listen(mute, 4), 0);
-  ASSERT_EQ(getsockname(mute, reinterpret_cast<sockaddr*>(&address), &length), 0);
-  const std::string dead = "tcp://127.0.0.1:" + std::to_string(ntohs(address.sin_port));
-  ClientOptions options = ClientFor(dead);
+  testing::MuteListener mute;
+  ClientOptions options = ClientFor(mute.endpoint());
   options.register_timeout = 300ms;
   options.sources.push_back((*broken)->endpoint());
   options.sources.push_back((*good)->endpoint());
@@ -304,7 +296,6 @@ TEST_F(ServerClientFaultTest, FailsOverToTheNextSourceAfterAnUnreachableOneAndAB
   EXPECT_EQ(stats->attempts[1].status.code(), StatusCode::kTransferFailed);
   EXPECT_TRUE(stats->attempts[2].status.ok());
   EXPECT_EQ(stats->source, (*good)->endpoint());
-  close(mute);
 }
 
 TEST_F(ServerClientFaultTest, ClientsBeyondTheLimitAreToldBusyAndAllAreEventuallyServed) {

@@ -1,8 +1,11 @@
 #include "tests/support/test_util.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -133,6 +136,20 @@ Rendezvous::Rendezvous(const TempDir& dir)
               "-r", path_},
              dir / "ompi-server"),
       ready_(!WaitForLine(path_, std::chrono::seconds(20)).empty()) {}
+
+MuteListener::MuteListener() : fd_(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof address;
+  if (fd_ < 0 || bind(fd_, reinterpret_cast<sockaddr*>(&address), length) != 0 ||
+      listen(fd_, 64) != 0 || getsockname(fd_, reinterpret_cast<sockaddr*>(&address), &length)) {
+    throw std::runtime_error("cannot open a listening socket on 127.0.0.1");
+  }
+  endpoint_ = "tcp://127.0.0.1:" + std::to_string(ntohs(address.sin_port));
+}
+
+MuteListener::~MuteListener() { close(fd_); }
 
 std::vector<nlohmann::json> JsonLines(const std::string& text) {
   std::vector<nlohmann::json> out;

@@ -79,6 +79,22 @@ class Rendezvous {
   bool ready_;
 };
 
+// A TCP port on 127.0.0.1 that accepts connections (the kernel completes the handshake) and
+// never says anything: a source that is reachable but does not answer. Bound for its lifetime,
+// so no other test's server can take the port meanwhile.
+class MuteListener {
+ public:
+  MuteListener();
+  ~MuteListener();
+  MuteListener(const MuteListener&) = delete;
+  MuteListener& operator=(const MuteListener&) = delete;
+  const std::string& endpoint() const { return endpoint_; }  // "tcp://127.0.0.1:PORT"
+
+ private:
+  int fd_ = -1;
+  std::string endpoint_;
+};
+
 // Every line of `text` that parses as a JSON object, in order (MPI may print its own lines).
 std::vector<nlohmann::json> JsonLines(const std::string& text);
 

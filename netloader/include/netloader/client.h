@@ -72,7 +72,8 @@ struct LoadStats {
   uint64_t tensors = 0;
   uint64_t chunks = 0;
   double seconds = 0;  // from the first Register sent to the last chunk verified
-  double gbps = 0;     // bytes / seconds / 1e9
+  double gbps = 0;     // bytes / seconds / 1e9: the load's rate, MPI start-up and connect included
+  double transfer_gbps = 0;  // bytes / transfer_seconds / 1e9: the data plane's own rate
   // Where `seconds` went, for the source that delivered:
   double register_seconds = 0;          // Register sent until Accept received (incl. Busy retries)
   double transport_seconds = 0;         // MPI start-up; 0 when MPI was already initialised
