@@ -244,8 +244,12 @@ void PrefaultForWrite(const ModelView& model) {
   }
 }
 
-Status RejectStatus(const wire::Reject& reject) {
+// A refusal as a status. When the tensor tables differ the source sent its own, and the
+// message names the tensors that differ on each side.
+Status RejectStatus(const wire::Reject& reject, const ModelView& destination) {
   std::string message = "refused: " + reject.reason();
+  const std::string tables = DescribeTableDifferences(reject.served_tensors(), destination);
+  if (!tables.empty()) message += "; " + tables;
   return Status(FromRejectCode(reject.code()), message);
 }
 
@@ -295,7 +299,7 @@ class Attempt {
         case wire::Envelope::kAccept:
           return reply->accept();
         case wire::Envelope::kReject:
-          return RejectStatus(reply->reject());
+          return RejectStatus(reply->reject(), destination_);
         case wire::Envelope::kBusy: {
           const auto wait = std::chrono::milliseconds(
               std::clamp<uint32_t>(reply->busy().retry_after_ms(), 10, 10000));
@@ -465,10 +469,12 @@ Status ValidateOptions(const ClientOptions& options) {
   }
   if (options.window < 1) return Status(StatusCode::kInvalidArgument, "window must be >= 1");
   if (options.heartbeat_interval.count() < 1 ||
+      options.heartbeat_interval > kMaxHeartbeatInterval ||
       (options.heartbeat_timeout.count() > 0 &&
        options.heartbeat_timeout <= options.heartbeat_interval)) {
-    return Status(StatusCode::kInvalidArgument,
-                  "heartbeat_interval must be >= 1 ms and below heartbeat_timeout (0: never)");
+    return Status(StatusCode::kInvalidArgument, "heartbeat_interval must be within [1, " +
+                                                    std::to_string(kMaxHeartbeatInterval.count()) +
+                                                    "] ms and below heartbeat_timeout (0: never)");
   }
   Status secret = ValidateSecret(options.secret);
   if (!secret.ok()) return secret.WithContext("ClientOptions::secret");

@@ -9,7 +9,7 @@ packages=(
   libopenmpi-dev openmpi-bin
   libprotobuf-dev protobuf-compiler
   libspdlog-dev libfmt-dev
-  libxxhash-dev
+  libxxhash-dev xxhash python3
   libgtest-dev libgmock-dev
   libcli11-dev nlohmann-json3-dev
   procps iproute2 clang-format

@@ -72,7 +72,7 @@ class ServerImpl : public Server {
       socket_ = zmq::socket_t(context_, zmq::socket_type::router);
       socket_.set(zmq::sockopt::linger, 0);
       // Past this zmq drops the connection itself; below it oversized messages get a Reject.
-      socket_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(4 * kMaxServerMessageBytes));
+      socket_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(kServerCutoffBytes));
       socket_.set(zmq::sockopt::router_mandatory, 1);
       // With a secret the socket is a CURVE server and ZAP checks each client's key; without
       // one, the monitor still reports clients that try to authenticate.
@@ -201,16 +201,16 @@ class ServerImpl : public Server {
       Log().warn("receive on {} failed: {}", endpoint_, e.what());
       return false;
     }
+    const std::string identity = frames[0].to_string();
     if (frames.size() != 2) {
-      Log().warn("dropped a message of {} frames (expected identity + payload)", frames.size());
+      RejectFraming(frames);
       return true;
     }
-    const std::string identity = frames[0].to_string();
     Result<wire::Envelope> envelope =
         Decode(frames[1].data(), frames[1].size(), kMaxServerMessageBytes);
     if (!envelope.ok()) {
       Log().warn("refused a malformed request: {}", envelope.status().ToString());
-      SendReject(identity, envelope.status().code(), envelope.status().message(), {});
+      SendReject(identity, envelope.status().code(), envelope.status().message());
       return true;
     }
     switch (envelope->body_case()) {
@@ -224,21 +224,49 @@ class ServerImpl : public Server {
         HandleDone(envelope->done());
         break;
       default:
-        Log().warn("refused an unexpected message (body {})", int(envelope->body_case()));
+        Log().warn("refused an unexpected {} message", BodyName(*envelope));
         SendReject(identity, StatusCode::kInvalidArgument,
-                   "servers accept Register, Heartbeat and Done only", {});
+                   std::string("servers take Register, Heartbeat and Done; this was ") +
+                       BodyName(*envelope));
     }
     return true;
   }
 
+  // A message of other than one frame (frames[0] is ZeroMQ's routing id). A REQ socket puts an
+  // empty delimiter frame first; the reply carries one too, so that a REQ socket receives it.
+  void RejectFraming(const std::vector<zmq::message_t>& frames) {
+    const size_t parts = frames.size() - 1;
+    const bool req = parts == 2 && frames[1].size() == 0;
+    const std::string reason =
+        "netloader messages are one frame holding one Envelope (send "
+        "from a DEALER socket); this one had " +
+        std::to_string(parts) + " frames" + (req ? ", as a REQ socket sends them" : "");
+    Log().warn("refused a request: {}", reason);
+    wire::Envelope reply;
+    reply.mutable_reject()->set_code(wire::PROTOCOL_MISMATCH);
+    reply.mutable_reject()->set_reason(reason);
+    Send(frames[0].to_string(), reply, "", req);
+  }
+
   void HandleRegister(const std::string& identity, const wire::Register& request) {
     const std::string client = request.client_name().empty() ? "?" : request.client_name();
+    Status valid = ValidateRegister(request);
+    if (!valid.ok()) {
+      Log().warn("refused client {}: {}", client, valid.message());
+      Count([](ServerStats& s) { s.refused++; });
+      SendReject(identity, valid.code(), valid.message());
+      return;
+    }
     RegisterRequest decoded{FromWire(request.fingerprint()), request.rendezvous_uri()};
-    Admission admission = registrar_.Decide(decoded, transport_->health());
+    Admission admission = registrar_.Decide(decoded, [this] { return transport_->health(); });
     if (admission.kind == Admission::Kind::kReject) {
       Log().warn("refused client {}: {}", client, admission.reason);
       Count([](ServerStats& s) { s.refused++; });
-      SendReject(identity, admission.code, admission.reason, admission.diffs);
+      // Another table: send ours, so that the client can name the tensors that differ.
+      const bool other_table =
+          std::any_of(admission.diffs.begin(), admission.diffs.end(),
+                      [](const FieldDiff& d) { return d.field == "table_digest"; });
+      SendReject(identity, admission.code, admission.reason, admission.diffs, other_table);
       return;
     }
     if (admission.kind == Admission::Kind::kBusy) {
@@ -257,7 +285,7 @@ class ServerImpl : public Server {
       Log().error("cannot open an MPI port for client {}: {}", client,
                   listener.status().ToString());
       SendReject(identity, StatusCode::kUnavailable,
-                 "server cannot open an MPI port: " + listener.status().message(), {});
+                 "server cannot open an MPI port: " + listener.status().message());
       return;
     }
     auto session = std::make_unique<Session>();
@@ -287,7 +315,7 @@ class ServerImpl : public Server {
     auto it = sessions_.find(beat.session_id());
     if (it == sessions_.end() || it->second->abort.load()) {
       SendReject(identity, StatusCode::kInvalidArgument,
-                 "session " + Hex(beat.session_id()) + " is not active on this server", {});
+                 "session " + Hex(beat.session_id()) + " is not active on this server");
       return;
     }
     Session& session = *it->second;
@@ -301,7 +329,8 @@ class ServerImpl : public Server {
   void HandleDone(const wire::Done& done) {
     auto it = sessions_.find(done.session_id());
     if (it == sessions_.end()) {
-      Log().debug("Done for unknown session {:016x} ignored", done.session_id());
+      Log().warn("ignored a Done ({}) for session {:016x}, which is not active on this server",
+                 done.verified() ? "verified" : "failed: " + done.message(), done.session_id());
       return;
     }
     Session& session = *it->second;
@@ -440,7 +469,7 @@ class ServerImpl : public Server {
   }
 
   void SendReject(const std::string& identity, StatusCode code, const std::string& reason,
-                  const std::vector<FieldDiff>& diffs) {
+                  const std::vector<FieldDiff>& diffs = {}, bool with_table = false) {
     wire::Envelope reply;
     wire::Reject* reject = reply.mutable_reject();
     reject->set_code(ToRejectCode(code));
@@ -451,14 +480,20 @@ class ServerImpl : public Server {
       out->set_server_value(d.server_value);
       out->set_client_value(d.client_value);
     }
+    if (with_table) ToWire(model_, reject);
     Send(identity, reply);
   }
 
-  // Sends `prefix` (already serialized Envelope bytes, merged by the parser) followed by `reply`.
-  bool Send(const std::string& identity, wire::Envelope& reply, const std::string& prefix = "") {
+  // Sends `prefix` (already serialized Envelope bytes, merged by the parser) followed by `reply`;
+  // with `req_delimiter`, after an empty frame, as a REQ socket expects.
+  bool Send(const std::string& identity, wire::Envelope& reply, const std::string& prefix = "",
+            bool req_delimiter = false) {
     const std::string payload = prefix + Encode(reply);
     try {
       socket_.send(zmq::buffer(identity), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+      if (req_delimiter) {
+        socket_.send(zmq::str_buffer(""), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+      }
       socket_.send(zmq::buffer(payload), zmq::send_flags::dontwait);
       return true;
     } catch (const zmq::error_t& e) {
@@ -518,6 +553,12 @@ Status ValidateOptions(const ServerOptions& options) {
   }
   if (options.window < 1) return Status(StatusCode::kInvalidArgument, "window must be >= 1");
   if (options.listen.empty()) return Status(StatusCode::kInvalidArgument, "listen is empty");
+  if (options.heartbeat_timeout.count() != 0 && options.heartbeat_timeout < kMinHeartbeatTimeout) {
+    // Clients beat once a second (PROTOCOL.md, section 4.5).
+    return Status(StatusCode::kInvalidArgument, "heartbeat_timeout must be 0 (never) or >= " +
+                                                    std::to_string(kMinHeartbeatTimeout.count()) +
+                                                    " ms");
+  }
   Status secret = ValidateSecret(options.secret);
   if (!secret.ok()) return secret.WithContext("ServerOptions::secret");
   return ValidatePartition(options.partition);

@@ -591,9 +591,11 @@ class MpiTransport : public Transport {
                         std::to_string(kOpenPortTimeout.count()) + " s)");
     }
     // A dead rendezvous (a shared ompi-server that was stopped) would leave every connect and
-    // accept waiting until its deadline: MPI cannot tell. Checked at most once a second.
+    // accept waiting until its deadline: MPI cannot tell. So it is probed before every admission
+    // (one TCP connect), except that a failed probe stands for a second: a flood of clients
+    // against a dead, possibly unreachable rendezvous costs one 500 ms probe a second.
     std::lock_guard<std::mutex> lock(rt.probe_mu);
-    if (Clock::now() - rt.probed > std::chrono::seconds(1)) {
+    if (rt.rendezvous_health.ok() || Clock::now() - rt.probed > std::chrono::seconds(1)) {
       rt.rendezvous_health =
           ProbeRendezvous(CurrentMpiRendezvous(), std::chrono::milliseconds(500));
       rt.probed = Clock::now();

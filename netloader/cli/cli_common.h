@@ -28,14 +28,15 @@ enum ExitCode {
   kExitRefused = 4,      // every source refused: fingerprint/protocol mismatch, other secret
   kExitUnavailable = 5,  // no source reachable, busy, timed out; or the server could not start
   kExitCorrupt = 6,      // transfer failed or data did not match its checksums
-  kExitOutput = 7,       // writing --output failed, or it did not read back as written
+  kExitOutput = 7,       // --output would replace a file, writing it failed, or it read back wrong
 };
 
 inline const char* kExitCodeHelp =
     "Exit codes: 0 ok, 1 internal error, 2 bad flags (or an unusable secret file), 3 --model "
     "missing or malformed, 4 refused (fingerprint or protocol mismatch, or the shared secrets "
     "differ), 5 unavailable (unreachable, busy, timeout, start-up failed), 6 transfer or checksum "
-    "failure, 7 writing --output failed (or it did not read back as the source's bytes).";
+    "failure, 7 --output would replace an existing file (give --overwrite), writing it failed, or "
+    "it did not read back as the source's bytes.";
 
 inline int ExitCodeFor(StatusCode code) {
   switch (code) {

@@ -7,7 +7,8 @@ Registrar::Registrar(Fingerprint served, std::string rendezvous_uri, int max_ses
       rendezvous_uri_(std::move(rendezvous_uri)),
       max_sessions_(max_sessions) {}
 
-Admission Registrar::Decide(const RegisterRequest& request, const Status& transport_health) const {
+Admission Registrar::Decide(const RegisterRequest& request,
+                            const std::function<Status()>& transport_health) const {
   Admission admission;
   admission.diffs = CompareFingerprints(served_, request.fingerprint);
   if (!admission.diffs.empty()) {
@@ -24,10 +25,10 @@ Admission Registrar::Decide(const RegisterRequest& request, const Status& transp
         "the client's MPI is bound to another rendezvous: " + DescribeDiffs(admission.diffs);
     return admission;
   }
-  if (!transport_health.ok()) {
+  if (Status health = transport_health(); !health.ok()) {
     admission.kind = Admission::Kind::kReject;
     admission.code = StatusCode::kUnavailable;
-    admission.reason = "server transport unavailable: " + transport_health.message();
+    admission.reason = "server transport unavailable: " + health.message();
     return admission;
   }
   if (active() >= max_sessions_) {

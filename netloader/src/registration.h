@@ -4,6 +4,7 @@
 // control thread feeds it requests and acts on the answers.
 
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <set>
 #include <string>
@@ -32,7 +33,9 @@ class Registrar {
   Registrar(Fingerprint served, std::string rendezvous_uri, int max_sessions);
 
   // Checks in order: fingerprint (every field), rendezvous, transport health, capacity.
-  Admission Decide(const RegisterRequest& request, const Status& transport_health) const;
+  // `transport_health` is asked only when the first two pass (it may probe the network).
+  Admission Decide(const RegisterRequest& request,
+                   const std::function<Status()>& transport_health) const;
 
   // Admits a session after an Accept decision; returns its unpredictable id.
   uint64_t Open();

@@ -1,5 +1,7 @@
 #include "netloader/src/wire.h"
 
+#include <algorithm>
+
 namespace netloader {
 
 std::string Encode(wire::Envelope& envelope) {
@@ -8,10 +10,13 @@ std::string Encode(wire::Envelope& envelope) {
 }
 
 Result<wire::Envelope> Decode(const void* data, size_t size, size_t max_bytes) {
+  if (size == 0) {
+    return Status(StatusCode::kProtocolMismatch, "empty message (0 bytes, no Envelope)");
+  }
   if (size > max_bytes) {
-    return Status(StatusCode::kInvalidArgument, "message of " + std::to_string(size) +
-                                                    " bytes exceeds the limit of " +
-                                                    std::to_string(max_bytes));
+    return Status(StatusCode::kProtocolMismatch, "message of " + std::to_string(size) +
+                                                     " bytes exceeds the limit of " +
+                                                     std::to_string(max_bytes));
   }
   wire::Envelope envelope;
   if (!envelope.ParseFromArray(data, static_cast<int>(size))) {
@@ -27,6 +32,43 @@ Result<wire::Envelope> Decode(const void* data, size_t size, size_t max_bytes) {
     return Status(StatusCode::kProtocolMismatch, "message carries no body");
   }
   return envelope;
+}
+
+const char* BodyName(const wire::Envelope& envelope) {
+  switch (envelope.body_case()) {
+    case wire::Envelope::kRegister:
+      return "Register";
+    case wire::Envelope::kAccept:
+      return "Accept";
+    case wire::Envelope::kReject:
+      return "Reject";
+    case wire::Envelope::kBusy:
+      return "Busy";
+    case wire::Envelope::kDone:
+      return "Done";
+    case wire::Envelope::kHeartbeat:
+      return "Heartbeat";
+    case wire::Envelope::BODY_NOT_SET:
+      break;
+  }
+  return "an empty envelope";
+}
+
+Status ValidateRegister(const wire::Register& request) {
+  auto invalid = [](const std::string& what) {
+    return Status(StatusCode::kInvalidArgument, "Register." + what);
+  };
+  if (!request.fingerprint().has_partition()) {
+    return invalid("fingerprint.partition is missing");
+  }
+  Status partition = ValidatePartition(FromWire(request.fingerprint()).partition);
+  if (!partition.ok()) return invalid("fingerprint.partition: " + partition.message());
+  const std::string& digest = request.fingerprint().table_digest();
+  if (digest.size() != 32 || digest.find_first_not_of("0123456789abcdef") != std::string::npos) {
+    return invalid("fingerprint.table_digest '" + digest.substr(0, 64) +
+                   "' is not 32 lowercase hex digits");
+  }
+  return Status::Ok();
 }
 
 void ToWire(const Fingerprint& fp, wire::Fingerprint* out) {
@@ -52,6 +94,62 @@ Fingerprint FromWire(const wire::Fingerprint& in) {
   fp.partition.pp_rank = to_int(in.partition().pp_rank());
   fp.partition.layout_key = in.partition().layout_key();
   return fp;
+}
+
+void ToWire(const ModelView& model, wire::Reject* out) {
+  for (const TensorView& t : model.tensors) {
+    wire::TensorInfo* info = out->add_served_tensors();
+    info->set_name(t.name);
+    info->set_dtype(std::string(DTypeName(t.dtype)));
+    info->mutable_shape()->Add(t.shape.begin(), t.shape.end());
+    info->set_size_bytes(t.size_bytes);
+  }
+}
+
+namespace {
+
+std::string Describe(const std::string& name, std::string_view dtype,
+                     const std::vector<int64_t>& shape) {
+  std::string text = "'" + name + "' " + std::string(dtype) + " [";
+  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
+}
+
+}  // namespace
+
+std::string DescribeTableDifferences(
+    const google::protobuf::RepeatedPtrField<wire::TensorInfo>& served, const ModelView& model) {
+  constexpr size_t kShown = 3;
+  if (served.empty()) return "";  // the source sent no table: the tables were not the problem
+  const size_t n = std::max<size_t>(served.size(), model.tensors.size());
+  std::string shown;
+  size_t differing = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const bool on_server = i < static_cast<size_t>(served.size());
+    const bool here = i < model.tensors.size();
+    std::string server_side = "none", client_side = "none";
+    if (on_server) {
+      const wire::TensorInfo& s = served[static_cast<int>(i)];
+      server_side = Describe(s.name(), s.dtype(), {s.shape().begin(), s.shape().end()}) + " (" +
+                    std::to_string(s.size_bytes()) + " bytes)";
+    }
+    if (here) {
+      const TensorView& t = model.tensors[i];
+      client_side = Describe(t.name, DTypeName(t.dtype), t.shape) + " (" +
+                    std::to_string(t.size_bytes) + " bytes)";
+    }
+    if (server_side == client_side) continue;
+    if (++differing <= kShown) {
+      shown += (shown.empty() ? "" : "; ") + ("tensor " + std::to_string(i) + ": source " +
+                                              server_side + ", this side " + client_side);
+    }
+  }
+  if (differing == 0) return "";
+  std::string text = "the source has " + std::to_string(served.size()) + " tensors, this side " +
+                     std::to_string(model.tensors.size()) + "; " + std::to_string(differing) +
+                     " differ by position, first: " + shown;
+  if (differing > kShown) text += "; and " + std::to_string(differing - kShown) + " more";
+  return text;
 }
 
 void ToWire(const Manifest& manifest, wire::Manifest* out) {

@@ -3,6 +3,7 @@
 // Conversions between netloader's types and the protobuf messages of proto/netloader.proto, and
 // the size- and version-checked decoding of received bytes.
 
+#include <chrono>
 #include <cstddef>
 #include <string>
 
@@ -12,20 +13,44 @@
 
 namespace netloader {
 
-// Largest control message a server reads; Register and Done are a few hundred bytes.
+// Largest control message a server reads; Register and Done are a few hundred bytes. Larger
+// ones up to kServerCutoffBytes get Reject{PROTOCOL_MISMATCH}; beyond that ZeroMQ closes the
+// connection (ZMQ_MAXMSGSIZE), which bounds what a peer can make the server buffer.
 inline constexpr size_t kMaxServerMessageBytes = 64 << 10;
+inline constexpr size_t kServerCutoffBytes = 256 << 10;
 // Largest message a client reads: an Accept carries the manifest (~100 B per tensor).
 inline constexpr size_t kMaxClientMessageBytes = 256 << 20;
+
+// Clients send a heartbeat at least this often; servers give up on a silent session no sooner
+// than this (PROTOCOL.md, section 4.5).
+inline constexpr std::chrono::milliseconds kMaxHeartbeatInterval{1000};
+inline constexpr std::chrono::milliseconds kMinHeartbeatTimeout{2000};
 
 // Serializes `envelope` after stamping it with kProtocolVersion.
 std::string Encode(wire::Envelope& envelope);
 
-// Parses one received message. Errors: InvalidArgument (over `max_bytes`), ProtocolMismatch
-// (does not parse, carries no body, or speaks another protocol version; the message says which).
+// Parses one received message. Errors: ProtocolMismatch (empty, over `max_bytes`, does not
+// parse, carries no body, or speaks another protocol version; the message says which).
 Result<wire::Envelope> Decode(const void* data, size_t size, size_t max_bytes);
+
+// "Register", "Accept", ...: the name of the message an envelope carries, for logs and replies.
+const char* BodyName(const wire::Envelope& envelope);
+
+// Checks what a server needs of a Register before comparing it (PROTOCOL.md, section 4.2): a
+// partition within range, a table_digest of 32 lowercase hex digits. InvalidArgument names the
+// field.
+Status ValidateRegister(const wire::Register& request);
 
 void ToWire(const Fingerprint& fingerprint, wire::Fingerprint* out);
 Fingerprint FromWire(const wire::Fingerprint& in);
+
+// The tensor table of `model` as Reject.served_tensors.
+void ToWire(const ModelView& model, wire::Reject* out);
+// "the source has N tensors, this side M; first differences: ..." naming, by storage-order
+// index, the first few tensors whose name, dtype, shape or size differ between the source's
+// table (`served`) and `model`; empty when they do not differ.
+std::string DescribeTableDifferences(
+    const google::protobuf::RepeatedPtrField<wire::TensorInfo>& served, const ModelView& model);
 
 void ToWire(const Manifest& manifest, wire::Manifest* out);
 // Errors: ProtocolMismatch (chunk size out of range).

@@ -11,8 +11,11 @@
 #include <zmq.hpp>
 
 #include <cstring>
+#include <mutex>
 #include <random>
 #include <thread>
+
+#include "netloader/logging.h"
 
 #include "client/client_internal.h"
 #include "netloader/secret.h"
@@ -118,10 +121,7 @@ TEST_F(ServerClientTest, LoadsEveryByteAndReportsStatistics) {
   EXPECT_EQ(last_progress, source.view.total_bytes());
   EXPECT_GT(stats->chunks, 10u);
   // The server counts the client as served once it reads the verified Done.
-  for (int i = 0; i < 200 && (*server)->stats().clients_served == 0; ++i) {
-    std::this_thread::sleep_for(10ms);
-  }
-  EXPECT_EQ((*server)->stats().clients_served, 1u);
+  EXPECT_TRUE(testing::WaitFor([&] { return (*server)->stats().clients_served == 1; }, 30s));
   EXPECT_EQ((*server)->stats().bytes_sent, source.view.total_bytes());
 }
 
@@ -258,10 +258,8 @@ TEST_F(ServerClientFaultTest, CorruptedChunkIsDetectedNamingTheTensorAndNothingI
         << stats.status().message();
   }
   // The server hears about each and frees the sessions.
-  for (int i = 0; i < 300 && (*server)->stats().clients_failed < 2; ++i) {
-    std::this_thread::sleep_for(10ms);
-  }
-  EXPECT_EQ((*server)->stats().clients_failed, 2u);
+  EXPECT_TRUE(testing::WaitFor([&] { return (*server)->stats().clients_failed == 2; }, 30s))
+      << (*server)->stats().clients_failed;
   EXPECT_EQ((*server)->stats().active_transfers, 0);
 }
 
@@ -346,35 +344,82 @@ Result<wire::Envelope> RegisterRaw(const std::string& endpoint, const ModelView&
   return RawExchange(endpoint, Encode(request));
 }
 
+// Collects netloader's log lines for the life of the object.
+class LogCapture {
+ public:
+  LogCapture() {
+    SetLogSink([this](LogLevel level, std::string_view message) {
+      std::lock_guard<std::mutex> lock(mu_);
+      lines_.push_back(std::string(level == LogLevel::kWarn ? "WARN " : "") + std::string(message));
+    });
+  }
+  ~LogCapture() { SetLogSink(nullptr); }
+  // Whether a line containing `text` was logged (waiting up to `timeout` for it).
+  bool Saw(const std::string& text, std::chrono::milliseconds timeout = 30s) {
+    return testing::WaitFor(
+        [&] {
+          std::lock_guard<std::mutex> lock(mu_);
+          for (const std::string& line : lines_) {
+            if (line.find(text) != std::string::npos) return true;
+          }
+          return false;
+        },
+        timeout);
+  }
+  std::string All() {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::string all;
+    for (const std::string& line : lines_) all += line + "\n";
+    return all;
+  }
+
+ private:
+  std::mutex mu_;  // guards lines_
+  std::vector<std::string> lines_;
+};
+
+// Every malformed message gets a Reject whose code says what kind of problem it is
+// (PROTOCOL.md, section 4.1): PROTOCOL_MISMATCH for what is not a netloader message of this
+// version, INVALID_REQUEST for a well-formed one the server cannot act on.
 TEST_F(ServerClientFaultTest, MalformedRequestsAreRejectedAndTheServerKeepsServing) {
   OwnedModel source(10, seed_, true);
+  LogCapture log;
   auto server = internal::StartServer(SmallChunks(), source.view, transport_);
   ASSERT_TRUE(server.ok());
   const std::string endpoint = (*server)->endpoint();
-
-  Result<wire::Envelope> reply = RawExchange(endpoint, "\x12\x34 definitely not protobuf \xff");
-  ASSERT_TRUE(reply.ok()) << reply.status().ToString();
-  ASSERT_TRUE(reply->has_reject());
-  EXPECT_EQ(reply->reject().code(), wire::PROTOCOL_MISMATCH);
-
+  struct Case {
+    const char* what;
+    std::string payload;
+    wire::RejectCode code;
+    std::string reason;
+  };
   wire::Envelope future;
   future.mutable_register_();
   future.set_protocol_version(kProtocolVersion + 7);
-  reply = RawExchange(endpoint, future.SerializeAsString());
-  ASSERT_TRUE(reply.ok() && reply->has_reject());
-  EXPECT_NE(
-      reply->reject().reason().find("protocol version " + std::to_string(kProtocolVersion + 7)),
-      std::string::npos);
-
-  reply = RawExchange(endpoint, std::string(kMaxServerMessageBytes + 10, 'x'));
-  ASSERT_TRUE(reply.ok() && reply->has_reject());
-  EXPECT_NE(reply->reject().reason().find("exceeds the limit"), std::string::npos);
-
   wire::Envelope stray;
   stray.mutable_heartbeat()->set_session_id(42);
-  reply = RawExchange(endpoint, Encode(stray));
-  ASSERT_TRUE(reply.ok() && reply->has_reject());
-  EXPECT_NE(reply->reject().reason().find("not active"), std::string::npos);
+  wire::Envelope accept;
+  accept.mutable_accept()->set_session_id(1);
+  const Case cases[] = {
+      {"garbage", "\x12\x34 definitely not protobuf \xff", wire::PROTOCOL_MISMATCH,
+       "is not a netloader message"},
+      {"another version", future.SerializeAsString(), wire::PROTOCOL_MISMATCH,
+       "protocol version " + std::to_string(kProtocolVersion + 7)},
+      {"empty", "", wire::PROTOCOL_MISMATCH, "empty message"},
+      {"over 64 KiB", std::string(100 << 10, 'x'), wire::PROTOCOL_MISMATCH,
+       "102400 bytes exceeds the limit of 65536"},
+      {"a Heartbeat for no session", Encode(stray), wire::INVALID_REQUEST, "not active"},
+      {"an Accept", Encode(accept), wire::INVALID_REQUEST, "this was Accept"},
+  };
+  for (const Case& c : cases) {
+    Result<wire::Envelope> reply = RawExchange(endpoint, c.payload);
+    ASSERT_TRUE(reply.ok()) << c.what << ": " << reply.status().ToString();
+    ASSERT_TRUE(reply->has_reject()) << c.what;
+    EXPECT_EQ(reply->reject().code(), c.code) << c.what << ": " << reply->reject().reason();
+    EXPECT_NE(reply->reject().reason().find(c.reason), std::string::npos)
+        << c.what << ": " << reply->reject().reason();
+  }
+  EXPECT_TRUE(log.Saw("WARN refused an unexpected Accept message")) << log.All();
 
   OwnedModel dest = source.EmptyLike();
   Result<LoadStats> stats = internal::Load(ClientFor(endpoint), dest.view, Inproc(transport_));
@@ -382,9 +427,165 @@ TEST_F(ServerClientFaultTest, MalformedRequestsAreRejectedAndTheServerKeepsServi
   EXPECT_TRUE(dest.SameBytes(source));
 }
 
+// A Register with a missing or out-of-range partition, or a malformed table digest, is not a
+// fingerprint mismatch (nothing to compare) but an invalid request naming the field.
+TEST_F(ServerClientFaultTest, MalformedRegistersAreInvalidRequestsNamingTheField) {
+  OwnedModel source(10, seed_, true);
+  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  ASSERT_TRUE(server.ok());
+  auto with = [&](void (*mutate)(wire::Register*)) {
+    wire::Envelope request;
+    ToWire(MakeFingerprint(source.view, "", {}),
+           request.mutable_register_()->mutable_fingerprint());
+    mutate(request.mutable_register_());
+    return Encode(request);
+  };
+  struct Case {
+    const char* what;
+    std::string payload;
+    const char* reason;
+  } cases[] = {
+      {"no partition", with([](wire::Register* r) { r->mutable_fingerprint()->clear_partition(); }),
+       "Register.fingerprint.partition is missing"},
+      {"tp_rank = tp_size", with([](wire::Register* r) {
+         r->mutable_fingerprint()->mutable_partition()->set_tp_size(2);
+         r->mutable_fingerprint()->mutable_partition()->set_tp_rank(2);
+       }),
+       "tp_rank 2 is outside [0, 2)"},
+      {"pp_size 0", with([](wire::Register* r) {
+         r->mutable_fingerprint()->mutable_partition()->set_pp_size(0);
+       }),
+       "pp_size must be >= 1"},
+      {"bad digest",
+       with([](wire::Register* r) { r->mutable_fingerprint()->set_table_digest("XYZ"); }),
+       "table_digest 'XYZ' is not 32 lowercase hex digits"},
+  };
+  for (const Case& c : cases) {
+    Result<wire::Envelope> reply = RawExchange((*server)->endpoint(), c.payload);
+    ASSERT_TRUE(reply.ok() && reply->has_reject()) << c.what;
+    EXPECT_EQ(reply->reject().code(), wire::INVALID_REQUEST) << c.what;
+    EXPECT_NE(reply->reject().reason().find(c.reason), std::string::npos)
+        << c.what << ": " << reply->reject().reason();
+    EXPECT_TRUE(reply->reject().diffs().empty()) << c.what;
+  }
+  EXPECT_EQ((*server)->stats().refused, 4u);
+}
+
+// What a REQ socket sends (an empty delimiter frame, then the payload) is refused in a reply it
+// can receive, instead of leaving it to wait out its deadline; other multi-frame messages too.
+TEST_F(ServerClientFaultTest, MessagesOfSeveralFramesAreRefusedInAReplyTheSenderReceives) {
+  OwnedModel source(10, seed_, true);
+  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  ASSERT_TRUE(server.ok());
+  wire::Envelope request;
+  ToWire(MakeFingerprint(source.view, "", {}), request.mutable_register_()->mutable_fingerprint());
+  const std::string payload = Encode(request);
+  zmq::context_t ctx;
+  for (auto type : {zmq::socket_type::req, zmq::socket_type::dealer}) {
+    zmq::socket_t s(ctx, type);
+    s.set(zmq::sockopt::linger, 0);
+    s.set(zmq::sockopt::rcvtimeo, 30000);
+    s.connect((*server)->endpoint());
+    if (type == zmq::socket_type::dealer) {  // three frames
+      s.send(zmq::str_buffer("a"), zmq::send_flags::sndmore);
+      s.send(zmq::str_buffer("b"), zmq::send_flags::sndmore);
+    }
+    s.send(zmq::buffer(payload));
+    zmq::message_t reply;
+    ASSERT_TRUE(s.recv(reply)) << "no reply";
+    Result<wire::Envelope> decoded = Decode(reply.data(), reply.size(), kMaxClientMessageBytes);
+    ASSERT_TRUE(decoded.ok() && decoded->has_reject()) << decoded.status().ToString();
+    EXPECT_EQ(decoded->reject().code(), wire::PROTOCOL_MISMATCH);
+    const std::string expected = type == zmq::socket_type::req
+                                     ? "this one had 2 frames, as a REQ socket sends them"
+                                     : "this one had 3 frames";
+    EXPECT_NE(decoded->reject().reason().find(expected), std::string::npos)
+        << decoded->reject().reason();
+  }
+}
+
+// Past ZeroMQ's 256 KiB cut-off the connection is closed before the server sees the message:
+// no reply can come (PROTOCOL.md, section 2). The server is unharmed.
+TEST_F(ServerClientFaultTest, AMessageBeyondZeroMqsCutOffGetsNoReplyAndHarmsNothing) {
+  OwnedModel source(10, seed_, true);
+  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  ASSERT_TRUE(server.ok());
+  zmq::context_t ctx;
+  zmq::socket_t s(ctx, zmq::socket_type::dealer);
+  s.set(zmq::sockopt::linger, 0);
+  s.set(zmq::sockopt::rcvtimeo, 1000);
+  s.connect((*server)->endpoint());
+  s.send(zmq::buffer(std::string(kServerCutoffBytes + 1, 'x')));
+  zmq::message_t reply;
+  EXPECT_FALSE(s.recv(reply)) << "a reply to a message ZeroMQ cut off";
+  OwnedModel dest = source.EmptyLike();
+  Result<LoadStats> stats =
+      internal::Load(ClientFor((*server)->endpoint()), dest.view, Inproc(transport_));
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_TRUE(dest.SameBytes(source));
+}
+
+// A Done for a session that is not active gets no reply, as every Done, but a WARN line.
+TEST_F(ServerClientFaultTest, ADoneForNoActiveSessionIsLogged) {
+  OwnedModel source(10, seed_, true);
+  LogCapture log;
+  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  ASSERT_TRUE(server.ok());
+  wire::Envelope done;
+  done.mutable_done()->set_session_id(0x1234);
+  done.mutable_done()->set_verified(true);
+  zmq::context_t ctx;
+  zmq::socket_t s(ctx, zmq::socket_type::dealer);
+  s.set(zmq::sockopt::linger, 1000);
+  s.connect((*server)->endpoint());
+  s.send(zmq::buffer(Encode(done)));
+  EXPECT_TRUE(
+      log.Saw("WARN ignored a Done (verified) for session 0000000000001234, which is not "
+              "active on this server"))
+      << log.All();
+}
+
+// Another layout: the refusal names the first tensors that differ and both tensor counts, from
+// the table the server sends with that refusal only.
+TEST_F(ServerClientFaultTest, ALayoutMismatchNamesTheTensorsThatDiffer) {
+  OwnedModel source(10, seed_, true);
+  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  ASSERT_TRUE(server.ok());
+  OwnedModel dest = source.EmptyLike();
+  ASSERT_EQ(dest.view.tensors[3].dtype, DType::kF64);
+  dest.view.tensors[3].dtype = DType::kI64;  // same size, another dtype
+  Result<LoadStats> stats =
+      internal::Load(ClientFor((*server)->endpoint()), dest.view, Inproc(transport_));
+  ASSERT_EQ(stats.status().code(), StatusCode::kFingerprintMismatch);
+  const std::string& message = stats.status().message();
+  const std::string shape = "[" + std::to_string(dest.view.tensors[3].shape[0]) + "]";
+  EXPECT_NE(message.find("the source has 10 tensors, this side 10; 1 differ by position, first: "
+                         "tensor 3: source 'layer.3' F64 " +
+                         shape),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("this side 'layer.3' I64 " + shape), std::string::npos) << message;
+
+  OwnedModel more = source.EmptyLike();  // the same ten tensors, and one more at the end
+  std::vector<unsigned char> extra(16);
+  more.view.tensors.push_back({"layer.10", DType::kU8, {16}, extra.data(), extra.size()});
+  Result<LoadStats> longer =
+      internal::Load(ClientFor((*server)->endpoint()), more.view, Inproc(transport_));
+  ASSERT_EQ(longer.status().code(), StatusCode::kFingerprintMismatch);
+  EXPECT_NE(longer.status().message().find("the source has 10 tensors, this side 11"),
+            std::string::npos)
+      << longer.status().message();
+  EXPECT_NE(longer.status().message().find(
+                "1 differ by position, first: tensor 10: source none, this side 'layer.10' U8 "
+                "[16] (16 bytes)"),
+            std::string::npos)
+      << longer.status().message();
+}
+
 // A ghost client (RegisterRaw, then nothing) takes a one-slot server's only slot. A real client
-// arriving next is told Busy, and must be served within `within`: one of `options`' deadlines
-// has to free the slot, and the ghost counts as one failed client.
+// arriving next is told Busy, and must be served within `within`, far below its own busy
+// deadline (120 s) and the server's other deadline (60 s or none): the one of `options`' deadlines
+// under test has to free the slot, and the ghost counts as one failed client.
 void ExpectTheGhostsSlotIsFreedWithin(ServerOptions options, std::chrono::seconds within,
                                       uint64_t seed,
                                       const std::shared_ptr<transfer::Transport>& transport) {
@@ -395,9 +596,10 @@ void ExpectTheGhostsSlotIsFreedWithin(ServerOptions options, std::chrono::second
   Result<wire::Envelope> reply = RegisterRaw((*server)->endpoint(), source.view);
   ASSERT_TRUE(reply.ok() && reply->has_accept()) << "the ghost client takes the only slot";
   OwnedModel dest = source.EmptyLike();
+  ClientOptions client = ClientFor((*server)->endpoint());
+  client.busy_timeout = 120s;  // the ghost's slot is freed by the server's deadline, not this
   const auto start = std::chrono::steady_clock::now();
-  Result<LoadStats> stats =
-      internal::Load(ClientFor((*server)->endpoint()), dest.view, Inproc(transport));
+  Result<LoadStats> stats = internal::Load(client, dest.view, Inproc(transport));
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   EXPECT_LT(std::chrono::steady_clock::now() - start, within);
   EXPECT_TRUE(dest.SameBytes(source));
@@ -407,15 +609,16 @@ void ExpectTheGhostsSlotIsFreedWithin(ServerOptions options, std::chrono::second
 TEST_F(ServerClientFaultTest, ClientThatRegistersAndNeverConnectsCostsAtMostTheConnectDeadline) {
   ServerOptions options = SmallChunks();
   options.connect_timeout = 300ms;
-  ExpectTheGhostsSlotIsFreedWithin(options, 3s, seed_, transport_);
+  options.heartbeat_timeout = 0s;  // not what frees the slot
+  ExpectTheGhostsSlotIsFreedWithin(options, 30s, seed_, transport_);
 }
 
 TEST_F(ServerClientFaultTest,
        ClientThatRegistersThenFallsSilentLosesItsSlotAtTheHeartbeatDeadline) {
   ServerOptions options = SmallChunks();
-  options.connect_timeout = 60s;  // not what frees the slot
-  options.heartbeat_timeout = 500ms;
-  ExpectTheGhostsSlotIsFreedWithin(options, 5s, seed_, transport_);
+  options.connect_timeout = 60s;   // not what frees the slot
+  options.heartbeat_timeout = 2s;  // the least a server may use
+  ExpectTheGhostsSlotIsFreedWithin(options, 30s, seed_, transport_);
 }
 
 TEST_F(ServerClientFaultTest, OnlyAClientHoldingTheSharedSecretLearnsAnything) {
@@ -436,18 +639,16 @@ TEST_F(ServerClientFaultTest, OnlyAClientHoldingTheSharedSecretLearnsAnything) {
   for (const Case& c : cases) {
     ClientOptions options = ClientFor((*server)->endpoint());
     options.secret = c.secret;
+    options.register_timeout = 120s;  // "at once" is far below it
     const auto start = std::chrono::steady_clock::now();
     Result<LoadStats> stats = internal::Load(options, dest.view, Inproc(transport_));
     EXPECT_EQ(stats.status().code(), StatusCode::kPermissionDenied) << c.who;
     EXPECT_NE(stats.status().message().find(c.reason), std::string::npos)
         << c.who << ": " << stats.status().message();
-    EXPECT_LT(std::chrono::steady_clock::now() - start, 3s) << c.who << ": fails at once";
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 60s) << c.who << ": fails at once";
     EXPECT_TRUE(dest.SameBytes(source.EmptyLike())) << c.who << ": nothing was sent";
   }
-  for (int i = 0; i < 100 && (*server)->stats().unauthenticated < 2; ++i) {
-    std::this_thread::sleep_for(10ms);
-  }
-  EXPECT_GE((*server)->stats().unauthenticated, 2u);
+  EXPECT_TRUE(testing::WaitFor([&] { return (*server)->stats().unauthenticated >= 2; }, 30s));
   EXPECT_EQ((*server)->stats().refused, 0u) << "no Register ever reached the server";
 
   ClientOptions options = ClientFor((*server)->endpoint());
@@ -503,14 +704,15 @@ TEST_F(ServerClientFaultTest, ConnectionsThatSendNothingHoldNothingUp) {
   OwnedModel dest = source.EmptyLike();
   ClientOptions client = ClientFor(endpoint);
   client.secret = options.secret;
+  client.register_timeout = 120s;  // held up, the load would wait this out
   const auto start = std::chrono::steady_clock::now();
   Result<LoadStats> stats = internal::Load(client, dest.view, Inproc(transport_));
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   EXPECT_TRUE(dest.SameBytes(source));
-  EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 60s);
   const auto stopping = std::chrono::steady_clock::now();
-  (*server)->Stop();
-  EXPECT_LT(std::chrono::steady_clock::now() - stopping, 2s);
+  (*server)->Stop();  // held up by a silent connection, it would never return (ctest's deadline)
+  EXPECT_LT(std::chrono::steady_clock::now() - stopping, 30s);
   for (int fd : mute) close(fd);
 }
 
@@ -523,7 +725,7 @@ TEST_F(ServerClientFaultTest, StopReturnsPromptlyWhileAClientIsExpected) {
   ASSERT_TRUE(RegisterRaw((*server)->endpoint(), source.view).ok());
   const auto start = std::chrono::steady_clock::now();
   (*server)->Stop();
-  EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 30s) << "not the 60 s connect deadline";
 }
 
 TEST(ServerOptionsTest, BadOptionsAreRefusedNamingTheOption) {

@@ -15,24 +15,26 @@ Fingerprint Served() {
 
 RegisterRequest Request() { return {Served(), ""}; }
 
+Status Healthy() { return Status::Ok(); }
+
 TEST(RegistrarTest, AcceptsMatchingClientUpToTheLimitThenSaysBusy) {
   Registrar r(Served(), "uri-1", 2);
-  EXPECT_EQ(r.Decide(Request(), Status::Ok()).kind, Admission::Kind::kAccept);
+  EXPECT_EQ(r.Decide(Request(), Healthy).kind, Admission::Kind::kAccept);
   const uint64_t a = r.Open();
   const uint64_t b = r.Open();
   EXPECT_NE(a, b);
-  Admission busy = r.Decide(Request(), Status::Ok());
+  Admission busy = r.Decide(Request(), Healthy);
   EXPECT_EQ(busy.kind, Admission::Kind::kBusy);
   EXPECT_NE(busy.reason.find("2 of 2"), std::string::npos) << busy.reason;
   r.Close(a);
-  EXPECT_EQ(r.Decide(Request(), Status::Ok()).kind, Admission::Kind::kAccept);
+  EXPECT_EQ(r.Decide(Request(), Healthy).kind, Admission::Kind::kAccept);
 }
 
 TEST(RegistrarTest, RejectsClientWithDifferentTensorParallelSize) {
   Registrar r(Served(), "uri-1", 4);
   RegisterRequest request = Request();
   request.fingerprint.partition.tp_size = 4;
-  Admission a = r.Decide(request, Status::Ok());
+  Admission a = r.Decide(request, Healthy);
   EXPECT_EQ(a.kind, Admission::Kind::kReject);
   EXPECT_EQ(a.code, StatusCode::kFingerprintMismatch);
   ASSERT_EQ(a.diffs.size(), 1u);
@@ -45,28 +47,48 @@ TEST(RegistrarTest, FingerprintIsCheckedBeforeCapacity) {
   (void)r.Open();
   RegisterRequest request = Request();
   request.fingerprint.table_digest = "other";
-  EXPECT_EQ(r.Decide(request, Status::Ok()).kind, Admission::Kind::kReject);
+  EXPECT_EQ(r.Decide(request, Healthy).kind, Admission::Kind::kReject);
 }
 
 TEST(RegistrarTest, RejectsClientBoundToAnotherRendezvous) {
   Registrar r(Served(), "uri-1", 4);
   RegisterRequest request = Request();
   request.rendezvous_uri = "uri-2";
-  Admission a = r.Decide(request, Status::Ok());
+  Admission a = r.Decide(request, Healthy);
   EXPECT_EQ(a.kind, Admission::Kind::kReject);
   EXPECT_EQ(a.code, StatusCode::kUnavailable);
   ASSERT_EQ(a.diffs.size(), 1u);
   EXPECT_EQ(a.diffs[0].field, "rendezvous_uri");
   request.rendezvous_uri = "uri-1";
-  EXPECT_EQ(r.Decide(request, Status::Ok()).kind, Admission::Kind::kAccept);
+  EXPECT_EQ(r.Decide(request, Healthy).kind, Admission::Kind::kAccept);
 }
 
 TEST(RegistrarTest, RefusesWithTheReasonWhenTheTransportIsDown) {
   Registrar r(Served(), "uri-1", 4);
-  Admission a = r.Decide(Request(), Status(StatusCode::kUnavailable, "ompi-server exited"));
+  Admission a =
+      r.Decide(Request(), [] { return Status(StatusCode::kUnavailable, "ompi-server exited"); });
   EXPECT_EQ(a.kind, Admission::Kind::kReject);
   EXPECT_EQ(a.code, StatusCode::kUnavailable);
   EXPECT_NE(a.reason.find("ompi-server exited"), std::string::npos);
+}
+
+// Health may cost a network probe: asked only for a request that would otherwise be admitted.
+TEST(RegistrarTest, AsksTransportHealthOnlyWhenTheFingerprintAndRendezvousMatch) {
+  Registrar r(Served(), "uri-1", 2);
+  int asked = 0;
+  auto health = [&] {
+    ++asked;
+    return Status::Ok();
+  };
+  RegisterRequest other = Request();
+  other.fingerprint.partition.tp_rank = 0;
+  EXPECT_EQ(r.Decide(other, health).kind, Admission::Kind::kReject);
+  RegisterRequest elsewhere = Request();
+  elsewhere.rendezvous_uri = "uri-2";
+  EXPECT_EQ(r.Decide(elsewhere, health).kind, Admission::Kind::kReject);
+  EXPECT_EQ(asked, 0);
+  EXPECT_EQ(r.Decide(Request(), health).kind, Admission::Kind::kAccept);
+  EXPECT_EQ(asked, 1);
 }
 
 }  // namespace

@@ -29,8 +29,14 @@ TEST(WireTest, GarbageIsAProtocolMismatch) {
 TEST(WireTest, OversizedMessageIsRefusedBeforeParsing) {
   const std::string big(kMaxServerMessageBytes + 1, '\0');
   Result<wire::Envelope> r = Decode(big.data(), big.size(), kMaxServerMessageBytes);
-  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(r.status().code(), StatusCode::kProtocolMismatch) << "not a message of the protocol";
   EXPECT_NE(r.status().message().find("exceeds the limit"), std::string::npos);
+}
+
+TEST(WireTest, AnEmptyMessageIsNamedAsEmpty) {
+  Result<wire::Envelope> r = Decode("", 0, kMaxServerMessageBytes);
+  EXPECT_EQ(r.status().code(), StatusCode::kProtocolMismatch);
+  EXPECT_NE(r.status().message().find("empty message"), std::string::npos) << r.status().message();
 }
 
 TEST(WireTest, AnotherProtocolVersionIsNamed) {

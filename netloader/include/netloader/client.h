@@ -36,7 +36,8 @@ struct ClientOptions {
   std::chrono::milliseconds connect_timeout{30000};
   // The transfer fails when no chunk arrives for this long.
   std::chrono::milliseconds stall_timeout{30000};
-  // From Accept until Done the client sends a heartbeat this often over ZeroMQ...
+  // From Accept until Done the client sends a heartbeat this often over ZeroMQ (at most 1 s:
+  // servers may give up after 2 s of silence)...
   std::chrono::milliseconds heartbeat_interval{1000};
   // ...and gives up on a source that answers none for this long (it died or froze). Must
   // exceed heartbeat_interval.

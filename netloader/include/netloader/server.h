@@ -35,7 +35,8 @@ struct ServerOptions {
   // How long a Busy client is told to wait before retrying.
   std::chrono::milliseconds busy_retry_hint{500};
   // An admitted client that sends no heartbeat for this long (it died or froze) loses its
-  // session: its transfer is aborted and its slot freed. 0: never.
+  // session: its transfer is aborted and its slot freed. 0: never; else at least 2 s (clients
+  // beat once a second).
   std::chrono::milliseconds heartbeat_timeout{10000};
   // The shared secret (netloader/secret.h) a client must hold; empty: anyone who reaches
   // `listen` may register and pull the weights, over an unencrypted control plane.
