@@ -373,11 +373,9 @@ TEST(FallbackFaultTest, ASourceKilledMidTransferFallsBackToDiskWithinTheStallDea
                  {"--model", tmp / "model", "--log-level", "debug", "--model-loader-extra-config",
                   SourceConfig({{0, {a.endpoint(0)}}}, {{"STALL_TIMEOUT", 3}, {"WINDOW", 1}})}),
       tmp / "b");
-  const auto until = std::chrono::steady_clock::now() + 60s;
-  while (b.Stderr().find("over MPI; receiving") == std::string::npos &&
-         std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(2ms);
-  }
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return b.Stderr().find("over MPI; receiving") != std::string::npos; }, 60s))
+      << b.Stderr();
   a.child().Signal(SIGKILL);
   const auto killed = std::chrono::steady_clock::now();
   EngineRun run{b.Wait(120s), Reports(b.Stdout()), b.Stderr()};
