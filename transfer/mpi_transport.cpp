@@ -58,7 +58,8 @@ struct Runtime {
   std::string rendezvous;    // resolved URI shared by all peers of this process
   pid_t private_server = -1;
   std::shared_ptr<std::atomic<bool>> private_server_exited;
-  std::atomic<int> abandoned{0};  // MPI calls left running past their deadline
+  std::atomic<int> abandoned{0};   // MPI calls left running past their deadline
+  std::atomic<int> open_ports{0};  // MPI_Open_port minus MPI_Close_port
   std::atomic<bool> ports_stuck{false};
   std::mutex probe_mu;  // guards the two fields below
   Clock::time_point probed{};
@@ -543,7 +544,9 @@ class MpiListener : public Listener {
   MpiListener(std::string port, MpiTuning tuning) : port_(std::move(port)), tuning_(tuning) {}
   ~MpiListener() override {
     // Closing a port while an abandoned accept still waits on it is not safe; leave it then.
-    if (!accept_abandoned_) MPI_Close_port(port_.data());
+    if (accept_abandoned_) return;
+    MPI_Close_port(port_.data());
+    GetRuntime().open_ports--;
   }
   const std::string& address() const override { return port_; }
 
@@ -617,6 +620,7 @@ class MpiTransport : public Transport {
       if (port.status().code() == StatusCode::kTimeout) GetRuntime().ports_stuck = true;
       return port.status();
     }
+    GetRuntime().open_ports++;
     return std::unique_ptr<Listener>(new MpiListener(*port, tuning_));
   }
 
@@ -653,6 +657,8 @@ Result<std::string> ResolveRendezvous(const std::string& spec) {
   }
   return uri;
 }
+
+int OpenMpiPorts() { return GetRuntime().open_ports.load(); }
 
 std::string CurrentMpiRendezvous() {
   Runtime& rt = GetRuntime();

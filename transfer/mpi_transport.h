@@ -32,6 +32,10 @@ Result<std::string> ResolveRendezvous(const std::string& spec);
 // The rendezvous URI this process initialised MPI with; empty before MakeMpiTransport succeeded.
 std::string CurrentMpiRendezvous();
 
+// MPI ports this process has open (each admitted client gets one until its session ends; a port
+// whose accept was abandoned past its deadline stays open). For tests and diagnostics.
+int OpenMpiPorts();
+
 // Sets the Open MPI / UCX settings of DESIGN.md's recipe (pml ucx over TCP on
 // options.interface) in the environment, keeping any the user already set. Before MPI_Init.
 void SetMpiTuningEnvironment(const TransportOptions& options);

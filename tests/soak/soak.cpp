@@ -1,0 +1,225 @@
+// netloader-soak: many loads from one server, and a burst of clients over its limit, with the
+// server's resources measured before and after. The server runs in this process (real MPI, its
+// private rendezvous, the shared secret); every client is a separate netloader-client process
+// that must verify every chunk. After a warm-up (a few loads and one full burst, which fills
+// the server's pool of staging rings), the server's resident memory, open file descriptors,
+// threads and open MPI ports are sampled with the server idle; after the measured loads they
+// must be where they were, within a margin. Prints one JSON report; exit 0 only when every load
+// was verified and nothing grew. CI runs it briefly (ctest label `soak`); run it longer by hand:
+//   build/bin/netloader-soak --loads 2000 --bursts 20
+
+#include <dirent.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "examples/checkpoint_gen.h"
+#include "netloader/logging.h"
+#include "netloader/safetensors.h"
+#include "netloader/secret.h"
+#include "netloader/server.h"
+#include "tests/support/test_util.h"
+#include "transfer/mpi_transport.h"
+
+namespace {
+
+using namespace std::chrono_literals;
+using netloader::testing::Child;
+using Clock = std::chrono::steady_clock;
+
+struct Resources {
+  int64_t rss_kib = 0;
+  int threads = 0;
+  int fds = 0;
+  int mpi_ports = 0;
+  nlohmann::json Json() const {
+    return {{"rss_kib", rss_kib}, {"threads", threads}, {"fds", fds}, {"mpi_ports", mpi_ports}};
+  }
+};
+
+int64_t StatusField(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1));
+  }
+  return -1;
+}
+
+Resources Sample() {
+  Resources r;
+  r.rss_kib = StatusField("VmRSS");
+  r.threads = static_cast<int>(StatusField("Threads"));
+  if (DIR* dir = opendir("/proc/self/fd")) {
+    while (dirent* e = readdir(dir)) r.fds += e->d_name[0] != '.';
+    closedir(dir);
+    --r.fds;  // the directory's own descriptor
+  }
+  r.mpi_ports = netloader::transfer::OpenMpiPorts();
+  return r;
+}
+
+struct Options {
+  int loads = 150;
+  int bursts = 1;
+  int burst_clients = 16;
+  int limit = 4;
+  int tensors = 64;
+  int size_mib = 16;
+  int64_t rss_margin_kib = 16 << 10;
+  int fd_margin = 4;
+  int thread_margin = 2;
+};
+
+class Soak {
+ public:
+  Soak(const Options& options, std::string model, std::string endpoint)
+      : options_(options), model_(std::move(model)), endpoint_(std::move(endpoint)) {}
+
+  // Starts `n` clients at once and waits for all; counts those that did not verify the model.
+  int Run(int n, const std::string& label) {
+    std::vector<std::unique_ptr<Child>> clients;
+    for (int i = 0; i < n; ++i) {
+      clients.push_back(std::make_unique<Child>(
+          std::vector<std::string>{netloader::testing::BinDir() + "/netloader-client", "--json",
+                                   "--source", endpoint_, "--model", model_, "--verify-only",
+                                   "--busy-timeout", "300"},
+          log_dir_ + "/" + label + "-" + std::to_string(i)));
+    }
+    int failed = 0;
+    for (auto& client : clients) {
+      const int code = client->Wait(600s);
+      const std::vector<nlohmann::json> lines = netloader::testing::JsonLines(client->Stdout());
+      const bool verified = code == 0 && !lines.empty() && lines.back().value("verified", false);
+      if (!verified) {
+        ++failed;
+        std::fprintf(stderr, "netloader-soak: a %s client failed (exit %d): %s\n", label.c_str(),
+                     code, client->Stderr().c_str());
+      }
+      ++loads_;
+    }
+    return failed;
+  }
+
+  void set_log_dir(const std::string& dir) { log_dir_ = dir; }
+  int loads() const { return loads_; }
+
+ private:
+  const Options& options_;
+  std::string model_;
+  std::string endpoint_;
+  std::string log_dir_;
+  int loads_ = 0;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "netloader-soak: hundreds of sequential loads from one server and bursts of clients over "
+      "its limit, every load verified; checks that the server's memory, file descriptors, "
+      "threads and MPI ports stay flat."};
+  Options o;
+  std::string json_path;
+  app.add_option("--loads", o.loads, "Sequential loads measured")->capture_default_str();
+  app.add_option("--bursts", o.bursts, "Bursts measured after them")->capture_default_str();
+  app.add_option("--burst-clients", o.burst_clients, "Clients started at once in a burst")
+      ->capture_default_str();
+  app.add_option("--limit", o.limit, "The server's concurrent-client limit")->capture_default_str();
+  app.add_option("--tensors", o.tensors, "Tensors of the generated model")->capture_default_str();
+  app.add_option("--size-mib", o.size_mib, "Size of the generated model")->capture_default_str();
+  app.add_option("--json", json_path, "Also write the report here");
+  CLI11_PARSE(app, argc, argv);
+  netloader::SetLogLevel(netloader::LogLevel::kWarn);  // not a line per client served
+
+  netloader::testing::TempDir tmp;
+  netloader::examples::CheckpointSpec spec;
+  spec.total_bytes = static_cast<uint64_t>(o.size_mib) << 20;
+  spec.tensors = o.tensors;
+  netloader::Status generated = netloader::examples::GenerateCheckpoint(tmp / "model", spec);
+  auto layout = netloader::ReadCheckpointLayout(tmp / "model");
+  auto model = layout.ok() ? netloader::HostModel::Load(*layout)
+                           : netloader::Result<netloader::HostModel>(layout.status());
+  auto secret = netloader::LoadOrCreateSecret(netloader::DefaultSecretPath());
+  if (!generated.ok() || !model.ok() || !secret.ok()) {
+    std::fprintf(stderr, "netloader-soak: cannot set up: %s %s\n", generated.ToString().c_str(),
+                 model.status().ToString().c_str());
+    return 2;
+  }
+  netloader::ServerOptions options;
+  options.max_concurrent_transfers = o.limit;
+  options.busy_retry_hint = 100ms;
+  options.secret = *secret;
+  auto server = netloader::Server::Start(options, model->view());
+  if (!server.ok()) {
+    std::fprintf(stderr, "netloader-soak: %s\n", server.status().ToString().c_str());
+    return 2;
+  }
+  Soak soak(o, tmp / "model", (*server)->endpoint());
+  soak.set_log_dir(tmp.path());
+  // Samples once the server is idle: every session reaped, every slot free.
+  auto idle_sample = [&] {
+    netloader::testing::WaitFor(
+        [&] {
+          return (*server)->stats().active_transfers == 0 &&
+                 netloader::transfer::OpenMpiPorts() == 0;
+        },
+        60s);
+    return Sample();
+  };
+
+  const auto start = Clock::now();
+  int failed = soak.Run(1, "warmup");
+  for (int i = 0; i < 4; ++i) failed += soak.Run(1, "warmup");
+  failed += soak.Run(o.burst_clients, "warmup-burst");
+  const Resources before = idle_sample();
+  const auto measured = Clock::now();
+  for (int i = 0; i < o.loads; ++i) failed += soak.Run(1, "sequential");
+  const Resources after_sequential = idle_sample();
+  const uint64_t busy_before = (*server)->stats().busy;
+  for (int b = 0; b < o.bursts; ++b) failed += soak.Run(o.burst_clients, "burst");
+  const Resources after = idle_sample();
+  const double seconds = std::chrono::duration<double>(Clock::now() - measured).count();
+  const netloader::ServerStats stats = (*server)->stats();
+  (*server)->Stop();
+
+  std::vector<std::string> grew;
+  for (const Resources& r : {after_sequential, after}) {
+    if (r.rss_kib > before.rss_kib + o.rss_margin_kib) grew.push_back("rss_kib");
+    if (r.fds > before.fds + o.fd_margin) grew.push_back("fds");
+    if (r.threads > before.threads + o.thread_margin) grew.push_back("threads");
+    if (r.mpi_ports != 0) grew.push_back("mpi_ports");
+  }
+  const bool busy_seen = o.burst_clients <= o.limit || o.bursts == 0 || stats.busy > busy_before;
+  const bool all_served =
+      stats.clients_served == static_cast<uint64_t>(soak.loads()) && stats.clients_failed == 0;
+  nlohmann::json report = {
+      {"loads", soak.loads()},
+      {"measured_loads", o.loads + o.bursts * o.burst_clients},
+      {"failed_loads", failed},
+      {"server",
+       {{"served", stats.clients_served},
+        {"failed", stats.clients_failed},
+        {"busy_answers", stats.busy},
+        {"refused", stats.refused}}},
+      {"burst", {{"clients", o.burst_clients}, {"limit", o.limit}, {"bursts", o.bursts}}},
+      {"model", {{"tensors", o.tensors}, {"bytes", model->view().total_bytes()}}},
+      {"seconds", seconds},
+      {"total_seconds", std::chrono::duration<double>(Clock::now() - start).count()},
+      {"before", before.Json()},
+      {"after_sequential", after_sequential.Json()},
+      {"after", after.Json()},
+      {"margins",
+       {{"rss_kib", o.rss_margin_kib}, {"fds", o.fd_margin}, {"threads", o.thread_margin}}},
+      {"grew", grew},
+      {"ok", failed == 0 && grew.empty() && busy_seen && all_served}};
+  std::printf("%s\n", report.dump().c_str());
+  if (!json_path.empty()) std::ofstream(json_path) << report.dump(2) << "\n";
+  return report["ok"].get<bool>() ? 0 : 1;
+}
