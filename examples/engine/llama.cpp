@@ -328,6 +328,7 @@ class LocalComm : public Comm {
   uint64_t BroadcastFromLast(uint64_t value) override { return value; }
   uint64_t XorTp(uint64_t value) override { return value; }
   int BroadcastFromFirst(int value) override { return value; }
+  std::vector<std::string> GatherToFirst(const std::string& text) override { return {text}; }
   void WaitForTurn() override {}
   void PassTurn() override {}
 };
@@ -379,6 +380,25 @@ class MpiComm : public Comm {
   int BroadcastFromFirst(int value) override {
     Check(MPI_Bcast(&value, 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Bcast");
     return value;
+  }
+  std::vector<std::string> GatherToFirst(const std::string& text) override {
+    int length = static_cast<int>(text.size());
+    std::vector<int> lengths(p_.rank() == 0 ? p_.world() : 0);
+    Check(MPI_Gather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, 0, MPI_COMM_WORLD),
+          "MPI_Gather");
+    std::vector<int> offsets(lengths.size());
+    int total = 0;
+    for (size_t r = 0; r < lengths.size(); ++r) {
+      offsets[r] = total;
+      total += lengths[r];
+    }
+    std::string all(static_cast<size_t>(total), '\0');
+    Check(MPI_Gatherv(text.data(), length, MPI_CHAR, all.data(), lengths.data(), offsets.data(),
+                      MPI_CHAR, 0, MPI_COMM_WORLD),
+          "MPI_Gatherv");
+    std::vector<std::string> out;
+    for (size_t r = 0; r < lengths.size(); ++r) out.push_back(all.substr(offsets[r], lengths[r]));
+    return out;
   }
   void WaitForTurn() override {
     int turn = 0;

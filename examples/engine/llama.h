@@ -109,6 +109,8 @@ class Comm {
   virtual void PassTurn() = 0;  // to rank r + 1, if any
   // Rank 0's value, on every rank.
   virtual int BroadcastFromFirst(int value) = 0;
+  // Every rank's `text`, in rank order, on rank 0 (empty elsewhere).
+  virtual std::vector<std::string> GatherToFirst(const std::string& text) = 0;
 };
 std::unique_ptr<Comm> MakeLocalComm();
 // MPI_COMM_WORLD split into tensor-parallel groups; MPI must be initialised.

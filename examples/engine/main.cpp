@@ -38,11 +38,20 @@ std::chrono::milliseconds Ms(double seconds) {
   return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
 }
 
-// One line, written at once, so the ranks' lines do not interleave under mpirun.
+// One line, written at once.
 void PrintLine(const nlohmann::json& j) {
   const std::string line = j.dump() + "\n";
   std::fwrite(line.data(), 1, line.size(), stdout);
   std::fflush(stdout);
+}
+
+// Every rank's line, printed by rank 0 in rank order (a collective). Lines that ranks print
+// themselves at the same moment may interleave mid-line in mpirun's output forwarding: seen
+// with 2 KB lines, both ranks' reports unreadable.
+void PrintEveryRank(llama::Comm& comm, const nlohmann::json& j) {
+  for (const std::string& line : comm.GatherToFirst(j.dump())) {
+    PrintLine(nlohmann::json::parse(line));
+  }
 }
 
 bool StopRequested(const sigset_t& stop) {
@@ -316,7 +325,7 @@ int main(int argc, char** argv) {
   report["tokens"] = generation.tokens;
   report["text"] = llama::Detokenize(generation.tokens);
   report["logits_digest"] = Hex(generation.logits_digest);
-  PrintLine(report);
+  PrintEveryRank(*comm, report);
 
   // Stay up as a source (optionally decoding meanwhile) until rank 0 is told to stop.
   int64_t decoded = 0;
@@ -338,11 +347,11 @@ int main(int argc, char** argv) {
   if (server) {
     server->Stop();
     const netloader::ServerStats stats = server->stats();
-    if (keep_running) {
-      PrintLine({{"rank", rank},
-                 {"served", stats.clients_served},
-                 {"failed", stats.clients_failed},
-                 {"refused", stats.refused}});
+    if (keep_running) {  // every rank serves, or none
+      PrintEveryRank(*comm, {{"rank", rank},
+                             {"served", stats.clients_served},
+                             {"failed", stats.clients_failed},
+                             {"refused", stats.refused}});
     }
   }
   comm.reset();
