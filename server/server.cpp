@@ -430,6 +430,7 @@ class ServerImpl : public Server {
     auto ring = std::make_unique<StagingRing>();
     Status made = ring->Allocate(static_cast<size_t>(options_.window), ring_slot_bytes_);
     if (!made.ok()) return made;
+    Count([&](ServerStats& s) { s.staging_bytes += options_.window * ring_slot_bytes_; });
     return ring;
   }
 

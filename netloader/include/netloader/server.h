@@ -53,6 +53,9 @@ struct ServerStats {
   uint64_t unauthenticated = 0;  // connections that failed the shared-secret handshake
   uint64_t bytes_sent = 0;
   int active_transfers = 0;
+  // Memory held in staging rings, kept for the next sessions: at most max_concurrent_transfers
+  // x window x chunk_bytes, and 0 for a model whose chunks all lie contiguous in memory.
+  uint64_t staging_bytes = 0;
 };
 
 // Serves a model held in the host's memory to netloader clients, on background threads, while
