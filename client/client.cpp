@@ -14,9 +14,9 @@
 #include "netloader/src/host_memory.h"
 #include "netloader/src/log.h"
 #include "netloader/src/manifest.h"
-#include "netloader/src/staging.h"
 #include "netloader/src/wire.h"
 #include "netloader/src/xxh3.h"
+#include "transfer/mpi_runtime.h"
 #include "transfer/mpi_transport.h"
 
 namespace netloader {
@@ -256,13 +256,13 @@ Status RejectStatus(const wire::Reject& reject, const ModelView& destination) {
 class Attempt {
  public:
   Attempt(const ClientOptions& options, const ModelView& destination,
-          const Fingerprint& fingerprint, const internal::TransportFactory& factory,
-          const std::string& source, internal::LoadTuning tuning)
+          const Fingerprint& fingerprint, transfer::DataPlane& plane, const std::string& source,
+          internal::LoadTuning tuning)
       : options_(options),
         tuning_(tuning),
         destination_(destination),
         fingerprint_(fingerprint),
-        factory_(factory),
+        plane_(plane),
         source_(source),
         control_(source, options.secret) {}
 
@@ -289,7 +289,7 @@ class Attempt {
       wire::Envelope request;
       wire::Register* reg = request.mutable_register_();
       ToWire(fingerprint_, reg->mutable_fingerprint());
-      reg->set_rendezvous_uri(transfer::CurrentMpiRendezvous());
+      reg->set_rendezvous_uri(plane_.bound_rendezvous());
       reg->set_client_name(ClientName());
       Status sent = control_.Send(request);
       if (!sent.ok()) return sent;
@@ -333,15 +333,11 @@ class Attempt {
                         std::to_string(destination_.tensors.size()) + ", '" +
                         fingerprint_.table_digest + "')");
     }
-    const ChunkPlan plan = ChunkPlan::Make(TensorSizes(destination_), manifest->chunk_bytes);
-    if (plan.size() != manifest->chunk_digests.size()) {
-      return Status(StatusCode::kProtocolMismatch,
-                    "the source lists " + std::to_string(manifest->chunk_digests.size()) +
-                        " chunk digests for a layout of " + std::to_string(plan.size()) +
-                        " chunks");
-    }
+    Result<ReceivePlan> receive = ReceivePlan::Make(
+        destination_, manifest->chunk_bytes, manifest->chunk_digests, manifest->model_digest);
+    if (!receive.ok()) return receive.status();
     auto phase = Clock::now();
-    Result<std::shared_ptr<transfer::Transport>> transport = factory_(accept.rendezvous_uri());
+    Result<std::shared_ptr<transfer::Transport>> transport = plane_.Start(accept.rendezvous_uri());
     if (!transport.ok()) return transport.status();
     PrefaultForWrite(destination_);
     const double transport_seconds = SecondsSince(phase);
@@ -354,66 +350,28 @@ class Attempt {
     const double connect_seconds = SecondsSince(phase);
     phase = Clock::now();
 
-    Log().debug("connected to {} over MPI; receiving {} chunks", source_, plan.size());
-    const transfer::ChunkList chunks = plan.Spans(destination_);
-    // What the data plane receives into: the destination itself, or for chunks of several
-    // spans a ring of window slots (chunk i lands in slot i % window; the stream posts chunk
-    // i + window only after chunk i's callback returned, so a slot is never overwritten before
-    // it was copied out). A one-span chunk always lands in place.
-    StagingRing ring;
-    transfer::ChunkList staged;
-    if (options_.staged_receive) {
-      const uint64_t slot_bytes = LargestChunk(chunks, /*multi_span_only=*/true);
-      if (slot_bytes > 0) {
-        Status made = ring.Allocate(static_cast<size_t>(options_.window), slot_bytes);
-        if (!made.ok()) return made;
-      }
-      staged = StagedMultiSpanChunks(chunks, ring);
-    }
-    const transfer::ChunkList& wire_chunks = options_.staged_receive ? staged : chunks;
+    Log().debug("connected to {} over MPI; receiving {} chunks", source_, receive->size());
     const uint64_t total = destination_.total_bytes();
-    std::vector<uint64_t> digests;
-    digests.reserve(chunks.size());
     transfer::StreamOptions stream;
     stream.window = options_.window;
     stream.stall_timeout = options_.stall_timeout;
     stream.cancel = &beats_->lost();
-    Status status = (*channel)->Receive(wire_chunks, stream, [&](size_t i) -> Status {
-      uint64_t digest = manifest->chunk_digests[i];
-      if (wire_chunks.spans(i)[0].data != chunks.spans(i)[0].data) {  // staged
-        const auto* slot = static_cast<const char*>(wire_chunks.spans(i)[0].data);
-        const uint64_t copied =
-            CopyAndDigest(slot, chunks.spans(i), chunks.span_count(i), tuning_.verify_chunks);
-        if (tuning_.verify_chunks) digest = copied;
-      } else if (tuning_.verify_chunks) {
-        digest = ChunkDigest(chunks, i);
-      }
-      if (digest != manifest->chunk_digests[i]) {
-        failed_chunk_ = static_cast<int64_t>(i);
-        return Status(StatusCode::kChecksumMismatch, "chunk " + std::to_string(i) + " (" +
-                                                         plan.TensorNames(i, destination_) +
-                                                         ") does not match the source's digest");
-      }
-      digests.push_back(digest);
-      received_ += chunks.bytes(i);
-      if (options_.progress) options_.progress(received_.load(), total);
-      return Status::Ok();
-    });
-    if (status.ok() && DigestOfDigests(digests) != manifest->model_digest) {
-      status =
-          Status(StatusCode::kChecksumMismatch, "whole-model digest differs from the source's");
-    }
+    Status status = receive->Receive(
+        **channel, stream, {options_.staged_receive, tuning_.verify_chunks}, [&](size_t i) {
+          received_ += receive->bytes(i);
+          if (options_.progress) options_.progress(received_.load(), total);
+        });
     if (!status.ok()) {
+      failed_chunk_ = receive->failed_chunk();
       if (beats_->lost()) status = Status(StatusCode::kUnavailable, beats_->reason());
       (*channel)->Abandon();
-      ring.Leak();
       return status.WithContext("transfer from " + source_);
     }
     LoadStats stats;
     stats.source = source_;
     stats.bytes = received_.load();
     stats.tensors = destination_.tensors.size();
-    stats.chunks = chunks.size();
+    stats.chunks = receive->size();
     stats.transfer_seconds = SecondsSince(phase);
     stats.seconds = SecondsSince(start);
     stats.register_seconds = register_seconds_;
@@ -451,7 +409,7 @@ class Attempt {
   const internal::LoadTuning tuning_;
   const ModelView& destination_;
   const Fingerprint& fingerprint_;
-  const internal::TransportFactory& factory_;
+  transfer::DataPlane& plane_;
   const std::string source_;
   ControlChannel control_;
   std::optional<Heartbeats> beats_;  // from Accept until Done
@@ -486,7 +444,7 @@ Status ValidateOptions(const ClientOptions& options) {
 namespace internal {
 
 Result<LoadStats> Load(const ClientOptions& options, const ModelView& destination,
-                       const TransportFactory& transport, LoadTuning tuning) {
+                       transfer::DataPlane& plane, LoadTuning tuning) {
   Status status = ValidateOptions(options);
   if (status.ok()) status = ValidateModelView(destination);
   if (!status.ok()) return status;
@@ -497,7 +455,7 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& destinatio
   for (const std::string& source : options.sources) {
     Log().debug("loading {} tensors ({} bytes) from {}", destination.tensors.size(),
                 destination.total_bytes(), source);
-    Attempt attempt(options, destination, fingerprint, transport, source, tuning);
+    Attempt attempt(options, destination, fingerprint, plane, source, tuning);
     Result<LoadStats> result = attempt.Run();
     attempts.push_back({source, result.ok() ? Status::Ok() : result.status()});
     if (result.ok()) {
@@ -552,9 +510,7 @@ void PrepareMpiEnvironment(const TransportOptions& options) {
 }
 
 Result<LoadStats> Load(const ClientOptions& options, const ModelView& destination) {
-  return internal::Load(options, destination, [&options](const std::string& rendezvous) {
-    return transfer::MakeMpiTransport(options.transport, rendezvous);
-  });
+  return internal::Load(options, destination, *transfer::MakeMpiDataPlane(options.transport));
 }
 
 }  // namespace netloader

@@ -9,10 +9,6 @@
 
 namespace netloader::internal {
 
-// Makes the data plane once the source has named its rendezvous (MPI in production).
-using TransportFactory =
-    std::function<Result<std::shared_ptr<transfer::Transport>>(const std::string& rendezvous)>;
-
 // Switches that exist for measurement only; never exposed in the public API.
 struct LoadTuning {
   // false skips per-chunk digest checks (the benchmark's "checksums off" row). A load done so
@@ -20,8 +16,9 @@ struct LoadTuning {
   bool verify_chunks = true;
 };
 
-// Load with a given data plane (tests use the in-process and fault-injecting transports).
+// Load on a given data plane (Load: MPI; tests: the in-process one, and fault-injecting
+// wrappers).
 Result<LoadStats> Load(const ClientOptions& options, const ModelView& destination,
-                       const TransportFactory& transport, LoadTuning tuning = {});
+                       transfer::DataPlane& plane, LoadTuning tuning = {});
 
 }  // namespace netloader::internal

@@ -10,7 +10,6 @@
 #include "netloader/src/log.h"
 #include "netloader/src/manifest.h"
 #include "netloader/src/registration.h"
-#include "netloader/src/staging.h"
 #include "netloader/src/wire.h"
 #include "server/server_internal.h"
 #include "transfer/mpi_transport.h"
@@ -38,6 +37,9 @@ struct Session {
   std::thread thread;
   std::atomic<bool> abort{false};     // set by Stop(), an early Done, or missed heartbeats
   std::atomic<bool> finished{false};  // the thread is about to exit; join and free the slot
+  // The outcome, written by the session's thread before `finished`, read after joining it.
+  bool served = false;
+  uint64_t bytes_sent = 0;
   std::atomic<int64_t> last_heard_ms{NowMs()};  // the client's last heartbeat (or Register)
   std::atomic<uint64_t> sent{0};                // bytes sent so far
   std::mutex mu;                                // guards done and lost
@@ -53,7 +55,7 @@ class ServerImpl : public Server {
       : options_(std::move(options)),
         model_(std::move(model)),
         transport_(std::move(transport)),
-        chunks_(ChunkPlan::Make(TensorSizes(model_), options_.chunk_bytes).Spans(model_)),
+        plan_(model_, options_.chunk_bytes),
         registrar_(MakeFingerprint(model_, options_.model_id, options_.partition),
                    transport_->rendezvous(), options_.max_concurrent_transfers) {
     // The manifest part of every Accept, serialized once. Protobuf merges concatenated
@@ -62,7 +64,6 @@ class ServerImpl : public Server {
     wire::Envelope manifest_part;
     ToWire(manifest, manifest_part.mutable_accept()->mutable_manifest());
     accept_manifest_bytes_ = Encode(manifest_part);
-    ring_slot_bytes_ = LargestChunk(chunks_, /*multi_span_only=*/true);
   }
 
   ~ServerImpl() override { Stop(); }
@@ -143,8 +144,7 @@ class ServerImpl : public Server {
       session->abort = true;
       session->cv.notify_all();
     }
-    for (auto& [id, session] : sessions_) session->thread.join();
-    sessions_.clear();
+    for (auto it = sessions_.begin(); it != sessions_.end();) it = Retire(it);
     monitor_.reset();
     zap_.reset();
     socket_.close();
@@ -306,9 +306,9 @@ class ServerImpl : public Server {
     Log().info("client {} registered as session {:016x}; {} of {} slots in use", client,
                session->id, registrar_.active(), registrar_.limit());
     Session* raw = session.get();
-    Count([](ServerStats& s) { s.active_transfers++; });  // before the thread can Finish()
     session->thread = std::thread([this, raw] { Serve(*raw); });
     sessions_[raw->id] = std::move(session);
+    CountSessions();
   }
 
   void HandleHeartbeat(const std::string& identity, const wire::Heartbeat& beat) {
@@ -358,12 +358,8 @@ class ServerImpl : public Server {
     stream.window = options_.window;
     stream.stall_timeout = options_.stall_timeout;
     stream.cancel = &session.abort;
-    // Chunks that coalesce several small tensors go out through a window-sized ring, packed just
-    // before they are posted: a memcpy from warm memory is cheaper than letting MPI pack a
-    // many-block datatype. Slices of large tensors are sent in place.
-    std::unique_ptr<StagingRing> ring;
-    transfer::ChunkList staged;
-    if (ring_slot_bytes_ > 0) {
+    std::unique_ptr<StagingRing> ring;  // for chunks of several spans, if the model has any
+    if (plan_.slot_bytes() > 0) {
       Result<std::unique_ptr<StagingRing>> taken = TakeRing();
       if (!taken.ok()) {
         Log().error("client {}: {}", who, taken.status().ToString());
@@ -372,16 +368,10 @@ class ServerImpl : public Server {
         return;
       }
       ring = std::move(*taken);
-      staged = StagedMultiSpanChunks(chunks_, *ring);
-      stream.prepare = [&](size_t i) {
-        if (chunks_.span_count(i) > 1) GatherChunk(chunks_, i, ring->slot(i));
-      };
     }
-    const transfer::ChunkList& wire_chunks = ring ? staged : chunks_;
-    Status status = (*channel)->Send(wire_chunks, stream, [&](size_t i) {
-      sent += chunks_.bytes(i);
+    Status status = plan_.Send(**channel, stream, ring.get(), [&](size_t i) {
+      sent += plan_.bytes(i);
       session.sent = sent;
-      return Status::Ok();
     });
     const double seconds = SecondsSince(start);
     if (ring) ReturnRing(std::move(ring));
@@ -428,9 +418,9 @@ class ServerImpl : public Server {
       }
     }
     auto ring = std::make_unique<StagingRing>();
-    Status made = ring->Allocate(static_cast<size_t>(options_.window), ring_slot_bytes_);
+    Status made = ring->Allocate(static_cast<size_t>(options_.window), plan_.slot_bytes());
     if (!made.ok()) return made;
-    Count([&](ServerStats& s) { s.staging_bytes += options_.window * ring_slot_bytes_; });
+    Count([&](ServerStats& s) { s.staging_bytes += ring->bytes(); });
     return ring;
   }
 
@@ -448,24 +438,37 @@ class ServerImpl : public Server {
     return status.ToString();
   }
 
-  void Finish(Session& session, bool served, uint64_t bytes) {
-    Count([&](ServerStats& s) {
-      (served ? s.clients_served : s.clients_failed)++;
-      s.bytes_sent += bytes;
-      s.active_transfers--;
-    });
+  // The session thread's last act: its outcome, which the control thread counts when it reaps
+  // the session.
+  static void Finish(Session& session, bool served, uint64_t bytes) {
+    session.served = served;
+    session.bytes_sent = bytes;
     session.finished = true;
+  }
+
+  // ServerStats::active_transfers is the registrar's count of open sessions.
+  void CountSessions() {
+    Count([this](ServerStats& s) { s.active_transfers = registrar_.active(); });
+  }
+
+  // Joins a session's thread, frees its slot and counts its outcome, all in one update of the
+  // stats, so that nobody sees a session counted as done and still open.
+  std::map<uint64_t, std::unique_ptr<Session>>::iterator Retire(
+      std::map<uint64_t, std::unique_ptr<Session>>::iterator it) {
+    Session& session = *it->second;
+    session.thread.join();
+    registrar_.Close(session.id);
+    Count([&](ServerStats& s) {
+      (session.served ? s.clients_served : s.clients_failed)++;
+      s.bytes_sent += session.bytes_sent;
+      s.active_transfers = registrar_.active();
+    });
+    return sessions_.erase(it);
   }
 
   void ReapFinishedSessions() {
     for (auto it = sessions_.begin(); it != sessions_.end();) {
-      if (!it->second->finished.load()) {
-        ++it;
-        continue;
-      }
-      it->second->thread.join();
-      registrar_.Close(it->first);
-      it = sessions_.erase(it);
+      it = it->second->finished.load() ? Retire(it) : std::next(it);
     }
   }
 
@@ -518,11 +521,10 @@ class ServerImpl : public Server {
   const ServerOptions options_;
   const ModelView model_;
   std::shared_ptr<transfer::Transport> transport_;
-  const transfer::ChunkList chunks_;   // spans over the live tensors, computed once
+  const SendPlan plan_;                // the chunks over the live tensors, cut once
   std::string accept_manifest_bytes_;  // Envelope{accept{manifest}}, serialized once
-  // Chunks of several tensors are packed into a send ring of `window` slots of this size (0: no
-  // such chunks). Rings are reused across sessions: allocating and faulting them in is not free.
-  uint64_t ring_slot_bytes_ = 0;
+  // Send rings (window slots of plan_.slot_bytes()), reused across sessions: allocating and
+  // faulting them in is not free.
   std::mutex rings_mu_;  // guards free_rings_
   std::vector<std::unique_ptr<StagingRing>> free_rings_;
 
@@ -572,17 +574,19 @@ Server::~Server() = default;
 namespace internal {
 
 Result<std::unique_ptr<Server>> StartServer(ServerOptions options, ModelView model,
-                                            std::shared_ptr<transfer::Transport> transport) {
+                                            const std::shared_ptr<transfer::DataPlane>& plane) {
   Status status = ValidateOptions(options);
   if (status.ok()) status = ValidateModelView(model);
   if (!status.ok()) return status;
+  Result<std::shared_ptr<transfer::Transport>> transport = plane->Start("");
+  if (!transport.ok()) return transport.status();
   const auto start = Clock::now();
   Manifest manifest = BuildManifest(model, options.chunk_bytes);
   Log().debug("digests of {} tensors ({} bytes, {} chunks) computed in {:.3f} s",
               model.tensors.size(), model.total_bytes(), manifest.chunk_digests.size(),
               SecondsSince(start));
   auto server = std::make_unique<ServerImpl>(std::move(options), std::move(model),
-                                             std::move(transport), std::move(manifest));
+                                             std::move(*transport), std::move(manifest));
   status = server->Bind();
   if (!status.ok()) return status;
   server->StartThread();
@@ -592,13 +596,8 @@ Result<std::unique_ptr<Server>> StartServer(ServerOptions options, ModelView mod
 }  // namespace internal
 
 Result<std::unique_ptr<Server>> Server::Start(ServerOptions options, ModelView model) {
-  Status status = ValidateOptions(options);
-  if (status.ok()) status = ValidateModelView(model);
-  if (!status.ok()) return status;
-  Result<std::shared_ptr<transfer::Transport>> transport =
-      transfer::MakeMpiTransport(options.transport);
-  if (!transport.ok()) return transport.status();
-  return internal::StartServer(std::move(options), std::move(model), std::move(*transport));
+  const auto plane = transfer::MakeMpiDataPlane(options.transport);
+  return internal::StartServer(std::move(options), std::move(model), plane);
 }
 
 }  // namespace netloader

@@ -7,9 +7,9 @@
 
 namespace netloader::internal {
 
-// Server::Start with a given data plane instead of MPI (tests use the in-process transport and
+// Server::Start on a given data plane (Server::Start: MPI; tests: the in-process one, and
 // fault-injecting wrappers).
 Result<std::unique_ptr<Server>> StartServer(ServerOptions options, ModelView model,
-                                            std::shared_ptr<transfer::Transport> transport);
+                                            const std::shared_ptr<transfer::DataPlane>& plane);
 
 }  // namespace netloader::internal

@@ -188,4 +188,23 @@ class InprocTransport : public Transport {
 
 std::shared_ptr<Transport> MakeInprocTransport() { return std::make_shared<InprocTransport>(); }
 
+namespace {
+
+class InprocDataPlane : public DataPlane {
+ public:
+  explicit InprocDataPlane(std::shared_ptr<Transport> transport)
+      : transport_(std::move(transport)) {}
+  std::string bound_rendezvous() const override { return ""; }
+  Result<std::shared_ptr<Transport>> Start(const std::string&) override { return transport_; }
+
+ private:
+  const std::shared_ptr<Transport> transport_;
+};
+
+}  // namespace
+
+std::shared_ptr<DataPlane> MakeInprocDataPlane(std::shared_ptr<Transport> transport) {
+  return std::make_shared<InprocDataPlane>(std::move(transport));
+}
+
 }  // namespace netloader::transfer

@@ -11,4 +11,7 @@ namespace netloader::transfer {
 // control plane can be exercised without MPI, and as the base for fault injection.
 std::shared_ptr<Transport> MakeInprocTransport();
 
+// A data plane whose Start always returns `transport` and that is bound to no rendezvous.
+std::shared_ptr<DataPlane> MakeInprocDataPlane(std::shared_ptr<Transport> transport);
+
 }  // namespace netloader::transfer

@@ -74,4 +74,19 @@ class Transport {
                                                    Clock::time_point deadline) = 0;
 };
 
+// A process's data plane: the runtime its transports run on (MPI) and the rendezvous through which
+// its peers reach it, which all of them must share. The server and the client reach the data
+// plane only through this, so that tests and other transports plug in at one place.
+// Thread-safe.
+class DataPlane {
+ public:
+  virtual ~DataPlane() = default;
+  // The rendezvous this process is bound to; empty while the runtime has not started (a client
+  // then adopts the one its source names).
+  virtual std::string bound_rendezvous() const = 0;
+  // Starts the runtime if it has not started, bound to `peer_rendezvous` when that is not empty
+  // (the one a source named), and returns a transport over it.
+  virtual Result<std::shared_ptr<Transport>> Start(const std::string& peer_rendezvous) = 0;
+};
+
 }  // namespace netloader::transfer

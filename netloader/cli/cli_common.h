@@ -12,10 +12,10 @@
 #include <string>
 
 #include "netloader/logging.h"
+#include "netloader/options.h"
 #include "netloader/secret.h"
 #include "netloader/status.h"
 #include "netloader/tensor.h"
-#include "netloader/transport_options.h"
 
 namespace netloader::cli {
 
@@ -137,8 +137,7 @@ struct CommonFlags {
 
   // Copies these flags into ServerOptions or ClientOptions, reading (or creating) the secret
   // file. Errors: the secret file's, naming it.
-  template <typename Options>
-  Status ApplyTo(Options& options) const {
+  Status ApplyTo(PeerOptions& options) const {
     options.model_id = model_id;
     options.partition = partition;
     options.transport = transport;

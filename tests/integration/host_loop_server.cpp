@@ -54,8 +54,8 @@ int main(int argc, char** argv) {
       if (gap > max_gap_ms) max_gap_ms = gap;
     }
   }
+  (*server)->Stop();  // retires every session: the stats are final
   const auto stats = (*server)->stats();
-  (*server)->Stop();
   std::printf(
       "{\"iterations\":%llu,\"iterations_during_transfer\":%llu,\"max_gap_ms\":%.1f,"
       "\"served\":%llu}\n",

@@ -64,8 +64,9 @@ struct OwnedModel {
   bool SameBytes(const OwnedModel& other) const { return storage == other.storage; }
 };
 
-internal::TransportFactory Inproc(std::shared_ptr<transfer::Transport> t) {
-  return [t](const std::string&) -> Result<std::shared_ptr<transfer::Transport>> { return t; };
+// The in-process data plane over `t`, for a server or a client.
+std::shared_ptr<transfer::DataPlane> Plane(std::shared_ptr<transfer::Transport> t) {
+  return transfer::MakeInprocDataPlane(std::move(t));
 }
 
 ServerOptions SmallChunks() {
@@ -103,7 +104,7 @@ class ServerClientFaultTest : public ServerClientTest {};
 
 TEST_F(ServerClientTest, LoadsEveryByteAndReportsStatistics) {
   OwnedModel source(120, seed_, true);
-  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  auto server = internal::StartServer(SmallChunks(), source.view, Plane(transport_));
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   OwnedModel dest = source.EmptyLike();
   uint64_t last_progress = 0;
@@ -113,7 +114,7 @@ TEST_F(ServerClientTest, LoadsEveryByteAndReportsStatistics) {
     EXPECT_EQ(total, source.view.total_bytes());
     last_progress = done;
   };
-  Result<LoadStats> stats = internal::Load(options, dest.view, Inproc(transport_));
+  Result<LoadStats> stats = internal::Load(options, dest.view, *Plane(transport_));
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   EXPECT_TRUE(dest.SameBytes(source));
   EXPECT_EQ(stats->bytes, source.view.total_bytes());
@@ -127,11 +128,11 @@ TEST_F(ServerClientTest, LoadsEveryByteAndReportsStatistics) {
 
 TEST_F(ServerClientTest, ALoadedModelCanBeReverifiedLaterAgainstTheSourcesDigests) {
   OwnedModel source(40, seed_, true);
-  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  auto server = internal::StartServer(SmallChunks(), source.view, Plane(transport_));
   ASSERT_TRUE(server.ok());
   OwnedModel dest = source.EmptyLike();
   Result<LoadStats> stats =
-      internal::Load(ClientFor((*server)->endpoint()), dest.view, Inproc(transport_));
+      internal::Load(ClientFor((*server)->endpoint()), dest.view, *Plane(transport_));
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   EXPECT_TRUE(VerifyModel(dest.view, *stats).ok());
   // Later, one bit of one tensor changes (a stray write, bad memory): named precisely.
@@ -148,11 +149,11 @@ TEST_F(ServerClientTest, ALoadedModelCanBeReverifiedLaterAgainstTheSourcesDigest
 
 TEST_F(ServerClientTest, ClientForAModelTheServerDoesNotHoldGetsAClearError) {
   OwnedModel source(10, seed_, true);
-  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  auto server = internal::StartServer(SmallChunks(), source.view, Plane(transport_));
   ASSERT_TRUE(server.ok());
   OwnedModel other(11, seed_ + 1, false);
   Result<LoadStats> stats =
-      internal::Load(ClientFor((*server)->endpoint()), other.view, Inproc(transport_));
+      internal::Load(ClientFor((*server)->endpoint()), other.view, *Plane(transport_));
   ASSERT_FALSE(stats.ok());
   EXPECT_EQ(stats.status().code(), StatusCode::kFingerprintMismatch);
   EXPECT_NE(stats.status().message().find("table_digest"), std::string::npos)
@@ -162,13 +163,13 @@ TEST_F(ServerClientTest, ClientForAModelTheServerDoesNotHoldGetsAClearError) {
 
 TEST_F(ServerClientTest, RejectsClientWithDifferentPipelineRankNamingTheField) {
   OwnedModel source(10, seed_, true);
-  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  auto server = internal::StartServer(SmallChunks(), source.view, Plane(transport_));
   ASSERT_TRUE(server.ok());
   OwnedModel dest = source.EmptyLike();
   ClientOptions options = ClientFor((*server)->endpoint());
   options.partition.pp_size = 2;
   options.partition.pp_rank = 1;
-  Result<LoadStats> stats = internal::Load(options, dest.view, Inproc(transport_));
+  Result<LoadStats> stats = internal::Load(options, dest.view, *Plane(transport_));
   ASSERT_FALSE(stats.ok());
   EXPECT_EQ(stats.status().code(), StatusCode::kFingerprintMismatch);
   EXPECT_NE(stats.status().message().find("partition.pp_size: server='1' client='2'"),
@@ -195,15 +196,15 @@ TEST_P(FingerprintFieldFaultTest, ServerRefusesNamingOnlyThatField) {
   server_options.model_id = "org/m@1";
   server_options.partition = {4, 2, 2, 1, "experts:a"};
   auto transport = transfer::MakeInprocTransport();
-  auto server = internal::StartServer(server_options, source.view, transport);
+  auto server = internal::StartServer(server_options, source.view, Plane(transport));
   ASSERT_TRUE(server.ok());
   OwnedModel dest = source.EmptyLike();
   ClientOptions options = ClientFor((*server)->endpoint());
   options.model_id = "org/m@1";
   options.partition = server_options.partition;
-  ASSERT_TRUE(internal::Load(options, dest.view, Inproc(transport)).ok()) << "control: all match";
+  ASSERT_TRUE(internal::Load(options, dest.view, *Plane(transport)).ok()) << "control: all match";
   GetParam().mutate(options);
-  Result<LoadStats> stats = internal::Load(options, dest.view, Inproc(transport));
+  Result<LoadStats> stats = internal::Load(options, dest.view, *Plane(transport));
   ASSERT_FALSE(stats.ok());
   EXPECT_EQ(stats.status().code(), StatusCode::kFingerprintMismatch);
   const std::string& message = stats.status().message();
@@ -229,7 +230,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST_F(ServerClientFaultTest, CorruptedChunkIsDetectedNamingTheTensorAndNothingIsLoaded) {
   OwnedModel source(40, seed_, true);
-  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  auto server = internal::StartServer(SmallChunks(), source.view, Plane(transport_));
   ASSERT_TRUE(server.ok());
   // Both ways a chunk reaches the client: a slice of one large tensor lands in place, several
   // small tensors coalesced land in the staging ring and are copied out.
@@ -250,7 +251,7 @@ TEST_F(ServerClientFaultTest, CorruptedChunkIsDetectedNamingTheTensorAndNothingI
     auto faulty =
         transfer::MakeFaultyTransport(transport_, {transfer::FaultSpec::Kind::kCorrupt, chunk});
     Result<LoadStats> stats =
-        internal::Load(ClientFor((*server)->endpoint()), dest.view, Inproc(faulty));
+        internal::Load(ClientFor((*server)->endpoint()), dest.view, *Plane(faulty));
     ASSERT_FALSE(stats.ok());
     EXPECT_EQ(stats.status().code(), StatusCode::kChecksumMismatch);
     EXPECT_NE(stats.status().message().find("chunk " + std::to_string(chunk) + " ('layer."),
@@ -266,8 +267,8 @@ TEST_F(ServerClientFaultTest, CorruptedChunkIsDetectedNamingTheTensorAndNothingI
 TEST_F(ServerClientFaultTest, FailsOverToTheNextSourceAfterAnUnreachableOneAndABrokenOne) {
   OwnedModel source(30, seed_, true);
   auto broken = internal::StartServer(SmallChunks(), source.view,
-                                      transfer::MakeFaultyTransport(transport_, {}));
-  auto good = internal::StartServer(SmallChunks(), source.view, transport_);
+                                      Plane(transfer::MakeFaultyTransport(transport_, {})));
+  auto good = internal::StartServer(SmallChunks(), source.view, Plane(transport_));
   ASSERT_TRUE(broken.ok() && good.ok());
   OwnedModel dest = source.EmptyLike();
   // A source that never answers: a listening socket nobody accepts on (the kernel completes the
@@ -281,12 +282,22 @@ TEST_F(ServerClientFaultTest, FailsOverToTheNextSourceAfterAnUnreachableOneAndAB
   options.sources.push_back((*good)->endpoint());
   // The second source's data plane fails at chunk 2 for this client only.
   auto failing = transfer::MakeFaultyTransport(transport_, {transfer::FaultSpec::Kind::kFail, 2});
-  int calls = 0;
-  internal::TransportFactory factory =
-      [&](const std::string&) -> Result<std::shared_ptr<transfer::Transport>> {
-    return ++calls == 1 ? failing : transport_;
-  };
-  Result<LoadStats> stats = internal::Load(options, dest.view, factory);
+  // A data plane whose first transport is the failing one.
+  class FailingFirst : public transfer::DataPlane {
+   public:
+    FailingFirst(std::shared_ptr<transfer::Transport> first,
+                 std::shared_ptr<transfer::Transport> then)
+        : first_(std::move(first)), then_(std::move(then)) {}
+    std::string bound_rendezvous() const override { return ""; }
+    Result<std::shared_ptr<transfer::Transport>> Start(const std::string&) override {
+      return ++calls_ == 1 ? first_ : then_;
+    }
+
+   private:
+    std::shared_ptr<transfer::Transport> first_, then_;
+    int calls_ = 0;
+  } plane(failing, transport_);
+  Result<LoadStats> stats = internal::Load(options, dest.view, plane);
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   EXPECT_TRUE(dest.SameBytes(source));
   ASSERT_EQ(stats->attempts.size(), 3u);
@@ -301,7 +312,7 @@ TEST_F(ServerClientFaultTest, ClientsBeyondTheLimitAreToldBusyAndAllAreEventuall
   ServerOptions options = SmallChunks();
   options.max_concurrent_transfers = 1;
   options.busy_retry_hint = 20ms;
-  auto server = internal::StartServer(options, source.view, transport_);
+  auto server = internal::StartServer(options, source.view, Plane(transport_));
   ASSERT_TRUE(server.ok());
   const int kClients = 4;
   std::vector<OwnedModel> dests;
@@ -311,7 +322,7 @@ TEST_F(ServerClientFaultTest, ClientsBeyondTheLimitAreToldBusyAndAllAreEventuall
   for (int i = 0; i < kClients; ++i) {
     threads.emplace_back([&, i] {
       Result<LoadStats> r =
-          internal::Load(ClientFor((*server)->endpoint()), dests[i].view, Inproc(transport_));
+          internal::Load(ClientFor((*server)->endpoint()), dests[i].view, *Plane(transport_));
       results[i] = r.ok() ? Status::Ok() : r.status();
     });
   }
@@ -384,7 +395,7 @@ class LogCapture {
 TEST_F(ServerClientFaultTest, MalformedRequestsAreRejectedAndTheServerKeepsServing) {
   OwnedModel source(10, seed_, true);
   LogCapture log;
-  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  auto server = internal::StartServer(SmallChunks(), source.view, Plane(transport_));
   ASSERT_TRUE(server.ok());
   const std::string endpoint = (*server)->endpoint();
   struct Case {
@@ -422,7 +433,7 @@ TEST_F(ServerClientFaultTest, MalformedRequestsAreRejectedAndTheServerKeepsServi
   EXPECT_TRUE(log.Saw("WARN refused an unexpected Accept message")) << log.All();
 
   OwnedModel dest = source.EmptyLike();
-  Result<LoadStats> stats = internal::Load(ClientFor(endpoint), dest.view, Inproc(transport_));
+  Result<LoadStats> stats = internal::Load(ClientFor(endpoint), dest.view, *Plane(transport_));
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   EXPECT_TRUE(dest.SameBytes(source));
 }
@@ -431,7 +442,7 @@ TEST_F(ServerClientFaultTest, MalformedRequestsAreRejectedAndTheServerKeepsServi
 // fingerprint mismatch (nothing to compare) but an invalid request naming the field.
 TEST_F(ServerClientFaultTest, MalformedRegistersAreInvalidRequestsNamingTheField) {
   OwnedModel source(10, seed_, true);
-  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  auto server = internal::StartServer(SmallChunks(), source.view, Plane(transport_));
   ASSERT_TRUE(server.ok());
   auto with = [&](void (*mutate)(wire::Register*)) {
     wire::Envelope request;
@@ -475,7 +486,7 @@ TEST_F(ServerClientFaultTest, MalformedRegistersAreInvalidRequestsNamingTheField
 // can receive, instead of leaving it to wait out its deadline; other multi-frame messages too.
 TEST_F(ServerClientFaultTest, MessagesOfSeveralFramesAreRefusedInAReplyTheSenderReceives) {
   OwnedModel source(10, seed_, true);
-  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  auto server = internal::StartServer(SmallChunks(), source.view, Plane(transport_));
   ASSERT_TRUE(server.ok());
   wire::Envelope request;
   ToWire(MakeFingerprint(source.view, "", {}), request.mutable_register_()->mutable_fingerprint());
@@ -508,7 +519,7 @@ TEST_F(ServerClientFaultTest, MessagesOfSeveralFramesAreRefusedInAReplyTheSender
 // no reply can come (PROTOCOL.md, section 2). The server is unharmed.
 TEST_F(ServerClientFaultTest, AMessageBeyondZeroMqsCutOffGetsNoReplyAndHarmsNothing) {
   OwnedModel source(10, seed_, true);
-  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  auto server = internal::StartServer(SmallChunks(), source.view, Plane(transport_));
   ASSERT_TRUE(server.ok());
   zmq::context_t ctx;
   zmq::socket_t s(ctx, zmq::socket_type::dealer);
@@ -520,7 +531,7 @@ TEST_F(ServerClientFaultTest, AMessageBeyondZeroMqsCutOffGetsNoReplyAndHarmsNoth
   EXPECT_FALSE(s.recv(reply)) << "a reply to a message ZeroMQ cut off";
   OwnedModel dest = source.EmptyLike();
   Result<LoadStats> stats =
-      internal::Load(ClientFor((*server)->endpoint()), dest.view, Inproc(transport_));
+      internal::Load(ClientFor((*server)->endpoint()), dest.view, *Plane(transport_));
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   EXPECT_TRUE(dest.SameBytes(source));
 }
@@ -529,7 +540,7 @@ TEST_F(ServerClientFaultTest, AMessageBeyondZeroMqsCutOffGetsNoReplyAndHarmsNoth
 TEST_F(ServerClientFaultTest, ADoneForNoActiveSessionIsLogged) {
   OwnedModel source(10, seed_, true);
   LogCapture log;
-  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  auto server = internal::StartServer(SmallChunks(), source.view, Plane(transport_));
   ASSERT_TRUE(server.ok());
   wire::Envelope done;
   done.mutable_done()->set_session_id(0x1234);
@@ -549,13 +560,13 @@ TEST_F(ServerClientFaultTest, ADoneForNoActiveSessionIsLogged) {
 // the table the server sends with that refusal only.
 TEST_F(ServerClientFaultTest, ALayoutMismatchNamesTheTensorsThatDiffer) {
   OwnedModel source(10, seed_, true);
-  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  auto server = internal::StartServer(SmallChunks(), source.view, Plane(transport_));
   ASSERT_TRUE(server.ok());
   OwnedModel dest = source.EmptyLike();
   ASSERT_EQ(dest.view.tensors[3].dtype, DType::kF64);
   dest.view.tensors[3].dtype = DType::kI64;  // same size, another dtype
   Result<LoadStats> stats =
-      internal::Load(ClientFor((*server)->endpoint()), dest.view, Inproc(transport_));
+      internal::Load(ClientFor((*server)->endpoint()), dest.view, *Plane(transport_));
   ASSERT_EQ(stats.status().code(), StatusCode::kFingerprintMismatch);
   const std::string& message = stats.status().message();
   const std::string shape = "[" + std::to_string(dest.view.tensors[3].shape[0]) + "]";
@@ -570,7 +581,7 @@ TEST_F(ServerClientFaultTest, ALayoutMismatchNamesTheTensorsThatDiffer) {
   std::vector<unsigned char> extra(16);
   more.view.tensors.push_back({"layer.10", DType::kU8, {16}, extra.data(), extra.size()});
   Result<LoadStats> longer =
-      internal::Load(ClientFor((*server)->endpoint()), more.view, Inproc(transport_));
+      internal::Load(ClientFor((*server)->endpoint()), more.view, *Plane(transport_));
   ASSERT_EQ(longer.status().code(), StatusCode::kFingerprintMismatch);
   EXPECT_NE(longer.status().message().find("the source has 10 tensors, this side 11"),
             std::string::npos)
@@ -591,7 +602,7 @@ void ExpectTheGhostsSlotIsFreedWithin(ServerOptions options, std::chrono::second
                                       const std::shared_ptr<transfer::Transport>& transport) {
   OwnedModel source(10, seed, true);
   options.max_concurrent_transfers = 1;
-  auto server = internal::StartServer(options, source.view, transport);
+  auto server = internal::StartServer(options, source.view, Plane(transport));
   ASSERT_TRUE(server.ok());
   Result<wire::Envelope> reply = RegisterRaw((*server)->endpoint(), source.view);
   ASSERT_TRUE(reply.ok() && reply->has_accept()) << "the ghost client takes the only slot";
@@ -599,7 +610,7 @@ void ExpectTheGhostsSlotIsFreedWithin(ServerOptions options, std::chrono::second
   ClientOptions client = ClientFor((*server)->endpoint());
   client.busy_timeout = 120s;  // the ghost's slot is freed by the server's deadline, not this
   const auto start = std::chrono::steady_clock::now();
-  Result<LoadStats> stats = internal::Load(client, dest.view, Inproc(transport));
+  Result<LoadStats> stats = internal::Load(client, dest.view, *Plane(transport));
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   EXPECT_LT(std::chrono::steady_clock::now() - start, within);
   EXPECT_TRUE(dest.SameBytes(source));
@@ -626,7 +637,7 @@ TEST_F(ServerClientFaultTest, OnlyAClientHoldingTheSharedSecretLearnsAnything) {
   OwnedModel source(10, seed_, true);
   ServerOptions server_options = SmallChunks();
   server_options.secret = *LoadOrCreateSecret(tmp / "secret");
-  auto server = internal::StartServer(server_options, source.view, transport_);
+  auto server = internal::StartServer(server_options, source.view, Plane(transport_));
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   struct Case {
     const char* who;
@@ -641,7 +652,7 @@ TEST_F(ServerClientFaultTest, OnlyAClientHoldingTheSharedSecretLearnsAnything) {
     options.secret = c.secret;
     options.register_timeout = 120s;  // "at once" is far below it
     const auto start = std::chrono::steady_clock::now();
-    Result<LoadStats> stats = internal::Load(options, dest.view, Inproc(transport_));
+    Result<LoadStats> stats = internal::Load(options, dest.view, *Plane(transport_));
     EXPECT_EQ(stats.status().code(), StatusCode::kPermissionDenied) << c.who;
     EXPECT_NE(stats.status().message().find(c.reason), std::string::npos)
         << c.who << ": " << stats.status().message();
@@ -653,7 +664,7 @@ TEST_F(ServerClientFaultTest, OnlyAClientHoldingTheSharedSecretLearnsAnything) {
 
   ClientOptions options = ClientFor((*server)->endpoint());
   options.secret = server_options.secret;
-  Result<LoadStats> stats = internal::Load(options, dest.view, Inproc(transport_));
+  Result<LoadStats> stats = internal::Load(options, dest.view, *Plane(transport_));
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   EXPECT_TRUE(dest.SameBytes(source));
 }
@@ -661,12 +672,12 @@ TEST_F(ServerClientFaultTest, OnlyAClientHoldingTheSharedSecretLearnsAnything) {
 TEST_F(ServerClientFaultTest, AClientWithASecretRefusesASourceThatRunsWithout) {
   testing::TempDir tmp;
   OwnedModel source(10, seed_, true);
-  auto server = internal::StartServer(SmallChunks(), source.view, transport_);
+  auto server = internal::StartServer(SmallChunks(), source.view, Plane(transport_));
   ASSERT_TRUE(server.ok());
   OwnedModel dest = source.EmptyLike();
   ClientOptions options = ClientFor((*server)->endpoint());
   options.secret = *LoadOrCreateSecret(tmp / "secret");
-  Result<LoadStats> stats = internal::Load(options, dest.view, Inproc(transport_));
+  Result<LoadStats> stats = internal::Load(options, dest.view, *Plane(transport_));
   EXPECT_EQ(stats.status().code(), StatusCode::kPermissionDenied);
   EXPECT_NE(stats.status().message().find("--no-auth"), std::string::npos)
       << stats.status().message();
@@ -680,7 +691,7 @@ TEST_F(ServerClientFaultTest, ConnectionsThatSendNothingHoldNothingUp) {
   OwnedModel source(10, seed_, true);
   ServerOptions options = SmallChunks();
   options.secret = *LoadOrCreateSecret(tmp / "secret");
-  auto server = internal::StartServer(options, source.view, transport_);
+  auto server = internal::StartServer(options, source.view, Plane(transport_));
   ASSERT_TRUE(server.ok());
   const std::string endpoint = (*server)->endpoint();
   const int port = std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
@@ -706,7 +717,7 @@ TEST_F(ServerClientFaultTest, ConnectionsThatSendNothingHoldNothingUp) {
   client.secret = options.secret;
   client.register_timeout = 120s;  // held up, the load would wait this out
   const auto start = std::chrono::steady_clock::now();
-  Result<LoadStats> stats = internal::Load(client, dest.view, Inproc(transport_));
+  Result<LoadStats> stats = internal::Load(client, dest.view, *Plane(transport_));
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   EXPECT_TRUE(dest.SameBytes(source));
   EXPECT_LT(std::chrono::steady_clock::now() - start, 60s);
@@ -720,7 +731,7 @@ TEST_F(ServerClientFaultTest, StopReturnsPromptlyWhileAClientIsExpected) {
   OwnedModel source(10, seed_, true);
   ServerOptions options = SmallChunks();
   options.connect_timeout = 60s;
-  auto server = internal::StartServer(options, source.view, transport_);
+  auto server = internal::StartServer(options, source.view, Plane(transport_));
   ASSERT_TRUE(server.ok());
   ASSERT_TRUE(RegisterRaw((*server)->endpoint(), source.view).ok());
   const auto start = std::chrono::steady_clock::now();
@@ -732,22 +743,22 @@ TEST(ServerOptionsTest, BadOptionsAreRefusedNamingTheOption) {
   OwnedModel source(3, 1, true);
   ServerOptions options;
   options.chunk_bytes = 10;
-  auto server = internal::StartServer(options, source.view, transfer::MakeInprocTransport());
+  auto server = internal::StartServer(options, source.view, Plane(transfer::MakeInprocTransport()));
   ASSERT_FALSE(server.ok());
   EXPECT_NE(server.status().message().find("chunk_bytes"), std::string::npos);
   options = ServerOptions();
   options.partition.tp_rank = 2;
-  server = internal::StartServer(options, source.view, transfer::MakeInprocTransport());
+  server = internal::StartServer(options, source.view, Plane(transfer::MakeInprocTransport()));
   ASSERT_FALSE(server.ok());
   EXPECT_NE(server.status().message().find("tp_rank 2"), std::string::npos);
   options = ServerOptions();
   options.secret = "not a secret";
-  server = internal::StartServer(options, source.view, transfer::MakeInprocTransport());
+  server = internal::StartServer(options, source.view, Plane(transfer::MakeInprocTransport()));
   ASSERT_FALSE(server.ok());
   EXPECT_NE(server.status().message().find("ServerOptions::secret"), std::string::npos);
   options = ServerOptions();
   options.listen = "tcp://not-an-address:99999";
-  server = internal::StartServer(options, source.view, transfer::MakeInprocTransport());
+  server = internal::StartServer(options, source.view, Plane(transfer::MakeInprocTransport()));
   ASSERT_FALSE(server.ok());
   EXPECT_EQ(server.status().code(), StatusCode::kUnavailable);
 }

@@ -7,9 +7,10 @@
 #include <vector>
 
 #include "netloader/export.h"
+#include "netloader/options.h"
 #include "netloader/status.h"
 #include "netloader/tensor.h"
-#include "netloader/transport_options.h"
+#include "netloader/transport.h"
 
 namespace netloader {
 
@@ -19,32 +20,18 @@ using ProgressCallback = std::function<void(uint64_t bytes_done, uint64_t bytes_
 // See ClientOptions::connect_hook.
 enum class ConnectEvent { kBefore, kAfter };
 
-struct ClientOptions {
+// The fields shared with ServerOptions (model id, partition, window, connect/stall/heartbeat
+// deadlines, secret, transport) are in PeerOptions (netloader/options.h).
+struct ClientOptions : PeerOptions {
   // ZeroMQ endpoints of sources ("tcp://host:port"), tried in order until one succeeds.
   std::vector<std::string> sources;
-  // Optional model id the source must declare (Fingerprint::model_id).
-  std::string model_id;
-  // The partition the destination tensors belong to.
-  Partition partition;
-  // MPI receives in flight.
-  int window = 4;
   // A source must answer Register within this time.
   std::chrono::milliseconds register_timeout{10000};
   // How long to keep retrying a source that answers Busy before moving to the next.
   std::chrono::milliseconds busy_timeout{60000};
-  // MPI connect must complete within this time.
-  std::chrono::milliseconds connect_timeout{30000};
-  // The transfer fails when no chunk arrives for this long.
-  std::chrono::milliseconds stall_timeout{30000};
   // From Accept until Done the client sends a heartbeat this often over ZeroMQ (at most 1 s:
-  // servers may give up after 2 s of silence)...
+  // servers may give up after 2 s of silence); it must be below heartbeat_timeout.
   std::chrono::milliseconds heartbeat_interval{1000};
-  // ...and gives up on a source that answers none for this long (it died or froze). Must
-  // exceed heartbeat_interval.
-  std::chrono::milliseconds heartbeat_timeout{10000};
-  // The shared secret (netloader/secret.h) the sources hold; empty: talk to sources that run
-  // without one. A mismatch either way fails the attempt at once with PermissionDenied.
-  std::string secret;
   // Receive each chunk that coalesces several small tensors into a small reused ring (window x
   // chunk size), verify it there and copy it into place, instead of receiving it straight into
   // the destination (an MPI datatype scattering into many small tensors is slow: measured 19 %
@@ -58,7 +45,6 @@ struct ClientOptions {
   // (DESIGN.md, "Multi-rank instances"); the ranks of a multi-rank engine
   // use this hook to connect one after another while their transfers still overlap.
   std::function<void(ConnectEvent)> connect_hook;
-  TransportOptions transport;
 };
 
 // One source tried, and how it went.
@@ -84,19 +70,6 @@ struct LoadStats {
   // The source's XXH3-64 of each tensor, in storage order: what VerifyModel checks against.
   std::vector<uint64_t> tensor_digests;
 };
-
-// Initialises the MPI data plane now, so that a later Load or Server::Start does not pay for it.
-// Needs a shared rendezvous (options.rendezvous_uri): MPI's rendezvous is fixed at start-up.
-// Errors: InvalidArgument (no rendezvous given, or MPI already bound to another), Unavailable,
-// Timeout.
-NETLOADER_EXPORT Status InitializeTransport(const TransportOptions& options);
-
-// For hosts that call MPI_Init themselves, such as the ranks of an instance started by
-// `mpirun --ompi-server file:PATH -np N` (PATH being the rendezvous every instance shares, also
-// given as TransportOptions::rendezvous_uri). Call before MPI_Init: sets the Open MPI settings
-// netloader's data plane needs (pml ucx over TCP on options.interface), keeping any the user has
-// already set. Then initialise MPI with MPI_THREAD_MULTIPLE; netloader uses it as it is.
-NETLOADER_EXPORT void PrepareMpiEnvironment(const TransportOptions& options);
 
 // Fills the host's pre-allocated `destination` tensors from the first source that holds the same
 // model and partition. Every chunk is verified against the source's XXH3 digests before Load

@@ -6,45 +6,31 @@
 #include <string>
 
 #include "netloader/export.h"
+#include "netloader/options.h"
 #include "netloader/status.h"
 #include "netloader/tensor.h"
-#include "netloader/transport_options.h"
 
 namespace netloader {
 
-struct ServerOptions {
+// The fields shared with ClientOptions (model id, partition, window, connect/stall/heartbeat
+// deadlines, secret, transport) are in PeerOptions (netloader/options.h).
+struct ServerOptions : PeerOptions {
   // ZeroMQ endpoint to bind for registration requests. Port 0 or "*" picks a free port;
   // Server::endpoint() tells which.
   std::string listen = "tcp://127.0.0.1:0";
-  // Optional model id/revision clients may demand (Fingerprint::model_id).
-  std::string model_id;
-  // The partition the served tensors belong to.
-  Partition partition;
   // Clients streamed at once; one more gets Busy with a retry hint.
   int max_concurrent_transfers = 4;
   // Bytes per MPI message. Small tensors are coalesced and large ones split to this size.
   uint64_t chunk_bytes = 4ull << 20;
-  // MPI messages in flight per client.
-  int window = 4;
-  // A client that is accepted must connect over MPI within this time.
-  std::chrono::milliseconds connect_timeout{30000};
-  // A transfer fails when no chunk completes for this long (peer died or stalled).
-  std::chrono::milliseconds stall_timeout{30000};
   // After the last chunk, how long to wait for the client's Done before logging it as lost.
   std::chrono::milliseconds done_timeout{30000};
   // How long a Busy client is told to wait before retrying.
   std::chrono::milliseconds busy_retry_hint{500};
-  // An admitted client that sends no heartbeat for this long (it died or froze) loses its
-  // session: its transfer is aborted and its slot freed. 0: never; else at least 2 s (clients
-  // beat once a second).
-  std::chrono::milliseconds heartbeat_timeout{10000};
-  // The shared secret (netloader/secret.h) a client must hold; empty: anyone who reaches
-  // `listen` may register and pull the weights, over an unencrypted control plane.
-  std::string secret;
-  TransportOptions transport;
 };
 
-// Counters a host may poll.
+// Counters a host may poll. A session's outcome is counted, and it stops counting as active, in
+// one update when the server retires it, within about 100 ms of its end; after Stop() every
+// session has been counted.
 struct ServerStats {
   uint64_t clients_served = 0;   // transfers the client confirmed as verified
   uint64_t clients_failed = 0;   // transfers that failed or were never confirmed
@@ -52,7 +38,7 @@ struct ServerStats {
   uint64_t busy = 0;             // Register requests answered with Busy
   uint64_t unauthenticated = 0;  // connections that failed the shared-secret handshake
   uint64_t bytes_sent = 0;
-  int active_transfers = 0;
+  int active_transfers = 0;  // sessions open: from the Accept until the session ended
   // Memory held in staging rings, kept for the next sessions: at most max_concurrent_transfers
   // x window x chunk_bytes, and 0 for a model whose chunks all lie contiguous in memory.
   uint64_t staging_bytes = 0;

@@ -1,0 +1,249 @@
+#include "netloader/src/chunk_stream.h"
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+
+#include "netloader/src/host_memory.h"
+#include "netloader/src/xxh3.h"
+
+namespace netloader {
+namespace {
+
+struct StateDeleter {
+  void operator()(XXH3_state_t* s) const { XXH3_freeState(s); }
+};
+using State = std::unique_ptr<XXH3_state_t, StateDeleter>;
+
+// `chunks` with each chunk of several spans replaced by its ring slot; single-span chunks keep
+// pointing at their own memory, so they still travel without a copy.
+transfer::ChunkList StagedMultiSpanChunks(const transfer::ChunkList& chunks,
+                                          const StagingRing& ring) {
+  transfer::ChunkList staged;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    staged.BeginChunk();
+    if (chunks.span_count(i) == 1) {
+      staged.AddSpan(chunks.spans(i)[0].data, chunks.spans(i)[0].size);
+    } else {
+      staged.AddSpan(ring.slot(i), chunks.bytes(i));
+    }
+  }
+  return staged;
+}
+
+uint64_t LargestChunk(const transfer::ChunkList& chunks, bool multi_span_only) {
+  uint64_t largest = 0;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    if (!multi_span_only || chunks.span_count(i) > 1) largest = std::max(largest, chunks.bytes(i));
+  }
+  return largest;
+}
+
+void GatherChunk(const transfer::ChunkList& chunks, size_t i, char* out) {
+  for (size_t s = 0; s < chunks.span_count(i); ++s) {
+    std::memcpy(out, chunks.spans(i)[s].data, chunks.spans(i)[s].size);
+    out += chunks.spans(i)[s].size;
+  }
+}
+
+}  // namespace
+
+ChunkPlan ChunkPlan::Make(const std::vector<uint64_t>& sizes, uint64_t chunk_bytes) {
+  ChunkPlan plan;
+  uint64_t group_bytes = 0;
+  bool group_open = false;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const uint64_t size = sizes[i];
+    const auto tensor = static_cast<uint32_t>(i);
+    if (size == 0) continue;
+    if (size >= chunk_bytes) {
+      group_open = false;
+      for (uint64_t offset = 0; offset < size; offset += chunk_bytes) {
+        plan.starts_.push_back(plan.pieces_.size());
+        plan.pieces_.push_back({tensor, offset, std::min(chunk_bytes, size - offset)});
+      }
+      continue;
+    }
+    if (!group_open || group_bytes + size > chunk_bytes) {
+      plan.starts_.push_back(plan.pieces_.size());
+      group_bytes = 0;
+      group_open = true;
+    }
+    plan.pieces_.push_back({tensor, 0, size});
+    group_bytes += size;
+  }
+  return plan;
+}
+
+transfer::ChunkList ChunkPlan::Spans(const ModelView& model) const {
+  transfer::ChunkList list;
+  for (size_t c = 0; c < size(); ++c) {
+    list.BeginChunk();
+    for (size_t p = 0; p < piece_count(c); ++p) {
+      const ChunkPiece& piece = pieces(c)[p];
+      char* base = static_cast<char*>(model.tensors[piece.tensor].data);
+      list.AddSpan(base + piece.offset, piece.length);
+    }
+  }
+  return list;
+}
+
+std::string ChunkPlan::TensorNames(size_t chunk, const ModelView& model) const {
+  std::string names;
+  const size_t n = piece_count(chunk);
+  for (size_t p = 0; p < n && p < 5; ++p) {
+    const ChunkPiece& piece = pieces(chunk)[p];
+    names += (p ? ", '" : "'") + model.tensors[piece.tensor].name + "'";
+    if (piece.length != model.tensors[piece.tensor].size_bytes) {
+      names += " bytes [" + std::to_string(piece.offset) + ", " +
+               std::to_string(piece.offset + piece.length) + ")";
+    }
+  }
+  if (n > 5) names += " and " + std::to_string(n - 5) + " more";
+  return names;
+}
+
+std::vector<uint64_t> TensorSizes(const ModelView& model) {
+  std::vector<uint64_t> sizes;
+  sizes.reserve(model.tensors.size());
+  for (const TensorView& t : model.tensors) sizes.push_back(t.size_bytes);
+  return sizes;
+}
+
+uint64_t ChunkDigest(const transfer::ChunkList& chunks, size_t chunk) {
+  const size_t n = chunks.span_count(chunk);
+  const transfer::Span* spans = chunks.spans(chunk);
+  if (n == 1) return XXH3_64bits(spans[0].data, spans[0].size);
+  State state(XXH3_createState());
+  XXH3_64bits_reset(state.get());
+  for (size_t s = 0; s < n; ++s) XXH3_64bits_update(state.get(), spans[s].data, spans[s].size);
+  return XXH3_64bits_digest(state.get());
+}
+
+uint64_t CopyAndDigest(const char* staged, const transfer::Span* spans, size_t span_count,
+                       bool hash) {
+  constexpr size_t kBlock = 128 << 10;  // fits L2 with room: hash and copy read it from cache
+  State state(hash ? XXH3_createState() : nullptr);
+  if (hash) XXH3_64bits_reset(state.get());
+  for (size_t s = 0; s < span_count; ++s) {
+    char* out = static_cast<char*>(spans[s].data);
+    for (size_t done = 0; done < spans[s].size;) {
+      const size_t n = std::min(kBlock, spans[s].size - done);
+      if (hash) XXH3_64bits_update(state.get(), staged, n);
+      std::memcpy(out + done, staged, n);
+      staged += n;
+      done += n;
+    }
+  }
+  return hash ? XXH3_64bits_digest(state.get()) : 0;
+}
+
+uint64_t DigestOfDigests(const std::vector<uint64_t>& digests) {
+  std::vector<unsigned char> bytes(digests.size() * 8);
+  for (size_t i = 0; i < digests.size(); ++i) {
+    for (int b = 0; b < 8; ++b)
+      bytes[i * 8 + b] = static_cast<unsigned char>(digests[i] >> (8 * b));
+  }
+  return XXH3_64bits(bytes.data(), bytes.size());
+}
+
+StagingRing::~StagingRing() { UnmapHostMemory(data_, slots_ * slot_bytes_); }
+
+Status StagingRing::Allocate(size_t slots, size_t slot_bytes) {
+  const size_t bytes = slots * slot_bytes;
+  void* memory = MapHostMemory(bytes);
+  if (memory == nullptr) {
+    return Status(StatusCode::kUnavailable,
+                  "cannot allocate a " + std::to_string(bytes) + "-byte staging ring");
+  }
+  data_ = static_cast<char*>(memory);
+  slots_ = slots;
+  slot_bytes_ = slot_bytes;
+  return Status::Ok();
+}
+
+SendPlan::SendPlan(const ModelView& model, uint64_t chunk_bytes)
+    : chunks_(ChunkPlan::Make(TensorSizes(model), chunk_bytes).Spans(model)),
+      slot_bytes_(LargestChunk(chunks_, /*multi_span_only=*/true)) {}
+
+Status SendPlan::Send(transfer::Channel& channel, const transfer::StreamOptions& options,
+                      StagingRing* ring, const std::function<void(size_t chunk)>& on_sent) const {
+  transfer::StreamOptions stream = options;
+  transfer::ChunkList staged;
+  if (slot_bytes_ > 0) {
+    staged = StagedMultiSpanChunks(chunks_, *ring);
+    stream.prepare = [&](size_t i) {
+      if (chunks_.span_count(i) > 1) GatherChunk(chunks_, i, ring->slot(i));
+    };
+  }
+  return channel.Send(slot_bytes_ > 0 ? staged : chunks_, stream, [&](size_t i) {
+    if (on_sent) on_sent(i);
+    return Status::Ok();
+  });
+}
+
+Result<ReceivePlan> ReceivePlan::Make(const ModelView& destination, uint64_t chunk_bytes,
+                                      std::vector<uint64_t> chunk_digests, uint64_t model_digest) {
+  ReceivePlan plan;
+  plan.destination_ = &destination;
+  plan.plan_ = ChunkPlan::Make(TensorSizes(destination), chunk_bytes);
+  if (plan.plan_.size() != chunk_digests.size()) {
+    return Status(StatusCode::kProtocolMismatch, "the source lists " +
+                                                     std::to_string(chunk_digests.size()) +
+                                                     " chunk digests for a layout of " +
+                                                     std::to_string(plan.plan_.size()) + " chunks");
+  }
+  plan.chunks_ = plan.plan_.Spans(destination);
+  plan.chunk_digests_ = std::move(chunk_digests);
+  plan.model_digest_ = model_digest;
+  return plan;
+}
+
+Status ReceivePlan::Receive(transfer::Channel& channel, const transfer::StreamOptions& stream,
+                            const ReceiveOptions& options,
+                            const std::function<void(size_t chunk)>& on_verified) {
+  // What the data plane receives into: the destination itself, or for chunks of several spans a
+  // ring of window slots (chunk i lands in slot i % window; the stream posts chunk i + window
+  // only after chunk i's callback returned, so a slot is never overwritten before it was copied
+  // out). A one-span chunk always lands in place.
+  StagingRing ring;
+  transfer::ChunkList staged;
+  if (options.staged) {
+    const uint64_t slot_bytes = LargestChunk(chunks_, /*multi_span_only=*/true);
+    if (slot_bytes > 0) {
+      Status made = ring.Allocate(static_cast<size_t>(std::max(1, stream.window)), slot_bytes);
+      if (!made.ok()) return made;
+    }
+    staged = StagedMultiSpanChunks(chunks_, ring);
+  }
+  const transfer::ChunkList& wire_chunks = options.staged ? staged : chunks_;
+  std::vector<uint64_t> digests;
+  digests.reserve(chunks_.size());
+  Status status = channel.Receive(wire_chunks, stream, [&](size_t i) -> Status {
+    uint64_t digest = chunk_digests_[i];
+    if (wire_chunks.spans(i)[0].data != chunks_.spans(i)[0].data) {  // staged
+      const auto* slot = static_cast<const char*>(wire_chunks.spans(i)[0].data);
+      const uint64_t copied =
+          CopyAndDigest(slot, chunks_.spans(i), chunks_.span_count(i), options.verify);
+      if (options.verify) digest = copied;
+    } else if (options.verify) {
+      digest = ChunkDigest(chunks_, i);
+    }
+    if (digest != chunk_digests_[i]) {
+      failed_chunk_ = static_cast<int64_t>(i);
+      return Status(StatusCode::kChecksumMismatch, "chunk " + std::to_string(i) + " (" +
+                                                       plan_.TensorNames(i, *destination_) +
+                                                       ") does not match the source's digest");
+    }
+    digests.push_back(digest);
+    if (on_verified) on_verified(i);
+    return Status::Ok();
+  });
+  if (status.ok() && DigestOfDigests(digests) != model_digest_) {
+    status = Status(StatusCode::kChecksumMismatch, "whole-model digest differs from the source's");
+  }
+  if (!status.ok()) ring.Leak();  // a cancelled receive may still write into it
+  return status;
+}
+
+}  // namespace netloader
