@@ -143,14 +143,10 @@ int RoleLoad(const RoleArgs& args) {
   options.secret = Check(netloader::LoadOrCreateSecret(netloader::DefaultSecretPath()), "secret");
   netloader::internal::LoadTuning tuning;
   tuning.verify_chunks = args.verify;
-  auto stats =
-      Check(netloader::internal::Load(
-                options, model.view(),
-                [&](const std::string& rendezvous) {
-                  return netloader::transfer::MakeMpiTransport(options.transport, rendezvous);
-                },
-                tuning),
-            "load");
+  auto stats = Check(
+      netloader::internal::Load(options, model.view(),
+                                *netloader::transfer::MakeMpiDataPlane(options.transport), tuning),
+      "load");
   std::cout << json{{"seconds", stats.seconds},
                     {"bytes", stats.bytes},
                     {"tensors", stats.tensors},
@@ -386,6 +382,10 @@ class Bench {
   }
 
   void StartRendezvousAndServer() {
+    // A --workdir used before still holds the last run's files: waiting for them must not find
+    // those (a dead server's endpoints).
+    std::filesystem::remove(dir_ + "/rendezvous.uri");
+    std::filesystem::remove(dir_ + "/endpoints");
     rendezvous_ = std::make_unique<Child>(
         std::vector<std::string>{"/usr/bin/env", "OMPI_MCA_oob_tcp_if_include=lo", "ompi-server",
                                  "--no-daemonize", "-r", dir_ + "/rendezvous.uri"},
