@@ -151,9 +151,8 @@ class ControlChannel {
 // the control socket while it runs.
 class Heartbeats {
  public:
-  Heartbeats(ControlChannel& control, uint64_t session, const ClientOptions& options,
-             const std::atomic<uint64_t>& bytes)
-      : control_(control), session_(session), options_(options), bytes_(bytes) {
+  Heartbeats(ControlChannel& control, uint64_t session, const ClientOptions& options)
+      : control_(control), session_(session), options_(options) {
     thread_ = std::thread([this] { Loop(); });
   }
   ~Heartbeats() {
@@ -178,7 +177,6 @@ class Heartbeats {
       lock.unlock();
       wire::Envelope beat;
       beat.mutable_heartbeat()->set_session_id(session_);
-      beat.mutable_heartbeat()->set_bytes(bytes_.load());
       (void)control_.Send(beat);  // a source that is gone shows as silence
       lock.lock();
       if (wake_.wait_for(lock, options_.heartbeat_interval, [this] { return stop_; })) return;
@@ -210,7 +208,6 @@ class Heartbeats {
   ControlChannel& control_;
   const uint64_t session_;
   const ClientOptions& options_;
-  const std::atomic<uint64_t>& bytes_;
   mutable std::mutex mu_;  // guards stop_ and reason_
   std::condition_variable wake_;
   bool stop_ = false;
@@ -274,10 +271,10 @@ class Attempt {
     if (!accept.ok()) return accept.status();
     register_seconds_ = SecondsSince(start);
     session_ = accept->session_id();
-    beats_.emplace(control_, session_, options_, received_);
+    beats_.emplace(control_, session_, options_);
 
     Result<LoadStats> stats = Transfer(*accept, start);
-    if (!stats.ok()) SendDone(false, failed_chunk_, stats.status().ToString(), 0, 0);
+    if (!stats.ok()) SendDone(false, failed_chunk_, stats.status().ToString());
     return stats;
   }
 
@@ -359,7 +356,7 @@ class Attempt {
     Status status = receive->Receive(
         **channel, stream, {options_.staged_receive, tuning_.verify_chunks}, [&](size_t i) {
           received_ += receive->bytes(i);
-          if (options_.progress) options_.progress(received_.load(), total);
+          if (options_.progress) options_.progress(received_, total);
         });
     if (!status.ok()) {
       failed_chunk_ = receive->failed_chunk();
@@ -369,7 +366,7 @@ class Attempt {
     }
     LoadStats stats;
     stats.source = source_;
-    stats.bytes = received_.load();
+    stats.bytes = received_;
     stats.tensors = destination_.tensors.size();
     stats.chunks = receive->size();
     stats.transfer_seconds = SecondsSince(phase);
@@ -382,14 +379,13 @@ class Attempt {
         stats.transfer_seconds > 0 ? stats.bytes / stats.transfer_seconds / 1e9 : 0;
     stats.tensor_digests = manifest->tensor_digests;
     // Done before the collective disconnect: the server disconnects once it reads a verified Done.
-    SendDone(true, -1, "", stats.bytes, stats.seconds);
+    SendDone(true, -1, "");
     done_sent_ = true;
     channel->reset();
     return stats;
   }
 
-  void SendDone(bool verified, int64_t failed_chunk, const std::string& message, uint64_t bytes,
-                double seconds) {
+  void SendDone(bool verified, int64_t failed_chunk, const std::string& message) {
     if (session_ == 0 || done_sent_) return;
     beats_.reset();  // the socket is ours again
     wire::Envelope envelope;
@@ -398,8 +394,6 @@ class Attempt {
     done->set_verified(verified);
     done->set_failed_chunk(failed_chunk);
     done->set_message(message);
-    done->set_bytes(bytes);
-    done->set_seconds(seconds);
     Status sent = control_.Send(envelope);
     if (!sent.ok()) Log().debug("could not send Done to {}: {}", source_, sent.message());
     done_sent_ = true;
@@ -413,7 +407,7 @@ class Attempt {
   const std::string source_;
   ControlChannel control_;
   std::optional<Heartbeats> beats_;  // from Accept until Done
-  std::atomic<uint64_t> received_{0};
+  uint64_t received_ = 0;            // bytes received and verified
   uint64_t session_ = 0;
   int64_t failed_chunk_ = -1;
   bool done_sent_ = false;

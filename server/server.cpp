@@ -41,7 +41,6 @@ struct Session {
   bool served = false;
   uint64_t bytes_sent = 0;
   std::atomic<int64_t> last_heard_ms{NowMs()};  // the client's last heartbeat (or Register)
-  std::atomic<uint64_t> sent{0};                // bytes sent so far
   std::mutex mu;                                // guards done and lost
   std::condition_variable cv;
   std::optional<wire::Done> done;
@@ -298,7 +297,6 @@ class ServerImpl : public Server {
     accept->set_session_id(session->id);
     accept->set_mpi_port(session->listener->address());
     accept->set_rendezvous_uri(transport_->rendezvous());
-    accept->set_connect_timeout_ms(static_cast<uint32_t>(options_.connect_timeout.count()));
     if (!Send(identity, reply, accept_manifest_bytes_)) {
       registrar_.Close(session->id);
       return;
@@ -322,7 +320,6 @@ class ServerImpl : public Server {
     session.last_heard_ms = NowMs();
     wire::Envelope reply;
     reply.mutable_heartbeat()->set_session_id(session.id);
-    reply.mutable_heartbeat()->set_bytes(session.sent.load());
     Send(identity, reply);
   }
 
@@ -369,10 +366,8 @@ class ServerImpl : public Server {
       }
       ring = std::move(*taken);
     }
-    Status status = plan_.Send(**channel, stream, ring.get(), [&](size_t i) {
-      sent += plan_.bytes(i);
-      session.sent = sent;
-    });
+    Status status =
+        plan_.Send(**channel, stream, ring.get(), [&](size_t i) { sent += plan_.bytes(i); });
     const double seconds = SecondsSince(start);
     if (ring) ReturnRing(std::move(ring));
     if (!status.ok()) {
