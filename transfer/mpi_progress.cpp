@@ -1,25 +1,32 @@
 #include "transfer/mpi_progress.h"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <thread>
 
 namespace netloader::transfer {
 namespace {
 
-// When nothing completes, a few immediate retries, then this sleep. Chosen by measurement on one
-// VM (netloader-bench --focus, 512 MiB, 2 cores, ratio to raw MPI: spinning 64%, 10 us 64%,
-// 50 us 79-86%, 100 us 101%, 200 us 83%); another measured 51% with it and 66% spinning.
-constexpr std::chrono::microseconds kIdleSleep{100};
+using Clock = std::chrono::steady_clock;
+
+// No completion for this long: the peer stalled or froze (data flowing at any useful rate
+// completes a 4 MiB chunk far sooner). The driver then sleeps kStalledPoll between polls instead
+// of spinning, until something completes again or its deadline passes.
+constexpr std::chrono::milliseconds kStallAfter{10};
+constexpr std::chrono::microseconds kStalledPoll{50};
+// While spinning, the driver yields the core every this many empty polls: free when nothing
+// else wants to run, and the host's own threads (an engine decoding while it serves) get a
+// turn.
+constexpr int kYieldEvery = 32;
+// Waiters that do not drive look at their cancel flag and deadline this often.
+constexpr std::chrono::milliseconds kWaiterCheck{20};
 
 }  // namespace
 
 ProgressEngine& ProgressEngine::Get() {
-  static ProgressEngine* engine = new ProgressEngine();  // lives until the process exits
+  static ProgressEngine* engine = new ProgressEngine();  // outlives detached threads at exit
   return *engine;
-}
-
-ProgressEngine::ProgressEngine() {
-  std::thread([this] { Loop(); }).detach();
 }
 
 std::shared_ptr<ProgressEngine::Op> ProgressEngine::Add(MPI_Request request) {
@@ -27,89 +34,109 @@ std::shared_ptr<ProgressEngine::Op> ProgressEngine::Add(MPI_Request request) {
   op->request = request;
   std::lock_guard<std::mutex> lock(mu_);
   pending_.push_back(op);
-  work_.notify_one();
   return op;
-}
-
-ProgressEngine::Wait ProgressEngine::WaitFor(const Op& op,
-                                             std::chrono::steady_clock::time_point give_up,
-                                             const std::atomic<bool>* cancel) {
-  std::unique_lock<std::mutex> lock(mu_);
-  while (!op.done) {
-    if (cancel && cancel->load()) return Wait::kCancelled;
-    const auto now = std::chrono::steady_clock::now();
-    if (now >= give_up) return Wait::kTimeout;
-    done_.wait_until(lock, std::min(give_up, now + std::chrono::milliseconds(20)));
-  }
-  return Wait::kDone;
 }
 
 void ProgressEngine::Cancel(const std::shared_ptr<Op>& op) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (!op->done) op->cancel = true;
+  if (op->done) return;
+  op->cancel = true;
+  // Nobody is inside MPI_Testsome with it: cancel it now rather than when a driver next polls.
+  if (!driving_) DropCancelled();
 }
 
-void ProgressEngine::Loop() {
-  std::vector<std::shared_ptr<Op>> ops;
-  std::vector<MPI_Request> requests;
-  std::vector<int> indices;
-  std::vector<MPI_Status> statuses;
-  int idle = 0;
-  while (true) {
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      work_.wait(lock, [&] { return !pending_.empty(); });
-      // Abandoned operations: cancel and free them here, the only thread that tests them.
-      for (auto it = pending_.begin(); it != pending_.end();) {
-        if ((*it)->cancel) {
-          MPI_Cancel(&(*it)->request);
-          MPI_Request_free(&(*it)->request);
-          (*it)->done = true;
-          (*it)->error = MPI_ERR_REQUEST;
-          it = pending_.erase(it);
-        } else {
-          ++it;
-        }
-      }
-      ops = pending_;
-    }
-    if (ops.empty()) continue;
-    requests.resize(ops.size());
-    for (size_t i = 0; i < ops.size(); ++i) requests[i] = ops[i]->request;
-    indices.resize(ops.size());
-    statuses.resize(ops.size());
-    int count = 0;
-    const int rc = MPI_Testsome(static_cast<int>(requests.size()), requests.data(), &count,
-                                indices.data(), statuses.data());
-    if (count == MPI_UNDEFINED) count = 0;
-    if (count == 0 && rc == MPI_SUCCESS) {
-      // Some immediate retries catch completions that are nearly there; then sleep, so the
-      // cores go to the transfer itself (and the host's work) rather than to polling.
-      if (++idle > 16) std::this_thread::sleep_for(kIdleSleep);
+void ProgressEngine::DropCancelled() {
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    Op& op = **it;
+    if (!op.cancel) {
+      ++it;
       continue;
     }
-    idle = 0;
-    std::lock_guard<std::mutex> lock(mu_);
-    for (int k = 0; k < count; ++k) {
-      Op& op = *ops[indices[k]];
-      op.request = MPI_REQUEST_NULL;
-      op.error = rc == MPI_ERR_IN_STATUS ? statuses[k].MPI_ERROR : MPI_SUCCESS;
-      MPI_Get_elements_x(&statuses[k], MPI_BYTE, &op.bytes);
-      op.done = true;
+    MPI_Cancel(&op.request);
+    MPI_Request_free(&op.request);
+    op.done = true;
+    op.error = MPI_ERR_REQUEST;
+    it = pending_.erase(it);
+  }
+}
+
+int ProgressEngine::Poll(std::unique_lock<std::mutex>& lock) {
+  DropCancelled();
+  polled_ = pending_;
+  const int n = static_cast<int>(polled_.size());
+  requests_.resize(polled_.size());
+  indices_.resize(polled_.size());
+  statuses_.resize(polled_.size());
+  for (int i = 0; i < n; ++i) requests_[i] = polled_[i]->request;
+  lock.unlock();  // owners may post and cancel meanwhile; only the driver tests
+  int count = 0;
+  const int rc = n > 0
+                     ? MPI_Testsome(n, requests_.data(), &count, indices_.data(), statuses_.data())
+                     : MPI_SUCCESS;
+  lock.lock();
+  if (count == MPI_UNDEFINED) count = 0;
+  for (int k = 0; k < count; ++k) {
+    Op& op = *polled_[indices_[k]];
+    op.request = MPI_REQUEST_NULL;
+    op.error = rc == MPI_ERR_IN_STATUS ? statuses_[k].MPI_ERROR : MPI_SUCCESS;
+    MPI_Get_elements_x(&statuses_[k], MPI_BYTE, &op.bytes);
+    op.done = true;
+  }
+  if (rc != MPI_SUCCESS && rc != MPI_ERR_IN_STATUS) {
+    // A failure not tied to one request: fail them all rather than spin on it.
+    for (auto& op : polled_) {
+      if (!op->done) op->cancel = true;
     }
-    if (rc != MPI_SUCCESS && rc != MPI_ERR_IN_STATUS) {
-      // A failure not tied to one request: fail them all rather than spin on it.
-      for (auto& op : ops) {
-        if (!op->done) {
-          op->cancel = true;
-        }
-      }
-    }
+  }
+  if (count > 0) {
     pending_.erase(std::remove_if(pending_.begin(), pending_.end(),
                                   [](const std::shared_ptr<Op>& o) { return o->done; }),
                    pending_.end());
     done_.notify_all();
   }
+  polled_.clear();
+  return count;
+}
+
+ProgressEngine::Wait ProgressEngine::WaitFor(const Op& op, Clock::time_point give_up,
+                                             const std::atomic<bool>* cancel) {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!op.done) {
+    if (cancel && cancel->load()) return Wait::kCancelled;
+    if (Clock::now() >= give_up) return Wait::kTimeout;
+    if (driving_) {
+      done_.wait_until(lock, std::min(give_up, Clock::now() + kWaiterCheck));
+      continue;
+    }
+    // Drive until this thread's operation is done, then hand the role on.
+    driving_ = true;
+    Wait result = Wait::kDone;
+    auto last_completion = Clock::now();
+    for (int empty = 0; !op.done;) {
+      if (Poll(lock) > 0) {
+        last_completion = Clock::now();
+        empty = 0;
+        continue;
+      }
+      ++empty;
+      if ((cancel && cancel->load()) || (empty % kYieldEvery == 0 && Clock::now() >= give_up)) {
+        result = cancel && cancel->load() ? Wait::kCancelled : Wait::kTimeout;
+        break;
+      }
+      if (empty % kYieldEvery != 0) continue;
+      lock.unlock();
+      if (Clock::now() - last_completion > kStallAfter) {
+        std::this_thread::sleep_for(kStalledPoll);
+      } else {
+        sched_yield();
+      }
+      lock.lock();
+    }
+    driving_ = false;
+    done_.notify_all();  // another waiter takes over
+    return result;
+  }
+  return Wait::kDone;
 }
 
 }  // namespace netloader::transfer
