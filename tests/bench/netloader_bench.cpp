@@ -6,10 +6,13 @@
 // The same binary plays every part: without --role it orchestrates; with --role it is one of the
 // processes being measured and prints one JSON line on stdout.
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <mpi.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -25,6 +28,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "client/client_internal.h"
@@ -54,6 +58,28 @@ long MaxRssKiB() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return usage.ru_maxrss;
+}
+
+// CPU seconds (user + system, every thread) this process has used.
+double CpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) { return t.tv_sec + t.tv_usec / 1e6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
+// The same for another process, from /proc/PID/stat (utime and stime, fields 14 and 15).
+double ProcessCpuSeconds(pid_t pid) {
+  std::string stat = netloader::testing::ReadFile("/proc/" + std::to_string(pid) + "/stat");
+  const size_t paren = stat.rfind(')');  // the command name may hold spaces
+  if (paren == std::string::npos) return 0;
+  std::istringstream fields(stat.substr(paren + 2));
+  std::string field;
+  double ticks = 0;
+  for (int i = 3; fields >> field && i <= 15; ++i) {
+    if (i >= 14) ticks += std::stod(field);
+  }
+  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
 [[noreturn]] void Die(const std::string& what) {
@@ -143,6 +169,7 @@ int RoleLoad(const RoleArgs& args) {
   options.secret = Check(netloader::LoadOrCreateSecret(netloader::DefaultSecretPath()), "secret");
   netloader::internal::LoadTuning tuning;
   tuning.verify_chunks = args.verify;
+  const double cpu_before = CpuSeconds();
   auto stats = Check(
       netloader::internal::Load(options, model.view(),
                                 *netloader::transfer::MakeMpiDataPlane(options.transport), tuning),
@@ -154,6 +181,7 @@ int RoleLoad(const RoleArgs& args) {
                     {"transport", stats.transport_seconds + preinit_seconds},
                     {"connect", stats.connect_seconds},
                     {"transfer", stats.transfer_seconds},
+                    {"cpu_seconds", CpuSeconds() - cpu_before},
                     {"max_rss_kib", MaxRssKiB()}}
                    .dump()
             << std::endl;
@@ -228,10 +256,12 @@ int RoleRawSend(const RoleArgs& args) {
   for (int p = 0; p < args.peers; ++p) {
     MPI_Comm_accept(ports[p].data(), MPI_INFO_NULL, 0, MPI_COMM_SELF, &comms[p]);
   }
+  const double cpu_before = CpuSeconds();
   Stream(comms.data(), args.peers, data, bytes, args.chunk_bytes, args.window, true);
+  const double cpu_seconds = CpuSeconds() - cpu_before;
   for (MPI_Comm& c : comms) MPI_Comm_disconnect(&c);
   for (auto& port : ports) MPI_Close_port(port.data());
-  std::cout << json{{"max_rss_kib", MaxRssKiB()}}.dump() << std::endl;
+  std::cout << json{{"cpu_seconds", cpu_seconds}, {"max_rss_kib", MaxRssKiB()}}.dump() << std::endl;
   return 0;
 }
 
@@ -247,10 +277,16 @@ int RoleRawRecv(const RoleArgs& args) {
   MPI_Comm comm;
   MPI_Comm_connect(port.c_str(), MPI_INFO_NULL, 0, MPI_COMM_SELF, &comm);
   const auto start = Clock::now();
+  const double cpu_before = CpuSeconds();
   Stream(&comm, 1, data, bytes, args.chunk_bytes, args.window, false);
   const double seconds = Since(start);
+  const double cpu_seconds = CpuSeconds() - cpu_before;
   MPI_Comm_disconnect(&comm);
-  std::cout << json{{"seconds", seconds}, {"bytes", bytes}, {"max_rss_kib", MaxRssKiB()}}.dump()
+  std::cout << json{{"seconds", seconds},
+                    {"bytes", bytes},
+                    {"cpu_seconds", cpu_seconds},
+                    {"max_rss_kib", MaxRssKiB()}}
+                   .dump()
             << std::endl;
   return 0;
 }
@@ -439,7 +475,9 @@ class Bench {
     if (direct) argv.push_back("--direct");
     if (!verify) argv.push_back("--no-verify");
     if (preinit) argv.push_back("--preinit");
+    const double server_cpu_before = ProcessCpuSeconds(server_pid());
     json out = RunChild(argv, "load");
+    out["server_cpu_seconds"] = ProcessCpuSeconds(server_pid()) - server_cpu_before;
     out["gbps"] = out["bytes"].get<double>() / out["seconds"].get<double>() / 1e9;
     return out;
   }
@@ -488,6 +526,10 @@ class Bench {
     }
     json result = Aggregate(receivers, "raw receiver");
     if (sender.Wait(60s) != 0) Die("raw sender failed: " + sender.Stderr());
+    if (k == 1) {
+      result["cpu_seconds"] = json::parse(receivers[0]->Stdout())["cpu_seconds"];
+      result["server_cpu_seconds"] = json::parse(sender.Stdout())["cpu_seconds"];
+    }
     return result;
   }
 
@@ -555,6 +597,61 @@ class Bench {
     return kRounds * block.size() / seconds / 1e9;
   }
 
+  // Raw TCP over loopback, one stream of 1 GiB in 4 MiB writes between two threads: what the
+  // machine's loopback carries before any MPI (machines of one kind differ here).
+  static double LoopbackTcpGbps() {
+    const int listener = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof address;
+    if (bind(listener, reinterpret_cast<sockaddr*>(&address), length) != 0 ||
+        listen(listener, 1) != 0 ||
+        getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+      close(listener);
+      return 0;
+    }
+    constexpr size_t kBlock = 4 << 20, kTotal = 1ull << 30;
+    std::thread writer([&] {
+      const int fd = socket(AF_INET, SOCK_STREAM, 0);
+      if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0) {
+        std::vector<char> block(kBlock, 1);
+        for (size_t sent = 0; sent < kTotal;) {
+          const ssize_t n = write(fd, block.data(), std::min(kBlock, kTotal - sent));
+          if (n <= 0) break;
+          sent += static_cast<size_t>(n);
+        }
+      }
+      close(fd);
+    });
+    const int fd = accept(listener, nullptr, nullptr);
+    std::vector<char> block(kBlock);
+    size_t received = 0;
+    const auto start = Clock::now();
+    for (ssize_t n; (n = read(fd, block.data(), block.size())) > 0;) received += n;
+    const double seconds = Since(start);
+    writer.join();
+    close(fd);
+    close(listener);
+    return received / seconds / 1e9;
+  }
+
+  // The CPU and the vector extensions that decide hashing speed, from /proc/cpuinfo.
+  static json Machine() {
+    std::ifstream cpuinfo("/proc/cpuinfo");
+    std::string model, flags;
+    for (std::string line; std::getline(cpuinfo, line) && (model.empty() || flags.empty());) {
+      auto value = [&] { return line.substr(line.find(':') + 2); };
+      if (model.empty() && line.rfind("model name", 0) == 0) model = value();
+      if (flags.empty() && line.rfind("flags", 0) == 0) flags = " " + value() + " ";
+    }
+    json vector = json::array();
+    for (const char* f : {"sse4_2", "avx", "avx2", "avx512f", "avx512bw", "avx512vl"}) {
+      if (flags.find(std::string(" ") + f + " ") != std::string::npos) vector.push_back(f);
+    }
+    return {{"cpu", model}, {"vector_extensions", vector}};
+  }
+
   // Seconds of `field` per 1,000 tensors: the least-squares slope over every sample of the
   // tiny models (one noisy median, such as an MPI connect, cannot make or break it).
   double GrowthPer1000(const std::string& field) const {
@@ -588,6 +685,17 @@ class Bench {
                      {"cores", std::thread::hardware_concurrency()},
                      {"kernel", std::string(uts.release)},
                      {"quick", o_.quick}};
+    const double hash_gbps = HashGbps(), tcp_gbps = LoopbackTcpGbps();
+    out["machine"] = Machine();
+    out["machine"]["hash_gbps"] = hash_gbps;
+    out["machine"]["loopback_tcp_gbps"] = tcp_gbps;
+    std::string extensions;
+    for (const auto& e : out["machine"]["vector_extensions"]) {
+      extensions += (extensions.empty() ? "" : " ") + e.get<std::string>();
+    }
+    std::printf("\nmachine: %s, %u cores (%s); XXH3 %.1f GB/s; loopback TCP %.2f GB/s\n",
+                out["machine"]["cpu"].get<std::string>().c_str(),
+                std::thread::hardware_concurrency(), extensions.c_str(), hash_gbps, tcp_gbps);
     std::printf("\n%-28s %9s %9s %9s %10s\n", "measurement (GB/s)", "median", "min", "max",
                 "vs raw MPI");
     std::printf("%-28s %9s %9s %9s %10s\n", "", "", "", "", "(paired)");
@@ -612,13 +720,25 @@ class Bench {
     row("disk_cold", "disk, cold");
     // Paired like the ratios: (on - off) / on = 1 - off_time / on_time = 1 - on_gbps / off_gbps.
     const double checksum_cost = 1 - PairedRatio("netloader_preinit", "netloader_no_checksum");
-    const double hash_gbps = HashGbps();
     const double hash_share = bytes / (hash_gbps * 1e9) / Of("netloader_preinit", "seconds").median;
     std::printf("checksum cost: %.1f%% of the load, paired (hashing alone: %.1f GB/s, %.1f%%)\n",
                 100 * checksum_cost, hash_gbps, 100 * hash_share);
     out["summary"] = {{"preinit_vs_raw", PairedRatio("netloader_preinit", "raw_mpi")},
                       {"checksum_cost", checksum_cost},
                       {"hash_gbps", hash_gbps}};
+    // CPU per GB moved, each side: a figure that moves less between machines than GB/s.
+    std::printf("\n%-28s %14s %14s\n", "CPU seconds per GB", "sending side", "receiving side");
+    for (const auto& [name, label] : std::vector<std::pair<std::string, std::string>>{
+             {"raw_mpi", "raw MPI"},
+             {"netloader_preinit", "netloader, MPI beforehand"},
+             {"netloader_no_checksum", "  checksums off"}}) {
+      if (!samples_.count(name)) continue;
+      const double gb = bytes / 1e9;
+      const double send = Of(name, "server_cpu_seconds").median / gb;
+      const double receive = Of(name, "cpu_seconds").median / gb;
+      std::printf("%-28s %14.3f %14.3f\n", label.c_str(), send, receive);
+      out["results"][name]["cpu_seconds_per_gb"] = {{"sending", send}, {"receiving", receive}};
+    }
     if (o_.focus) {
       if (!o_.json_path.empty()) std::ofstream(o_.json_path) << out.dump(2) << "\n";
       return 0;
