@@ -396,9 +396,10 @@ TEST(CliTest, HelpExplainsEveryFlagAndTheExitCodes) {
   Child client({Bin("netloader-client"), "--help"}, tmp / "client");
   ASSERT_EQ(client.Wait(10s), 0);
   for (const char* flag :
-       {"--source", "--model", "--output", "--verify-only", "--tp-size", "--tp-rank", "--pp-size",
-        "--pp-rank", "--model-id", "--json", "--rendezvous", "--secret-file", "--no-auth",
-        "--heartbeat-timeout", "Exit codes"}) {
+       {"--source", "--model", "--output", "--overwrite", "layout file", "--verify-only",
+        "transfer_gbps", "wall_seconds", "--tp-size", "--tp-rank", "--pp-size", "--pp-rank",
+        "--model-id", "--json", "--rendezvous", "--secret-file", "--no-auth", "--heartbeat-timeout",
+        "Exit codes"}) {
     EXPECT_NE(client.Stdout().find(flag), std::string::npos) << flag;
   }
   Child server({Bin("netloader-server"), "--help"}, tmp / "server");

@@ -90,8 +90,8 @@ struct Options {
 
 class Soak {
  public:
-  Soak(const Options& options, std::string model, std::string endpoint)
-      : options_(options), model_(std::move(model)), endpoint_(std::move(endpoint)) {}
+  Soak(std::string model, std::string endpoint)
+      : model_(std::move(model)), endpoint_(std::move(endpoint)) {}
 
   // Starts `n` clients at once and waits for all; counts those that did not verify the model.
   int Run(int n, const std::string& label) {
@@ -122,7 +122,6 @@ class Soak {
   int loads() const { return loads_; }
 
  private:
-  const Options& options_;
   std::string model_;
   std::string endpoint_;
   std::string log_dir_;
@@ -176,7 +175,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "netloader-soak: %s\n", server.status().ToString().c_str());
     return 2;
   }
-  Soak soak(o, tmp / "model", (*server)->endpoint());
+  Soak soak(tmp / "model", (*server)->endpoint());
   soak.set_log_dir(tmp.path());
   // Samples once the server is idle: every session reaped, every slot free.
   auto idle_sample = [&] {
