@@ -118,14 +118,15 @@ ProgressEngine::Wait ProgressEngine::WaitFor(const Op& op, Clock::time_point giv
         empty = 0;
         continue;
       }
-      ++empty;
-      if ((cancel && cancel->load()) || (empty % kYieldEvery == 0 && Clock::now() >= give_up)) {
+      const auto now = Clock::now();
+      if ((cancel && cancel->load()) || now >= give_up) {
         result = cancel && cancel->load() ? Wait::kCancelled : Wait::kTimeout;
         break;
       }
-      if (empty % kYieldEvery != 0) continue;
+      const bool stalled = now - last_completion > kStallAfter;
+      if (!stalled && ++empty % kYieldEvery != 0) continue;
       lock.unlock();
-      if (Clock::now() - last_completion > kStallAfter) {
+      if (stalled) {
         std::this_thread::sleep_for(kStalledPoll);
       } else {
         sched_yield();
