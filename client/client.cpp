@@ -330,8 +330,9 @@ class Attempt {
                         std::to_string(destination_.tensors.size()) + ", '" +
                         fingerprint_.table_digest + "')");
     }
-    Result<ReceivePlan> receive = ReceivePlan::Make(
-        destination_, manifest->chunk_bytes, manifest->chunk_digests, manifest->model_digest);
+    Result<ReceivePlan> receive =
+        ReceivePlan::Make(destination_, manifest->chunk_bytes, std::move(manifest->chunk_digests),
+                          manifest->model_digest);
     if (!receive.ok()) return receive.status();
     auto phase = Clock::now();
     Result<std::shared_ptr<transfer::Transport>> transport = plane_.Start(accept.rendezvous_uri());

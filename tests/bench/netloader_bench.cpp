@@ -612,12 +612,17 @@ class Bench {
       return 0;
     }
     constexpr size_t kBlock = 4 << 20, kTotal = 1ull << 30;
+    // Neither accept nor a read waits more than 10 s (SO_RCVTIMEO covers both, and is inherited
+    // by the accepted socket): a writer that failed to connect or stalled ends the measurement.
+    const timeval deadline{10, 0};
+    setsockopt(listener, SOL_SOCKET, SO_RCVTIMEO, &deadline, sizeof deadline);
     std::thread writer([&] {
       const int fd = socket(AF_INET, SOCK_STREAM, 0);
       if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0) {
         std::vector<char> block(kBlock, 1);
         for (size_t sent = 0; sent < kTotal;) {
-          const ssize_t n = write(fd, block.data(), std::min(kBlock, kTotal - sent));
+          // MSG_NOSIGNAL: a reader that gave up and closed is an error here, not a SIGPIPE.
+          const ssize_t n = send(fd, block.data(), std::min(kBlock, kTotal - sent), MSG_NOSIGNAL);
           if (n <= 0) break;
           sent += static_cast<size_t>(n);
         }
@@ -625,13 +630,18 @@ class Bench {
       close(fd);
     });
     const int fd = accept(listener, nullptr, nullptr);
+    if (fd < 0) {
+      writer.join();
+      close(listener);
+      return 0;
+    }
     std::vector<char> block(kBlock);
     size_t received = 0;
     const auto start = Clock::now();
     for (ssize_t n; (n = read(fd, block.data(), block.size())) > 0;) received += n;
     const double seconds = Since(start);
+    close(fd);  // first: a writer still sending then fails instead of blocking the join
     writer.join();
-    close(fd);
     close(listener);
     return received / seconds / 1e9;
   }
