@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <future>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -250,16 +251,39 @@ Status RejectStatus(const wire::Reject& reject, const ModelView& destination) {
   return Status(FromRejectCode(reject.code()), message);
 }
 
+// The data plane's start-up (MPI: ~140 ms), begun as early as it can be. With a shared
+// rendezvous configured the client need not learn the rendezvous from its source, so it starts
+// on a thread of its own while the client connects and registers, instead of after Accept.
+class EarlyStart {
+ public:
+  EarlyStart(transfer::DataPlane& plane, const TransportOptions& options) {
+    if (options.rendezvous_uri.empty() || !plane.bound_rendezvous().empty()) return;
+    started_ = std::async(std::launch::async, [&plane] { (void)plane.Start(""); });
+  }
+  EarlyStart(const EarlyStart&) = delete;
+  EarlyStart& operator=(const EarlyStart&) = delete;
+  ~EarlyStart() { Wait(); }
+  // Until the start-up begun here returned (bounded by TransportOptions::startup_timeout). Its
+  // outcome is not kept: DataPlane::Start, called again, reports a failure again.
+  void Wait() {
+    if (started_.valid()) started_.get();
+  }
+
+ private:
+  std::future<void> started_;
+};
+
 class Attempt {
  public:
   Attempt(const ClientOptions& options, const ModelView& destination,
-          const Fingerprint& fingerprint, transfer::DataPlane& plane, const std::string& source,
-          internal::LoadTuning tuning)
+          const Fingerprint& fingerprint, transfer::DataPlane& plane, EarlyStart& early,
+          const std::string& source, internal::LoadTuning tuning)
       : options_(options),
         tuning_(tuning),
         destination_(destination),
         fingerprint_(fingerprint),
         plane_(plane),
+        early_(early),
         source_(source),
         control_(source, options.secret) {}
 
@@ -335,6 +359,7 @@ class Attempt {
                           manifest->model_digest);
     if (!receive.ok()) return receive.status();
     auto phase = Clock::now();
+    early_.Wait();
     Result<std::shared_ptr<transfer::Transport>> transport = plane_.Start(accept.rendezvous_uri());
     if (!transport.ok()) return transport.status();
     PrefaultForWrite(destination_);
@@ -405,6 +430,7 @@ class Attempt {
   const ModelView& destination_;
   const Fingerprint& fingerprint_;
   transfer::DataPlane& plane_;
+  EarlyStart& early_;
   const std::string source_;
   ControlChannel control_;
   std::optional<Heartbeats> beats_;  // from Accept until Done
@@ -447,10 +473,11 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& destinatio
   std::vector<SourceAttempt> attempts;
   std::string failures;
   StatusCode last = StatusCode::kUnavailable;
+  EarlyStart early(plane, options.transport);
   for (const std::string& source : options.sources) {
     Log().debug("loading {} tensors ({} bytes) from {}", destination.tensors.size(),
                 destination.total_bytes(), source);
-    Attempt attempt(options, destination, fingerprint, plane, source, tuning);
+    Attempt attempt(options, destination, fingerprint, plane, early, source, tuning);
     Result<LoadStats> result = attempt.Run();
     attempts.push_back({source, result.ok() ? Status::Ok() : result.status()});
     if (result.ok()) {

@@ -23,7 +23,9 @@ using Clock = std::chrono::steady_clock;
 
 // Process-wide MPI state. Initialised once; never torn down before exit.
 struct Runtime {
-  std::mutex mu;                     // guards every field below
+  std::mutex mu;                     // held through start-up; guards every field below
+  std::mutex bound_mu;               // guards `bound` only, never held for long
+  std::string bound;                 // `rendezvous` once initialised: what peers are told
   bool initialised = false;          // MPI is usable by netloader
   Status broken;                     // set when MPI start-up failed: MPI is unusable for good
   std::string rendezvous;            // resolved URI shared by all peers of this process
@@ -129,6 +131,8 @@ Status EnsureMpi(const TransportOptions& options, const std::string& wanted_spec
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
   MPI_Comm_set_errhandler(MPI_COMM_SELF, MPI_ERRORS_RETURN);
   rt.initialised = true;
+  std::lock_guard<std::mutex> bound(rt.bound_mu);
+  rt.bound = rt.rendezvous;
   return Status::Ok();
 }
 
@@ -156,9 +160,10 @@ Status MpiHealth() {
 }
 
 std::string CurrentMpiRendezvous() {
+  // Not rt.mu: a client registers while another thread is inside MPI start-up.
   Runtime& rt = GetRuntime();
-  std::lock_guard<std::mutex> lock(rt.mu);
-  return rt.initialised ? rt.rendezvous : std::string();
+  std::lock_guard<std::mutex> lock(rt.bound_mu);
+  return rt.bound;
 }
 
 void NoteAbandonedCall() { GetRuntime().abandoned++; }

@@ -22,7 +22,8 @@ inline constexpr std::chrono::seconds kOpenPortTimeout{10};
 // (options.startup_timeout), NotFound (a rendezvous file missing).
 Status EnsureMpi(const TransportOptions& options, const std::string& rendezvous_spec);
 
-// The rendezvous URI this process initialised MPI with; empty before EnsureMpi succeeded.
+// The rendezvous URI this process initialised MPI with; empty before EnsureMpi succeeded (also
+// while another thread is inside it: this never waits for start-up).
 std::string CurrentMpiRendezvous();
 
 // Sets the Open MPI / UCX settings of DESIGN.md's recipe (pml ucx over TCP on

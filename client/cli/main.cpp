@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <future>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -161,6 +162,12 @@ int main(int argc, char** argv) {
   options.stall_timeout = ms(stall_timeout_s);
   options.busy_timeout = ms(busy_timeout_s);
 
+  // MPI start-up (~140 ms) need not wait for the source when the rendezvous is shared: it runs
+  // while the destination is allocated and faulted in; Load waits for what is left of it.
+  std::future<Status> transport_started;
+  if (!options.transport.rendezvous_uri.empty()) {
+    transport_started = std::async(std::launch::async, InitializeTransport, options.transport);
+  }
   Result<CheckpointLayout> layout = ReadCheckpointLayout(model_path, LayoutRead::kHeadersOnly);
   if (!layout.ok()) {
     std::fprintf(stderr, "netloader-client: %s\n", layout.status().ToString().c_str());

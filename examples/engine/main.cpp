@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <future>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -185,6 +186,12 @@ int main(int argc, char** argv) {
     return 2;
   } else {
     comm = llama::MakeLocalComm();
+  }
+  // MPI start-up (~100-200 ms) overlaps the weight allocation below when the rendezvous is shared
+  // (README, "Performance"); Load waits for what is left of it. Ranks under mpirun started it.
+  std::future<netloader::Status> transport_started;
+  if (!under_mpirun && load_format == "netloader" && !transport.rendezvous_uri.empty()) {
+    transport_started = std::async(std::launch::async, netloader::InitializeTransport, transport);
   }
   const int rank = parallel.rank();
   const std::string who = "netloader-llama rank " + std::to_string(rank);

@@ -35,11 +35,13 @@ void* MapHostMemory(size_t bytes) {
   void* memory = MapAligned(bytes, kHugePage);
   if (memory == nullptr) return nullptr;
   (void)madvise(memory, bytes, MADV_HUGEPAGE);  // best effort: THP may be off
-  if (!PopulateForWrite(memory, bytes)) {
-    // Kernels before 5.14: fault every page in by hand.
-    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-    for (size_t at = 0; at < bytes; at += page) static_cast<volatile char*>(memory)[at] = 0;
-  }
+  // Fault every page in by writing to it, rather than with MADV_POPULATE_WRITE: that holds the
+  // process's memory-map lock while it runs, so MPI starting on another thread meanwhile (which
+  // maps and protects memory thousands of times) would wait for it; a fault takes only the
+  // lock of its own mapping (Linux 6.4+). With huge pages one write in 512 faults and it is as
+  // fast; without, measured 0.39 s per GiB against 0.30.
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  for (size_t at = 0; at < bytes; at += page) static_cast<volatile char*>(memory)[at] = 0;
   return memory;
 }
 

@@ -24,6 +24,7 @@
 #include <deque>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -112,6 +113,7 @@ struct RoleArgs {
   int peers = 1;
   bool verify = true;
   bool preinit = false;
+  bool overlap = false;  // start MPI on a thread while allocating, as an engine should
   bool cold = false;
   bool direct = false;
 };
@@ -154,7 +156,13 @@ int RoleServe(const RoleArgs& args) {
 // One netloader load into fresh buffers, timed by the library from the first Register.
 int RoleLoad(const RoleArgs& args) {
   auto layout = Check(netloader::ReadCheckpointLayout(args.models.at(0)), "layout");
+  std::future<netloader::Status> started;
+  if (args.overlap) {
+    started = std::async(std::launch::async, netloader::InitializeTransport, Transport(args));
+  }
+  const auto allocate_start = Clock::now();
   auto model = Check(netloader::HostModel::Allocate(layout), "allocate");
+  const double allocate_seconds = Since(allocate_start);
   double preinit_seconds = 0;
   if (args.preinit) {
     const auto start = Clock::now();
@@ -179,6 +187,7 @@ int RoleLoad(const RoleArgs& args) {
                     {"tensors", stats.tensors},
                     {"register", stats.register_seconds},
                     {"transport", stats.transport_seconds + preinit_seconds},
+                    {"allocate", allocate_seconds},
                     {"connect", stats.connect_seconds},
                     {"transfer", stats.transfer_seconds},
                     {"cpu_seconds", CpuSeconds() - cpu_before},
@@ -348,11 +357,26 @@ class Bench {
     // the same next row.
     std::vector<std::pair<std::string, std::function<json()>>> rows = {
         {"raw_mpi", [&] { return RawStreams(1); }},
-        {"netloader_preinit", [&] { return Load(big_, endpoints_[0], true, true); }},
-        {"netloader_no_checksum", [&] { return Load(big_, endpoints_[0], false, true); }},
-        {"netloader_direct", [&] { return Load(big_, endpoints_[0], true, true, true); }}};
+        {"netloader_preinit", [&] { return Load(big_, endpoints_[0], {}); }},
+        {"netloader_no_checksum", [&] { return Load(big_, endpoints_[0], {/*verify=*/false}); }},
+        {"netloader_direct", [&] {
+           return Load(big_, endpoints_[0], {/*verify=*/true, /*preinit=*/true, /*direct=*/true});
+         }}};
     if (!o_.focus) {
-      rows.push_back({"netloader", [&] { return Load(big_, endpoints_[0], true, false); }});
+      rows.push_back({"netloader", [&] {
+                        return Load(big_, endpoints_[0], {/*verify=*/true, /*preinit=*/false});
+                      }});
+      rows.push_back(
+          {"netloader_overlap", [&] {
+             return Load(big_, endpoints_[0],
+                         {/*verify=*/true, /*preinit=*/false, /*direct=*/false, /*overlap=*/true});
+           }});
+      rows.push_back({"netloader_adopt", [&] {
+                        return Load(big_, endpoints_[0],
+                                    {/*verify=*/true, /*preinit=*/false, /*direct=*/false,
+                                     /*overlap=*/false,
+                                     /*adopt=*/true});
+                      }});
       rows.push_back({"disk_warm", [&] { return Disk(false); }});
       rows.push_back({"disk_cold", [&] { return Disk(true); }});
     }
@@ -380,8 +404,7 @@ class Bench {
     const long server_hwm = ServerHwmKiB();
     for (int rep = 0; rep < o_.reps; ++rep) {
       for (size_t t = 0; t < tiny_.size(); ++t) {
-        Add("overhead_" + std::to_string(tiny_counts_[t]),
-            Load(tiny_[t], endpoints_[t + 1], true, true));
+        Add("overhead_" + std::to_string(tiny_counts_[t]), Load(tiny_[t], endpoints_[t + 1], {}));
       }
     }
     StopServer();
@@ -468,13 +491,24 @@ class Bench {
     return out;
   }
 
-  json Load(const std::string& model, const std::string& endpoint, bool verify, bool preinit,
-            bool direct = false) {
+  // How a load row's client starts: MPI beforehand (preinit), while it allocates (overlap), or
+  // inside Load; with the rendezvous configured or learnt from the source (adopt).
+  struct LoadKind {
+    bool verify = true;
+    bool preinit = true;
+    bool direct = false;
+    bool overlap = false;
+    bool adopt = false;
+  };
+
+  json Load(const std::string& model, const std::string& endpoint, LoadKind kind) {
     std::vector<std::string> argv = Role("load");
+    if (kind.adopt) argv.erase(argv.begin() + 3, argv.begin() + 5);  // no --rendezvous
     argv.insert(argv.end(), {"--model", model, "--source", endpoint});
-    if (direct) argv.push_back("--direct");
-    if (!verify) argv.push_back("--no-verify");
-    if (preinit) argv.push_back("--preinit");
+    if (kind.direct) argv.push_back("--direct");
+    if (!kind.verify) argv.push_back("--no-verify");
+    if (kind.preinit) argv.push_back("--preinit");
+    if (kind.overlap) argv.push_back("--overlap");
     const double server_cpu_before = ProcessCpuSeconds(server_pid());
     json out = RunChild(argv, "load");
     out["server_cpu_seconds"] = ProcessCpuSeconds(server_pid()) - server_cpu_before;
@@ -723,6 +757,8 @@ class Bench {
     };
     row("raw_mpi", "raw MPI (ceiling)");
     row("netloader", "netloader end to end");
+    row("netloader_overlap", "  MPI started while allocating");
+    row("netloader_adopt", "  rendezvous from the source");
     row("netloader_preinit", "  MPI started beforehand");
     row("netloader_no_checksum", "  checksums off");
     row("netloader_direct", "  received in place");
@@ -795,6 +831,8 @@ class Bench {
         model_mib, client_rss_mib, client_rss_mib - model_mib, server_extra_mib, k_max,
         server_extra_mib / k_max, static_cast<unsigned long long>(o_.chunk_mib * o_.window));
     out["summary"].update({{"end_to_end_vs_raw", PairedRatio("netloader", "raw_mpi")},
+                           {"overlap_vs_raw", PairedRatio("netloader_overlap", "raw_mpi")},
+                           {"adopt_vs_raw", PairedRatio("netloader_adopt", "raw_mpi")},
                            {"vs_cold_disk", vs_cold_disk},
                            {"overhead_ms", 1e3 * base},
                            {"overhead_ms_per_1000_tensors", 1e3 * per_1000},
@@ -854,6 +892,7 @@ int main(int argc, char** argv) {
   app.add_option("--endpoint-file", role.endpoint_file)->group("");
   app.add_option("--peers", role.peers)->group("");
   app.add_flag("--preinit", role.preinit)->group("");
+  app.add_flag("--overlap", role.overlap)->group("");
   app.add_flag("--cold", role.cold)->group("");
   app.add_flag("--direct", role.direct)->group("");
   bool no_verify = false;

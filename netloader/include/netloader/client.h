@@ -62,8 +62,10 @@ struct LoadStats {
   double gbps = 0;     // bytes / seconds / 1e9: the load's rate, MPI start-up and connect included
   double transfer_gbps = 0;  // bytes / transfer_seconds / 1e9: the data plane's own rate
   // Where `seconds` went, for the source that delivered:
-  double register_seconds = 0;          // Register sent until Accept received (incl. Busy retries)
-  double transport_seconds = 0;         // MPI start-up; 0 when MPI was already initialised
+  double register_seconds = 0;  // Register sent until Accept received (incl. Busy retries)
+  // Waiting for MPI start-up after Accept: 0 when MPI was already initialised, less when it began
+  // while registering (a shared rendezvous configured: TransportOptions::rendezvous_uri).
+  double transport_seconds = 0;
   double connect_seconds = 0;           // MPI connect to the source
   double transfer_seconds = 0;          // first chunk posted until the last one verified
   std::vector<SourceAttempt> attempts;  // every source tried, in order, the last one succeeded
