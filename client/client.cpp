@@ -273,17 +273,28 @@ class EarlyStart {
   std::future<void> started_;
 };
 
+// What a load keeps from one source to the next, so that it resumes instead of starting over.
+struct LoadProgress {
+  ByteRanges verified;            // stream bytes received and verified so far
+  std::vector<uint64_t> content;  // the per-tensor digests of the sources they came from
+  uint64_t bytes_received = 0;    // chunks posted for, over every source (LoadStats)
+};
+
+// Requests carry at most this many ranges each, well under a server's 64 KiB message limit.
+constexpr int kMaxRangesPerRequest = 2000;
+
 class Attempt {
  public:
   Attempt(const ClientOptions& options, const ModelView& destination,
           const Fingerprint& fingerprint, transfer::DataPlane& plane, EarlyStart& early,
-          const std::string& source, internal::LoadTuning tuning)
+          LoadProgress& progress, const std::string& source, internal::LoadTuning tuning)
       : options_(options),
         tuning_(tuning),
         destination_(destination),
         fingerprint_(fingerprint),
         plane_(plane),
         early_(early),
+        progress_(progress),
         source_(source),
         control_(source, options.secret) {}
 
@@ -295,12 +306,13 @@ class Attempt {
     if (!accept.ok()) return accept.status();
     register_seconds_ = SecondsSince(start);
     session_ = accept->session_id();
-    beats_.emplace(control_, session_, options_);
-
     Result<LoadStats> stats = Transfer(*accept, start);
     if (!stats.ok()) SendDone(false, failed_chunk_, stats.status().ToString());
     return stats;
   }
+
+  // Bytes this source delivered and were verified.
+  uint64_t verified_bytes() const { return received_; }
 
  private:
   // Sends Register until Accepted, Rejected, or Busy for longer than busy_timeout.
@@ -358,6 +370,22 @@ class Attempt {
         ReceivePlan::Make(destination_, manifest->chunk_bytes, std::move(manifest->chunk_digests),
                           manifest->model_digest);
     if (!receive.ok()) return receive.status();
+    // Bytes verified from an earlier source are kept only if this one holds the same content.
+    if (progress_.verified.bytes() > 0 && manifest->tensor_digests != progress_.content) {
+      Log().warn(
+          "{} holds other content than the source that delivered the {} bytes verified "
+          "so far; loading all of it from {}",
+          source_, progress_.verified.bytes(), source_);
+      progress_.verified.Clear();
+    }
+    progress_.content = manifest->tensor_digests;
+    const std::vector<size_t> needed = receive->Missing(progress_.verified);
+    if (!needed.empty())
+      Log().debug("asking {} for {} of {} chunks", source_, needed.size(), receive->size());
+    Status status = SendRequests(needed);
+    if (!status.ok()) return status;
+    beats_.emplace(control_, session_, options_);
+
     auto phase = Clock::now();
     early_.Wait();
     Result<std::shared_ptr<transfer::Transport>> transport = plane_.Start(accept.rendezvous_uri());
@@ -373,17 +401,22 @@ class Attempt {
     const double connect_seconds = SecondsSince(phase);
     phase = Clock::now();
 
-    Log().debug("connected to {} over MPI; receiving {} chunks", source_, receive->size());
+    Log().debug("connected to {} over MPI; receiving {} chunks", source_, needed.size());
     const uint64_t total = destination_.total_bytes();
     transfer::StreamOptions stream;
     stream.window = options_.window;
     stream.stall_timeout = options_.stall_timeout;
     stream.cancel = &beats_->lost();
-    Status status = receive->Receive(
-        **channel, stream, {options_.staged_receive, tuning_.verify_chunks}, [&](size_t i) {
-          received_ += receive->bytes(i);
-          if (options_.progress) options_.progress(received_, total);
-        });
+    status = receive->Receive(**channel, stream, {options_.staged_receive, tuning_.verify_chunks},
+                              needed, [&](size_t c) {
+                                const auto [begin, end] = receive->range(c);
+                                progress_.verified.Add(begin, end);
+                                received_ += end - begin;
+                                if (options_.progress) {
+                                  options_.progress(progress_.verified.bytes(), total);
+                                }
+                              });
+    progress_.bytes_received += receive->posted_bytes();
     if (!status.ok()) {
       failed_chunk_ = receive->failed_chunk();
       if (beats_->lost()) status = Status(StatusCode::kUnavailable, beats_->reason());
@@ -392,7 +425,7 @@ class Attempt {
     }
     LoadStats stats;
     stats.source = source_;
-    stats.bytes = received_;
+    stats.bytes = total;
     stats.tensors = destination_.tensors.size();
     stats.chunks = receive->size();
     stats.transfer_seconds = SecondsSince(phase);
@@ -400,15 +433,33 @@ class Attempt {
     stats.register_seconds = register_seconds_;
     stats.transport_seconds = transport_seconds;
     stats.connect_seconds = connect_seconds;
-    stats.gbps = stats.seconds > 0 ? stats.bytes / stats.seconds / 1e9 : 0;
-    stats.transfer_gbps =
-        stats.transfer_seconds > 0 ? stats.bytes / stats.transfer_seconds / 1e9 : 0;
+    stats.transfer_gbps = stats.transfer_seconds > 0 ? received_ / stats.transfer_seconds / 1e9 : 0;
     stats.tensor_digests = manifest->tensor_digests;
     // Done before the collective disconnect: the server disconnects once it reads a verified Done.
     SendDone(true, -1, "");
     done_sent_ = true;
     channel->reset();
     return stats;
+  }
+
+  // The chunks to stream, as Requests of at most kMaxRangesPerRequest ranges each.
+  Status SendRequests(const std::vector<size_t>& chunks) {
+    size_t begin = 0;
+    while (begin < chunks.size()) {
+      size_t end = begin, runs = 0;
+      while (end < chunks.size() && runs < kMaxRangesPerRequest) {
+        ++runs;
+        for (++end; end < chunks.size() && chunks[end] == chunks[end - 1] + 1;) ++end;
+      }
+      wire::Envelope request;
+      request.mutable_request()->set_session_id(session_);
+      ToWire(std::vector<size_t>(chunks.begin() + begin, chunks.begin() + end),
+             request.mutable_request());
+      Status sent = control_.Send(request);
+      if (!sent.ok()) return sent.WithContext("sending a Request to " + source_);
+      begin = end;
+    }
+    return Status::Ok();
   }
 
   void SendDone(bool verified, int64_t failed_chunk, const std::string& message) {
@@ -431,10 +482,11 @@ class Attempt {
   const Fingerprint& fingerprint_;
   transfer::DataPlane& plane_;
   EarlyStart& early_;
+  LoadProgress& progress_;
   const std::string source_;
   ControlChannel control_;
   std::optional<Heartbeats> beats_;  // from Accept until Done
-  uint64_t received_ = 0;            // bytes received and verified
+  uint64_t received_ = 0;            // bytes received from this source and verified
   uint64_t session_ = 0;
   int64_t failed_chunk_ = -1;
   bool done_sent_ = false;
@@ -473,15 +525,22 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& destinatio
   std::vector<SourceAttempt> attempts;
   std::string failures;
   StatusCode last = StatusCode::kUnavailable;
+  const auto start = Clock::now();
   EarlyStart early(plane, options.transport);
+  LoadProgress progress;
   for (const std::string& source : options.sources) {
-    Log().debug("loading {} tensors ({} bytes) from {}", destination.tensors.size(),
-                destination.total_bytes(), source);
-    Attempt attempt(options, destination, fingerprint, plane, early, source, tuning);
+    Log().debug("loading {} tensors ({} bytes, {} verified already) from {}",
+                destination.tensors.size(), destination.total_bytes(), progress.verified.bytes(),
+                source);
+    Attempt attempt(options, destination, fingerprint, plane, early, progress, source, tuning);
     Result<LoadStats> result = attempt.Run();
-    attempts.push_back({source, result.ok() ? Status::Ok() : result.status()});
+    attempts.push_back(
+        {source, result.ok() ? Status::Ok() : result.status(), attempt.verified_bytes()});
     if (result.ok()) {
       result->attempts = std::move(attempts);
+      result->bytes_received = progress.bytes_received;
+      result->seconds = SecondsSince(start);
+      result->gbps = result->bytes / result->seconds / 1e9;
       Log().info(
           "loaded {} tensors, {} bytes from {} in {:.3f} s (the transfer itself {:.3f} s at "
           "{:.2f} GB/s), every chunk verified",

@@ -1,4 +1,5 @@
 #include <condition_variable>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -28,8 +29,8 @@ int64_t NowMs() {
       .count();
 }
 
-// One admitted client: its MPI listener, its streaming thread, and the Done mailbox the control
-// thread fills.
+// One admitted client: its MPI listener, its streaming thread, and the Request and Done mailbox
+// the control thread fills.
 struct Session {
   uint64_t id = 0;
   std::string client;
@@ -41,8 +42,9 @@ struct Session {
   bool served = false;
   uint64_t bytes_sent = 0;
   std::atomic<int64_t> last_heard_ms{NowMs()};  // the client's last heartbeat (or Register)
-  std::mutex mu;                                // guards done and lost
+  std::mutex mu;                                // guards requests, done and lost
   std::condition_variable cv;
+  std::deque<std::vector<size_t>> requests;  // the chunks of each Request not yet streamed
   std::optional<wire::Done> done;
   std::string lost;  // why the control thread gave up on the client
 };
@@ -219,13 +221,16 @@ class ServerImpl : public Server {
       case wire::Envelope::kHeartbeat:
         HandleHeartbeat(identity, envelope->heartbeat());
         break;
+      case wire::Envelope::kRequest:
+        HandleRequest(identity, envelope->request());
+        break;
       case wire::Envelope::kDone:
         HandleDone(envelope->done());
         break;
       default:
         Log().warn("refused an unexpected {} message", BodyName(*envelope));
         SendReject(identity, StatusCode::kInvalidArgument,
-                   std::string("servers take Register, Heartbeat and Done; this was ") +
+                   std::string("servers take Register, Request, Heartbeat and Done; this was ") +
                        BodyName(*envelope));
     }
     return true;
@@ -323,6 +328,30 @@ class ServerImpl : public Server {
     Send(identity, reply);
   }
 
+  void HandleRequest(const std::string& identity, const wire::Request& request) {
+    auto it = sessions_.find(request.session_id());
+    if (it == sessions_.end() || it->second->abort.load()) {
+      SendReject(identity, StatusCode::kInvalidArgument,
+                 "session " + Hex(request.session_id()) + " is not active on this server");
+      return;
+    }
+    Session& session = *it->second;
+    session.last_heard_ms = NowMs();
+    Result<std::vector<size_t>> chunks = FromWire(request, plan_.size());
+    std::lock_guard<std::mutex> lock(session.mu);
+    if (!chunks.ok()) {
+      // The session cannot go on: the client and this server no longer agree on the stream.
+      Log().warn("client {} sent a bad Request: {}", session.client, chunks.status().message());
+      session.lost = "it sent a bad Request: " + chunks.status().message();
+      session.abort = true;
+      session.cv.notify_all();
+      SendReject(identity, StatusCode::kInvalidArgument, chunks.status().message());
+      return;
+    }
+    session.requests.push_back(std::move(*chunks));
+    session.cv.notify_all();
+  }
+
   void HandleDone(const wire::Done& done) {
     auto it = sessions_.find(done.session_id());
     if (it == sessions_.end()) {
@@ -366,23 +395,37 @@ class ServerImpl : public Server {
       }
       ring = std::move(*taken);
     }
-    Status status =
-        plan_.Send(**channel, stream, ring.get(), [&](size_t i) { sent += plan_.bytes(i); });
+    // Stream each Request's chunks as it comes, until the client's Done (or its silence).
+    Status status = Status::Ok();
+    size_t requests = 0;
+    std::unique_lock<std::mutex> lock(session.mu);
+    while (true) {
+      session.cv.wait_until(lock, Clock::now() + options_.done_timeout, [&] {
+        return !session.requests.empty() || session.done.has_value() || session.abort.load();
+      });
+      if (session.requests.empty() || session.abort.load()) break;
+      const std::vector<size_t> chunks = std::move(session.requests.front());
+      session.requests.pop_front();
+      lock.unlock();
+      ++requests;
+      status = plan_.Send(**channel, stream, ring.get(), chunks,
+                          [&](size_t c) { sent += plan_.bytes(c); });
+      lock.lock();
+      if (!status.ok()) break;
+    }
+    std::optional<wire::Done> done = session.done;
+    const bool aborted = session.abort.load();
+    lock.unlock();
     const double seconds = SecondsSince(start);
     if (ring) ReturnRing(std::move(ring));
-    if (!status.ok()) {
+    if (!status.ok() || (aborted && !done)) {
+      if (status.ok()) status = Status(StatusCode::kCancelled, "the session was aborted");
       Log().warn("transfer to {} failed after {} of {} bytes: {}", who, sent, model_.total_bytes(),
                  DescribeAbort(session, status));
       (*channel)->Abandon();
       Finish(session, false, sent);
       return;
     }
-    std::unique_lock<std::mutex> lock(session.mu);
-    session.cv.wait_until(lock, Clock::now() + options_.done_timeout,
-                          [&] { return session.done.has_value() || session.abort.load(); });
-    std::optional<wire::Done> done = session.done;
-    const std::string lost = session.lost;
-    lock.unlock();
     if (done && done->verified()) {
       Log().info("served {}: {} bytes, {} tensors in {:.3f} s ({:.2f} GB/s), verified by client",
                  who, sent, model_.tensors.size(), seconds, sent / seconds / 1e9);
@@ -393,11 +436,10 @@ class ServerImpl : public Server {
     if (done) {
       Log().warn("client {} rejected the transfer at chunk {}: {}", who, done->failed_chunk(),
                  done->message());
-    } else if (!lost.empty()) {
-      Log().warn("client {} was lost after the last chunk: {}", who, lost);
     } else {
-      Log().warn("client {} sent no Done within {} ms after the last chunk", who,
-                 options_.done_timeout.count());
+      Log().warn("client {} sent no {} within {} ms {}", who, requests ? "Done" : "Request",
+                 options_.done_timeout.count(),
+                 requests ? "after the last chunk it asked for" : "after it connected");
     }
     (*channel)->Abandon();
     Finish(session, false, sent);
@@ -552,7 +594,7 @@ Status ValidateOptions(const ServerOptions& options) {
   if (options.window < 1) return Status(StatusCode::kInvalidArgument, "window must be >= 1");
   if (options.listen.empty()) return Status(StatusCode::kInvalidArgument, "listen is empty");
   if (options.heartbeat_timeout.count() != 0 && options.heartbeat_timeout < kMinHeartbeatTimeout) {
-    // Clients beat once a second (PROTOCOL.md, section 4.5).
+    // Clients beat once a second (PROTOCOL.md, section 4.6).
     return Status(StatusCode::kInvalidArgument, "heartbeat_timeout must be 0 (never) or >= " +
                                                     std::to_string(kMinHeartbeatTimeout.count()) +
                                                     " ms");

@@ -45,6 +45,18 @@ class ChunkList {
   }
   uint64_t bytes(size_t chunk) const { return bytes_[chunk]; }
 
+  // The listed chunks, in the order listed, as a list of their own (position p is chunk
+  // chunks[p] of this one).
+  ChunkList Select(const std::vector<size_t>& chunks) const {
+    ChunkList out;
+    for (size_t c : chunks) {
+      out.starts_.push_back(out.spans_.size());
+      out.bytes_.push_back(bytes_[c]);
+      out.spans_.insert(out.spans_.end(), spans(c), spans(c) + span_count(c));
+    }
+    return out;
+  }
+
  private:
   std::vector<Span> spans_;
   std::vector<size_t> starts_;   // index of each chunk's first span

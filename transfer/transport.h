@@ -45,7 +45,8 @@ class Channel {
   virtual Status Receive(const ChunkList& chunks, const StreamOptions& options,
                          const ChunkCallback& on_received) = 0;
   // Declares the peer unreliable (it reported a failure or went silent): the destructor then
-  // releases the connection locally instead of with a collective disconnect.
+  // leaves the connection without a collective disconnect (MPI: and without freeing the
+  // communicator, whose context id must not be reused while cancelled receives may linger).
   virtual void Abandon() = 0;
 };
 

@@ -11,6 +11,7 @@
 #include <future>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "netloader/cli/cli_common.h"
 #include "netloader/client.h"
@@ -84,8 +85,12 @@ int main(int argc, char** argv) {
       "netloader-client: pull a model from a running netloader source.\n"
       "Reads only the headers of --model to learn the expected tensor layout, allocates memory\n"
       "for it, and loads the tensors from the first --source that holds the same model and\n"
-      "partition, verifying every chunk against the source's XXH3 digests. Then writes the\n"
-      "checkpoint to --output (same shard files and metadata) or, with --verify-only, stops.\n"
+      "partition, verifying every chunk against the source's XXH3 digests. A source that fails\n"
+      "mid-transfer costs only the chunks in flight: the next --source is asked for the rest.\n"
+      "Then writes the checkpoint to --output (same shard files and metadata) or, with\n"
+      "--verify-only, stops. In the summary, bytes_received counts every chunk received or in\n"
+      "flight over all sources, and attempts lists each source tried with the bytes it\n"
+      "delivered.\n"
       "The summary gives the transfer's own time and rate (transfer_seconds, transfer_gbps)\n"
       "apart from the whole run's wall time (wall_seconds: reading --model, MPI start-up,\n"
       "registration, the transfer, writing and reading back --output)."};
@@ -142,6 +147,12 @@ int main(int argc, char** argv) {
                  "Seconds without a chunk after which the transfer fails")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  // For tests: once this percentage of the model is verified, hold the load (inside the
+  // progress callback) until FILE exists, so a test can kill the source at a known point.
+  double hold_percent = -1;
+  std::string hold_file;
+  app.add_option("--testing-hold-at", hold_percent)->group("");
+  app.add_option("--testing-hold-file", hold_file)->group("");
   common.Add(app);
   CLI11_PARSE(app, argc, argv);
   if (output_dir.empty() && !verify_only) {
@@ -193,8 +204,19 @@ int main(int argc, char** argv) {
 
   cli::ProgressLine progress;
   const auto start = Clock::now();
+  bool held = hold_file.empty();
   options.progress = [&](uint64_t done, uint64_t total) {
     progress.Bar(done, total, SecondsSince(start));
+    if (held || 100.0 * done < hold_percent * total) return;
+    held = true;
+    std::fprintf(stderr,
+                 "netloader-client: holding the load at %llu of %llu bytes until %s exists\n",
+                 static_cast<unsigned long long>(done), static_cast<unsigned long long>(total),
+                 hold_file.c_str());
+    const auto until = Clock::now() + std::chrono::seconds(60);
+    while (access(hold_file.c_str(), F_OK) != 0 && Clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
   };
   Result<LoadStats> stats = Load(options, model->view());
   progress.Finish();
@@ -212,6 +234,7 @@ int main(int argc, char** argv) {
     summary = {{"ok", true},
                {"source", stats->source},
                {"bytes", stats->bytes},
+               {"bytes_received", stats->bytes_received},
                {"tensors", stats->tensors},
                {"chunks", stats->chunks},
                {"transfer_seconds", stats->transfer_seconds},
@@ -223,7 +246,8 @@ int main(int argc, char** argv) {
                {"verified", true}};
     nlohmann::json attempts = nlohmann::json::array();
     for (const SourceAttempt& a : stats->attempts) {
-      attempts.push_back({{"source", a.source}, {"status", a.status.ToString()}});
+      attempts.push_back(
+          {{"source", a.source}, {"status", a.status.ToString()}, {"bytes", a.bytes}});
     }
     summary["attempts"] = attempts;
     if (!output_dir.empty()) {

@@ -147,6 +147,33 @@ uint64_t DigestOfDigests(const std::vector<uint64_t>& digests) {
   return XXH3_64bits(bytes.data(), bytes.size());
 }
 
+void ByteRanges::Add(uint64_t begin, uint64_t end) {
+  if (begin >= end) return;
+  // Swallow every range that overlaps or touches [begin, end).
+  auto it = ranges_.upper_bound(begin);
+  if (it != ranges_.begin() && std::prev(it)->second >= begin) --it;
+  while (it != ranges_.end() && it->first <= end) {
+    begin = std::min(begin, it->first);
+    end = std::max(end, it->second);
+    it = ranges_.erase(it);
+  }
+  ranges_.emplace(begin, end);
+}
+
+bool ByteRanges::Covers(uint64_t begin, uint64_t end) const {
+  if (begin >= end) return true;
+  auto it = ranges_.upper_bound(begin);
+  if (it == ranges_.begin()) return false;
+  --it;
+  return it->first <= begin && it->second >= end;
+}
+
+uint64_t ByteRanges::bytes() const {
+  uint64_t total = 0;
+  for (const auto& [begin, end] : ranges_) total += end - begin;
+  return total;
+}
+
 StagingRing::~StagingRing() { UnmapHostMemory(data_, slots_ * slot_bytes_); }
 
 Status StagingRing::Allocate(size_t slots, size_t slot_bytes) {
@@ -167,17 +194,19 @@ SendPlan::SendPlan(const ModelView& model, uint64_t chunk_bytes)
       slot_bytes_(LargestChunk(chunks_, /*multi_span_only=*/true)) {}
 
 Status SendPlan::Send(transfer::Channel& channel, const transfer::StreamOptions& options,
-                      StagingRing* ring, const std::function<void(size_t chunk)>& on_sent) const {
+                      StagingRing* ring, const std::vector<size_t>& chunks,
+                      const std::function<void(size_t chunk)>& on_sent) const {
+  const transfer::ChunkList selected = chunks_.Select(chunks);  // position p is chunks[p]
   transfer::StreamOptions stream = options;
   transfer::ChunkList staged;
   if (slot_bytes_ > 0) {
-    staged = StagedMultiSpanChunks(chunks_, *ring);
-    stream.prepare = [&](size_t i) {
-      if (chunks_.span_count(i) > 1) GatherChunk(chunks_, i, ring->slot(i));
+    staged = StagedMultiSpanChunks(selected, *ring);
+    stream.prepare = [&](size_t p) {
+      if (selected.span_count(p) > 1) GatherChunk(selected, p, ring->slot(p));
     };
   }
-  return channel.Send(slot_bytes_ > 0 ? staged : chunks_, stream, [&](size_t i) {
-    if (on_sent) on_sent(i);
+  return channel.Send(slot_bytes_ > 0 ? staged : selected, stream, [&](size_t p) {
+    if (on_sent) on_sent(chunks[p]);
     return Status::Ok();
   });
 }
@@ -193,55 +222,75 @@ Result<ReceivePlan> ReceivePlan::Make(const ModelView& destination, uint64_t chu
                                                      " chunk digests for a layout of " +
                                                      std::to_string(plan.plan_.size()) + " chunks");
   }
+  // Each chunk is checked against its digest; this ties the digests to the model's.
+  if (DigestOfDigests(chunk_digests) != model_digest) {
+    return Status(StatusCode::kProtocolMismatch,
+                  "the source's chunk digests do not add up to its whole-model digest");
+  }
   plan.chunks_ = plan.plan_.Spans(destination);
+  plan.offsets_.reserve(plan.chunks_.size());
+  uint64_t offset = 0;
+  for (size_t c = 0; c < plan.chunks_.size(); ++c) {
+    plan.offsets_.push_back(offset);
+    offset += plan.chunks_.bytes(c);
+  }
   plan.chunk_digests_ = std::move(chunk_digests);
-  plan.model_digest_ = model_digest;
   return plan;
 }
 
+std::vector<size_t> ReceivePlan::Missing(const ByteRanges& have) const {
+  std::vector<size_t> missing;
+  for (size_t c = 0; c < size(); ++c) {
+    const auto [begin, end] = range(c);
+    if (!have.Covers(begin, end)) missing.push_back(c);
+  }
+  return missing;
+}
+
 Status ReceivePlan::Receive(transfer::Channel& channel, const transfer::StreamOptions& stream,
-                            const ReceiveOptions& options,
+                            const ReceiveOptions& options, const std::vector<size_t>& chunks,
                             const std::function<void(size_t chunk)>& on_verified) {
   // What the data plane receives into: the destination itself, or for chunks of several spans a
-  // ring of window slots (chunk i lands in slot i % window; the stream posts chunk i + window
-  // only after chunk i's callback returned, so a slot is never overwritten before it was copied
-  // out). A one-span chunk always lands in place.
+  // ring of window slots (position p lands in slot p % window; the stream posts position
+  // p + window only after position p's callback returned, so a slot is never overwritten before
+  // it was copied out). A one-span chunk always lands in place.
+  const transfer::ChunkList selected = chunks_.Select(chunks);  // position p is chunks[p]
   StagingRing ring;
   transfer::ChunkList staged;
   if (options.staged) {
-    const uint64_t slot_bytes = LargestChunk(chunks_, /*multi_span_only=*/true);
+    const uint64_t slot_bytes = LargestChunk(selected, /*multi_span_only=*/true);
     if (slot_bytes > 0) {
       Status made = ring.Allocate(static_cast<size_t>(std::max(1, stream.window)), slot_bytes);
       if (!made.ok()) return made;
     }
-    staged = StagedMultiSpanChunks(chunks_, ring);
+    staged = StagedMultiSpanChunks(selected, ring);
   }
-  const transfer::ChunkList& wire_chunks = options.staged ? staged : chunks_;
-  std::vector<uint64_t> digests;
-  digests.reserve(chunks_.size());
-  Status status = channel.Receive(wire_chunks, stream, [&](size_t i) -> Status {
-    uint64_t digest = chunk_digests_[i];
-    if (wire_chunks.spans(i)[0].data != chunks_.spans(i)[0].data) {  // staged
-      const auto* slot = static_cast<const char*>(wire_chunks.spans(i)[0].data);
+  const transfer::ChunkList& wire_chunks = options.staged ? staged : selected;
+  transfer::StreamOptions counted = stream;
+  counted.prepare = [&](size_t p) {
+    posted_bytes_ += selected.bytes(p);
+    if (stream.prepare) stream.prepare(p);
+  };
+  Status status = channel.Receive(wire_chunks, counted, [&](size_t p) -> Status {
+    const size_t c = chunks[p];
+    uint64_t digest = chunk_digests_[c];
+    if (wire_chunks.spans(p)[0].data != selected.spans(p)[0].data) {  // staged
+      const auto* slot = static_cast<const char*>(wire_chunks.spans(p)[0].data);
       const uint64_t copied =
-          CopyAndDigest(slot, chunks_.spans(i), chunks_.span_count(i), options.verify);
+          CopyAndDigest(slot, selected.spans(p), selected.span_count(p), options.verify);
       if (options.verify) digest = copied;
     } else if (options.verify) {
-      digest = ChunkDigest(chunks_, i);
+      digest = ChunkDigest(selected, p);
     }
-    if (digest != chunk_digests_[i]) {
-      failed_chunk_ = static_cast<int64_t>(i);
-      return Status(StatusCode::kChecksumMismatch, "chunk " + std::to_string(i) + " (" +
-                                                       plan_.TensorNames(i, *destination_) +
+    if (digest != chunk_digests_[c]) {
+      failed_chunk_ = static_cast<int64_t>(c);
+      return Status(StatusCode::kChecksumMismatch, "chunk " + std::to_string(c) + " (" +
+                                                       plan_.TensorNames(c, *destination_) +
                                                        ") does not match the source's digest");
     }
-    digests.push_back(digest);
-    if (on_verified) on_verified(i);
+    if (on_verified) on_verified(c);
     return Status::Ok();
   });
-  if (status.ok() && DigestOfDigests(digests) != model_digest_) {
-    status = Status(StatusCode::kChecksumMismatch, "whole-model digest differs from the source's");
-  }
   if (!status.ok()) ring.Leak();  // a cancelled receive may still write into it
   return status;
 }

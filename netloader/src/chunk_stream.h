@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -64,6 +65,20 @@ uint64_t CopyAndDigest(const char* staged, const transfer::Span* spans, size_t s
 // XXH3-64 over a list of digests, each as 8 bytes little-endian (the whole-model digest).
 uint64_t DigestOfDigests(const std::vector<uint64_t>& digests);
 
+// Byte ranges of a model's stream (its tensors' bytes concatenated in storage order, which the
+// chunks cut in order) merged into disjoint intervals: what a client holds verified, kept across
+// sources so that a load resumes where a failed source stopped.
+class ByteRanges {
+ public:
+  void Add(uint64_t begin, uint64_t end);
+  bool Covers(uint64_t begin, uint64_t end) const;
+  uint64_t bytes() const;
+  void Clear() { ranges_.clear(); }
+
+ private:
+  std::map<uint64_t, uint64_t> ranges_;  // begin -> end; disjoint and not touching
+};
+
 // A small reused buffer of `slots` chunk-sized slots that messages are staged through: chunk i
 // uses slot i % slots. Pre-faulted huge-page memory (host_memory.h), unmapped on destruction.
 // Not thread-safe.
@@ -99,11 +114,13 @@ class SendPlan {
   // contiguous span (then Send needs no ring).
   uint64_t slot_bytes() const { return slot_bytes_; }
 
-  // Sends every chunk in order. A chunk of several spans is gathered into its slot of `ring`
-  // (options.window slots of slot_bytes()) just before it is posted: a memcpy from warm memory
-  // is cheaper than letting MPI pack a many-block datatype. A chunk of one span is sent in
-  // place. `on_sent(chunk)` runs after each chunk was sent.
+  // Sends the listed chunks in the order listed (PROTOCOL.md, section 4.5: a client's Request).
+  // A chunk of several spans is gathered into its slot of `ring` (options.window slots of
+  // slot_bytes()) just before it is posted: a memcpy from warm memory is cheaper than letting MPI
+  // pack a many-block datatype. A chunk of one span is sent in place. `on_sent(chunk)` runs
+  // after each chunk was sent.
   Status Send(transfer::Channel& channel, const transfer::StreamOptions& options, StagingRing* ring,
+              const std::vector<size_t>& chunks,
               const std::function<void(size_t chunk)>& on_sent) const;
 
  private:
@@ -124,21 +141,30 @@ struct ReceiveOptions {
 class ReceivePlan {
  public:
   // Errors: ProtocolMismatch when `chunk_digests` lists another number of chunks than the
-  // destination's plan at `chunk_bytes` has.
+  // destination's plan at `chunk_bytes` has, or `model_digest` is not their digest.
   static Result<ReceivePlan> Make(const ModelView& destination, uint64_t chunk_bytes,
                                   std::vector<uint64_t> chunk_digests, uint64_t model_digest);
 
   size_t size() const { return chunks_.size(); }
+  uint64_t bytes(size_t chunk) const { return chunks_.bytes(chunk); }
+  // The chunk's bytes in the model's stream: [begin, end).
+  std::pair<uint64_t, uint64_t> range(size_t chunk) const {
+    return {offsets_[chunk], offsets_[chunk] + chunks_.bytes(chunk)};
+  }
+  // The chunks not wholly within `have`, in order.
+  std::vector<size_t> Missing(const ByteRanges& have) const;
 
-  // Receives every chunk into the destination, checking each against its digest as it arrives
-  // and, at the end, the model digest. `on_verified(chunk)` runs after each chunk checked out.
+  // Receives the listed chunks, in the order listed, into the destination, checking each
+  // against its digest as it arrives. `on_verified(chunk)` runs after each chunk checked out.
   // Errors: ChecksumMismatch naming the chunk and its tensors (failed_chunk() then says which),
   // the channel's errors, Unavailable (a staging ring could not be allocated).
   Status Receive(transfer::Channel& channel, const transfer::StreamOptions& stream,
-                 const ReceiveOptions& options,
+                 const ReceiveOptions& options, const std::vector<size_t>& chunks,
                  const std::function<void(size_t chunk)>& on_verified);
   int64_t failed_chunk() const { return failed_chunk_; }
-  uint64_t bytes(size_t chunk) const { return chunks_.bytes(chunk); }
+  // Bytes of every chunk whose receive was posted: received, or in flight when the stream
+  // stopped. An upper bound of what crossed the wire.
+  uint64_t posted_bytes() const { return posted_bytes_; }
 
  private:
   ReceivePlan() = default;
@@ -146,9 +172,10 @@ class ReceivePlan {
   const ModelView* destination_ = nullptr;
   ChunkPlan plan_;
   transfer::ChunkList chunks_;
+  std::vector<uint64_t> offsets_;  // each chunk's first byte in the stream
   std::vector<uint64_t> chunk_digests_;
-  uint64_t model_digest_ = 0;
   int64_t failed_chunk_ = -1;
+  uint64_t posted_bytes_ = 0;
 };
 
 }  // namespace netloader

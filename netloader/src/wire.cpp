@@ -48,10 +48,44 @@ const char* BodyName(const wire::Envelope& envelope) {
       return "Done";
     case wire::Envelope::kHeartbeat:
       return "Heartbeat";
+    case wire::Envelope::kRequest:
+      return "Request";
     case wire::Envelope::BODY_NOT_SET:
       break;
   }
   return "an empty envelope";
+}
+
+void ToWire(const std::vector<size_t>& chunks, wire::Request* out) {
+  for (size_t i = 0; i < chunks.size();) {
+    size_t j = i + 1;
+    while (j < chunks.size() && chunks[j] == chunks[j - 1] + 1) ++j;
+    wire::ChunkRange* range = out->add_ranges();
+    range->set_first(chunks[i]);
+    range->set_count(j - i);
+    i = j;
+  }
+}
+
+Result<std::vector<size_t>> FromWire(const wire::Request& in, size_t chunk_count) {
+  if (in.ranges().empty()) {
+    return Status(StatusCode::kInvalidArgument, "a Request must name at least one chunk");
+  }
+  std::vector<size_t> chunks;
+  for (const wire::ChunkRange& range : in.ranges()) {
+    if (range.count() == 0 || range.first() >= chunk_count ||
+        range.count() > chunk_count - range.first() ||
+        chunks.size() + range.count() > chunk_count) {
+      return Status(StatusCode::kInvalidArgument,
+                    "Request range [" + std::to_string(range.first()) + ", +" +
+                        std::to_string(range.count()) + ") is empty, outside the " +
+                        std::to_string(chunk_count) +
+                        " chunks, or makes the Request longer "
+                        "than the stream");
+    }
+    for (uint64_t c = range.first(); c < range.first() + range.count(); ++c) chunks.push_back(c);
+  }
+  return chunks;
 }
 
 Status ValidateRegister(const wire::Register& request) {

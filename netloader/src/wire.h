@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstddef>
 #include <string>
+#include <vector>
 
 #include "netloader/fingerprint.h"
 #include "netloader/src/manifest.h"
@@ -22,7 +23,7 @@ inline constexpr size_t kServerCutoffBytes = 256 << 10;
 inline constexpr size_t kMaxClientMessageBytes = 256 << 20;
 
 // Clients send a heartbeat at least this often; servers give up on a silent session no sooner
-// than this (PROTOCOL.md, section 4.5).
+// than this (PROTOCOL.md, section 4.6).
 inline constexpr std::chrono::milliseconds kMaxHeartbeatInterval{1000};
 inline constexpr std::chrono::milliseconds kMinHeartbeatTimeout{2000};
 
@@ -55,6 +56,12 @@ std::string DescribeTableDifferences(
 void ToWire(const Manifest& manifest, wire::Manifest* out);
 // Errors: ProtocolMismatch (chunk size out of range).
 Result<Manifest> FromWire(const wire::Manifest& in);
+
+// A list of chunk indices as a Request's ranges (runs of consecutive chunks become one range).
+void ToWire(const std::vector<size_t>& chunks, wire::Request* out);
+// The chunks a Request names, in order. Errors: InvalidArgument (no range, an empty range, one
+// outside [0, chunk_count), or more chunks in all than the stream has).
+Result<std::vector<size_t>> FromWire(const wire::Request& in, size_t chunk_count);
 
 wire::RejectCode ToRejectCode(StatusCode code);
 StatusCode FromRejectCode(wire::RejectCode code);

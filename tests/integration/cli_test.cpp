@@ -476,6 +476,72 @@ TEST(CliFaultTest, ServerKilledMidTransferFailsTheClientWithinItsDeadlineAndNoth
   EXPECT_FALSE(std::filesystem::exists(tmp / "out/model.safetensors")) << "nothing written";
 }
 
+// Resume: a source killed at half a load costs only the chunks it had in flight. The client
+// holds the load once half is verified, the test kills the first source, and the client then
+// asks the second one only for the chunks it does not hold. (A client reaches several sources
+// through one shared rendezvous: its MPI is bound to one.)
+TEST(CliFaultTest, ASourceKilledAtHalfCostsOnlyTheChunksInFlightTheNextOneSendsTheRest) {
+  TempDir tmp, tmp_a, tmp_b;
+  MakeCheckpoint(tmp / "model", 40, 64, 1, 37);
+  testing::Rendezvous rendezvous(tmp);
+  ASSERT_TRUE(rendezvous.ready()) << rendezvous.child().Stderr();
+  ServerProcess a(tmp_a, tmp / "model", {"--rendezvous", rendezvous.spec()});
+  ServerProcess b(tmp_b, tmp / "model", {"--rendezvous", rendezvous.spec()});
+  ASSERT_FALSE(a.endpoint().empty() || b.endpoint().empty());
+  const int window = 2;
+  Child client({Bin("netloader-client"),
+                "--source",
+                a.endpoint(),
+                "--source",
+                b.endpoint(),
+                "--model",
+                tmp / "model",
+                "--output",
+                tmp / "out",
+                "--window",
+                std::to_string(window),
+                "--rendezvous",
+                rendezvous.spec(),
+                "--stall-timeout",
+                "5",
+                "--heartbeat-timeout",
+                "2",
+                "--json",
+                "--log-level",
+                "debug",
+                "--testing-hold-at",
+                "50",
+                "--testing-hold-file",
+                tmp / "go"},
+               tmp / "client");
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return client.Stderr().find("holding the load") != std::string::npos; }, 60s))
+      << client.Stderr();
+  a.child().Signal(SIGKILL);
+  ASSERT_EQ(a.child().Wait(20s), 128 + SIGKILL);
+  testing::WriteFile(tmp / "go", "");
+  ASSERT_EQ(client.Wait(120s), 0) << client.Stderr();
+  const nlohmann::json summary = LastJsonLine(client.Stdout());
+  ASSERT_TRUE(summary.is_object()) << client.Stdout();
+  const uint64_t bytes = summary["bytes"];
+  const uint64_t chunk_bytes = 4 << 20;  // the server's default
+  EXPECT_GE(summary["bytes_received"].get<uint64_t>(), bytes);
+  EXPECT_LE(summary["bytes_received"].get<uint64_t>(), bytes + window * chunk_bytes)
+      << summary.dump();
+  ASSERT_EQ(summary["attempts"].size(), 2u) << summary.dump();
+  const nlohmann::json& first = summary["attempts"][0];
+  const nlohmann::json& second = summary["attempts"][1];
+  EXPECT_EQ(first["source"], a.endpoint());
+  EXPECT_NE(first["status"], "OK");
+  EXPECT_GE(first["bytes"].get<uint64_t>(), bytes / 2) << "held at half";
+  EXPECT_EQ(second["source"], b.endpoint());
+  EXPECT_EQ(second["status"], "OK");
+  EXPECT_EQ(first["bytes"].get<uint64_t>() + second["bytes"].get<uint64_t>(), bytes)
+      << "the second source sent only what the first had not delivered";
+  EXPECT_EQ(summary["source"], b.endpoint());
+  ExpectSameCheckpoint(tmp / "model", tmp / "out");
+}
+
 // Frozen, not dead: the kernel keeps its TCP connections open, so only the missing heartbeats
 // give it away. The server frees the slot well before its 60 s stall deadline.
 TEST(CliFaultTest, ClientFrozenMidTransferLosesItsSlotAtTheHeartbeatDeadline) {

@@ -19,6 +19,7 @@
 
 #include "client/client_internal.h"
 #include "netloader/secret.h"
+#include "netloader/src/chunk_stream.h"
 #include "netloader/src/manifest.h"
 #include "netloader/src/wire.h"
 #include "server/server_internal.h"
@@ -264,6 +265,64 @@ TEST_F(ServerClientFaultTest, CorruptedChunkIsDetectedNamingTheTensorAndNothingI
   EXPECT_EQ((*server)->stats().active_transfers, 0);
 }
 
+// Collects netloader's log lines for the life of the object.
+class LogCapture {
+ public:
+  LogCapture() {
+    SetLogSink([this](LogLevel level, std::string_view message) {
+      std::lock_guard<std::mutex> lock(mu_);
+      lines_.push_back(std::string(level == LogLevel::kWarn ? "WARN " : "") + std::string(message));
+    });
+  }
+  ~LogCapture() { SetLogSink(nullptr); }
+  // Whether a line containing `text` was logged (waiting up to `timeout` for it).
+  bool Saw(const std::string& text, std::chrono::milliseconds timeout = 30s) {
+    return testing::WaitFor(
+        [&] {
+          std::lock_guard<std::mutex> lock(mu_);
+          for (const std::string& line : lines_) {
+            if (line.find(text) != std::string::npos) return true;
+          }
+          return false;
+        },
+        timeout);
+  }
+  std::string All() {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::string all;
+    for (const std::string& line : lines_) all += line + "\n";
+    return all;
+  }
+
+ private:
+  std::mutex mu_;  // guards lines_
+  std::vector<std::string> lines_;
+};
+
+// Bytes of the first `k` chunks of `model`'s stream at `chunk_bytes`.
+uint64_t FirstChunksBytes(const ModelView& model, uint64_t chunk_bytes, size_t k) {
+  const transfer::ChunkList chunks = ChunkPlan::Make(TensorSizes(model), chunk_bytes).Spans(model);
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < k; ++i) bytes += chunks.bytes(i);
+  return bytes;
+}
+
+// A data plane whose first transport is `first` (say, one that fails) and every later one `then`.
+class FailingFirstPlane : public transfer::DataPlane {
+ public:
+  FailingFirstPlane(std::shared_ptr<transfer::Transport> first,
+                    std::shared_ptr<transfer::Transport> then)
+      : first_(std::move(first)), then_(std::move(then)) {}
+  std::string bound_rendezvous() const override { return ""; }
+  Result<std::shared_ptr<transfer::Transport>> Start(const std::string&) override {
+    return ++calls_ == 1 ? first_ : then_;
+  }
+
+ private:
+  std::shared_ptr<transfer::Transport> first_, then_;
+  int calls_ = 0;
+};
+
 TEST_F(ServerClientFaultTest, FailsOverToTheNextSourceAfterAnUnreachableOneAndABrokenOne) {
   OwnedModel source(30, seed_, true);
   auto broken = internal::StartServer(SmallChunks(), source.view,
@@ -281,22 +340,8 @@ TEST_F(ServerClientFaultTest, FailsOverToTheNextSourceAfterAnUnreachableOneAndAB
   options.sources.push_back((*broken)->endpoint());
   options.sources.push_back((*good)->endpoint());
   // The second source's data plane fails at chunk 2 for this client only.
-  auto failing = transfer::MakeFaultyTransport(transport_, {transfer::FaultSpec::Kind::kFail, 2});
-  // A data plane whose first transport is the failing one.
-  class FailingFirst : public transfer::DataPlane {
-   public:
-    FailingFirst(std::shared_ptr<transfer::Transport> first,
-                 std::shared_ptr<transfer::Transport> then)
-        : first_(std::move(first)), then_(std::move(then)) {}
-    std::string bound_rendezvous() const override { return ""; }
-    Result<std::shared_ptr<transfer::Transport>> Start(const std::string&) override {
-      return ++calls_ == 1 ? first_ : then_;
-    }
-
-   private:
-    std::shared_ptr<transfer::Transport> first_, then_;
-    int calls_ = 0;
-  } plane(failing, transport_);
+  FailingFirstPlane plane(
+      transfer::MakeFaultyTransport(transport_, {transfer::FaultSpec::Kind::kFail, 2}), transport_);
   Result<LoadStats> stats = internal::Load(options, dest.view, plane);
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   EXPECT_TRUE(dest.SameBytes(source));
@@ -305,6 +350,36 @@ TEST_F(ServerClientFaultTest, FailsOverToTheNextSourceAfterAnUnreachableOneAndAB
   EXPECT_EQ(stats->attempts[1].status.code(), StatusCode::kTransferFailed);
   EXPECT_TRUE(stats->attempts[2].status.ok());
   EXPECT_EQ(stats->source, (*good)->endpoint());
+  // Resumed: the broken source's two verified chunks were kept, the good one sent the rest.
+  const uint64_t total = source.view.total_bytes();
+  EXPECT_EQ(stats->attempts[1].bytes, FirstChunksBytes(source.view, SmallChunks().chunk_bytes, 2));
+  EXPECT_EQ(stats->attempts[1].bytes + stats->attempts[2].bytes, total);
+  EXPECT_LE(stats->bytes_received, total + options.window * SmallChunks().chunk_bytes);
+}
+
+// Chunks verified from one source are kept only if the next holds the same content: same table,
+// other bytes (another fine-tune, say) and the load starts over from the next source, whole.
+TEST_F(ServerClientFaultTest, ASourceWithOtherContentIsLoadedWholeNotMixedWithTheFirst) {
+  OwnedModel first(30, seed_, true);
+  OwnedModel second = first.EmptyLike();
+  for (auto& tensor : second.storage) std::fill(tensor.begin(), tensor.end(), 0x77);
+  auto a = internal::StartServer(SmallChunks(), first.view, Plane(transport_));
+  auto b = internal::StartServer(SmallChunks(), second.view, Plane(transport_));
+  ASSERT_TRUE(a.ok() && b.ok());
+  OwnedModel dest = first.EmptyLike();
+  ClientOptions options = ClientFor((*a)->endpoint());
+  options.sources.push_back((*b)->endpoint());
+  FailingFirstPlane plane(
+      transfer::MakeFaultyTransport(transport_, {transfer::FaultSpec::Kind::kFail, 3}), transport_);
+  LogCapture log;
+  Result<LoadStats> stats = internal::Load(options, dest.view, plane);
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_TRUE(dest.SameBytes(second)) << "all of it from the second source";
+  ASSERT_EQ(stats->attempts.size(), 2u);
+  EXPECT_EQ(stats->attempts[0].bytes, FirstChunksBytes(first.view, SmallChunks().chunk_bytes, 3));
+  EXPECT_EQ(stats->attempts[1].bytes, first.view.total_bytes());
+  EXPECT_TRUE(log.Saw("holds other content than the source")) << log.All();
+  EXPECT_TRUE(VerifyModel(dest.view, *stats).ok());
 }
 
 TEST_F(ServerClientFaultTest, ClientsBeyondTheLimitAreToldBusyAndAllAreEventuallyServed) {
@@ -355,39 +430,52 @@ Result<wire::Envelope> RegisterRaw(const std::string& endpoint, const ModelView&
   return RawExchange(endpoint, Encode(request));
 }
 
-// Collects netloader's log lines for the life of the object.
-class LogCapture {
- public:
-  LogCapture() {
-    SetLogSink([this](LogLevel level, std::string_view message) {
-      std::lock_guard<std::mutex> lock(mu_);
-      lines_.push_back(std::string(level == LogLevel::kWarn ? "WARN " : "") + std::string(message));
-    });
-  }
-  ~LogCapture() { SetLogSink(nullptr); }
-  // Whether a line containing `text` was logged (waiting up to `timeout` for it).
-  bool Saw(const std::string& text, std::chrono::milliseconds timeout = 30s) {
-    return testing::WaitFor(
-        [&] {
-          std::lock_guard<std::mutex> lock(mu_);
-          for (const std::string& line : lines_) {
-            if (line.find(text) != std::string::npos) return true;
-          }
-          return false;
-        },
-        timeout);
-  }
-  std::string All() {
-    std::lock_guard<std::mutex> lock(mu_);
-    std::string all;
-    for (const std::string& line : lines_) all += line + "\n";
-    return all;
-  }
+// Protocol version 3: a Request naming chunks the stream does not have is refused naming the
+// range and ends its session; a version-2 client (no Requests) is refused naming both versions.
+TEST_F(ServerClientFaultTest, ABadRequestEndsItsSessionAndAVersion2ClientIsRefusedByName) {
+  OwnedModel source(10, seed_, true);
+  LogCapture log;
+  auto server = internal::StartServer(SmallChunks(), source.view, Plane(transport_));
+  ASSERT_TRUE(server.ok());
+  const std::string endpoint = (*server)->endpoint();
 
- private:
-  std::mutex mu_;  // guards lines_
-  std::vector<std::string> lines_;
-};
+  Result<wire::Envelope> accepted = RegisterRaw(endpoint, source.view);
+  ASSERT_TRUE(accepted.ok() && accepted->has_accept()) << accepted.status().ToString();
+  const uint64_t session = accepted->accept().session_id();
+  const uint64_t chunks = accepted->accept().manifest().chunk_digests_size();
+  wire::Envelope bad;
+  bad.mutable_request()->set_session_id(session);
+  wire::ChunkRange* range = bad.mutable_request()->add_ranges();
+  range->set_first(chunks - 1);
+  range->set_count(2);
+  Result<wire::Envelope> refused = RawExchange(endpoint, Encode(bad));
+  ASSERT_TRUE(refused.ok() && refused->has_reject()) << refused.status().ToString();
+  EXPECT_EQ(refused->reject().code(), wire::INVALID_REQUEST);
+  EXPECT_NE(refused->reject().reason().find("outside the " + std::to_string(chunks) + " chunks"),
+            std::string::npos)
+      << refused->reject().reason();
+  EXPECT_TRUE(log.Saw("sent a bad Request")) << log.All();
+  wire::Envelope beat;
+  beat.mutable_heartbeat()->set_session_id(session);
+  Result<wire::Envelope> gone = RawExchange(endpoint, Encode(beat));
+  ASSERT_TRUE(gone.ok() && gone->has_reject());
+  EXPECT_NE(gone->reject().reason().find("not active"), std::string::npos) << "session ended";
+
+  wire::Envelope v2;
+  ToWire(MakeFingerprint(source.view, "", {}), v2.mutable_register_()->mutable_fingerprint());
+  v2.set_protocol_version(2);
+  Result<wire::Envelope> old = RawExchange(endpoint, v2.SerializeAsString());
+  ASSERT_TRUE(old.ok() && old->has_reject());
+  EXPECT_EQ(old->reject().code(), wire::PROTOCOL_MISMATCH);
+  EXPECT_NE(old->reject().reason().find("protocol version 2, this build speaks 3"),
+            std::string::npos)
+      << old->reject().reason();
+
+  OwnedModel dest = source.EmptyLike();
+  Result<LoadStats> stats = internal::Load(ClientFor(endpoint), dest.view, *Plane(transport_));
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_TRUE(dest.SameBytes(source));
+}
 
 // Every malformed message gets a Reject whose code says what kind of problem it is
 // (PROTOCOL.md, section 4.1): PROTOCOL_MISMATCH for what is not a netloader message of this

@@ -1,5 +1,7 @@
 #include "netloader/src/manifest.h"
 
+#include "netloader/src/chunk_stream.h"
+
 #include <gtest/gtest.h>
 #include <xxhash.h>
 
@@ -156,6 +158,87 @@ TEST(ManifestTest, CarriesTheTableDigestAndSurvivesTheWire) {
   EXPECT_EQ(back->chunk_bytes, m.chunk_bytes);
   EXPECT_EQ(back->chunk_digests, m.chunk_digests);
   EXPECT_EQ(back->model_digest, m.model_digest);
+}
+
+// What resume keeps: verified byte ranges, merged, and the chunks they leave to fetch.
+TEST(ByteRangesTest, MergesOverlappingAndTouchingRangesAndAnswersCoverage) {
+  ByteRanges r;
+  EXPECT_TRUE(r.Covers(5, 5)) << "an empty range is always covered";
+  EXPECT_FALSE(r.Covers(0, 1));
+  r.Add(10, 20);
+  r.Add(30, 40);
+  EXPECT_EQ(r.bytes(), 20u);
+  EXPECT_TRUE(r.Covers(10, 20));
+  EXPECT_TRUE(r.Covers(12, 18));
+  EXPECT_FALSE(r.Covers(15, 31)) << "a gap in the middle";
+  EXPECT_FALSE(r.Covers(5, 15));
+  r.Add(20, 30);  // touches both: one range
+  EXPECT_TRUE(r.Covers(10, 40));
+  EXPECT_EQ(r.bytes(), 30u);
+  r.Add(0, 50);  // swallows it
+  EXPECT_EQ(r.bytes(), 50u);
+  r.Add(45, 60);
+  r.Add(70, 71);
+  EXPECT_EQ(r.bytes(), 61u);
+  EXPECT_FALSE(r.Covers(59, 71));
+  r.Clear();
+  EXPECT_EQ(r.bytes(), 0u);
+}
+
+TEST(ReceivePlanTest, MissingListsTheChunksNotWhollyVerifiedEvenUnderAnotherChunkSize) {
+  std::vector<std::vector<unsigned char>> storage = {std::vector<unsigned char>(10000, 1),
+                                                     std::vector<unsigned char>(3000, 2),
+                                                     std::vector<unsigned char>(5000, 3)};
+  ModelView model = Model(storage);
+  Manifest m = BuildManifest(model, 4096);
+  Result<ReceivePlan> plan = ReceivePlan::Make(model, 4096, m.chunk_digests, m.model_digest);
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  // Chunks: [0, 4096) [4096, 8192) [8192, 10000) [10000, 13000) [13000, 17096) [17096, 18000).
+  ASSERT_EQ(plan->size(), 6u);
+  EXPECT_EQ(plan->range(3), std::make_pair(uint64_t{10000}, uint64_t{13000}));
+  ByteRanges have;
+  EXPECT_EQ(plan->Missing(have).size(), 6u);
+  // What a source with 8 KiB chunks delivered: its first chunk, [0, 8192).
+  have.Add(0, 8192);
+  EXPECT_EQ(plan->Missing(have), (std::vector<size_t>{2, 3, 4, 5}));
+  have.Add(8192, 12000);  // part of chunk 3: it is still missing
+  EXPECT_EQ(plan->Missing(have), (std::vector<size_t>{3, 4, 5}));
+  have.Add(12000, 18000);
+  EXPECT_TRUE(plan->Missing(have).empty());
+
+  m.chunk_digests[1] ^= 1;  // digests that do not add up to the model digest
+  Result<ReceivePlan> forged = ReceivePlan::Make(model, 4096, m.chunk_digests, m.model_digest);
+  EXPECT_EQ(forged.status().code(), StatusCode::kProtocolMismatch);
+}
+
+TEST(RequestWireTest, RunsOfChunksBecomeRangesAndBadRangesAreRefusedNamingThem) {
+  wire::Request request;
+  ToWire({0, 1, 2, 5, 7, 8}, &request);
+  ASSERT_EQ(request.ranges_size(), 3);
+  EXPECT_EQ(request.ranges(1).first(), 5u);
+  EXPECT_EQ(request.ranges(1).count(), 1u);
+  Result<std::vector<size_t>> chunks = FromWire(request, 9);
+  ASSERT_TRUE(chunks.ok()) << chunks.status().ToString();
+  EXPECT_EQ(*chunks, (std::vector<size_t>{0, 1, 2, 5, 7, 8}));
+  EXPECT_EQ(FromWire(request, 8).status().code(), StatusCode::kInvalidArgument)
+      << "chunk 8 of a stream of 8";
+  EXPECT_NE(FromWire(request, 8).status().message().find("[7, +2)"), std::string::npos)
+      << FromWire(request, 8).status().message();
+  wire::Request empty;
+  EXPECT_NE(FromWire(empty, 8).status().message().find("at least one chunk"), std::string::npos);
+  wire::Request zero;
+  zero.add_ranges()->set_first(1);  // count 0
+  EXPECT_EQ(FromWire(zero, 8).status().code(), StatusCode::kInvalidArgument);
+  wire::Request huge;
+  huge.add_ranges()->set_count(~0ull);  // first + count would wrap around
+  EXPECT_EQ(FromWire(huge, 8).status().code(), StatusCode::kInvalidArgument);
+  wire::Request twice;  // more chunks than the stream has: refused before any are listed
+  for (int i = 0; i < 3; ++i) {
+    wire::ChunkRange* r = twice.add_ranges();
+    r->set_first(0);
+    r->set_count(8);
+  }
+  EXPECT_EQ(FromWire(twice, 8).status().code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace

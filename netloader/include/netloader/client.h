@@ -23,7 +23,9 @@ enum class ConnectEvent { kBefore, kAfter };
 // The fields shared with ServerOptions (model id, partition, window, connect/stall/heartbeat
 // deadlines, secret, transport) are in PeerOptions (netloader/options.h).
 struct ClientOptions : PeerOptions {
-  // ZeroMQ endpoints of sources ("tcp://host:port"), tried in order until one succeeds.
+  // ZeroMQ endpoints of sources ("tcp://host:port"), tried in order until the model is loaded.
+  // A source that fails mid-transfer costs only what was in flight: the next one is asked only
+  // for the chunks not yet verified, provided it holds the same content (per-tensor digests).
   std::vector<std::string> sources;
   // A source must answer Register within this time.
   std::chrono::milliseconds register_timeout{10000};
@@ -51,17 +53,21 @@ struct ClientOptions : PeerOptions {
 struct SourceAttempt {
   std::string source;
   Status status;
+  uint64_t bytes = 0;  // what this source delivered and was verified, also when it then failed
 };
 
 struct LoadStats {
   std::string source;  // the source that delivered
-  uint64_t bytes = 0;
+  uint64_t bytes = 0;  // the model's bytes, all verified
+  // Bytes of every chunk received or in flight when a source failed, over all sources: at least
+  // `bytes`; what failures cost is the difference (at most window x chunk size per failure).
+  uint64_t bytes_received = 0;
   uint64_t tensors = 0;
-  uint64_t chunks = 0;
-  double seconds = 0;  // from the first Register sent to the last chunk verified
-  double gbps = 0;     // bytes / seconds / 1e9: the load's rate, MPI start-up and connect included
-  double transfer_gbps = 0;  // bytes / transfer_seconds / 1e9: the data plane's own rate
-  // Where `seconds` went, for the source that delivered:
+  uint64_t chunks = 0;  // the last source's chunks
+  double seconds = 0;   // from Load's start to the last chunk verified, over every source
+  double gbps = 0;      // bytes / seconds / 1e9: the load's rate, MPI start-up and connect included
+  double transfer_gbps = 0;  // the last source's bytes / transfer_seconds / 1e9
+  // Where the last source's part of `seconds` went:
   double register_seconds = 0;  // Register sent until Accept received (incl. Busy retries)
   // Waiting for MPI start-up after Accept: 0 when MPI was already initialised, less when it began
   // while registering (a shared rendezvous configured: TransportOptions::rendezvous_uri).

@@ -10,7 +10,7 @@
 namespace netloader {
 
 // The protocol version this build speaks. Peers of another version are refused by name.
-inline constexpr uint32_t kProtocolVersion = 2;  // 2: heartbeats, manifest without the table
+inline constexpr uint32_t kProtocolVersion = 3;  // 3: chunk requests (PROTOCOL.md, section 10)
 
 // What must match before a single byte moves (DESIGN.md, "Fingerprint").
 struct Fingerprint {

@@ -22,7 +22,8 @@ struct ServerOptions : PeerOptions {
   int max_concurrent_transfers = 4;
   // Bytes per MPI message. Small tensors are coalesced and large ones split to this size.
   uint64_t chunk_bytes = 4ull << 20;
-  // After the last chunk, how long to wait for the client's Done before logging it as lost.
+  // After Accept and after the chunks of each Request were sent, how long to wait for the
+  // client's next Request or its Done before logging it as lost.
   std::chrono::milliseconds done_timeout{30000};
   // How long a Busy client is told to wait before retrying.
   std::chrono::milliseconds busy_retry_hint{500};
