@@ -278,6 +278,7 @@ struct LoadProgress {
   ByteRanges verified;            // stream bytes received and verified so far
   std::vector<uint64_t> content;  // the per-tensor digests of the sources they came from
   uint64_t bytes_received = 0;    // chunks posted for, over every source (LoadStats)
+  uint64_t bytes_reused = 0;      // found already in place (ClientOptions::destination_filled)
 };
 
 // Requests carry at most this many ranges each, well under a server's 64 KiB message limit.
@@ -377,8 +378,10 @@ class Attempt {
           "so far; loading all of it from {}",
           source_, progress_.verified.bytes(), source_);
       progress_.verified.Clear();
+      progress_.bytes_reused = 0;
     }
     progress_.content = manifest->tensor_digests;
+    if (options_.destination_filled) KeepWhatIsInPlace(*receive);
     const std::vector<size_t> needed = receive->Missing(progress_.verified);
     if (!needed.empty())
       Log().debug("asking {} for {} of {} chunks", source_, needed.size(), receive->size());
@@ -440,6 +443,19 @@ class Attempt {
     done_sent_ = true;
     channel->reset();
     return stats;
+  }
+
+  // A delta load: the chunks whose bytes in the destination already match the source's digests
+  // count as verified (one pass over the destination, hashing at memory speed).
+  void KeepWhatIsInPlace(const ReceivePlan& receive) {
+    for (size_t c : receive.Missing(progress_.verified)) {
+      if (!receive.Holds(c)) continue;
+      const auto [begin, end] = receive.range(c);
+      progress_.verified.Add(begin, end);
+      progress_.bytes_reused += end - begin;
+    }
+    Log().debug("{} of {} bytes already in place", progress_.bytes_reused,
+                destination_.total_bytes());
   }
 
   // The chunks to stream, as Requests of at most kMaxRangesPerRequest ranges each.
@@ -539,6 +555,7 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& destinatio
     if (result.ok()) {
       result->attempts = std::move(attempts);
       result->bytes_received = progress.bytes_received;
+      result->bytes_reused = progress.bytes_reused;
       result->seconds = SecondsSince(start);
       result->gbps = result->bytes / result->seconds / 1e9;
       Log().info(

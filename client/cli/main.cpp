@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <future>
@@ -78,6 +79,35 @@ Status CheckWrittenCheckpoint(const std::string& dir, const CheckpointLayout& wr
   return status;
 }
 
+// --delta-from: the older copy, read into memory, which must have the layout of --model: the
+// same tensors (names, dtypes, shapes) in the same order.
+Result<HostModel> ReadOlderCopy(const std::string& dir, const CheckpointLayout& expected) {
+  Result<CheckpointLayout> layout = ReadCheckpointLayout(dir);
+  if (!layout.ok()) return layout.status().WithContext("--delta-from");
+  auto flatten = [](const CheckpointLayout& l) {
+    std::vector<const TensorSpec*> all;
+    for (const ShardLayout& shard : l.shards) {
+      for (const TensorSpec& t : shard.tensors) all.push_back(&t);
+    }
+    return all;
+  };
+  const std::vector<const TensorSpec*> want = flatten(expected), have = flatten(*layout);
+  for (size_t i = 0; i < std::max(want.size(), have.size()); ++i) {
+    if (i < want.size() && i < have.size() && want[i]->name == have[i]->name &&
+        want[i]->dtype == have[i]->dtype && want[i]->shape == have[i]->shape) {
+      continue;
+    }
+    return Status(StatusCode::kInvalidArgument,
+                  "--delta-from " + dir + " has another layout than --model: tensor " +
+                      std::to_string(i) + " is '" + (i < have.size() ? have[i]->name : "none") +
+                      "' there and '" + (i < want.size() ? want[i]->name : "none") +
+                      "' in --model (or its dtype or shape differs)");
+  }
+  Result<HostModel> older = HostModel::Load(*layout);
+  if (!older.ok()) return older.status().WithContext("--delta-from " + dir);
+  return older;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -125,6 +155,13 @@ int main(int argc, char** argv) {
                "refuses before loading anything, naming them: exit 7)")
       ->needs(output);
   auto* verify = app.add_flag("--verify-only", verify_only, "Load and verify, but write nothing");
+  std::string delta_dir;
+  app.add_option("--delta-from", delta_dir,
+                 "A delta load: an older copy of the model on local disk (same layout as --model, "
+                 "e.g. the last step's weights) is read first, and only the chunks whose digests "
+                 "differ from the source's are pulled. bytes_reused in the summary says how much "
+                 "was kept; every chunk of the result is verified either way")
+      ->check(CLI::ExistingPath);
   bool skip_output_check = false;
   app.add_flag("--skip-output-check", skip_output_check,
                "Do not read --output back to check it against the source's per-tensor digests");
@@ -196,11 +233,15 @@ int main(int argc, char** argv) {
       return cli::kExitOutput;
     }
   }
-  Result<HostModel> model = HostModel::Allocate(*layout);
+  Result<HostModel> model =
+      delta_dir.empty() ? HostModel::Allocate(*layout) : ReadOlderCopy(delta_dir, *layout);
   if (!model.ok()) {
     std::fprintf(stderr, "netloader-client: %s\n", model.status().ToString().c_str());
-    return cli::kExitFailure;
+    // Memory that could not be had is an internal failure; a bad --delta-from, a bad model.
+    return model.status().code() == StatusCode::kUnavailable ? cli::kExitFailure
+                                                             : cli::kExitBadModel;
   }
+  options.destination_filled = !delta_dir.empty();
 
   cli::ProgressLine progress;
   const auto start = Clock::now();
@@ -235,6 +276,7 @@ int main(int argc, char** argv) {
                {"source", stats->source},
                {"bytes", stats->bytes},
                {"bytes_received", stats->bytes_received},
+               {"bytes_reused", stats->bytes_reused},
                {"tensors", stats->tensors},
                {"chunks", stats->chunks},
                {"transfer_seconds", stats->transfer_seconds},

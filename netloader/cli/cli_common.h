@@ -33,7 +33,8 @@ enum ExitCode {
 
 inline const char* kExitCodeHelp =
     "Exit codes: 0 ok, 1 internal error, 2 bad flags (or an unusable secret file), 3 --model "
-    "missing or malformed, 4 refused (fingerprint or protocol mismatch, or the shared secrets "
+    "(or the client's --delta-from) missing or malformed, 4 refused (fingerprint or protocol "
+    "mismatch, or the shared secrets "
     "differ), 5 unavailable (unreachable, busy, timeout, start-up failed), 6 transfer or checksum "
     "failure, 7 --output would replace an existing file (give --overwrite), writing it failed, or "
     "it did not read back as the source's bytes.";

@@ -6,6 +6,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -399,7 +400,7 @@ TEST(CliTest, HelpExplainsEveryFlagAndTheExitCodes) {
        {"--source", "--model", "--output", "--overwrite", "layout file", "--verify-only",
         "transfer_gbps", "wall_seconds", "--tp-size", "--tp-rank", "--pp-size", "--pp-rank",
         "--model-id", "--json", "--rendezvous", "--secret-file", "--no-auth", "--heartbeat-timeout",
-        "Exit codes"}) {
+        "--delta-from", "bytes_reused", "bytes_received", "attempts", "Exit codes"}) {
     EXPECT_NE(client.Stdout().find(flag), std::string::npos) << flag;
   }
   Child server({Bin("netloader-server"), "--help"}, tmp / "server");
@@ -540,6 +541,52 @@ TEST(CliFaultTest, ASourceKilledAtHalfCostsOnlyTheChunksInFlightTheNextOneSendsT
       << "the second source sent only what the first had not delivered";
   EXPECT_EQ(summary["source"], b.endpoint());
   ExpectSameCheckpoint(tmp / "model", tmp / "out");
+}
+
+// Flips one byte in the middle of tensor `index` of a one-shard checkpoint, in place.
+void FlipAByteOf(const std::string& dir, size_t index) {
+  Result<CheckpointLayout> layout = ReadCheckpointLayout(dir);
+  ASSERT_TRUE(layout.ok()) << layout.status().ToString();
+  const TensorSpec& t = layout->shards.at(0).tensors.at(index);
+  ASSERT_GT(t.size_bytes, 0u);
+  std::fstream file(layout->shards[0].path, std::ios::in | std::ios::out | std::ios::binary);
+  file.seekg(static_cast<std::streamoff>(t.file_offset + t.size_bytes / 2));
+  const char byte = static_cast<char>(file.get() ^ 0x5a);
+  file.seekp(static_cast<std::streamoff>(t.file_offset + t.size_bytes / 2));
+  file.put(byte);
+  ASSERT_TRUE(file.good());
+}
+
+// A delta load: the client holds last step's weights on disk and pulls only the chunks that
+// changed. Two bytes changed at the source touch two 1 MiB chunks of a 128 MiB model.
+TEST(CliTest, ADeltaLoadPullsOnlyTheChunksThatChangedAndTheResultIsTheSourcesBytes) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "old", 60, 128, 1, 41);
+  std::filesystem::copy(tmp / "old", tmp / "new");
+  FlipAByteOf(tmp / "new", 10);
+  FlipAByteOf(tmp / "new", 45);
+  ServerProcess server(tmp, tmp / "new", {"--chunk-mib", "1"});
+  ASSERT_FALSE(server.endpoint().empty()) << server.child().Stderr();
+  ClientRun run = RunClient(tmp, "client",
+                            {"--source", server.endpoint(), "--model", tmp / "new", "--delta-from",
+                             tmp / "old", "--output", tmp / "out"});
+  ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
+  const uint64_t bytes = run.summary["bytes"];
+  const uint64_t pulled = run.summary["attempts"][0]["bytes"];
+  EXPECT_GT(pulled, 0u);
+  EXPECT_LE(pulled, 2u << 20) << "two chunks of 1 MiB at most";
+  EXPECT_LE(run.summary["bytes_received"].get<uint64_t>(), bytes * 3 / 100) << run.summary.dump();
+  EXPECT_EQ(run.summary["bytes_reused"].get<uint64_t>() + pulled, bytes) << run.summary.dump();
+  ExpectSameCheckpoint(tmp / "new", tmp / "out");
+
+  // An older copy of another layout is refused before anything is loaded, naming the tensor.
+  MakeCheckpoint(tmp / "other", 59, 128, 1, 41);
+  ClientRun refused = RunClient(tmp, "refused",
+                                {"--source", server.endpoint(), "--model", tmp / "new",
+                                 "--delta-from", tmp / "other", "--verify-only"});
+  EXPECT_EQ(refused.exit_code, 3) << refused.stderr_text;
+  EXPECT_NE(refused.stderr_text.find("has another layout than --model: tensor"), std::string::npos)
+      << refused.stderr_text;
 }
 
 // Frozen, not dead: the kernel keeps its TCP connections open, so only the missing heartbeats

@@ -40,6 +40,10 @@ struct ClientOptions : PeerOptions {
   // of raw MPI over TCP, BENCHMARKS.md). Chunks that are one contiguous span (slices of large
   // tensors, or small tensors lying back to back) always land in place and are verified there.
   bool staged_receive = true;
+  // A delta load: the destination already holds an older copy of the model (the same layout,
+  // e.g. the previous step's weights). Chunks whose bytes already match the source's digests are
+  // kept, and only the others are pulled; every chunk of the result is verified either way.
+  bool destination_filled = false;
   ProgressCallback progress;  // optional
   // Optional. Called on the loading thread just before each MPI connect to a source (kBefore)
   // and as soon as that connect returns, connected or not (kAfter). Open MPI 4.1 can wedge both
@@ -62,6 +66,9 @@ struct LoadStats {
   // Bytes of every chunk received or in flight when a source failed, over all sources: at least
   // `bytes`; what failures cost is the difference (at most window x chunk size per failure).
   uint64_t bytes_received = 0;
+  // With ClientOptions::destination_filled: bytes already in the destination that matched the
+  // source's digests, so were not pulled.
+  uint64_t bytes_reused = 0;
   uint64_t tensors = 0;
   uint64_t chunks = 0;  // the last source's chunks
   double seconds = 0;   // from Load's start to the last chunk verified, over every source
