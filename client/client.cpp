@@ -4,6 +4,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <future>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -149,7 +150,7 @@ class ControlChannel {
 // From Accept until Done: a heartbeat to the source every interval, so that it keeps this
 // client's session, and `lost` once the source has answered none for the timeout (it died or
 // froze), so that the transfer stops at once instead of waiting for the stall deadline. Owns
-// the control socket while it runs.
+// the control socket while it runs: other messages (further Requests) go out through Send.
 class Heartbeats {
  public:
   Heartbeats(ControlChannel& control, uint64_t session, const ClientOptions& options)
@@ -169,19 +170,29 @@ class Heartbeats {
     std::lock_guard<std::mutex> lock(mu_);
     return reason_;
   }
+  // Queues a message for the source; it leaves at once.
+  void Send(wire::Envelope message) {
+    std::lock_guard<std::mutex> lock(mu_);
+    outbox_.push_back(std::move(message));
+    wake_.notify_all();
+  }
 
  private:
   void Loop() {
     auto last_answer = Clock::now();
+    auto next_beat = Clock::now();
     std::unique_lock<std::mutex> lock(mu_);
     while (!stop_) {
+      std::vector<wire::Envelope> out;
+      out.swap(outbox_);
       lock.unlock();
-      wire::Envelope beat;
-      beat.mutable_heartbeat()->set_session_id(session_);
-      (void)control_.Send(beat);  // a source that is gone shows as silence
-      lock.lock();
-      if (wake_.wait_for(lock, options_.heartbeat_interval, [this] { return stop_; })) return;
-      lock.unlock();
+      for (wire::Envelope& message : out) (void)control_.Send(message);
+      if (Clock::now() >= next_beat) {
+        wire::Envelope beat;
+        beat.mutable_heartbeat()->set_session_id(session_);
+        (void)control_.Send(beat);  // a source that is gone shows as silence
+        next_beat = Clock::now() + options_.heartbeat_interval;
+      }
       // The answers that came meanwhile (looking only: nothing here waits).
       for (Result<wire::Envelope> reply = control_.Receive(std::chrono::milliseconds(0));
            reply.ok(); reply = control_.Receive(std::chrono::milliseconds(0))) {
@@ -197,6 +208,7 @@ class Heartbeats {
                     " ms (it died or froze)");
       }
       lock.lock();
+      wake_.wait_until(lock, next_beat, [this] { return stop_ || !outbox_.empty(); });
     }
   }
 
@@ -209,9 +221,10 @@ class Heartbeats {
   ControlChannel& control_;
   const uint64_t session_;
   const ClientOptions& options_;
-  mutable std::mutex mu_;  // guards stop_ and reason_
+  mutable std::mutex mu_;  // guards stop_, outbox_ and reason_
   std::condition_variable wake_;
   bool stop_ = false;
+  std::vector<wire::Envelope> outbox_;
   std::atomic<bool> lost_{false};
   std::string reason_;
   std::thread thread_;
@@ -266,20 +279,141 @@ class EarlyStart {
   // Until the start-up begun here returned (bounded by TransportOptions::startup_timeout). Its
   // outcome is not kept: DataPlane::Start, called again, reports a failure again.
   void Wait() {
+    std::lock_guard<std::mutex> lock(mu_);  // the sources of a striped load wait together
     if (started_.valid()) started_.get();
   }
 
  private:
+  std::mutex mu_;  // guards started_
   std::future<void> started_;
 };
 
-// What a load keeps from one source to the next, so that it resumes instead of starting over.
-struct LoadProgress {
-  ByteRanges verified;            // stream bytes received and verified so far
-  std::vector<uint64_t> content;  // the per-tensor digests of the sources they came from
-  uint64_t bytes_received = 0;    // chunks posted for, over every source (LoadStats)
-  uint64_t bytes_reused = 0;      // found already in place (ClientOptions::destination_filled)
+// What the sources of one load share: the stream bytes verified so far and whose weights they
+// are, so that a load resumes where a failed source stopped; the bytes each source is fetching
+// (striping: sources claim disjoint chunks, a few at a time, so a slower one gets fewer); and
+// what LoadStats reports. Thread-safe.
+class SharedLoad {
+ public:
+  SharedLoad(const ClientOptions& options, uint64_t total) : options_(options), total_(total) {}
+
+  // Takes a source's per-tensor digests. Bytes verified under other digests (another source
+  // holding other weights of the same layout) are dropped while no other source is fetching;
+  // while one is, this source is refused instead.
+  Status Adopt(const std::vector<uint64_t>& content, const std::string& source) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (verified_.bytes() > 0 && content != content_) {
+      if (claimed_.bytes() > 0) {
+        return Status(StatusCode::kFingerprintMismatch,
+                      source +
+                          " holds other weights (per-tensor digests) than the sources it "
+                          "would be striped with");
+      }
+      Log().warn(
+          "{} holds other content than the source that delivered the {} bytes verified "
+          "so far; loading all of it from {}",
+          source, verified_.bytes(), source);
+      verified_.Clear();
+      reused_ = 0;
+    }
+    content_ = content;
+    return Status::Ok();
+  }
+
+  // A delta load: the chunks whose bytes already match the source's digests count as verified
+  // (one pass over the destination, hashing at memory speed).
+  void KeepWhatIsInPlace(const ReceivePlan& plan) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t c : plan.Missing(verified_)) {
+      const auto [begin, end] = plan.range(c);
+      if (claimed_.Intersects(begin, end) || !plan.Holds(c)) continue;
+      verified_.Add(begin, end);
+      reused_ += end - begin;
+    }
+  }
+
+  // Up to `max_chunks` chunks of `plan`, in order, neither verified nor being fetched from
+  // another source, now marked as being fetched. Empty when there are none just now.
+  std::vector<size_t> Claim(const ReceivePlan& plan, size_t max_chunks) {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<size_t> chunks;
+    for (size_t c : plan.Missing(verified_)) {
+      if (chunks.size() == max_chunks) break;
+      const auto [begin, end] = plan.range(c);
+      if (claimed_.Intersects(begin, end)) continue;
+      claimed_.Add(begin, end);
+      chunks.push_back(c);
+    }
+    return chunks;
+  }
+
+  void Verified(uint64_t begin, uint64_t end) {
+    uint64_t done = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      verified_.Add(begin, end);
+      claimed_.Remove(begin, end);
+      done = verified_.bytes();
+    }
+    changed_.notify_all();
+    if (options_.progress) {
+      std::lock_guard<std::mutex> lock(progress_mu_);  // never two calls at once
+      options_.progress(done, total_);
+    }
+  }
+
+  // Gives back claimed chunks of `plan` that were not verified (their source failed), for the
+  // other sources to take.
+  void Release(const ReceivePlan& plan, const std::vector<size_t>& chunks) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (size_t c : chunks) {
+        const auto [begin, end] = plan.range(c);
+        if (!verified_.Covers(begin, end)) claimed_.Remove(begin, end);
+      }
+    }
+    changed_.notify_all();
+  }
+
+  // Waits until the whole model is verified or another source gave chunks back, for at most
+  // `timeout`.
+  void WaitForChange(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    changed_.wait_for(lock, timeout);
+  }
+
+  bool complete() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return verified_.bytes() == total_;
+  }
+  uint64_t verified_bytes() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return verified_.bytes();
+  }
+  uint64_t reused_bytes() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return reused_;
+  }
+  void AddReceived(uint64_t bytes) { received_ += bytes; }
+  uint64_t received_bytes() const { return received_.load(); }
+  // MPI connects one at a time (and the connect hook is called from one thread at a time).
+  std::mutex& connect_mu() { return connect_mu_; }
+
+ private:
+  const ClientOptions& options_;
+  const uint64_t total_;
+  mutable std::mutex mu_;  // guards the fields below
+  std::condition_variable changed_;
+  ByteRanges verified_;                // stream bytes received and verified so far
+  ByteRanges claimed_;                 // stream bytes a source is fetching
+  std::vector<uint64_t> content_;      // the per-tensor digests they were verified under
+  uint64_t reused_ = 0;                // found already in place (ClientOptions::destination_filled)
+  std::atomic<uint64_t> received_{0};  // chunks posted for, over every source (LoadStats)
+  std::mutex progress_mu_;
+  std::mutex connect_mu_;
 };
+
+// A striped load hands out chunks a few at a time per source: a slower source gets fewer.
+constexpr size_t kStripeBatchChunks = 8;
 
 // Requests carry at most this many ranges each, well under a server's 64 KiB message limit.
 constexpr int kMaxRangesPerRequest = 2000;
@@ -288,14 +422,14 @@ class Attempt {
  public:
   Attempt(const ClientOptions& options, const ModelView& destination,
           const Fingerprint& fingerprint, transfer::DataPlane& plane, EarlyStart& early,
-          LoadProgress& progress, const std::string& source, internal::LoadTuning tuning)
+          SharedLoad& shared, const std::string& source, internal::LoadTuning tuning)
       : options_(options),
         tuning_(tuning),
         destination_(destination),
         fingerprint_(fingerprint),
         plane_(plane),
         early_(early),
-        progress_(progress),
+        shared_(shared),
         source_(source),
         control_(source, options.secret) {}
 
@@ -372,60 +506,66 @@ class Attempt {
                           manifest->model_digest);
     if (!receive.ok()) return receive.status();
     // Bytes verified from an earlier source are kept only if this one holds the same content.
-    if (progress_.verified.bytes() > 0 && manifest->tensor_digests != progress_.content) {
-      Log().warn(
-          "{} holds other content than the source that delivered the {} bytes verified "
-          "so far; loading all of it from {}",
-          source_, progress_.verified.bytes(), source_);
-      progress_.verified.Clear();
-      progress_.bytes_reused = 0;
-    }
-    progress_.content = manifest->tensor_digests;
-    if (options_.destination_filled) KeepWhatIsInPlace(*receive);
-    const std::vector<size_t> needed = receive->Missing(progress_.verified);
-    if (!needed.empty())
-      Log().debug("asking {} for {} of {} chunks", source_, needed.size(), receive->size());
-    Status status = SendRequests(needed);
+    Status status = shared_.Adopt(manifest->tensor_digests, source_);
     if (!status.ok()) return status;
+    if (options_.destination_filled) shared_.KeepWhatIsInPlace(*receive);
+    // The first chunks are asked for before MPI starts, so the source has the Request when the
+    // MPI connection is made. A lone source is asked for everything at once.
+    const size_t batch =
+        options_.stripe > 1 ? kStripeBatchChunks : std::numeric_limits<size_t>::max();
+    std::vector<size_t> current = shared_.Claim(*receive, batch);
     beats_.emplace(control_, session_, options_);
+    Ask(current);
 
     auto phase = Clock::now();
     early_.Wait();
     Result<std::shared_ptr<transfer::Transport>> transport = plane_.Start(accept.rendezvous_uri());
-    if (!transport.ok()) return transport.status();
+    if (!transport.ok()) return Fail(*receive, current, transport.status());
+    transport_ = std::move(*transport);
     PrefaultForWrite(destination_);
     const double transport_seconds = SecondsSince(phase);
-    if (options_.connect_hook) options_.connect_hook(ConnectEvent::kBefore);
-    phase = Clock::now();
-    Result<std::unique_ptr<transfer::Channel>> channel =
-        (*transport)->Connect(accept.mpi_port(), Clock::now() + options_.connect_timeout);
-    if (options_.connect_hook) options_.connect_hook(ConnectEvent::kAfter);
-    if (!channel.ok()) return channel.status().WithContext("MPI connect to " + source_);
-    const double connect_seconds = SecondsSince(phase);
+    Result<std::unique_ptr<transfer::Channel>> channel = Connect(accept.mpi_port());
+    if (!channel.ok()) return Fail(*receive, current, channel.status());
+    const double connect_seconds = SecondsSince(phase) - transport_seconds;
     phase = Clock::now();
 
-    Log().debug("connected to {} over MPI; receiving {} chunks", source_, needed.size());
-    const uint64_t total = destination_.total_bytes();
+    Log().debug("connected to {} over MPI; receiving {} of {} chunks{}", source_, current.size(),
+                receive->size(), options_.stripe > 1 ? " (the first batch)" : "");
     transfer::StreamOptions stream;
     stream.window = options_.window;
     stream.stall_timeout = options_.stall_timeout;
     stream.cancel = &beats_->lost();
-    status = receive->Receive(**channel, stream, {options_.staged_receive, tuning_.verify_chunks},
-                              needed, [&](size_t c) {
-                                const auto [begin, end] = receive->range(c);
-                                progress_.verified.Add(begin, end);
-                                received_ += end - begin;
-                                if (options_.progress) {
-                                  options_.progress(progress_.verified.bytes(), total);
-                                }
-                              });
-    progress_.bytes_received += receive->posted_bytes();
-    if (!status.ok()) {
-      failed_chunk_ = receive->failed_chunk();
-      if (beats_->lost()) status = Status(StatusCode::kUnavailable, beats_->reason());
-      (*channel)->Abandon();
-      return status.WithContext("transfer from " + source_);
+    const ReceiveOptions receiving{options_.staged_receive, tuning_.verify_chunks};
+    while (!current.empty()) {
+      // The next batch is asked for before this one is received, so the source streams on.
+      std::vector<size_t> next = shared_.Claim(*receive, batch);
+      Ask(next);
+      status = receive->Receive(**channel, stream, receiving, current, [&](size_t c) {
+        const auto [begin, end] = receive->range(c);
+        received_ += end - begin;
+        shared_.Verified(begin, end);
+      });
+      if (!status.ok()) {
+        shared_.Release(*receive, next);
+        failed_chunk_ = receive->failed_chunk();
+        if (beats_->lost()) status = Status(StatusCode::kUnavailable, beats_->reason());
+        (*channel)->Abandon();
+        return Fail(*receive, current, status.WithContext("transfer from " + source_));
+      }
+      current = std::move(next);
+      // Striped: the rest is being fetched from other sources; take over what one gives back.
+      while (current.empty() && !shared_.complete() && !beats_->lost()) {
+        shared_.WaitForChange(std::chrono::milliseconds(100));
+        current = shared_.Claim(*receive, batch);
+        Ask(current);
+      }
     }
+    shared_.AddReceived(receive->posted_bytes());
+    if (!shared_.complete()) {
+      (*channel)->Abandon();
+      return Status(StatusCode::kUnavailable, beats_->reason()).WithContext(source_);
+    }
+    const uint64_t total = destination_.total_bytes();
     LoadStats stats;
     stats.source = source_;
     stats.bytes = total;
@@ -445,21 +585,9 @@ class Attempt {
     return stats;
   }
 
-  // A delta load: the chunks whose bytes in the destination already match the source's digests
-  // count as verified (one pass over the destination, hashing at memory speed).
-  void KeepWhatIsInPlace(const ReceivePlan& receive) {
-    for (size_t c : receive.Missing(progress_.verified)) {
-      if (!receive.Holds(c)) continue;
-      const auto [begin, end] = receive.range(c);
-      progress_.verified.Add(begin, end);
-      progress_.bytes_reused += end - begin;
-    }
-    Log().debug("{} of {} bytes already in place", progress_.bytes_reused,
-                destination_.total_bytes());
-  }
-
-  // The chunks to stream, as Requests of at most kMaxRangesPerRequest ranges each.
-  Status SendRequests(const std::vector<size_t>& chunks) {
+  // Asks the source for `chunks` (none: nothing), as Requests of at most kMaxRangesPerRequest
+  // ranges each; they leave through the heartbeat thread, which owns the socket.
+  void Ask(const std::vector<size_t>& chunks) {
     size_t begin = 0;
     while (begin < chunks.size()) {
       size_t end = begin, runs = 0;
@@ -471,11 +599,28 @@ class Attempt {
       request.mutable_request()->set_session_id(session_);
       ToWire(std::vector<size_t>(chunks.begin() + begin, chunks.begin() + end),
              request.mutable_request());
-      Status sent = control_.Send(request);
-      if (!sent.ok()) return sent.WithContext("sending a Request to " + source_);
+      beats_->Send(std::move(request));
       begin = end;
     }
-    return Status::Ok();
+  }
+
+  // The MPI connection to the source; one connect at a time per load (DESIGN.md, "Multi-rank
+  // instances"), between the connect hook's two calls.
+  Result<std::unique_ptr<transfer::Channel>> Connect(const std::string& port) {
+    std::lock_guard<std::mutex> lock(shared_.connect_mu());
+    if (options_.connect_hook) options_.connect_hook(ConnectEvent::kBefore);
+    Result<std::unique_ptr<transfer::Channel>> channel =
+        transport_->Connect(port, Clock::now() + options_.connect_timeout);
+    if (options_.connect_hook) options_.connect_hook(ConnectEvent::kAfter);
+    if (!channel.ok()) return channel.status().WithContext("MPI connect to " + source_);
+    return channel;
+  }
+
+  // This source failed: what it was asked for and did not deliver goes back to the others.
+  Status Fail(const ReceivePlan& plan, const std::vector<size_t>& asked, Status status) {
+    shared_.Release(plan, asked);
+    shared_.AddReceived(plan.posted_bytes());
+    return status;
   }
 
   void SendDone(bool verified, int64_t failed_chunk, const std::string& message) {
@@ -498,7 +643,8 @@ class Attempt {
   const Fingerprint& fingerprint_;
   transfer::DataPlane& plane_;
   EarlyStart& early_;
-  LoadProgress& progress_;
+  SharedLoad& shared_;
+  std::shared_ptr<transfer::Transport> transport_;
   const std::string source_;
   ControlChannel control_;
   std::optional<Heartbeats> beats_;  // from Accept until Done
@@ -515,6 +661,7 @@ Status ValidateOptions(const ClientOptions& options) {
     if (s.empty()) return Status(StatusCode::kInvalidArgument, "a source endpoint is empty");
   }
   if (options.window < 1) return Status(StatusCode::kInvalidArgument, "window must be >= 1");
+  if (options.stripe < 1) return Status(StatusCode::kInvalidArgument, "stripe must be >= 1");
   if (options.heartbeat_interval.count() < 1 ||
       options.heartbeat_interval > kMaxHeartbeatInterval ||
       (options.heartbeat_timeout.count() > 0 &&
@@ -538,38 +685,71 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& destinatio
   if (status.ok()) status = ValidateModelView(destination);
   if (!status.ok()) return status;
   const Fingerprint fingerprint = MakeFingerprint(destination, options.model_id, options.partition);
-  std::vector<SourceAttempt> attempts;
-  std::string failures;
-  StatusCode last = StatusCode::kUnavailable;
   const auto start = Clock::now();
   EarlyStart early(plane, options.transport);
-  LoadProgress progress;
-  for (const std::string& source : options.sources) {
-    Log().debug("loading {} tensors ({} bytes, {} verified already) from {}",
-                destination.tensors.size(), destination.total_bytes(), progress.verified.bytes(),
-                source);
-    Attempt attempt(options, destination, fingerprint, plane, early, progress, source, tuning);
-    Result<LoadStats> result = attempt.Run();
-    attempts.push_back(
-        {source, result.ok() ? Status::Ok() : result.status(), attempt.verified_bytes()});
-    if (result.ok()) {
-      result->attempts = std::move(attempts);
-      result->bytes_received = progress.bytes_received;
-      result->bytes_reused = progress.bytes_reused;
-      result->seconds = SecondsSince(start);
-      result->gbps = result->bytes / result->seconds / 1e9;
-      Log().info(
-          "loaded {} tensors, {} bytes from {} in {:.3f} s (the transfer itself {:.3f} s at "
-          "{:.2f} GB/s), every chunk verified",
-          result->tensors, result->bytes, source, result->seconds, result->transfer_seconds,
-          result->transfer_gbps);
-      return result;
+  SharedLoad shared(options, destination.total_bytes());
+  // Up to `stripe` sources at once, each on a thread of its own; one that fails is replaced by
+  // the next untried source, which takes over what is left.
+  std::mutex mu;  // guards the four below
+  size_t next_source = 0;
+  std::vector<std::pair<size_t, SourceAttempt>> attempts;
+  std::optional<LoadStats> delivered;
+  std::string failures;
+  StatusCode last = StatusCode::kUnavailable;
+  auto run_sources = [&] {
+    while (true) {
+      size_t index;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        if (next_source == options.sources.size() || delivered) return;
+        index = next_source++;
+      }
+      const std::string& source = options.sources[index];
+      Log().debug("loading {} tensors ({} bytes, {} verified already) from {}",
+                  destination.tensors.size(), destination.total_bytes(), shared.verified_bytes(),
+                  source);
+      Attempt attempt(options, destination, fingerprint, plane, early, shared, source, tuning);
+      Result<LoadStats> result = attempt.Run();
+      std::lock_guard<std::mutex> lock(mu);
+      attempts.push_back(
+          {index,
+           {source, result.ok() ? Status::Ok() : result.status(), attempt.verified_bytes()}});
+      if (result.ok()) {
+        delivered = std::move(*result);
+        return;
+      }
+      Log().warn("source {} failed: {}", source, result.status().ToString());
+      failures += (failures.empty() ? "" : "; ") + source + ": " + result.status().ToString();
+      last = result.status().code();
     }
-    Log().warn("source {} failed: {}", source, result.status().ToString());
-    failures += (failures.empty() ? "" : "; ") + source + ": " + result.status().ToString();
-    last = result.status().code();
+  };
+  std::vector<std::thread> striped;
+  for (int i = 1; i < std::min<int>(options.stripe, static_cast<int>(options.sources.size()));
+       ++i) {
+    striped.emplace_back(run_sources);
   }
-  return Status(last, "no source delivered the model (" + failures + ")");
+  run_sources();
+  for (std::thread& t : striped) t.join();
+  if (!delivered) return Status(last, "no source delivered the model (" + failures + ")");
+
+  LoadStats stats = std::move(*delivered);
+  std::sort(attempts.begin(), attempts.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (auto& [index, attempt] : attempts) stats.attempts.push_back(std::move(attempt));
+  stats.bytes_received = shared.received_bytes();
+  stats.bytes_reused = shared.reused_bytes();
+  stats.seconds = SecondsSince(start);
+  stats.gbps = stats.bytes / stats.seconds / 1e9;
+  std::string sources;
+  for (const SourceAttempt& a : stats.attempts) {
+    if (a.bytes > 0) sources += (sources.empty() ? "" : ", ") + a.source;
+  }
+  Log().info(
+      "loaded {} tensors, {} bytes from {} in {:.3f} s (the last transfer {:.3f} s at {:.2f} "
+      "GB/s), every chunk verified",
+      stats.tensors, stats.bytes, sources.empty() ? stats.source : sources, stats.seconds,
+      stats.transfer_seconds, stats.transfer_gbps);
+  return stats;
 }
 
 }  // namespace internal

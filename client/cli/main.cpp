@@ -166,6 +166,12 @@ int main(int argc, char** argv) {
   app.add_flag("--skip-output-check", skip_output_check,
                "Do not read --output back to check it against the source's per-tensor digests");
   output->excludes(verify);
+  app.add_option("--stripe", options.stripe,
+                 "Pull from up to this many --source at once, disjoint chunks from each, handed "
+                 "out a few at a time (a slower source sends fewer; a failed one's chunks go to "
+                 "the others). The sources must hold the same weights and share --rendezvous")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
   app.add_option("--window", options.window, "MPI receives in flight")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();

@@ -141,6 +141,10 @@ const std::vector<Key>& Keys() {
        [](const Json& v, LoaderConfig& c, int) { return Integer(v, 1, 1024, &c.chunk_mib); }},
       {"WINDOW", "MPI messages in flight per transfer (default 4)",
        [](const Json& v, LoaderConfig& c, int) { return Integer(v, 1, 64, &c.window); }},
+      {"STRIPE",
+       "load from up to this many of a rank's sources at once, disjoint chunks from each (default "
+       "1); needs RENDEZVOUS",
+       [](const Json& v, LoaderConfig& c, int) { return Integer(v, 1, 64, &c.stripe); }},
       {"RENDEZVOUS",
        "MPI rendezvous shared by all instances (ompi-server URI or file:PATH); required under "
        "mpirun, which must be given the same with --ompi-server",

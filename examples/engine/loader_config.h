@@ -30,6 +30,7 @@ struct LoaderConfig {
   int max_clients = 4;                    // MAX_CLIENTS
   int chunk_mib = 4;                      // CHUNK_MIB
   int window = 4;                         // WINDOW
+  int stripe = 1;                         // STRIPE
   std::string rendezvous;                 // RENDEZVOUS
   std::string interface = "lo";           // INTERFACE
 };

@@ -244,6 +244,7 @@ int main(int argc, char** argv) {
       options.model_id = loader.model_id;
       options.partition = partition;
       options.window = loader.window;
+      options.stripe = loader.stripe;
       options.register_timeout = Ms(loader.register_timeout_s);
       options.connect_timeout = Ms(loader.connect_timeout_s);
       options.stall_timeout = Ms(loader.stall_timeout_s);

@@ -168,6 +168,29 @@ bool ByteRanges::Covers(uint64_t begin, uint64_t end) const {
   return it->first <= begin && it->second >= end;
 }
 
+bool ByteRanges::Intersects(uint64_t begin, uint64_t end) const {
+  if (begin >= end) return false;
+  auto it = ranges_.lower_bound(end);  // the first range starting at or after `end`
+  if (it == ranges_.begin()) return false;
+  return std::prev(it)->second > begin;
+}
+
+void ByteRanges::Remove(uint64_t begin, uint64_t end) {
+  if (begin >= end) return;
+  auto it = ranges_.upper_bound(begin);
+  if (it != ranges_.begin()) --it;
+  while (it != ranges_.end() && it->first < end) {
+    const uint64_t first = it->first, last = it->second;
+    if (last <= begin) {
+      ++it;
+      continue;
+    }
+    it = ranges_.erase(it);
+    if (first < begin) ranges_.emplace(first, begin);
+    if (last > end) ranges_.emplace(end, last);
+  }
+}
+
 uint64_t ByteRanges::bytes() const {
   uint64_t total = 0;
   for (const auto& [begin, end] : ranges_) total += end - begin;
@@ -255,15 +278,19 @@ Status ReceivePlan::Receive(transfer::Channel& channel, const transfer::StreamOp
   // p + window only after position p's callback returned, so a slot is never overwritten before
   // it was copied out). A one-span chunk always lands in place.
   const transfer::ChunkList selected = chunks_.Select(chunks);  // position p is chunks[p]
-  StagingRing ring;
   transfer::ChunkList staged;
   if (options.staged) {
-    const uint64_t slot_bytes = LargestChunk(selected, /*multi_span_only=*/true);
-    if (slot_bytes > 0) {
-      Status made = ring.Allocate(static_cast<size_t>(std::max(1, stream.window)), slot_bytes);
-      if (!made.ok()) return made;
+    const size_t slots = static_cast<size_t>(std::max(1, stream.window));
+    const uint64_t slot_bytes = LargestChunk(chunks_, /*multi_span_only=*/true);
+    if (!ring_ || ring_->bytes() < slots * slot_bytes) {
+      auto ring = std::make_unique<StagingRing>();
+      if (slot_bytes > 0) {
+        Status made = ring->Allocate(slots, slot_bytes);
+        if (!made.ok()) return made;
+      }
+      ring_ = std::move(ring);
     }
-    staged = StagedMultiSpanChunks(selected, ring);
+    staged = StagedMultiSpanChunks(selected, *ring_);
   }
   const transfer::ChunkList& wire_chunks = options.staged ? staged : selected;
   transfer::StreamOptions counted = stream;
@@ -291,7 +318,10 @@ Status ReceivePlan::Receive(transfer::Channel& channel, const transfer::StreamOp
     if (on_verified) on_verified(c);
     return Status::Ok();
   });
-  if (!status.ok()) ring.Leak();  // a cancelled receive may still write into it
+  if (!status.ok() && ring_) {
+    ring_->Leak();  // a cancelled receive may still write into it
+    ring_.reset();
+  }
   return status;
 }
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -72,6 +73,9 @@ class ByteRanges {
  public:
   void Add(uint64_t begin, uint64_t end);
   bool Covers(uint64_t begin, uint64_t end) const;
+  // Whether any byte of [begin, end) is in a range.
+  bool Intersects(uint64_t begin, uint64_t end) const;
+  void Remove(uint64_t begin, uint64_t end);
   uint64_t bytes() const;
   void Clear() { ranges_.clear(); }
 
@@ -164,8 +168,8 @@ class ReceivePlan {
                  const ReceiveOptions& options, const std::vector<size_t>& chunks,
                  const std::function<void(size_t chunk)>& on_verified);
   int64_t failed_chunk() const { return failed_chunk_; }
-  // Bytes of every chunk whose receive was posted: received, or in flight when the stream
-  // stopped. An upper bound of what crossed the wire.
+  // Bytes of every chunk whose receive was posted, over every Receive: received, or in flight
+  // when a stream stopped. An upper bound of what crossed the wire.
   uint64_t posted_bytes() const { return posted_bytes_; }
 
  private:
@@ -178,6 +182,9 @@ class ReceivePlan {
   std::vector<uint64_t> chunk_digests_;
   int64_t failed_chunk_ = -1;
   uint64_t posted_bytes_ = 0;
+  // Staging for chunks of several spans, allocated on first use and reused by every Receive;
+  // given up (leaked) after a failed one, into which a cancelled receive may still write.
+  std::unique_ptr<StagingRing> ring_;
 };
 
 }  // namespace netloader

@@ -396,11 +396,14 @@ TEST(CliTest, HelpExplainsEveryFlagAndTheExitCodes) {
   TempDir tmp;
   Child client({Bin("netloader-client"), "--help"}, tmp / "client");
   ASSERT_EQ(client.Wait(10s), 0);
-  for (const char* flag :
-       {"--source", "--model", "--output", "--overwrite", "layout file", "--verify-only",
-        "transfer_gbps", "wall_seconds", "--tp-size", "--tp-rank", "--pp-size", "--pp-rank",
-        "--model-id", "--json", "--rendezvous", "--secret-file", "--no-auth", "--heartbeat-timeout",
-        "--delta-from", "bytes_reused", "bytes_received", "attempts", "Exit codes"}) {
+  for (const char* flag : {"--source",      "--model",      "--output",
+                           "--overwrite",   "layout file",  "--verify-only",
+                           "transfer_gbps", "wall_seconds", "--tp-size",
+                           "--tp-rank",     "--pp-size",    "--pp-rank",
+                           "--model-id",    "--json",       "--rendezvous",
+                           "--secret-file", "--no-auth",    "--heartbeat-timeout",
+                           "--delta-from",  "bytes_reused", "bytes_received",
+                           "attempts",      "Exit codes"}) {
     EXPECT_NE(client.Stdout().find(flag), std::string::npos) << flag;
   }
   Child server({Bin("netloader-server"), "--help"}, tmp / "server");
@@ -477,18 +480,36 @@ TEST(CliFaultTest, ServerKilledMidTransferFailsTheClientWithinItsDeadlineAndNoth
   EXPECT_FALSE(std::filesystem::exists(tmp / "out/model.safetensors")) << "nothing written";
 }
 
+// Two netloader-server processes holding one checkpoint, on one shared rendezvous (a client
+// reaches several sources only through one: its MPI is bound to it).
+struct TwoSources {
+  explicit TwoSources(const std::string& model) {
+    rendezvous = std::make_unique<testing::Rendezvous>(tmp);
+    if (!rendezvous->ready()) return;
+    a = std::make_unique<ServerProcess>(
+        tmp_a, model, std::vector<std::string>{"--rendezvous", rendezvous->spec()});
+    b = std::make_unique<ServerProcess>(
+        tmp_b, model, std::vector<std::string>{"--rendezvous", rendezvous->spec()});
+  }
+  bool ready() const { return a && b && !a->endpoint().empty() && !b->endpoint().empty(); }
+
+  TempDir tmp, tmp_a, tmp_b;
+  std::unique_ptr<testing::Rendezvous> rendezvous;
+  std::unique_ptr<ServerProcess> a, b;
+};
+
 // Resume: a source killed at half a load costs only the chunks it had in flight. The client
 // holds the load once half is verified, the test kills the first source, and the client then
 // asks the second one only for the chunks it does not hold. (A client reaches several sources
 // through one shared rendezvous: its MPI is bound to one.)
 TEST(CliFaultTest, ASourceKilledAtHalfCostsOnlyTheChunksInFlightTheNextOneSendsTheRest) {
-  TempDir tmp, tmp_a, tmp_b;
+  TempDir tmp;
   MakeCheckpoint(tmp / "model", 40, 64, 1, 37);
-  testing::Rendezvous rendezvous(tmp);
-  ASSERT_TRUE(rendezvous.ready()) << rendezvous.child().Stderr();
-  ServerProcess a(tmp_a, tmp / "model", {"--rendezvous", rendezvous.spec()});
-  ServerProcess b(tmp_b, tmp / "model", {"--rendezvous", rendezvous.spec()});
-  ASSERT_FALSE(a.endpoint().empty() || b.endpoint().empty());
+  TwoSources sources(tmp / "model");
+  ASSERT_TRUE(sources.ready());
+  ServerProcess& a = *sources.a;
+  ServerProcess& b = *sources.b;
+  const testing::Rendezvous& rendezvous = *sources.rendezvous;
   const int window = 2;
   Child client({Bin("netloader-client"),
                 "--source",
@@ -540,6 +561,109 @@ TEST(CliFaultTest, ASourceKilledAtHalfCostsOnlyTheChunksInFlightTheNextOneSendsT
   EXPECT_EQ(first["bytes"].get<uint64_t>() + second["bytes"].get<uint64_t>(), bytes)
       << "the second source sent only what the first had not delivered";
   EXPECT_EQ(summary["source"], b.endpoint());
+  ExpectSameCheckpoint(tmp / "model", tmp / "out");
+}
+
+// Striping: two sources at once, disjoint chunks from each. The load is held at its first
+// verified chunk until both sources have connected (so each holds a batch), then released.
+TEST(CliTest, AStripedLoadTakesDisjointChunksFromTwoSourcesAndIsByteIdentical) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 80, 128, 1, 43);
+  TwoSources sources(tmp / "model");
+  ASSERT_TRUE(sources.ready());
+  Child client({Bin("netloader-client"),
+                "--source",
+                sources.a->endpoint(),
+                "--source",
+                sources.b->endpoint(),
+                "--stripe",
+                "2",
+                "--model",
+                tmp / "model",
+                "--output",
+                tmp / "out",
+                "--rendezvous",
+                sources.rendezvous->spec(),
+                "--json",
+                "--log-level",
+                "debug",
+                "--testing-hold-at",
+                "0",
+                "--testing-hold-file",
+                tmp / "go"},
+               tmp / "client");
+  auto connected = [&](const std::string& source) {
+    return client.Stderr().find("connected to " + source + " over MPI") != std::string::npos;
+  };
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return connected(sources.a->endpoint()) && connected(sources.b->endpoint()); }, 60s))
+      << client.Stderr();
+  testing::WriteFile(tmp / "go", "");
+  ASSERT_EQ(client.Wait(120s), 0) << client.Stderr();
+  const nlohmann::json summary = LastJsonLine(client.Stdout());
+  ASSERT_TRUE(summary.is_object()) << client.Stdout();
+  const uint64_t bytes = summary["bytes"];
+  ASSERT_EQ(summary["attempts"].size(), 2u) << summary.dump();
+  uint64_t delivered = 0;
+  for (const nlohmann::json& attempt : summary["attempts"]) {
+    EXPECT_EQ(attempt["status"], "OK") << summary.dump();
+    EXPECT_GT(attempt["bytes"].get<uint64_t>(), 0u) << "both sources sent: " << summary.dump();
+    delivered += attempt["bytes"].get<uint64_t>();
+  }
+  EXPECT_EQ(delivered, bytes) << "disjoint chunks: nothing sent twice";
+  EXPECT_EQ(summary["bytes_received"].get<uint64_t>(), bytes);
+  ExpectSameCheckpoint(tmp / "model", tmp / "out");
+}
+
+TEST(CliFaultTest, AStripedSourceKilledMidLoadHandsItsChunksToTheOther) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 80, 128, 1, 47);
+  TwoSources sources(tmp / "model");
+  ASSERT_TRUE(sources.ready());
+  const int window = 2;
+  Child client({Bin("netloader-client"),
+                "--source",
+                sources.a->endpoint(),
+                "--source",
+                sources.b->endpoint(),
+                "--stripe",
+                "2",
+                "--model",
+                tmp / "model",
+                "--output",
+                tmp / "out",
+                "--window",
+                std::to_string(window),
+                "--rendezvous",
+                sources.rendezvous->spec(),
+                "--stall-timeout",
+                "5",
+                "--heartbeat-timeout",
+                "2",
+                "--json",
+                "--testing-hold-at",
+                "50",
+                "--testing-hold-file",
+                tmp / "go"},
+               tmp / "client");
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return client.Stderr().find("holding the load") != std::string::npos; }, 60s))
+      << client.Stderr();
+  sources.a->child().Signal(SIGKILL);
+  ASSERT_EQ(sources.a->child().Wait(20s), 128 + SIGKILL);
+  testing::WriteFile(tmp / "go", "");
+  ASSERT_EQ(client.Wait(120s), 0) << client.Stderr();
+  const nlohmann::json summary = LastJsonLine(client.Stdout());
+  ASSERT_TRUE(summary.is_object()) << client.Stdout();
+  const uint64_t bytes = summary["bytes"];
+  ASSERT_EQ(summary["attempts"].size(), 2u) << summary.dump();
+  EXPECT_NE(summary["attempts"][0]["status"], "OK");
+  EXPECT_EQ(summary["attempts"][1]["status"], "OK");
+  EXPECT_EQ(summary["attempts"][0]["bytes"].get<uint64_t>() +
+                summary["attempts"][1]["bytes"].get<uint64_t>(),
+            bytes);
+  EXPECT_LE(summary["bytes_received"].get<uint64_t>(), bytes + window * (4u << 20))
+      << summary.dump();
   ExpectSameCheckpoint(tmp / "model", tmp / "out");
 }
 

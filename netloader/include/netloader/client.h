@@ -29,6 +29,11 @@ struct ClientOptions : PeerOptions {
   std::vector<std::string> sources;
   // A source must answer Register within this time.
   std::chrono::milliseconds register_timeout{10000};
+  // Pull from up to this many of `sources` at once (striping), each sending disjoint chunks
+  // handed out a few at a time, so that a slower source sends fewer; a source that fails is
+  // replaced by the next untried one, which takes over its chunks. All must hold the same
+  // weights (per-tensor digests) and share one MPI rendezvous. 1: one source at a time.
+  int stripe = 1;
   // How long to keep retrying a source that answers Busy before moving to the next.
   std::chrono::milliseconds busy_timeout{60000};
   // From Accept until Done the client sends a heartbeat this often over ZeroMQ (at most 1 s:
