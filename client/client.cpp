@@ -331,17 +331,24 @@ class SharedLoad {
     }
   }
 
-  // Up to `max_chunks` chunks of `plan`, in order, neither verified nor being fetched from
-  // another source, now marked as being fetched. Empty when there are none just now.
+  // Chunks of `plan`, in order, neither verified nor being fetched from another source, now
+  // marked as being fetched: all of them for a lone source; striped, at most `max_chunks`, and
+  // fewer as the end nears (a share of what is left), so that the sources finish together.
+  // Empty when there are none just now.
   std::vector<size_t> Claim(const ReceivePlan& plan, size_t max_chunks) {
     std::lock_guard<std::mutex> lock(mu_);
     std::vector<size_t> chunks;
     for (size_t c : plan.Missing(verified_)) {
-      if (chunks.size() == max_chunks) break;
       const auto [begin, end] = plan.range(c);
-      if (claimed_.Intersects(begin, end)) continue;
+      if (!claimed_.Intersects(begin, end)) chunks.push_back(c);
+    }
+    if (options_.stripe > 1) {
+      const size_t share = chunks.size() / (2 * static_cast<size_t>(options_.stripe));
+      chunks.resize(std::min(chunks.size(), std::clamp<size_t>(share, 1, max_chunks)));
+    }
+    for (size_t c : chunks) {
+      const auto [begin, end] = plan.range(c);
       claimed_.Add(begin, end);
-      chunks.push_back(c);
     }
     return chunks;
   }
@@ -411,9 +418,6 @@ class SharedLoad {
   std::mutex progress_mu_;
   std::mutex connect_mu_;
 };
-
-// A striped load hands out chunks a few at a time per source: a slower source gets fewer.
-constexpr size_t kStripeBatchChunks = 8;
 
 // Requests carry at most this many ranges each, well under a server's 64 KiB message limit.
 constexpr int kMaxRangesPerRequest = 2000;
@@ -511,8 +515,10 @@ class Attempt {
     if (options_.destination_filled) shared_.KeepWhatIsInPlace(*receive);
     // The first chunks are asked for before MPI starts, so the source has the Request when the
     // MPI connection is made. A lone source is asked for everything at once.
-    const size_t batch =
-        options_.stripe > 1 ? kStripeBatchChunks : std::numeric_limits<size_t>::max();
+    // Striped, chunks are handed out two windows at a time, so that a slower source gets fewer
+    // and the sources finish within about one batch of each other.
+    const size_t batch = options_.stripe > 1 ? 2 * static_cast<size_t>(options_.window)
+                                             : std::numeric_limits<size_t>::max();
     std::vector<size_t> current = shared_.Claim(*receive, batch);
     beats_.emplace(control_, session_, options_);
     Ask(current);

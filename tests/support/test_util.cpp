@@ -130,12 +130,54 @@ std::string WaitForLine(const std::string& path, std::chrono::milliseconds timeo
   return line;
 }
 
-Rendezvous::Rendezvous(const TempDir& dir)
+Rendezvous::Rendezvous(const TempDir& dir, const std::string& interface)
     : path_(dir / "rendezvous.uri"),
-      child_({"/usr/bin/env", "OMPI_MCA_oob_tcp_if_include=lo", "ompi-server", "--no-daemonize",
-              "-r", path_},
+      child_({"/usr/bin/env", "OMPI_MCA_oob_tcp_if_include=" + interface, "ompi-server",
+              "--no-daemonize", "-r", path_},
              dir / "ompi-server"),
       ready_(!WaitForLine(path_, std::chrono::seconds(20)).empty()) {}
+
+Hosts::Hosts(const std::vector<std::string>& rates) : name_("nlt" + std::to_string(getpid())) {
+  Script({"sweep"});
+  std::vector<std::string> up = {"up", name_};
+  up.insert(up.end(), rates.begin(), rates.end());
+  why_ = Script(up);
+  ok_ = why_.empty();
+}
+
+Hosts::~Hosts() { Script({"down", name_}); }
+
+// Runs the script to its end (at most 60 s); "" on success, else what it printed.
+std::string Hosts::Script(const std::vector<std::string>& args) const {
+  std::vector<std::string> argv = {std::string(NETLOADER_SOURCE_DIR) + "/scripts/netns-hosts.sh"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  TempDir logs;
+  Child script(argv, logs / "netns");
+  const int code = script.Wait(std::chrono::seconds(60));
+  if (code == 0) return "";
+  const std::string out = script.Stderr() + script.Stdout();
+  return out.empty() ? "netns-hosts.sh exited " + std::to_string(code) : out;
+}
+
+std::string Hosts::address(int host) const {
+  TempDir logs;
+  Child script({std::string(NETLOADER_SOURCE_DIR) + "/scripts/netns-hosts.sh", "addr", name_,
+                std::to_string(host)},
+               logs / "addr");
+  script.Wait(std::chrono::seconds(10));
+  std::string out = script.Stdout();
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  return out;
+}
+
+std::string Hosts::bridge_address() const { return address(-1); }
+
+std::vector<std::string> Hosts::On(int host, std::vector<std::string> argv) const {
+  std::vector<std::string> on = {std::string(NETLOADER_SOURCE_DIR) + "/scripts/netns-hosts.sh",
+                                 "exec", name_, std::to_string(host)};
+  on.insert(on.end(), argv.begin(), argv.end());
+  return on;
+}
 
 MuteListener::MuteListener() : fd_(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
   sockaddr_in address{};

@@ -64,11 +64,12 @@ bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds t
 // Polls `path` until it holds a non-empty first line, or the timeout passes ("" then).
 std::string WaitForLine(const std::string& path, std::chrono::milliseconds timeout);
 
-// A shared MPI rendezvous as a deployment runs one: ompi-server on loopback, writing its URI to
+// A shared MPI rendezvous as a deployment runs one: ompi-server, writing its URI to
 // `dir`/rendezvous.uri. Killed with its process group on destruction.
 class Rendezvous {
  public:
-  explicit Rendezvous(const TempDir& dir);
+  // On `interface` (loopback by default; a Hosts bridge for simulated hosts).
+  explicit Rendezvous(const TempDir& dir, const std::string& interface = "lo");
   bool ready() const { return ready_; }  // the URI file appeared within 20 s
   std::string spec() const { return "file:" + path_; }
   Child& child() { return child_; }
@@ -77,6 +78,31 @@ class Rendezvous {
   std::string path_;
   Child child_;
   bool ready_;
+};
+
+// Simulated hosts (scripts/netns-hosts.sh): network namespaces on a bridge, host i with a NIC
+// ("nlv") capped at rates[i] in both directions. Removed on destruction; sets left behind by a
+// test process that was killed are removed by the next one (and by the netns tests' cleanup).
+class Hosts {
+ public:
+  explicit Hosts(const std::vector<std::string>& rates);
+  ~Hosts();
+  Hosts(const Hosts&) = delete;
+  Hosts& operator=(const Hosts&) = delete;
+  // False where namespaces cannot be made here (no root, no CAP_NET_ADMIN); why() says why.
+  bool ok() const { return ok_; }
+  const std::string& why() const { return why_; }
+  std::string address(int host) const;  // e.g. "10.150.33.1"
+  std::string bridge_address() const;   // the root namespace's end, where a rendezvous runs
+  std::string bridge() const { return "nlbr-" + name_; }
+  // `argv` run on host `host`.
+  std::vector<std::string> On(int host, std::vector<std::string> argv) const;
+
+ private:
+  std::string Script(const std::vector<std::string>& args) const;
+  std::string name_;
+  bool ok_ = false;
+  std::string why_;
 };
 
 // A TCP port on 127.0.0.1 that accepts connections (the kernel completes the handshake) and

@@ -181,6 +181,17 @@ TEST(ByteRangesTest, MergesOverlappingAndTouchingRangesAndAnswersCoverage) {
   r.Add(70, 71);
   EXPECT_EQ(r.bytes(), 61u);
   EXPECT_FALSE(r.Covers(59, 71));
+  EXPECT_TRUE(r.Intersects(55, 65));
+  EXPECT_FALSE(r.Intersects(60, 70)) << "end-exclusive on both sides";
+  EXPECT_TRUE(r.Intersects(69, 71));
+  r.Remove(10, 20);  // a hole in [0, 60)
+  EXPECT_EQ(r.bytes(), 51u);
+  EXPECT_FALSE(r.Intersects(10, 20));
+  EXPECT_TRUE(r.Covers(0, 10));
+  EXPECT_TRUE(r.Covers(20, 60));
+  r.Remove(5, 100);  // cuts one range, drops the others
+  EXPECT_EQ(r.bytes(), 5u);
+  EXPECT_TRUE(r.Covers(0, 5));
   r.Clear();
   EXPECT_EQ(r.bytes(), 0u);
 }
