@@ -77,6 +77,7 @@ class ControlChannel {
   // What a monitor event means for the exchange under way: OK to go on waiting, or why not.
   Status Interpret(const SocketMonitor::Event& event) {
     if (event.id == ZMQ_EVENT_CONNECTED) connected_ = true;
+    if (event.id == ZMQ_EVENT_DISCONNECTED) disconnected_ = true;
     if (event.handshake_failed()) return HandshakeFailed(event);
     // libzmq retries a failed connect for ever; a connect that failed before any succeeded
     // (refused: nothing listens there; or unreachable) is known at once, so say so at once
@@ -89,8 +90,18 @@ class ControlChannel {
                         ": the connection was refused or the host is unreachable (is a "
                         "netloader server listening there?)");
     }
+    // The connection was made, then closed, and reconnecting is refused: the source's process
+    // is gone (a host that vanished closes nothing: the heartbeat deadline finds that).
+    if (event.id == ZMQ_EVENT_CONNECT_RETRIED && disconnected_) {
+      socket_.set(zmq::sockopt::linger, 0);
+      return Status(StatusCode::kUnavailable,
+                    "the source closed the connection and refuses a new one (its process exited)");
+    }
     return Status::Ok();
   }
+
+  // Nothing still queued needs to leave: the source is gone.
+  void DropPending() { socket_.set(zmq::sockopt::linger, 0); }
 
   Status Send(wire::Envelope& message) {
     const std::string payload = Encode(message);
@@ -144,7 +155,8 @@ class ControlChannel {
   zmq::context_t context_{1};
   zmq::socket_t socket_;
   std::optional<SocketMonitor> monitor_;
-  bool connected_ = false;  // the TCP connection was made at least once
+  bool connected_ = false;     // the TCP connection was made at least once
+  bool disconnected_ = false;  // and was closed since
 };
 
 // From Accept until Done: a heartbeat to the source every interval, so that it keeps this
@@ -194,8 +206,12 @@ class Heartbeats {
         next_beat = Clock::now() + options_.heartbeat_interval;
       }
       // The answers that came meanwhile (looking only: nothing here waits).
-      for (Result<wire::Envelope> reply = control_.Receive(std::chrono::milliseconds(0));
-           reply.ok(); reply = control_.Receive(std::chrono::milliseconds(0))) {
+      for (Result<wire::Envelope> reply = control_.Receive(std::chrono::milliseconds(0));;
+           reply = control_.Receive(std::chrono::milliseconds(0))) {
+        if (!reply.ok()) {
+          if (reply.status().code() == StatusCode::kTimeout) break;  // nothing more waiting
+          return Lose(reply.status().message());
+        }
         if (reply->has_heartbeat()) last_answer = Clock::now();
         if (reply->has_reject()) {
           return Lose("the source dropped the session: " + reply->reject().reason());
@@ -208,7 +224,15 @@ class Heartbeats {
                     " ms (it died or froze)");
       }
       lock.lock();
-      wake_.wait_until(lock, next_beat, [this] { return stop_ || !outbox_.empty(); });
+      // Wake for the next beat, a queued message, the moment the source's silence would exceed
+      // the timeout, and every 50 ms to look at the connection (a source whose process exited
+      // is known within a reconnect interval, without waiting for the heartbeat deadline).
+      auto wake = std::min(next_beat, Clock::now() + std::chrono::milliseconds(50));
+      if (options_.heartbeat_timeout.count() > 0) {
+        wake =
+            std::min(wake, last_answer + options_.heartbeat_timeout + std::chrono::milliseconds(1));
+      }
+      wake_.wait_until(lock, wake, [this] { return stop_ || !outbox_.empty(); });
     }
   }
 
@@ -446,7 +470,10 @@ class Attempt {
     register_seconds_ = SecondsSince(start);
     session_ = accept->session_id();
     Result<LoadStats> stats = Transfer(*accept, start);
-    if (!stats.ok()) SendDone(false, failed_chunk_, stats.status().ToString());
+    if (!stats.ok()) {
+      if (beats_ && beats_->lost()) control_.DropPending();  // a lost source takes nothing more
+      SendDone(false, failed_chunk_, stats.status().ToString());
+    }
     return stats;
   }
 

@@ -42,7 +42,8 @@ class SocketMonitor {
   static constexpr int kHandshakeFailures = ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
                                             ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
                                             ZMQ_EVENT_HANDSHAKE_FAILED_AUTH;
-  static constexpr int kConnects = ZMQ_EVENT_CONNECTED | ZMQ_EVENT_CONNECT_RETRIED;
+  static constexpr int kConnects =
+      ZMQ_EVENT_CONNECTED | ZMQ_EVENT_CONNECT_RETRIED | ZMQ_EVENT_DISCONNECTED;
 
   SocketMonitor(zmq::context_t& context, zmq::socket_t& watched, const std::string& name,
                 int events = kHandshakeFailures);

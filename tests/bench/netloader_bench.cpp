@@ -105,7 +105,7 @@ struct RoleArgs {
   std::string role;
   std::string rendezvous;
   std::vector<std::string> models;
-  std::string source;
+  std::vector<std::string> sources;
   std::string port_file;
   std::string endpoint_file;
   uint64_t chunk_bytes = 4ull << 20;
@@ -116,6 +116,8 @@ struct RoleArgs {
   bool overlap = false;  // start MPI on a thread while allocating, as an engine should
   bool cold = false;
   bool direct = false;
+  pid_t kill_pid = 0;      // SIGKILLed once half the model is verified (the resume row)
+  std::string delta_from;  // an older copy to start from (the delta row)
 };
 
 netloader::TransportOptions Transport(const RoleArgs& args) {
@@ -161,7 +163,7 @@ int RoleLoad(const RoleArgs& args) {
     started = std::async(std::launch::async, netloader::InitializeTransport, Transport(args));
   }
   const auto allocate_start = Clock::now();
-  auto model = Check(netloader::HostModel::Allocate(layout), "allocate");
+  netloader::HostModel model = Check(netloader::HostModel::Allocate(layout), "allocate");
   const double allocate_seconds = Since(allocate_start);
   double preinit_seconds = 0;
   if (args.preinit) {
@@ -170,7 +172,25 @@ int RoleLoad(const RoleArgs& args) {
     preinit_seconds = Since(start);
   }
   netloader::ClientOptions options;
-  options.sources = {args.source};
+  options.sources = args.sources;
+  if (!args.delta_from.empty()) {
+    // The older copy in memory, as an instance refreshing its weights holds it.
+    model = Check(netloader::HostModel::Load(
+                      Check(netloader::ReadCheckpointLayout(args.delta_from), "older copy")),
+                  "older copy");
+    options.destination_filled = true;
+  }
+  bool killed = false;
+  if (args.kill_pid > 0) {
+    // A first source that dies at half: noticed by the heartbeat deadline, the shortest a
+    // client may use (MPI does not report a dead peer).
+    options.heartbeat_timeout = std::chrono::milliseconds(2000);
+    options.progress = [&](uint64_t done, uint64_t total) {
+      if (killed || 2 * done < total) return;
+      kill(args.kill_pid, SIGKILL);
+      killed = true;
+    };
+  }
   options.transport = Transport(args);
   options.window = args.window;
   options.staged_receive = !args.direct;
@@ -182,8 +202,13 @@ int RoleLoad(const RoleArgs& args) {
       netloader::internal::Load(options, model.view(),
                                 *netloader::transfer::MakeMpiDataPlane(options.transport), tuning),
       "load");
+  uint64_t pulled = 0;
+  for (const netloader::SourceAttempt& a : stats.attempts) pulled += a.bytes;
   std::cout << json{{"seconds", stats.seconds},
                     {"bytes", stats.bytes},
+                    {"bytes_received", stats.bytes_received},
+                    {"pulled", pulled},
+                    {"sources_tried", stats.attempts.size()},
                     {"tensors", stats.tensors},
                     {"register", stats.register_seconds},
                     {"transport", stats.transport_seconds + preinit_seconds},
@@ -407,8 +432,86 @@ class Bench {
         Add("overhead_" + std::to_string(tiny_counts_[t]), Load(tiny_[t], endpoints_[t + 1], {}));
       }
     }
+    ChunkRows();
     StopServer();
     return Report(bytes, server_rss_before, server_hwm);
+  }
+
+  // Chunk-granular loads: resume after the first source is killed at half the load, against a
+  // clean load from the same two sources; a delta refresh of an older copy in which about 2 % of
+  // the chunks differ, against a full load. Fresh processes each time, as elsewhere.
+  void ChunkRows() {
+    const std::string older = MakeOlderCopy();
+    for (int rep = 0; rep < o_.reps; ++rep) {
+      std::fprintf(stderr, "chunk-granular rows, repetition %d/%d\n", rep + 1, o_.reps);
+      for (const bool kill : {false, true}) {
+        std::unique_ptr<Child> first = StartSecondServer();
+        LoadKind kind;
+        kind.more_sources = {endpoints_[0]};
+        if (kill) kind.kill_pid = first->pid();
+        Add(kill ? "resume_killed" : "resume_clean", Load(big_, second_endpoint_, kind));
+        first->Signal(SIGKILL);
+        first->Wait(20s);
+      }
+      Add("delta_full", Load(big_, endpoints_[0], {}));
+      LoadKind delta;
+      delta.delta_from = older;
+      Add("delta", Load(big_, endpoints_[0], delta));
+    }
+  }
+
+  // Another server of the big model only, in a process of its own (it is killed).
+  std::unique_ptr<Child> StartSecondServer() {
+    const std::string dir = dir_ + "/second";
+    std::filesystem::create_directories(dir);
+    std::filesystem::remove(dir + "/endpoints");
+    std::vector<std::string> argv = Role("serve");
+    argv.insert(argv.end(), {"--endpoint-file", dir + "/endpoints", "--model", big_});
+    auto child = std::make_unique<Child>(argv, dir + "/server");
+    second_endpoint_ = netloader::testing::WaitForLine(dir + "/endpoints", 120s);
+    if (second_endpoint_.empty()) Die("second server did not start: " + child->Stderr());
+    return child;
+  }
+
+  // big_'s shard files copied to dir_/older, one byte changed in every 50th chunk's worth of the
+  // stream (about 2 % of the chunks differ).
+  std::string MakeOlderCopy() const {
+    const std::string older = dir_ + "/older";
+    std::filesystem::remove_all(older);
+    std::filesystem::create_directories(older);
+    auto layout = Check(netloader::ReadCheckpointLayout(big_), big_);
+    for (const auto& shard : layout.shards) {
+      std::filesystem::copy_file(
+          shard.path, older + "/" + std::filesystem::path(shard.path).filename().string());
+    }
+    if (layout.indexed && std::filesystem::is_directory(big_)) {
+      for (const auto& entry : std::filesystem::directory_iterator(big_)) {
+        if (entry.path().string().find(".index.json") != std::string::npos) {
+          std::filesystem::copy_file(entry.path(), older + "/" + entry.path().filename().string());
+        }
+      }
+    }
+    const uint64_t step = 50 * (o_.chunk_mib << 20);
+    uint64_t total = 0;
+    for (const auto& shard : layout.shards) {
+      for (const auto& t : shard.tensors) total += t.size_bytes;
+    }
+    uint64_t stream = 0, next = std::min(step, total) / 2;  // a small model: one change
+    for (const auto& shard : layout.shards) {
+      std::fstream file(older + "/" + std::filesystem::path(shard.path).filename().string(),
+                        std::ios::in | std::ios::out | std::ios::binary);
+      for (const auto& t : shard.tensors) {
+        for (; next < stream + t.size_bytes; next += step) {
+          const auto at = static_cast<std::streamoff>(t.file_offset + (next - stream));
+          file.seekg(at);
+          const char byte = static_cast<char>(file.get() ^ 0x5a);
+          file.seekp(at);
+          file.put(byte);
+        }
+        stream += t.size_bytes;
+      }
+    }
+    return older;
   }
 
  private:
@@ -499,6 +602,9 @@ class Bench {
     bool direct = false;
     bool overlap = false;
     bool adopt = false;
+    std::vector<std::string> more_sources;  // tried after `endpoint`
+    pid_t kill_pid = 0;                     // killed at half the load
+    std::string delta_from;                 // an older copy to refresh
   };
 
   json Load(const std::string& model, const std::string& endpoint, LoadKind kind) {
@@ -509,6 +615,9 @@ class Bench {
     if (!kind.verify) argv.push_back("--no-verify");
     if (kind.preinit) argv.push_back("--preinit");
     if (kind.overlap) argv.push_back("--overlap");
+    for (const std::string& more : kind.more_sources) argv.insert(argv.end(), {"--source", more});
+    if (kind.kill_pid > 0) argv.insert(argv.end(), {"--kill-pid", std::to_string(kind.kill_pid)});
+    if (!kind.delta_from.empty()) argv.insert(argv.end(), {"--delta-from", kind.delta_from});
     const double server_cpu_before = ProcessCpuSeconds(server_pid());
     json out = RunChild(argv, "load");
     out["server_cpu_seconds"] = ProcessCpuSeconds(server_pid()) - server_cpu_before;
@@ -830,6 +939,39 @@ class Bench {
         "grew %.0f MiB during %d concurrent clients (%.1f MiB per client; window %llu MiB)\n",
         model_mib, client_rss_mib, client_rss_mib - model_mib, server_extra_mib, k_max,
         server_extra_mib / k_max, static_cast<unsigned long long>(o_.chunk_mib * o_.window));
+    // Chunk-granular loads: paired per repetition like the ratios above.
+    std::vector<double> extra, received;
+    for (size_t i = 0; i < samples_.at("resume_killed").size(); ++i) {
+      const json& killed = samples_.at("resume_killed")[i];
+      extra.push_back(killed["seconds"].get<double>() -
+                      samples_.at("resume_clean")[i]["seconds"].get<double>());
+      received.push_back(killed["bytes_received"].get<double>() / bytes);
+    }
+    std::sort(extra.begin(), extra.end());
+    std::sort(received.begin(), received.end());
+    const double resume_extra = extra[extra.size() / 2];
+    const double resume_received = received[received.size() / 2];
+    const double delta_pulled = Of("delta", "pulled").median / bytes;
+    const double delta_time = 1 / PairedRatio("delta", "delta_full");
+    std::printf(
+        "\nresume: the first of two sources killed at half the load: %.2f s against %.2f s clean "
+        "(+%.2f s, paired; a dead source is noticed at the 2 s heartbeat deadline); received "
+        "%.3fx the model's bytes\n",
+        Of("resume_killed", "seconds").median, Of("resume_clean", "seconds").median, resume_extra,
+        resume_received);
+    std::printf(
+        "delta: an older copy with ~2 %% of its chunks changed: %.2f %% of the bytes pulled "
+        "(%.1f MiB); %.3f s against %.3f s for a full load (%.0f %%, paired)\n",
+        100 * delta_pulled, Of("delta", "pulled").median / (1 << 20), Of("delta", "seconds").median,
+        Of("delta_full", "seconds").median, 100 * delta_time);
+    for (const char* name : {"resume_clean", "resume_killed", "delta_full", "delta"}) {
+      out["results"][name] = {{"seconds_median", Of(name, "seconds").median},
+                              {"samples", samples_.at(name)}};
+    }
+    out["summary"].update({{"resume_extra_seconds", resume_extra},
+                           {"resume_received_over_model", resume_received},
+                           {"delta_pulled_fraction", delta_pulled},
+                           {"delta_time_vs_full", delta_time}});
     out["summary"].update({{"end_to_end_vs_raw", PairedRatio("netloader", "raw_mpi")},
                            {"overlap_vs_raw", PairedRatio("netloader_overlap", "raw_mpi")},
                            {"adopt_vs_raw", PairedRatio("netloader_adopt", "raw_mpi")},
@@ -845,7 +987,7 @@ class Bench {
   Options o_;
   std::string self_;
   std::unique_ptr<netloader::testing::TempDir> tmp_;
-  std::string dir_, big_, rendezvous_spec_;
+  std::string dir_, big_, rendezvous_spec_, second_endpoint_;
   size_t tensor_count_ = 0;
   const std::vector<int> tiny_counts_ = {4, 1004, 4004};
   std::vector<std::string> tiny_;
@@ -887,7 +1029,9 @@ int main(int argc, char** argv) {
   app.add_option("--role", role.role)->group("");
   app.add_option("--rendezvous", role.rendezvous)->group("");
   app.add_option("--model", role.models)->group("");
-  app.add_option("--source", role.source)->group("");
+  app.add_option("--source", role.sources)->group("");
+  app.add_option("--kill-pid", role.kill_pid)->group("");
+  app.add_option("--delta-from", role.delta_from)->group("");
   app.add_option("--port-file", role.port_file)->group("");
   app.add_option("--endpoint-file", role.endpoint_file)->group("");
   app.add_option("--peers", role.peers)->group("");

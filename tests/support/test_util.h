@@ -45,6 +45,7 @@ class Child {
   int Wait(std::chrono::milliseconds timeout);
   void Signal(int signal);
   bool Running();
+  pid_t pid() const { return pid_; }
   std::string Stdout() const { return ReadFile(stdout_path_); }
   std::string Stderr() const { return ReadFile(stderr_path_); }
 
