@@ -83,8 +83,12 @@ double ProcessCpuSeconds(pid_t pid) {
   return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
+// What must be undone even when the run dies (the simulated hosts).
+std::function<void()> g_cleanup;
+
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "netloader-bench: %s\n", what.c_str());
+  if (g_cleanup) g_cleanup();
   std::exit(1);
 }
 
@@ -116,6 +120,9 @@ struct RoleArgs {
   bool overlap = false;  // start MPI on a thread while allocating, as an engine should
   bool cold = false;
   bool direct = false;
+  std::string interface = "lo";
+  std::string listen;  // the serve role's endpoint (default: 127.0.0.1, a free port)
+  int stripe = 1;
   pid_t kill_pid = 0;      // SIGKILLed once half the model is verified (the resume row)
   std::string delta_from;  // an older copy to start from (the delta row)
 };
@@ -123,6 +130,7 @@ struct RoleArgs {
 netloader::TransportOptions Transport(const RoleArgs& args) {
   netloader::TransportOptions options;
   options.rendezvous_uri = args.rendezvous;
+  options.interface = args.interface;
   return options;
 }
 
@@ -141,6 +149,7 @@ int RoleServe(const RoleArgs& args) {
     netloader::ServerOptions options;
     options.transport = Transport(args);
     options.max_concurrent_transfers = 8;
+    if (!args.listen.empty()) options.listen = args.listen;
     options.chunk_bytes = args.chunk_bytes;
     options.window = args.window;
     options.secret = Check(netloader::LoadOrCreateSecret(netloader::DefaultSecretPath()), "secret");
@@ -173,6 +182,7 @@ int RoleLoad(const RoleArgs& args) {
   }
   netloader::ClientOptions options;
   options.sources = args.sources;
+  options.stripe = args.stripe;
   if (!args.delta_from.empty()) {
     // The older copy in memory, as an instance refreshing its weights holds it.
     model = Check(netloader::HostModel::Load(
@@ -346,6 +356,12 @@ int RoleDisk(const RoleArgs& args) {
 // ---------------------------------------------------------------------------------------------
 // The orchestrator.
 
+std::string Human(double bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.0f MiB", bytes / (1 << 20));
+  return text;
+}
+
 struct Options {
   bool quick = false;
   bool focus = false;  // only raw MPI and netloader (MPI pre-started, checksums on and off)
@@ -357,6 +373,8 @@ struct Options {
   std::string json_path;
   std::string workdir;
   std::string checkpoint;  // measure this checkpoint instead of a generated one
+  bool hosts = false;      // measure across simulated hosts instead (HostsBench)
+  int host_mbit = 500;     // each source host's NIC
 };
 
 class Bench {
@@ -818,12 +836,6 @@ class Bench {
     return (n * sxy - sx * sy) / (n * sxx - sx * sx);
   }
 
-  static std::string Human(double bytes) {
-    char text[32];
-    std::snprintf(text, sizeof text, "%.0f MiB", bytes / (1 << 20));
-    return text;
-  }
-
   int Report(uint64_t bytes, long server_rss_before, long server_hwm) {
     json out;
     utsname uts{};
@@ -996,6 +1008,170 @@ class Bench {
   std::map<std::string, std::vector<json>> samples_;
 };
 
+// Across simulated hosts (scripts/netns-hosts.sh; root only): three source hosts whose NICs are
+// capped at host_mbit and a client host with four times that. Per repetition: raw MPI across one
+// capped link, then netloader from 1, 2 and 3 sources at once (--stripe); ratios against raw
+// MPI and against S x the cap.
+class HostsBench {
+ public:
+  explicit HostsBench(Options options) : o_(std::move(options)) {}
+
+  int Run() {
+    self_ = std::filesystem::read_symlink("/proc/self/exe").string();
+    const std::string rate = std::to_string(o_.host_mbit) + "mbit";
+    hosts_ = std::make_unique<netloader::testing::Hosts>(
+        std::vector<std::string>{rate, rate, rate, std::to_string(4 * o_.host_mbit) + "mbit"});
+    if (!hosts_->ok()) Die("cannot build simulated hosts (root needed): " + hosts_->why());
+    g_cleanup = [this] { hosts_.reset(); };
+    dir_ = o_.workdir.empty() ? tmp_.path() : o_.workdir;
+    setenv("NETLOADER_SECRET_FILE", (tmp_.path() + "/secret").c_str(), 1);
+    model_ = o_.checkpoint.empty() ? dir_ + "/model" : o_.checkpoint;
+    if (o_.checkpoint.empty()) {
+      netloader::examples::CheckpointSpec spec;
+      spec.total_bytes = static_cast<uint64_t>(o_.size_mib * (1 << 20));
+      spec.tensors = o_.tensors;
+      spec.seed = 7;
+      Check(netloader::examples::GenerateCheckpoint(model_, spec), "generate");
+    }
+    rendezvous_ = std::make_unique<netloader::testing::Rendezvous>(tmp_, hosts_->bridge());
+    if (!rendezvous_->ready()) Die("ompi-server did not start on the bridge");
+    std::vector<std::unique_ptr<Child>> servers;
+    for (int h = 0; h < 3; ++h) {
+      // One directory per host: the serve role writes its pid file next to its endpoint file.
+      const std::string host_dir = dir_ + "/host" + std::to_string(h);
+      std::filesystem::create_directories(host_dir);
+      std::filesystem::remove(host_dir + "/endpoints");
+      std::vector<std::string> argv = Role("serve");
+      argv.insert(argv.end(), {"--endpoint-file", host_dir + "/endpoints", "--model", model_,
+                               "--listen", "tcp://" + hosts_->address(h) + ":0"});
+      servers.push_back(std::make_unique<Child>(hosts_->On(h, argv), host_dir + "/server"));
+      const std::string endpoint = netloader::testing::WaitForLine(host_dir + "/endpoints", 120s);
+      if (endpoint.empty()) Die("server on host " + std::to_string(h) + " did not start");
+      endpoints_.push_back(endpoint);
+    }
+    const uint64_t bytes = FileDataBytes(model_, nullptr);
+    std::fprintf(stderr, "hosts: 3 sources at %d Mbit/s, a client at %d Mbit/s; model %s\n",
+                 o_.host_mbit, 4 * o_.host_mbit, Human(bytes).c_str());
+    for (int rep = 0; rep < o_.reps; ++rep) {
+      std::fprintf(stderr, "repetition %d/%d\n", rep + 1, o_.reps);
+      Add("raw_mpi", RawAcross());
+      for (int s = 1; s <= 3; ++s) Add("stripe_" + std::to_string(s), LoadFrom(s));
+    }
+    servers.clear();
+    g_cleanup = nullptr;
+    return Report(bytes);
+  }
+
+ private:
+  std::vector<std::string> Role(const std::string& role) const {
+    return {self_,
+            "--role",
+            role,
+            "--rendezvous",
+            rendezvous_->spec(),
+            "--chunk-mib",
+            std::to_string(o_.chunk_mib),
+            "--window",
+            std::to_string(o_.window),
+            "--interface",
+            "nlv"};
+  }
+
+  json RunOn(int host, std::vector<std::string> argv, const std::string& name) {
+    Child child(hosts_->On(host, std::move(argv)), dir_ + "/" + name);
+    const int code = child.Wait(600s);
+    json out = json::parse(child.Stdout(), nullptr, false);
+    if (code != 0 || out.is_discarded()) Die(name + " failed: " + child.Stderr());
+    return out;
+  }
+
+  // Raw MPI from host 0 to the client host: the capped link's ceiling for one stream.
+  json RawAcross() {
+    const std::string port_file = dir_ + "/raw-port";
+    std::filesystem::remove(port_file + ".0");
+    std::vector<std::string> send = Role("raw-send");
+    send.insert(send.end(), {"--model", model_, "--port-file", port_file, "--peers", "1"});
+    Child sender(hosts_->On(0, send), dir_ + "/raw-send");
+    std::vector<std::string> recv = Role("raw-recv");
+    recv.insert(recv.end(), {"--model", model_, "--port-file", port_file + ".0"});
+    json out = RunOn(3, recv, "raw-recv");
+    if (sender.Wait(120s) != 0) Die("raw sender failed: " + sender.Stderr());
+    out["gbps"] = out["bytes"].get<double>() / out["seconds"].get<double>() / 1e9;
+    return out;
+  }
+
+  // netloader on the client host from the first `stripe` source hosts at once, MPI started
+  // beforehand (as against raw MPI, whose start-up is not timed either).
+  json LoadFrom(int stripe) {
+    std::vector<std::string> argv = Role("load");
+    argv.insert(argv.end(), {"--model", model_, "--preinit", "--stripe", std::to_string(stripe)});
+    for (int h = 0; h < stripe; ++h) argv.insert(argv.end(), {"--source", endpoints_[h]});
+    json out = RunOn(3, argv, "load");
+    out["gbps"] = out["bytes"].get<double>() / out["seconds"].get<double>() / 1e9;
+    return out;
+  }
+
+  void Add(const std::string& name, json sample) { samples_[name].push_back(std::move(sample)); }
+  double Median(const std::string& name, const std::string& field) const {
+    std::vector<double> v;
+    for (const json& s : samples_.at(name)) v.push_back(s[field].get<double>());
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  }
+  double PairedRatio(const std::string& name, const std::string& baseline) const {
+    std::vector<double> ratios;
+    for (size_t i = 0; i < samples_.at(name).size(); ++i) {
+      ratios.push_back(samples_.at(name)[i]["gbps"].get<double>() /
+                       samples_.at(baseline)[i]["gbps"].get<double>());
+    }
+    std::sort(ratios.begin(), ratios.end());
+    return ratios[ratios.size() / 2];
+  }
+
+  int Report(uint64_t bytes) {
+    const double cap_gbps = o_.host_mbit / 8.0 / 1000;  // GB/s of one source's NIC
+    json out;
+    out["config"] = {{"bytes", bytes},
+                     {"host_mbit", o_.host_mbit},
+                     {"client_mbit", 4 * o_.host_mbit},
+                     {"chunk_bytes", o_.chunk_mib << 20},
+                     {"window", o_.window},
+                     {"reps", o_.reps}};
+    std::printf(
+        "\nacross simulated hosts: sources capped at %d Mbit/s (%.3f GB/s), the client at "
+        "%d Mbit/s; %s\n",
+        o_.host_mbit, cap_gbps, 4 * o_.host_mbit, Human(bytes).c_str());
+    std::printf("%-34s %9s %12s %12s\n", "measurement (GB/s, median)", "GB/s", "vs raw MPI",
+                "vs S x cap");
+    const double raw = Median("raw_mpi", "gbps");
+    std::printf("%-34s %9.3f %11.0f%% %11.0f%%\n", "raw MPI across one capped link", raw, 100.0,
+                100 * raw / cap_gbps);
+    out["results"]["raw_mpi"] = {{"gbps_median", raw}, {"samples", samples_.at("raw_mpi")}};
+    for (int s = 1; s <= 3; ++s) {
+      const std::string name = "stripe_" + std::to_string(s);
+      const double gbps = Median(name, "gbps");
+      const double vs_raw = PairedRatio(name, "raw_mpi");
+      std::printf("%-34s %9.3f %11.0f%% %11.0f%%\n",
+                  ("netloader, " + std::to_string(s) + " source" + (s > 1 ? "s" : "")).c_str(),
+                  gbps, 100 * vs_raw, 100 * gbps / (s * cap_gbps));
+      out["results"][name] = {{"gbps_median", gbps},
+                              {"vs_raw", vs_raw},
+                              {"vs_caps", gbps / (s * cap_gbps)},
+                              {"samples", samples_.at(name)}};
+    }
+    if (!o_.json_path.empty()) std::ofstream(o_.json_path) << out.dump(2) << "\n";
+    return 0;
+  }
+
+  Options o_;
+  std::string self_, dir_, model_;
+  netloader::testing::TempDir tmp_;
+  std::unique_ptr<netloader::testing::Hosts> hosts_;
+  std::unique_ptr<netloader::testing::Rendezvous> rendezvous_;
+  std::vector<std::string> endpoints_;
+  std::map<std::string, std::vector<json>> samples_;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -1025,12 +1201,23 @@ int main(int argc, char** argv) {
                  "of generating one; --size-mib and --tensors are then ignored")
       ->check(CLI::ExistingPath);
   app.add_option("--workdir", o.workdir, "Where to put the checkpoints (default: a temp dir)");
+  app.add_flag("--hosts", o.hosts,
+               "Measure across simulated hosts instead (root only): three source hosts with NICs "
+               "capped at --host-mbit and a client host with four times that, as network "
+               "namespaces (scripts/netns-hosts.sh); raw MPI across one capped link, and netloader "
+               "from 1, 2 and 3 sources at once (--stripe)");
+  app.add_option("--host-mbit", o.host_mbit, "With --hosts: each source host's NIC, Mbit/s")
+      ->check(CLI::Range(10, 100000))
+      ->capture_default_str();
   // Internal: the processes being measured.
   app.add_option("--role", role.role)->group("");
   app.add_option("--rendezvous", role.rendezvous)->group("");
   app.add_option("--model", role.models)->group("");
   app.add_option("--source", role.sources)->group("");
   app.add_option("--kill-pid", role.kill_pid)->group("");
+  app.add_option("--interface", role.interface)->group("");
+  app.add_option("--listen", role.listen)->group("");
+  app.add_option("--stripe", role.stripe)->group("");
   app.add_option("--delta-from", role.delta_from)->group("");
   app.add_option("--port-file", role.port_file)->group("");
   app.add_option("--endpoint-file", role.endpoint_file)->group("");
@@ -1063,5 +1250,6 @@ int main(int argc, char** argv) {
     o.tensors = 300;
     o.reps = 2;
   }
+  if (o.hosts) return HostsBench(o).Run();
   return Bench(o).Run();
 }
