@@ -314,29 +314,31 @@ class ServerImpl : public Server {
     CountSessions();
   }
 
-  void HandleHeartbeat(const std::string& identity, const wire::Heartbeat& beat) {
-    auto it = sessions_.find(beat.session_id());
+  // The session a Heartbeat or Request names, which the client is heard from; nullptr, after a
+  // Reject to the sender, when it is not active.
+  Session* ActiveSession(const std::string& identity, uint64_t id) {
+    auto it = sessions_.find(id);
     if (it == sessions_.end() || it->second->abort.load()) {
       SendReject(identity, StatusCode::kInvalidArgument,
-                 "session " + Hex(beat.session_id()) + " is not active on this server");
-      return;
+                 "session " + Hex(id) + " is not active on this server");
+      return nullptr;
     }
-    Session& session = *it->second;
-    session.last_heard_ms = NowMs();
+    it->second->last_heard_ms = NowMs();
+    return it->second.get();
+  }
+
+  void HandleHeartbeat(const std::string& identity, const wire::Heartbeat& beat) {
+    Session* session = ActiveSession(identity, beat.session_id());
+    if (session == nullptr) return;
     wire::Envelope reply;
-    reply.mutable_heartbeat()->set_session_id(session.id);
+    reply.mutable_heartbeat()->set_session_id(session->id);
     Send(identity, reply);
   }
 
   void HandleRequest(const std::string& identity, const wire::Request& request) {
-    auto it = sessions_.find(request.session_id());
-    if (it == sessions_.end() || it->second->abort.load()) {
-      SendReject(identity, StatusCode::kInvalidArgument,
-                 "session " + Hex(request.session_id()) + " is not active on this server");
-      return;
-    }
-    Session& session = *it->second;
-    session.last_heard_ms = NowMs();
+    Session* active = ActiveSession(identity, request.session_id());
+    if (active == nullptr) return;
+    Session& session = *active;
     Result<std::vector<size_t>> chunks = FromWire(request, plan_.size());
     std::lock_guard<std::mutex> lock(session.mu);
     if (!chunks.ok()) {

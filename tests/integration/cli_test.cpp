@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "netloader/safetensors.h"
+#include "tests/support/same_checkpoint.h"
 #include "tests/support/test_util.h"
 
 namespace netloader {
@@ -19,6 +20,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using testing::Child;
+using testing::ExpectSameCheckpoint;
 using testing::TempDir;
 
 std::string Bin(const std::string& name) { return testing::BinDir() + "/" + name; }
@@ -93,32 +95,6 @@ void StopHostAndExpectItKeptTicking(Child& host, int served) {
   EXPECT_EQ(loop["served"], served);
   EXPECT_GE(loop["iterations_during_transfer"].get<int>(), 20) << loop.dump();
   EXPECT_LT(loop["max_gap_ms"].get<double>(), 250.0) << loop.dump();
-}
-
-// Tensor-by-tensor comparison through the reader: names, dtypes, shapes, bytes, metadata.
-void ExpectSameCheckpoint(const std::string& expected, const std::string& actual) {
-  auto a = ReadCheckpointLayout(expected);
-  auto b = ReadCheckpointLayout(actual);
-  ASSERT_TRUE(a.ok() && b.ok()) << a.status().ToString() << " / " << b.status().ToString();
-  ASSERT_EQ(a->shards.size(), b->shards.size());
-  for (size_t s = 0; s < a->shards.size(); ++s) {
-    EXPECT_EQ(a->shards[s].metadata, b->shards[s].metadata);
-  }
-  auto ma = HostModel::Load(*a);
-  auto mb = HostModel::Load(*b);
-  ASSERT_TRUE(ma.ok() && mb.ok());
-  ASSERT_EQ(ma->view().tensors.size(), mb->view().tensors.size());
-  for (size_t i = 0; i < ma->view().tensors.size(); ++i) {
-    const TensorView& x = ma->view().tensors[i];
-    const TensorView& y = mb->view().tensors[i];
-    ASSERT_EQ(x.name, y.name);
-    ASSERT_EQ(x.dtype, y.dtype) << x.name;
-    ASSERT_EQ(x.shape, y.shape) << x.name;
-    ASSERT_EQ(x.size_bytes, y.size_bytes) << x.name;
-    if (x.size_bytes) {
-      ASSERT_EQ(std::memcmp(x.data, y.data, x.size_bytes), 0) << x.name;
-    }
-  }
 }
 
 TEST(CliTest, TwoProcessTransferOfMixedCheckpointIsByteIdentical) {
@@ -492,6 +468,25 @@ struct TwoSources {
         tmp_b, model, std::vector<std::string>{"--rendezvous", rendezvous->spec()});
   }
   bool ready() const { return a && b && !a->endpoint().empty() && !b->endpoint().empty(); }
+  // netloader-client loading `model` into `out` from a, then b, through the shared rendezvous,
+  // printing its JSON summary; then `extra`.
+  std::vector<std::string> Client(const std::string& model, const std::string& out,
+                                  const std::vector<std::string>& extra) const {
+    std::vector<std::string> argv = {Bin("netloader-client"),
+                                     "--source",
+                                     a->endpoint(),
+                                     "--source",
+                                     b->endpoint(),
+                                     "--model",
+                                     model,
+                                     "--output",
+                                     out,
+                                     "--rendezvous",
+                                     rendezvous->spec(),
+                                     "--json"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return argv;
+  }
 
   TempDir tmp, tmp_a, tmp_b;
   std::unique_ptr<testing::Rendezvous> rendezvous;
@@ -509,32 +504,11 @@ TEST(CliFaultTest, ASourceKilledAtHalfCostsOnlyTheChunksInFlightTheNextOneSendsT
   ASSERT_TRUE(sources.ready());
   ServerProcess& a = *sources.a;
   ServerProcess& b = *sources.b;
-  const testing::Rendezvous& rendezvous = *sources.rendezvous;
   const int window = 2;
-  Child client({Bin("netloader-client"),
-                "--source",
-                a.endpoint(),
-                "--source",
-                b.endpoint(),
-                "--model",
-                tmp / "model",
-                "--output",
-                tmp / "out",
-                "--window",
-                std::to_string(window),
-                "--rendezvous",
-                rendezvous.spec(),
-                "--stall-timeout",
-                "5",
-                "--heartbeat-timeout",
-                "2",
-                "--json",
-                "--log-level",
-                "debug",
-                "--testing-hold-at",
-                "50",
-                "--testing-hold-file",
-                tmp / "go"},
+  Child client(sources.Client(tmp / "model", tmp / "out",
+                              {"--window", std::to_string(window), "--stall-timeout", "5",
+                               "--heartbeat-timeout", "2", "--log-level", "debug",
+                               "--testing-hold-at", "50", "--testing-hold-file", tmp / "go"}),
                tmp / "client");
   ASSERT_TRUE(testing::WaitFor(
       [&] { return client.Stderr().find("holding the load") != std::string::npos; }, 60s))
@@ -571,26 +545,9 @@ TEST(CliTest, AStripedLoadTakesDisjointChunksFromTwoSourcesAndIsByteIdentical) {
   MakeCheckpoint(tmp / "model", 80, 128, 1, 43);
   TwoSources sources(tmp / "model");
   ASSERT_TRUE(sources.ready());
-  Child client({Bin("netloader-client"),
-                "--source",
-                sources.a->endpoint(),
-                "--source",
-                sources.b->endpoint(),
-                "--stripe",
-                "2",
-                "--model",
-                tmp / "model",
-                "--output",
-                tmp / "out",
-                "--rendezvous",
-                sources.rendezvous->spec(),
-                "--json",
-                "--log-level",
-                "debug",
-                "--testing-hold-at",
-                "0",
-                "--testing-hold-file",
-                tmp / "go"},
+  Child client(sources.Client(tmp / "model", tmp / "out",
+                              {"--stripe", "2", "--log-level", "debug", "--testing-hold-at", "0",
+                               "--testing-hold-file", tmp / "go"}),
                tmp / "client");
   auto connected = [&](const std::string& source) {
     return client.Stderr().find("connected to " + source + " over MPI") != std::string::npos;
@@ -621,30 +578,10 @@ TEST(CliFaultTest, AStripedSourceKilledMidLoadHandsItsChunksToTheOther) {
   TwoSources sources(tmp / "model");
   ASSERT_TRUE(sources.ready());
   const int window = 2;
-  Child client({Bin("netloader-client"),
-                "--source",
-                sources.a->endpoint(),
-                "--source",
-                sources.b->endpoint(),
-                "--stripe",
-                "2",
-                "--model",
-                tmp / "model",
-                "--output",
-                tmp / "out",
-                "--window",
-                std::to_string(window),
-                "--rendezvous",
-                sources.rendezvous->spec(),
-                "--stall-timeout",
-                "5",
-                "--heartbeat-timeout",
-                "2",
-                "--json",
-                "--testing-hold-at",
-                "50",
-                "--testing-hold-file",
-                tmp / "go"},
+  Child client(sources.Client(tmp / "model", tmp / "out",
+                              {"--stripe", "2", "--window", std::to_string(window),
+                               "--stall-timeout", "5", "--heartbeat-timeout", "2",
+                               "--testing-hold-at", "50", "--testing-hold-file", tmp / "go"}),
                tmp / "client");
   ASSERT_TRUE(testing::WaitFor(
       [&] { return client.Stderr().find("holding the load") != std::string::npos; }, 60s))
