@@ -320,27 +320,34 @@ class SharedLoad {
  public:
   SharedLoad(const ClientOptions& options, uint64_t total) : options_(options), total_(total) {}
 
-  // Takes a source's per-tensor digests. Bytes verified under other digests (another source
-  // holding other weights of the same layout) are dropped while no other source is fetching;
-  // while one is, this source is refused instead.
-  Status Adopt(const std::vector<uint64_t>& content, const std::string& source) {
+  // Attaches a source, by its per-tensor digests, until Detach. Bytes verified under other
+  // digests (a source holding other weights of the same layout) are dropped when no other source
+  // is attached; while one is, this source is refused instead (never a mix of two models).
+  Status Attach(const std::vector<uint64_t>& content, const std::string& source) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (verified_.bytes() > 0 && content != content_) {
-      if (claimed_.bytes() > 0) {
+    if (!content_.empty() && content != content_) {
+      if (attached_ > 0) {
         return Status(StatusCode::kFingerprintMismatch,
                       source +
                           " holds other weights (per-tensor digests) than the sources it "
                           "would be striped with");
       }
-      Log().warn(
-          "{} holds other content than the source that delivered the {} bytes verified "
-          "so far; loading all of it from {}",
-          source, verified_.bytes(), source);
+      if (verified_.bytes() > 0) {
+        Log().warn(
+            "{} holds other content than the source that delivered the {} bytes verified "
+            "so far; loading all of it from {}",
+            source, verified_.bytes(), source);
+      }
       verified_.Clear();
       reused_ = 0;
     }
     content_ = content;
+    ++attached_;
     return Status::Ok();
+  }
+  void Detach() {
+    std::lock_guard<std::mutex> lock(mu_);
+    --attached_;
   }
 
   // A delta load: the chunks whose bytes already match the source's digests count as verified
@@ -358,21 +365,29 @@ class SharedLoad {
   // Chunks of `plan`, in order, neither verified nor being fetched from another source, now
   // marked as being fetched: all of them for a lone source; striped, at most `max_chunks`, and
   // fewer as the end nears (a share of what is left), so that the sources finish together.
-  // Empty when there are none just now.
-  std::vector<size_t> Claim(const ReceivePlan& plan, size_t max_chunks) {
+  // Empty when there are none just now. `*from` is where to start looking: every chunk before
+  // it is verified (it moves on with each call, so a long load does not rescan its start).
+  std::vector<size_t> Claim(const ReceivePlan& plan, size_t max_chunks, size_t* from) {
     std::lock_guard<std::mutex> lock(mu_);
-    std::vector<size_t> chunks;
-    for (size_t c : plan.Missing(verified_)) {
-      const auto [begin, end] = plan.range(c);
-      if (!claimed_.Intersects(begin, end)) chunks.push_back(c);
-    }
+    size_t limit = max_chunks;
     if (options_.stripe > 1) {
-      const size_t share = chunks.size() / (2 * static_cast<size_t>(options_.stripe));
-      chunks.resize(std::min(chunks.size(), std::clamp<size_t>(share, 1, max_chunks)));
+      const uint64_t left = total_ - verified_.bytes() - claimed_.bytes();
+      const uint64_t chunk = std::max<uint64_t>(1, total_ / std::max<size_t>(1, plan.size()));
+      const size_t share = static_cast<size_t>(left / chunk) / (2 * options_.stripe);
+      limit = std::clamp<size_t>(share, 1, max_chunks);
     }
-    for (size_t c : chunks) {
+    std::vector<size_t> chunks;
+    bool all_verified_so_far = true;
+    for (size_t c = *from; c < plan.size() && chunks.size() < limit; ++c) {
       const auto [begin, end] = plan.range(c);
+      if (verified_.Covers(begin, end)) {
+        if (all_verified_so_far) *from = c + 1;
+        continue;
+      }
+      all_verified_so_far = false;
+      if (claimed_.Intersects(begin, end)) continue;
       claimed_.Add(begin, end);
+      chunks.push_back(c);
     }
     return chunks;
   }
@@ -437,6 +452,7 @@ class SharedLoad {
   ByteRanges verified_;                // stream bytes received and verified so far
   ByteRanges claimed_;                 // stream bytes a source is fetching
   std::vector<uint64_t> content_;      // the per-tensor digests they were verified under
+  int attached_ = 0;                   // sources between Attach and Detach
   uint64_t reused_ = 0;                // found already in place (ClientOptions::destination_filled)
   std::atomic<uint64_t> received_{0};  // chunks posted for, over every source (LoadStats)
   std::mutex progress_mu_;
@@ -460,6 +476,11 @@ class Attempt {
         shared_(shared),
         source_(source),
         control_(source, options.secret) {}
+  ~Attempt() {
+    if (attached_) shared_.Detach();
+  }
+  Attempt(const Attempt&) = delete;
+  Attempt& operator=(const Attempt&) = delete;
 
   Result<LoadStats> Run() {
     const auto start = Clock::now();
@@ -537,8 +558,9 @@ class Attempt {
                           manifest->model_digest);
     if (!receive.ok()) return receive.status();
     // Bytes verified from an earlier source are kept only if this one holds the same content.
-    Status status = shared_.Adopt(manifest->tensor_digests, source_);
+    Status status = shared_.Attach(manifest->tensor_digests, source_);
     if (!status.ok()) return status;
+    attached_ = true;
     if (options_.destination_filled) shared_.KeepWhatIsInPlace(*receive);
     // The first chunks are asked for before MPI starts, so the source has the Request when the
     // MPI connection is made. A lone source is asked for everything at once.
@@ -546,7 +568,7 @@ class Attempt {
     // and the sources finish within about one batch of each other.
     const size_t batch = options_.stripe > 1 ? 2 * static_cast<size_t>(options_.window)
                                              : std::numeric_limits<size_t>::max();
-    std::vector<size_t> current = shared_.Claim(*receive, batch);
+    std::vector<size_t> current = shared_.Claim(*receive, batch, &scan_from_);
     beats_.emplace(control_, session_, options_);
     Ask(current);
 
@@ -571,7 +593,7 @@ class Attempt {
     const ReceiveOptions receiving{options_.staged_receive, tuning_.verify_chunks};
     while (!current.empty()) {
       // The next batch is asked for before this one is received, so the source streams on.
-      std::vector<size_t> next = shared_.Claim(*receive, batch);
+      std::vector<size_t> next = shared_.Claim(*receive, batch, &scan_from_);
       Ask(next);
       status = receive->Receive(**channel, stream, receiving, current, [&](size_t c) {
         const auto [begin, end] = receive->range(c);
@@ -589,7 +611,7 @@ class Attempt {
       // Striped: the rest is being fetched from other sources; take over what one gives back.
       while (current.empty() && !shared_.complete() && !beats_->lost()) {
         shared_.WaitForChange(std::chrono::milliseconds(100));
-        current = shared_.Claim(*receive, batch);
+        current = shared_.Claim(*receive, batch, &scan_from_);
         Ask(current);
       }
     }
@@ -677,6 +699,8 @@ class Attempt {
   transfer::DataPlane& plane_;
   EarlyStart& early_;
   SharedLoad& shared_;
+  bool attached_ = false;  // to shared_, until destroyed
+  size_t scan_from_ = 0;   // SharedLoad::Claim's cursor into this source's chunks
   std::shared_ptr<transfer::Transport> transport_;
   const std::string source_;
   ControlChannel control_;
