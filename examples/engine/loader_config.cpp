@@ -145,6 +145,10 @@ const std::vector<Key>& Keys() {
        "load from up to this many of a rank's sources at once, disjoint chunks from each (default "
        "1); needs RENDEZVOUS",
        [](const Json& v, LoaderConfig& c, int) { return Integer(v, 1, 64, &c.stripe); }},
+      {"DELTA_FROM",
+       "a directory holding an older copy of the checkpoint (same layout): each rank starts from "
+       "its weights there and pulls from its sources only the chunks that differ",
+       [](const Json& v, LoaderConfig& c, int) { return Text(v, false, &c.delta_from); }},
       {"RENDEZVOUS",
        "MPI rendezvous shared by all instances (ompi-server URI or file:PATH); required under "
        "mpirun, which must be given the same with --ompi-server",

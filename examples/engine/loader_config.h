@@ -31,6 +31,7 @@ struct LoaderConfig {
   int chunk_mib = 4;                      // CHUNK_MIB
   int window = 4;                         // WINDOW
   int stripe = 1;                         // STRIPE
+  std::string delta_from;                 // DELTA_FROM
   std::string rendezvous;                 // RENDEZVOUS
   std::string interface = "lo";           // INTERFACE
 };

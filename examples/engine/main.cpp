@@ -12,9 +12,11 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <future>
 #include <nlohmann/json.hpp>
@@ -64,6 +66,35 @@ std::string Hex(uint64_t v) {
   char buf[17];
   std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(v));
   return buf;
+}
+
+// DELTA_FROM: this rank's weights read from an older copy of the checkpoint in `dir` into
+// `weights`, which a delta load then refreshes. Errors: the copy is unreadable or its layout
+// (this rank's tensors, dtypes, shapes) differs; `weights` is then untouched.
+netloader::Status FillFromOlderCopy(const std::string& dir, const llama::ModelConfig& config,
+                                    const llama::Parallel& parallel, llama::Weights& weights) {
+  netloader::Result<netloader::CheckpointLayout> layout = netloader::ReadCheckpointLayout(dir);
+  if (!layout.ok()) return layout.status();
+  netloader::Result<std::vector<llama::ShardSpec>> plan =
+      llama::PlanShards(*layout, config, parallel);
+  if (!plan.ok()) return plan.status();
+  llama::Weights older(std::move(*plan));
+  netloader::Status read = older.LoadFromDisk();
+  if (!read.ok()) return read;
+  const netloader::ModelView from = older.view(), to = weights.view();
+  for (size_t i = 0; i < std::max(from.tensors.size(), to.tensors.size()); ++i) {
+    if (i >= from.tensors.size() || i >= to.tensors.size() ||
+        from.tensors[i].name != to.tensors[i].name ||
+        from.tensors[i].dtype != to.tensors[i].dtype ||
+        from.tensors[i].shape != to.tensors[i].shape) {
+      return netloader::Status(netloader::StatusCode::kInvalidArgument,
+                               dir + " has another layout (tensor " + std::to_string(i) + ")");
+    }
+  }
+  for (size_t i = 0; i < to.tensors.size(); ++i) {
+    std::memcpy(to.tensors[i].data, from.tensors[i].data, to.tensors[i].size_bytes);
+  }
+  return netloader::Status::Ok();
 }
 
 }  // namespace
@@ -255,6 +286,15 @@ int main(int argc, char** argv) {
       options.connect_hook = [&](netloader::ConnectEvent event) {
         event == netloader::ConnectEvent::kBefore ? take_turn() : pass_turn();
       };
+      if (!loader.delta_from.empty()) {
+        const netloader::Status older =
+            FillFromOlderCopy(loader.delta_from, *config, parallel, weights);
+        options.destination_filled = older.ok();
+        if (!older.ok()) {
+          std::fprintf(stderr, "%s: WARN DELTA_FROM not used (%s); loading every chunk\n",
+                       who.c_str(), older.ToString().c_str());
+        }
+      }
       bool held = hold_file.empty();
       options.progress = [&](uint64_t, uint64_t) {
         if (held) return;
@@ -270,6 +310,10 @@ int main(int argc, char** argv) {
       if (stats.ok()) {
         loaded_from = stats->source;
         report["gbps"] = stats->gbps;
+        uint64_t pulled = 0;
+        for (const netloader::SourceAttempt& a : stats->attempts) pulled += a.bytes;
+        report["bytes_pulled"] = pulled;
+        report["bytes_reused"] = stats->bytes_reused;
       } else {
         fallback_reason = stats.status().ToString();
       }

@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -96,8 +98,10 @@ std::string SourceConfig(const std::map<int, std::vector<std::string>>& sources,
 class Instance {
  public:
   Instance(const TempDir& tmp, const std::string& name, const std::string& model, int tp,
-           const std::string& rendezvous = "", std::vector<std::string> extra = {}, int pp = 1) {
-    json config = {{"OUTPUT_PREFIX", tmp / (name + "-endpoint-")}};
+           const std::string& rendezvous = "", std::vector<std::string> extra = {}, int pp = 1,
+           json extra_config = json::object()) {
+    json config = extra_config;
+    config["OUTPUT_PREFIX"] = tmp / (name + "-endpoint-");
     if (!rendezvous.empty()) config["RENDEZVOUS"] = rendezvous;
     std::vector<std::string> args = {"--model",
                                      model,
@@ -209,6 +213,36 @@ TEST(EngineTest, Pp2StagesLoadFromTheMatchingStagesAndDecodeExactlyAsTp1FromDisk
     EXPECT_EQ(b.ranks[rank]["tokens"], disk.ranks.at(0)["tokens"]);
     EXPECT_EQ(b.ranks[rank]["logits_digest"], disk.ranks.at(0)["logits_digest"]);
   }
+}
+
+// DELTA_FROM: an instance holding an older copy of the weights (one byte differs) pulls only the
+// chunk that changed from a running instance of the new ones, and decodes exactly as from disk.
+TEST(EngineTest, ADeltaFromAnOlderCopyPullsOnlyTheChangedChunkAndDecodesAsFromDisk) {
+  TempDir tmp;
+  MakeLlama(tmp / "model");
+  std::filesystem::copy(tmp / "model", tmp / "older");
+  {
+    std::fstream file(tmp / "older/model.safetensors",
+                      std::ios::in | std::ios::out | std::ios::binary);
+    file.seekg(0, std::ios::end);
+    const std::streamoff middle = file.tellg() / 2;
+    file.seekg(middle);
+    const char byte = static_cast<char>(file.get() ^ 0x5a);
+    file.seekp(middle);
+    file.put(byte);
+    ASSERT_TRUE(file.good());
+  }
+  const EngineRun disk = DiskRun(tmp, tmp / "model");
+  Instance a(tmp, "a", tmp / "model", 1, "", {}, 1, {{"CHUNK_MIB", 1}});
+  EngineRun b = RunSingle(tmp, "b",
+                          {"--model", tmp / "model", "--model-loader-extra-config",
+                           SourceConfig({{0, {a.endpoint(0)}}}, {{"DELTA_FROM", tmp / "older"}})});
+  ExpectSameOutput(b, disk);
+  EXPECT_EQ(b.ranks[0]["loaded_from"], a.endpoint(0)) << b.stderr_text;
+  const uint64_t bytes = b.ranks[0]["bytes"], pulled = b.ranks[0]["bytes_pulled"];
+  EXPECT_GT(pulled, 0u) << "the changed chunk";
+  EXPECT_LE(pulled, 1u << 20) << "one 1 MiB chunk of " << bytes;
+  EXPECT_EQ(pulled + b.ranks[0]["bytes_reused"].get<uint64_t>(), bytes);
 }
 
 TEST(EngineTest, ChainDiskToAToBToCKeepsTheOutput) {
