@@ -377,7 +377,51 @@ struct Options {
   int host_mbit = 500;     // each source host's NIC
 };
 
-class Bench {
+// Every sample of one run, by row, and the statistics the tables are made of.
+class SampleTable {
+ protected:
+  void Add(const std::string& name, json sample) { samples_[name].push_back(std::move(sample)); }
+
+  struct Stat {
+    double median = 0, min = 0, max = 0;
+  };
+  Stat Of(const std::string& name, const std::string& field) const {
+    std::vector<double> v;
+    for (const json& s : samples_.at(name)) v.push_back(s[field].get<double>());
+    std::sort(v.begin(), v.end());
+    return {v[v.size() / 2], v.front(), v.back()};
+  }
+
+  // Median over repetitions of sample[i] / baseline[i]: each ratio compares two measurements taken
+  // moments apart, which survives the drift of a noisy machine better than a ratio of medians.
+  double PairedRatio(const std::string& name, const std::string& baseline) const {
+    const auto& a = samples_.at(name);
+    const auto& b = samples_.at(baseline);
+    std::vector<double> ratios;
+    for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+      ratios.push_back(a[i]["gbps"].get<double>() / b[i]["gbps"].get<double>());
+    }
+    std::sort(ratios.begin(), ratios.end());
+    return ratios.empty() ? 0 : ratios[ratios.size() / 2];
+  }
+
+  std::map<std::string, std::vector<json>> samples_;
+};
+
+// Runs a role process to its end (at most `timeout`) and returns its JSON line; the whole run
+// dies, saying which role failed and why, when it exits otherwise.
+json RunRole(const std::vector<std::string>& argv, const std::string& log_prefix,
+             const std::string& name, std::chrono::seconds timeout) {
+  Child child(argv, log_prefix);
+  const int code = child.Wait(timeout);
+  json out = json::parse(child.Stdout(), nullptr, false);
+  if (code != 0 || out.is_discarded()) {
+    Die(name + " failed (exit " + std::to_string(code) + "): " + child.Stderr());
+  }
+  return out;
+}
+
+class Bench : SampleTable {
  public:
   explicit Bench(Options options) : o_(std::move(options)) {}
 
@@ -608,13 +652,7 @@ class Bench {
   }
 
   json RunChild(std::vector<std::string> argv, const std::string& name) {
-    Child child(argv, dir_ + "/" + name);
-    const int code = child.Wait(300s);
-    json out = json::parse(child.Stdout(), nullptr, false);
-    if (code != 0 || out.is_discarded()) {
-      Die(name + " failed (exit " + std::to_string(code) + "): " + child.Stderr());
-    }
-    return out;
+    return RunRole(argv, dir_ + "/" + name, name, 300s);
   }
 
   // How a load row's client starts: MPI beforehand (preinit), while it allocates (overlap), or
@@ -723,31 +761,6 @@ class Bench {
     pid_t pid = 0;
     pid_file >> pid;
     return pid;
-  }
-
-  void Add(const std::string& name, json sample) { samples_[name].push_back(std::move(sample)); }
-
-  struct Stat {
-    double median = 0, min = 0, max = 0;
-  };
-  Stat Of(const std::string& name, const std::string& field) const {
-    std::vector<double> v;
-    for (const json& s : samples_.at(name)) v.push_back(s[field].get<double>());
-    std::sort(v.begin(), v.end());
-    return {v[v.size() / 2], v.front(), v.back()};
-  }
-
-  // Median over repetitions of sample[i] / baseline[i]: each ratio compares two measurements taken
-  // moments apart, which survives the drift of a noisy machine better than a ratio of medians.
-  double PairedRatio(const std::string& name, const std::string& baseline) const {
-    const auto& a = samples_.at(name);
-    const auto& b = samples_.at(baseline);
-    std::vector<double> ratios;
-    for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-      ratios.push_back(a[i]["gbps"].get<double>() / b[i]["gbps"].get<double>());
-    }
-    std::sort(ratios.begin(), ratios.end());
-    return ratios.empty() ? 0 : ratios[ratios.size() / 2];
   }
 
   // XXH3 over a warm 128 KiB block, as the client hashes each staged chunk: the CPU cost of
@@ -1010,14 +1023,13 @@ class Bench {
   std::vector<std::string> tiny_;
   std::vector<std::string> endpoints_;
   std::unique_ptr<Child> rendezvous_, server_;
-  std::map<std::string, std::vector<json>> samples_;
 };
 
 // Across simulated hosts (scripts/netns-hosts.sh; root only): three source hosts whose NICs are
 // capped at host_mbit and a client host with four times that. Per repetition: raw MPI across one
 // capped link, then netloader from 1, 2 and 3 sources at once (--stripe); ratios against raw
 // MPI and against S x the cap.
-class HostsBench {
+class HostsBench : SampleTable {
  public:
   explicit HostsBench(Options options) : o_(std::move(options)) {}
 
@@ -1083,11 +1095,7 @@ class HostsBench {
   }
 
   json RunOn(int host, std::vector<std::string> argv, const std::string& name) {
-    Child child(hosts_->On(host, std::move(argv)), dir_ + "/" + name);
-    const int code = child.Wait(600s);
-    json out = json::parse(child.Stdout(), nullptr, false);
-    if (code != 0 || out.is_discarded()) Die(name + " failed: " + child.Stderr());
-    return out;
+    return RunRole(hosts_->On(host, std::move(argv)), dir_ + "/" + name, name, 600s);
   }
 
   // Raw MPI from host 0 to the client host: the capped link's ceiling for one stream.
@@ -1116,23 +1124,6 @@ class HostsBench {
     return out;
   }
 
-  void Add(const std::string& name, json sample) { samples_[name].push_back(std::move(sample)); }
-  double Median(const std::string& name, const std::string& field) const {
-    std::vector<double> v;
-    for (const json& s : samples_.at(name)) v.push_back(s[field].get<double>());
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-  }
-  double PairedRatio(const std::string& name, const std::string& baseline) const {
-    std::vector<double> ratios;
-    for (size_t i = 0; i < samples_.at(name).size(); ++i) {
-      ratios.push_back(samples_.at(name)[i]["gbps"].get<double>() /
-                       samples_.at(baseline)[i]["gbps"].get<double>());
-    }
-    std::sort(ratios.begin(), ratios.end());
-    return ratios[ratios.size() / 2];
-  }
-
   int Report(uint64_t bytes) {
     const double cap_gbps = o_.host_mbit / 8.0 / 1000;  // GB/s of one source's NIC
     json out;
@@ -1148,13 +1139,13 @@ class HostsBench {
         o_.host_mbit, cap_gbps, 4 * o_.host_mbit, Human(bytes).c_str());
     std::printf("%-34s %9s %12s %12s\n", "measurement (GB/s, median)", "GB/s", "vs raw MPI",
                 "vs S x cap");
-    const double raw = Median("raw_mpi", "gbps");
+    const double raw = Of("raw_mpi", "gbps").median;
     std::printf("%-34s %9.3f %11.0f%% %11.0f%%\n", "raw MPI across one capped link", raw, 100.0,
                 100 * raw / cap_gbps);
     out["results"]["raw_mpi"] = {{"gbps_median", raw}, {"samples", samples_.at("raw_mpi")}};
     for (int s = 1; s <= 3; ++s) {
       const std::string name = "stripe_" + std::to_string(s);
-      const double gbps = Median(name, "gbps");
+      const double gbps = Of(name, "gbps").median;
       const double vs_raw = PairedRatio(name, "raw_mpi");
       std::printf("%-34s %9.3f %11.0f%% %11.0f%%\n",
                   ("netloader, " + std::to_string(s) + " source" + (s > 1 ? "s" : "")).c_str(),
@@ -1174,7 +1165,6 @@ class HostsBench {
   std::unique_ptr<netloader::testing::Hosts> hosts_;
   std::unique_ptr<netloader::testing::Rendezvous> rendezvous_;
   std::vector<std::string> endpoints_;
-  std::map<std::string, std::vector<json>> samples_;
 };
 
 }  // namespace
