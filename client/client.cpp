@@ -643,19 +643,14 @@ class Attempt {
   // Asks the source for `chunks` (none: nothing), as Requests of at most kMaxRangesPerRequest
   // ranges each; they leave through the heartbeat thread, which owns the socket.
   void Ask(const std::vector<size_t>& chunks) {
-    size_t begin = 0;
-    while (begin < chunks.size()) {
-      size_t end = begin, runs = 0;
-      while (end < chunks.size() && runs < kMaxRangesPerRequest) {
-        ++runs;
-        for (++end; end < chunks.size() && chunks[end] == chunks[end - 1] + 1;) ++end;
-      }
+    wire::Request all;
+    ToWire(chunks, &all);
+    for (int first = 0; first < all.ranges_size(); first += kMaxRangesPerRequest) {
       wire::Envelope request;
       request.mutable_request()->set_session_id(session_);
-      ToWire(std::vector<size_t>(chunks.begin() + begin, chunks.begin() + end),
-             request.mutable_request());
+      const int end = std::min(all.ranges_size(), first + kMaxRangesPerRequest);
+      for (int r = first; r < end; ++r) *request.mutable_request()->add_ranges() = all.ranges(r);
       beats_->Send(std::move(request));
-      begin = end;
     }
   }
 

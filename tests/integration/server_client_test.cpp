@@ -357,6 +357,33 @@ TEST_F(ServerClientFaultTest, FailsOverToTheNextSourceAfterAnUnreachableOneAndAB
   EXPECT_LE(stats->bytes_received, total + options.window * SmallChunks().chunk_bytes);
 }
 
+// A delta load whose changed chunks alternate with unchanged ones: 2,560 separate ranges, more
+// than one Request carries (2,000), so the client asks in two Requests and gets every one.
+TEST_F(ServerClientTest, ADeltaLoadOfScatteredChunksAsksInSeveralRequests) {
+  constexpr size_t kChunk = 4096, kChunks = 5120;
+  std::vector<unsigned char> bytes(kChunk * kChunks);
+  std::mt19937_64 rng(seed_);
+  for (auto& b : bytes) b = static_cast<unsigned char>(rng());
+  std::vector<unsigned char> older = bytes;
+  for (size_t c = 0; c < kChunks; c += 2) older[c * kChunk] ^= 1;  // every other chunk differs
+  ModelView source, dest;
+  source.tensors.push_back(
+      {"w", DType::kU8, {static_cast<int64_t>(bytes.size())}, bytes.data(), bytes.size()});
+  dest.tensors.push_back(
+      {"w", DType::kU8, {static_cast<int64_t>(older.size())}, older.data(), older.size()});
+  ServerOptions server_options = SmallChunks();
+  server_options.chunk_bytes = kChunk;
+  auto server = internal::StartServer(server_options, source, Plane(transport_));
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  ClientOptions options = ClientFor((*server)->endpoint());
+  options.destination_filled = true;
+  Result<LoadStats> stats = internal::Load(options, dest, *Plane(transport_));
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_EQ(older, bytes);
+  EXPECT_EQ(stats->bytes_reused, bytes.size() / 2);
+  EXPECT_EQ(stats->attempts.at(0).bytes, bytes.size() / 2);
+}
+
 // Striping in one process (so that it also runs under the sanitizers): three sources, two at
 // a time, disjoint chunks from each, every byte once; the third is never needed.
 TEST_F(ServerClientTest, AStripedLoadTakesDisjointChunksFromTwoSourcesAtOnce) {
