@@ -480,6 +480,22 @@ struct TwoSources {
         tmp_b, model, std::vector<std::string>{"--rendezvous", rendezvous->spec()});
   }
   bool ready() const { return a && b && !a->endpoint().empty() && !b->endpoint().empty(); }
+  // Once `client` holds its load (--testing-hold-at ... --testing-hold-file go), SIGKILLs source
+  // a and releases the client; its summary once it exited 0, else null (the test then fails).
+  nlohmann::json KillAAtTheHold(Child& client, const std::string& go) {
+    if (!WaitUntilHeld(client)) {
+      ADD_FAILURE() << "the client never held its load: " << client.Stderr();
+      return nullptr;
+    }
+    a->child().Signal(SIGKILL);
+    EXPECT_EQ(a->child().Wait(20s), 128 + SIGKILL);
+    testing::WriteFile(go, "");
+    const int code = client.Wait(120s);
+    EXPECT_EQ(code, 0) << client.Stderr();
+    const nlohmann::json summary = LastJsonLine(client.Stdout());
+    EXPECT_TRUE(summary.is_object()) << client.Stdout();
+    return code == 0 && summary.is_object() ? summary : nlohmann::json(nullptr);
+  }
   // netloader-client loading `model` into `out` from a, then b, through the shared rendezvous,
   // printing its JSON summary; then `extra`.
   std::vector<std::string> Client(const std::string& model, const std::string& out,
@@ -522,15 +538,8 @@ TEST(CliFaultTest, ASourceKilledAtHalfCostsOnlyTheChunksInFlightTheNextOneSendsT
                                "--heartbeat-timeout", "2", "--log-level", "debug",
                                "--testing-hold-at", "50", "--testing-hold-file", tmp / "go"}),
                tmp / "client");
-  ASSERT_TRUE(testing::WaitFor(
-      [&] { return client.Stderr().find("holding the load") != std::string::npos; }, 60s))
-      << client.Stderr();
-  a.child().Signal(SIGKILL);
-  ASSERT_EQ(a.child().Wait(20s), 128 + SIGKILL);
-  testing::WriteFile(tmp / "go", "");
-  ASSERT_EQ(client.Wait(120s), 0) << client.Stderr();
-  const nlohmann::json summary = LastJsonLine(client.Stdout());
-  ASSERT_TRUE(summary.is_object()) << client.Stdout();
+  const nlohmann::json summary = sources.KillAAtTheHold(client, tmp / "go");
+  ASSERT_TRUE(summary.is_object());
   const uint64_t bytes = summary["bytes"];
   const uint64_t chunk_bytes = 4 << 20;  // the server's default
   EXPECT_GE(summary["bytes_received"].get<uint64_t>(), bytes);
@@ -595,15 +604,8 @@ TEST(CliFaultTest, AStripedSourceKilledMidLoadHandsItsChunksToTheOther) {
                                "--stall-timeout", "5", "--heartbeat-timeout", "2",
                                "--testing-hold-at", "50", "--testing-hold-file", tmp / "go"}),
                tmp / "client");
-  ASSERT_TRUE(testing::WaitFor(
-      [&] { return client.Stderr().find("holding the load") != std::string::npos; }, 60s))
-      << client.Stderr();
-  sources.a->child().Signal(SIGKILL);
-  ASSERT_EQ(sources.a->child().Wait(20s), 128 + SIGKILL);
-  testing::WriteFile(tmp / "go", "");
-  ASSERT_EQ(client.Wait(120s), 0) << client.Stderr();
-  const nlohmann::json summary = LastJsonLine(client.Stdout());
-  ASSERT_TRUE(summary.is_object()) << client.Stdout();
+  const nlohmann::json summary = sources.KillAAtTheHold(client, tmp / "go");
+  ASSERT_TRUE(summary.is_object());
   const uint64_t bytes = summary["bytes"];
   ASSERT_EQ(summary["attempts"].size(), 2u) << summary.dump();
   EXPECT_NE(summary["attempts"][0]["status"], "OK");
