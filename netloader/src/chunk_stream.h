@@ -150,7 +150,6 @@ class ReceivePlan {
                                   std::vector<uint64_t> chunk_digests, uint64_t model_digest);
 
   size_t size() const { return chunks_.size(); }
-  uint64_t bytes(size_t chunk) const { return chunks_.bytes(chunk); }
   // The chunk's bytes in the model's stream: [begin, end).
   std::pair<uint64_t, uint64_t> range(size_t chunk) const {
     return {offsets_[chunk], offsets_[chunk] + chunks_.bytes(chunk)};
