@@ -8,6 +8,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <unordered_map>
 #include <zmq.hpp>
 
 #include "client/client_internal.h"
@@ -281,9 +282,11 @@ void PrefaultForWrite(const ModelView& model) {
 
 // A refusal as a status. When the tensor tables differ the source sent its own, and the
 // message names the tensors that differ on each side.
-Status RejectStatus(const wire::Reject& reject, const ModelView& destination) {
+Status RejectStatus(const wire::Reject& reject, const ModelView& destination, bool partial) {
   std::string message = "refused: " + reject.reason();
-  const std::string tables = DescribeTableDifferences(reject.served_tensors(), destination);
+  const std::string tables =
+      partial ? DescribeSelectionDifferences(reject.served_tensors(), destination)
+              : DescribeTableDifferences(reject.served_tensors(), destination);
   if (!tables.empty()) message += "; " + tables;
   return Status(FromRejectCode(reject.code()), message);
 }
@@ -464,13 +467,16 @@ constexpr int kMaxRangesPerRequest = 2000;
 
 class Attempt {
  public:
+  // `patterns`: what Register.tensors carries (a partial load), or nothing.
   Attempt(const ClientOptions& options, const ModelView& destination,
-          const Fingerprint& fingerprint, transfer::DataPlane& plane, EarlyStart& early,
-          SharedLoad& shared, const std::string& source, internal::LoadTuning tuning)
+          const Fingerprint& fingerprint, const std::vector<std::string>& patterns,
+          transfer::DataPlane& plane, EarlyStart& early, SharedLoad& shared,
+          const std::string& source, internal::LoadTuning tuning)
       : options_(options),
         tuning_(tuning),
         destination_(destination),
         fingerprint_(fingerprint),
+        patterns_(patterns),
         plane_(plane),
         early_(early),
         shared_(shared),
@@ -511,6 +517,7 @@ class Attempt {
       ToWire(fingerprint_, reg->mutable_fingerprint());
       reg->set_rendezvous_uri(plane_.bound_rendezvous());
       reg->set_client_name(ClientName());
+      for (const std::string& pattern : patterns_) reg->add_tensors(pattern);
       Status sent = control_.Send(request);
       if (!sent.ok()) return sent;
       Result<wire::Envelope> reply = control_.Receive(options_.register_timeout);
@@ -519,7 +526,7 @@ class Attempt {
         case wire::Envelope::kAccept:
           return reply->accept();
         case wire::Envelope::kReject:
-          return RejectStatus(reply->reject(), destination_);
+          return RejectStatus(reply->reject(), destination_, !options_.tensors.empty());
         case wire::Envelope::kBusy: {
           const auto wait = std::chrono::milliseconds(
               std::clamp<uint32_t>(reply->busy().retry_after_ms(), 10, 10000));
@@ -632,6 +639,7 @@ class Attempt {
     stats.transport_seconds = transport_seconds;
     stats.connect_seconds = connect_seconds;
     stats.transfer_gbps = stats.transfer_seconds > 0 ? received_ / stats.transfer_seconds / 1e9 : 0;
+    for (const TensorView& t : destination_.tensors) stats.tensor_names.push_back(t.name);
     stats.tensor_digests = manifest->tensor_digests;
     // Done before the collective disconnect: the server disconnects once it reads a verified Done.
     SendDone(true, -1, "");
@@ -691,6 +699,7 @@ class Attempt {
   const internal::LoadTuning tuning_;
   const ModelView& destination_;
   const Fingerprint& fingerprint_;
+  const std::vector<std::string>& patterns_;
   transfer::DataPlane& plane_;
   EarlyStart& early_;
   SharedLoad& shared_;
@@ -724,6 +733,16 @@ Status ValidateOptions(const ClientOptions& options) {
   }
   Status secret = ValidateSecret(options.secret);
   if (!secret.ok()) return secret.WithContext("ClientOptions::secret");
+  size_t pattern_bytes = 0;
+  for (const std::string& pattern : options.tensors) pattern_bytes += pattern.size() + 4;
+  if (pattern_bytes > kMaxTensorPatternBytes) {
+    return Status(StatusCode::kInvalidArgument,
+                  "ClientOptions::tensors: " + std::to_string(options.tensors.size()) +
+                      " patterns take " + std::to_string(pattern_bytes) +
+                      " bytes, more than one Register carries (" +
+                      std::to_string(kMaxTensorPatternBytes) +
+                      "); select with wildcards instead of listing names");
+  }
   return ValidatePartition(options.partition);
 }
 
@@ -731,12 +750,30 @@ Status ValidateOptions(const ClientOptions& options) {
 
 namespace internal {
 
-Result<LoadStats> Load(const ClientOptions& options, const ModelView& destination,
+Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_destination,
                        transfer::DataPlane& plane, LoadTuning tuning) {
   Status status = ValidateOptions(options);
-  if (status.ok()) status = ValidateModelView(destination);
+  if (status.ok()) status = ValidateModelView(whole_destination);
   if (!status.ok()) return status;
+  // A partial load fills only the selected tensors, streamed in name order.
+  Result<ModelView> selected = ModelView{};
+  if (!options.tensors.empty()) {
+    selected = SelectTensors(whole_destination, options.tensors);
+    if (!selected.ok()) return selected.status().WithContext("ClientOptions::tensors");
+  }
+  const ModelView& destination = options.tensors.empty() ? whole_destination : *selected;
   const Fingerprint fingerprint = MakeFingerprint(destination, options.model_id, options.partition);
+  // The selection goes out as its exact names, so that a source holding more tensors that match
+  // the patterns (a whole model, for a pipeline stage) still serves; names too many for one
+  // Register go out as the patterns themselves, which must then select the same on the source.
+  std::vector<std::string> patterns;
+  size_t names_bytes = 0;
+  for (const TensorView& t : destination.tensors) names_bytes += t.name.size() + 4;
+  if (!options.tensors.empty() && names_bytes <= kMaxTensorPatternBytes) {
+    for (const TensorView& t : destination.tensors) patterns.push_back(ExactTensorPattern(t.name));
+  } else {
+    patterns = options.tensors;
+  }
   const auto start = Clock::now();
   EarlyStart early(plane, options.transport);
   SharedLoad shared(options, destination.total_bytes());
@@ -760,7 +797,8 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& destinatio
       Log().debug("loading {} tensors ({} bytes, {} verified already) from {}",
                   destination.tensors.size(), destination.total_bytes(), shared.verified_bytes(),
                   source);
-      Attempt attempt(options, destination, fingerprint, plane, early, shared, source, tuning);
+      Attempt attempt(options, destination, fingerprint, patterns, plane, early, shared, source,
+                      tuning);
       Result<LoadStats> result = attempt.Run();
       std::lock_guard<std::mutex> lock(mu);
       attempts.push_back(
@@ -807,15 +845,24 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& destinatio
 }  // namespace internal
 
 Status VerifyModel(const ModelView& model, const LoadStats& stats) {
-  if (model.tensors.size() != stats.tensor_digests.size()) {
+  if (stats.tensor_names.size() != stats.tensor_digests.size()) {
     return Status(StatusCode::kInvalidArgument,
-                  "the model has " + std::to_string(model.tensors.size()) +
-                      " tensors; the source listed " + std::to_string(stats.tensor_digests.size()));
+                  "the stats list " + std::to_string(stats.tensor_names.size()) +
+                      " tensor names for " + std::to_string(stats.tensor_digests.size()) +
+                      " digests (not a LoadStats from Load)");
   }
+  std::unordered_map<std::string_view, const TensorView*> by_name;
+  for (const TensorView& t : model.tensors) by_name.emplace(t.name, &t);
   std::string differing;
   size_t count = 0;
-  for (size_t i = 0; i < model.tensors.size(); ++i) {
-    const TensorView& t = model.tensors[i];
+  for (size_t i = 0; i < stats.tensor_names.size(); ++i) {
+    auto found = by_name.find(stats.tensor_names[i]);
+    if (found == by_name.end()) {
+      return Status(
+          StatusCode::kInvalidArgument,
+          "the model lacks tensor '" + stats.tensor_names[i] + "', which the load filled");
+    }
+    const TensorView& t = *found->second;
     if (XXH3_64bits(t.data, t.size_bytes) == stats.tensor_digests[i]) continue;
     if (++count <= 5) differing += (differing.empty() ? "" : ", ") + t.name;
   }

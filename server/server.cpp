@@ -1,5 +1,6 @@
 #include <condition_variable>
 #include <deque>
+#include <list>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -11,6 +12,7 @@
 #include "netloader/src/log.h"
 #include "netloader/src/manifest.h"
 #include "netloader/src/registration.h"
+#include "netloader/src/selection.h"
 #include "netloader/src/wire.h"
 #include "server/server_internal.h"
 #include "transfer/mpi_transport.h"
@@ -29,11 +31,33 @@ int64_t NowMs() {
       .count();
 }
 
+// What a session streams: the whole model, or the tensors a partial load selected (in name
+// order), cut into chunks once, with the manifest part of its Accept serialized once. Protobuf
+// merges concatenated serializations of a message (nested messages field by field), so each
+// Accept is these bytes followed by the small per-client part: no per-client copy.
+struct Stream {
+  Stream(ModelView tensors, uint64_t chunk_bytes, const Manifest& manifest)
+      : view(std::move(tensors)), plan(view, chunk_bytes) {
+    wire::Envelope manifest_part;
+    ToWire(manifest, manifest_part.mutable_accept()->mutable_manifest());
+    accept_manifest_bytes = Encode(manifest_part);
+  }
+  const ModelView view;
+  const SendPlan plan;
+  std::string accept_manifest_bytes;  // Envelope{accept{manifest}}
+};
+
+// The streams of recent partial loads, by the tensors selected: the clients of one pipeline
+// stage or expert group ask for the same tensors, and a stream's digests cost a pass over the
+// chunks that coalesce small tensors.
+constexpr size_t kCachedSelections = 8;
+
 // One admitted client: its MPI listener, its streaming thread, and the Request and Done mailbox
 // the control thread fills.
 struct Session {
   uint64_t id = 0;
   std::string client;
+  std::shared_ptr<const Stream> stream;
   std::unique_ptr<transfer::Listener> listener;
   std::thread thread;
   std::atomic<bool> abort{false};     // set by Stop(), an early Done, or missed heartbeats
@@ -56,16 +80,10 @@ class ServerImpl : public Server {
       : options_(std::move(options)),
         model_(std::move(model)),
         transport_(std::move(transport)),
-        plan_(model_, options_.chunk_bytes),
+        manifest_(std::move(manifest)),
+        whole_(std::make_shared<Stream>(model_, options_.chunk_bytes, manifest_)),
         registrar_(MakeFingerprint(model_, options_.model_id, options_.partition),
-                   transport_->rendezvous(), options_.max_concurrent_transfers) {
-    // The manifest part of every Accept, serialized once. Protobuf merges concatenated
-    // serializations of a message (nested messages field by field), so each Accept is these
-    // bytes followed by the small per-client part: no per-client copy of the manifest.
-    wire::Envelope manifest_part;
-    ToWire(manifest, manifest_part.mutable_accept()->mutable_manifest());
-    accept_manifest_bytes_ = Encode(manifest_part);
-  }
+                   transport_->rendezvous(), options_.max_concurrent_transfers) {}
 
   ~ServerImpl() override { Stop(); }
 
@@ -261,7 +279,15 @@ class ServerImpl : public Server {
       SendReject(identity, valid.code(), valid.message());
       return;
     }
-    RegisterRequest decoded{FromWire(request.fingerprint()), request.rendezvous_uri()};
+    RegisterRequest decoded{FromWire(request.fingerprint()), request.rendezvous_uri(), {}};
+    // A partial load: the tensors its patterns select here, which must be those it selected.
+    std::vector<size_t> selected;
+    ModelView selection;
+    if (request.tensors_size() > 0) {
+      selected = MatchTensors(model_, {request.tensors().begin(), request.tensors().end()});
+      for (size_t i : selected) selection.tensors.push_back(model_.tensors[i]);
+      decoded.selected_table_digest = TableDigest(selection);
+    }
     Admission admission = registrar_.Decide(decoded, [this] { return transport_->health(); });
     if (admission.kind == Admission::Kind::kReject) {
       Log().warn("refused client {}: {}", client, admission.reason);
@@ -270,7 +296,8 @@ class ServerImpl : public Server {
       const bool other_table =
           std::any_of(admission.diffs.begin(), admission.diffs.end(),
                       [](const FieldDiff& d) { return d.field == "table_digest"; });
-      SendReject(identity, admission.code, admission.reason, admission.diffs, other_table);
+      SendReject(identity, admission.code, admission.reason, admission.diffs,
+                 other_table ? (decoded.selected_table_digest ? &selection : &model_) : nullptr);
       return;
     }
     if (admission.kind == Admission::Kind::kBusy) {
@@ -296,22 +323,46 @@ class ServerImpl : public Server {
     session->id = registrar_.Open();
     session->client = client;
     session->listener = std::move(*listener);
+    session->stream =
+        decoded.selected_table_digest ? Selected(selected, std::move(selection)) : whole_;
 
     wire::Envelope reply;
     wire::Accept* accept = reply.mutable_accept();
     accept->set_session_id(session->id);
     accept->set_mpi_port(session->listener->address());
     accept->set_rendezvous_uri(transport_->rendezvous());
-    if (!Send(identity, reply, accept_manifest_bytes_)) {
+    if (!Send(identity, reply, session->stream->accept_manifest_bytes)) {
       registrar_.Close(session->id);
       return;
     }
-    Log().info("client {} registered as session {:016x}; {} of {} slots in use", client,
-               session->id, registrar_.active(), registrar_.limit());
+    Log().info("client {} registered as session {:016x}{}; {} of {} slots in use", client,
+               session->id,
+               decoded.selected_table_digest
+                   ? fmt::format(" for {} of the {} tensors", session->stream->view.tensors.size(),
+                                 model_.tensors.size())
+                   : "",
+               registrar_.active(), registrar_.limit());
     Session* raw = session.get();
     session->thread = std::thread([this, raw] { Serve(*raw); });
     sessions_[raw->id] = std::move(session);
     CountSessions();
+  }
+
+  // The stream of a partial load's selected tensors (indices into model_, in stream order).
+  std::shared_ptr<const Stream> Selected(const std::vector<size_t>& selected, ModelView view) {
+    for (auto it = selections_.begin(); it != selections_.end(); ++it) {
+      if (it->first != selected) continue;
+      selections_.splice(selections_.begin(), selections_, it);  // most recently used first
+      return it->second;
+    }
+    const auto start = Clock::now();
+    auto stream = std::make_shared<const Stream>(std::move(view), options_.chunk_bytes,
+                                                 SubsetManifest(model_, manifest_, selected));
+    Log().debug("stream of {} selected tensors ({} chunks) made in {:.3f} s",
+                stream->view.tensors.size(), stream->plan.size(), SecondsSince(start));
+    selections_.emplace_front(selected, stream);
+    if (selections_.size() > kCachedSelections) selections_.pop_back();
+    return stream;
   }
 
   // The session a Heartbeat or Request names, which the client is heard from; nullptr, after a
@@ -339,7 +390,7 @@ class ServerImpl : public Server {
     Session* active = ActiveSession(identity, request.session_id());
     if (active == nullptr) return;
     Session& session = *active;
-    Result<std::vector<size_t>> chunks = FromWire(request, plan_.size());
+    Result<std::vector<size_t>> chunks = FromWire(request, session.stream->plan.size());
     std::lock_guard<std::mutex> lock(session.mu);
     if (!chunks.ok()) {
       // The session cannot go on: the client and this server no longer agree on the stream.
@@ -382,13 +433,14 @@ class ServerImpl : public Server {
     }
     const auto start = Clock::now();
     uint64_t sent = 0;
+    const SendPlan& plan = session.stream->plan;
     transfer::StreamOptions stream;
     stream.window = options_.window;
     stream.stall_timeout = options_.stall_timeout;
     stream.cancel = &session.abort;
-    std::unique_ptr<StagingRing> ring;  // for chunks of several spans, if the model has any
-    if (plan_.slot_bytes() > 0) {
-      Result<std::unique_ptr<StagingRing>> taken = TakeRing();
+    std::unique_ptr<StagingRing> ring;  // for chunks of several spans, if the stream has any
+    if (plan.slot_bytes() > 0) {
+      Result<std::unique_ptr<StagingRing>> taken = TakeRing(plan.slot_bytes());
       if (!taken.ok()) {
         Log().error("client {}: {}", who, taken.status().ToString());
         (*channel)->Abandon();
@@ -410,8 +462,8 @@ class ServerImpl : public Server {
       session.requests.pop_front();
       lock.unlock();
       ++requests;
-      status = plan_.Send(**channel, stream, ring.get(), chunks,
-                          [&](size_t c) { sent += plan_.bytes(c); });
+      status = plan.Send(**channel, stream, ring.get(), chunks,
+                         [&](size_t c) { sent += plan.bytes(c); });
       lock.lock();
       if (!status.ok()) break;
     }
@@ -422,15 +474,15 @@ class ServerImpl : public Server {
     if (ring) ReturnRing(std::move(ring));
     if (!status.ok() || (aborted && !done)) {
       if (status.ok()) status = Status(StatusCode::kCancelled, "the session was aborted");
-      Log().warn("transfer to {} failed after {} of {} bytes: {}", who, sent, model_.total_bytes(),
-                 DescribeAbort(session, status));
+      Log().warn("transfer to {} failed after {} of {} bytes: {}", who, sent,
+                 session.stream->view.total_bytes(), DescribeAbort(session, status));
       (*channel)->Abandon();
       Finish(session, false, sent);
       return;
     }
     if (done && done->verified()) {
       Log().info("served {}: {} bytes, {} tensors in {:.3f} s ({:.2f} GB/s), verified by client",
-                 who, sent, model_.tensors.size(), seconds, sent / seconds / 1e9);
+                 who, sent, session.stream->view.tensors.size(), seconds, sent / seconds / 1e9);
       Finish(session, true, sent);
       (*channel).reset();  // collective disconnect: the client does the same after Done
       return;
@@ -447,17 +499,19 @@ class ServerImpl : public Server {
     Finish(session, false, sent);
   }
 
-  Result<std::unique_ptr<StagingRing>> TakeRing() {
+  // A ring of window slots of at least `slot_bytes`: a free one, or a new one.
+  Result<std::unique_ptr<StagingRing>> TakeRing(uint64_t slot_bytes) {
     {
       std::lock_guard<std::mutex> lock(rings_mu_);
-      if (!free_rings_.empty()) {
-        std::unique_ptr<StagingRing> ring = std::move(free_rings_.back());
-        free_rings_.pop_back();
+      for (auto it = free_rings_.begin(); it != free_rings_.end(); ++it) {
+        if ((*it)->slot_bytes() < slot_bytes) continue;
+        std::unique_ptr<StagingRing> ring = std::move(*it);
+        free_rings_.erase(it);
         return ring;
       }
     }
     auto ring = std::make_unique<StagingRing>();
-    Status made = ring->Allocate(static_cast<size_t>(options_.window), plan_.slot_bytes());
+    Status made = ring->Allocate(static_cast<size_t>(options_.window), slot_bytes);
     if (!made.ok()) return made;
     Count([&](ServerStats& s) { s.staging_bytes += ring->bytes(); });
     return ring;
@@ -511,8 +565,9 @@ class ServerImpl : public Server {
     }
   }
 
+  // With `table`, the Reject carries it (served_tensors).
   void SendReject(const std::string& identity, StatusCode code, const std::string& reason,
-                  const std::vector<FieldDiff>& diffs = {}, bool with_table = false) {
+                  const std::vector<FieldDiff>& diffs = {}, const ModelView* table = nullptr) {
     wire::Envelope reply;
     wire::Reject* reject = reply.mutable_reject();
     reject->set_code(ToRejectCode(code));
@@ -523,7 +578,7 @@ class ServerImpl : public Server {
       out->set_server_value(d.server_value);
       out->set_client_value(d.client_value);
     }
-    if (with_table) ToWire(model_, reject);
+    if (table != nullptr) ToWire(*table, reject);
     Send(identity, reply);
   }
 
@@ -560,9 +615,9 @@ class ServerImpl : public Server {
   const ServerOptions options_;
   const ModelView model_;
   std::shared_ptr<transfer::Transport> transport_;
-  const SendPlan plan_;                // the chunks over the live tensors, cut once
-  std::string accept_manifest_bytes_;  // Envelope{accept{manifest}}, serialized once
-  // Send rings (window slots of plan_.slot_bytes()), reused across sessions: allocating and
+  const Manifest manifest_;                    // the whole model's digests
+  const std::shared_ptr<const Stream> whole_;  // the whole model in storage order
+  // Send rings (window slots of a stream's slot_bytes()), reused across sessions: allocating and
   // faulting them in is not free.
   std::mutex rings_mu_;  // guards free_rings_
   std::vector<std::unique_ptr<StagingRing>> free_rings_;
@@ -574,6 +629,8 @@ class ServerImpl : public Server {
   zmq::socket_t socket_;
   std::optional<SocketMonitor> monitor_;
   std::map<uint64_t, std::unique_ptr<Session>> sessions_;
+  // Recent partial loads' streams, most recently used first.
+  std::list<std::pair<std::vector<size_t>, std::shared_ptr<const Stream>>> selections_;
   std::string endpoint_;  // written before the thread starts, read-only after
 
   std::atomic<bool> stopping_{false};

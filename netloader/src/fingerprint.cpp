@@ -50,7 +50,8 @@ Fingerprint MakeFingerprint(const ModelView& model, std::string model_id, Partit
   return fp;
 }
 
-std::vector<FieldDiff> CompareFingerprints(const Fingerprint& server, const Fingerprint& client) {
+std::vector<FieldDiff> CompareFingerprints(const Fingerprint& server, const Fingerprint& client,
+                                           bool partial) {
   std::vector<FieldDiff> diffs;
   auto check = [&](const char* field, const std::string& s, const std::string& c) {
     if (s != c) diffs.push_back({field, s, c});
@@ -63,8 +64,10 @@ std::vector<FieldDiff> CompareFingerprints(const Fingerprint& server, const Fing
   check("table_digest", server.table_digest, client.table_digest);
   check_int("partition.tp_size", server.partition.tp_size, client.partition.tp_size);
   check_int("partition.tp_rank", server.partition.tp_rank, client.partition.tp_rank);
-  check_int("partition.pp_size", server.partition.pp_size, client.partition.pp_size);
-  check_int("partition.pp_rank", server.partition.pp_rank, client.partition.pp_rank);
+  if (!partial) {
+    check_int("partition.pp_size", server.partition.pp_size, client.partition.pp_size);
+    check_int("partition.pp_rank", server.partition.pp_rank, client.partition.pp_rank);
+  }
   check("partition.layout_key", server.partition.layout_key, client.partition.layout_key);
   return diffs;
 }

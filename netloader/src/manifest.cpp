@@ -1,6 +1,8 @@
 #include "netloader/src/manifest.h"
 
+#include <map>
 #include <memory>
+#include <tuple>
 
 #include "netloader/fingerprint.h"
 #include "netloader/src/xxh3.h"
@@ -39,6 +41,40 @@ Manifest BuildManifest(const ModelView& model, uint64_t chunk_bytes) {
       }
     }
     manifest.chunk_digests.push_back(XXH3_64bits_digest(chunk_state.get()));
+  }
+  manifest.model_digest = DigestOfDigests(manifest.chunk_digests);
+  return manifest;
+}
+
+Manifest SubsetManifest(const ModelView& model, const Manifest& whole,
+                        const std::vector<size_t>& subset) {
+  ModelView view;
+  for (size_t i : subset) view.tensors.push_back(model.tensors[i]);
+  Manifest manifest;
+  manifest.table_digest = TableDigest(view);
+  manifest.chunk_bytes = whole.chunk_bytes;
+  for (size_t i : subset) manifest.tensor_digests.push_back(whole.tensor_digests[i]);
+  // The whole stream's chunks that are one piece of one tensor, by (tensor, offset, length).
+  std::map<std::tuple<size_t, uint64_t, uint64_t>, uint64_t> single;
+  const ChunkPlan whole_plan = ChunkPlan::Make(TensorSizes(model), whole.chunk_bytes);
+  for (size_t c = 0; c < whole_plan.size(); ++c) {
+    if (whole_plan.piece_count(c) != 1) continue;
+    const ChunkPiece& piece = whole_plan.pieces(c)[0];
+    single[{piece.tensor, piece.offset, piece.length}] = whole.chunk_digests[c];
+  }
+  const ChunkPlan plan = ChunkPlan::Make(TensorSizes(view), whole.chunk_bytes);
+  const transfer::ChunkList spans = plan.Spans(view);
+  for (size_t c = 0; c < plan.size(); ++c) {
+    const ChunkPiece& first = plan.pieces(c)[0];
+    const size_t tensor = subset[first.tensor];
+    if (plan.piece_count(c) == 1 && first.offset == 0 &&
+        first.length == model.tensors[tensor].size_bytes) {
+      manifest.chunk_digests.push_back(whole.tensor_digests[tensor]);
+      continue;
+    }
+    auto known =
+        plan.piece_count(c) == 1 ? single.find({tensor, first.offset, first.length}) : single.end();
+    manifest.chunk_digests.push_back(known != single.end() ? known->second : ChunkDigest(spans, c));
   }
   manifest.model_digest = DigestOfDigests(manifest.chunk_digests);
   return manifest;

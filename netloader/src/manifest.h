@@ -22,4 +22,11 @@ struct Manifest {
 // digest.
 Manifest BuildManifest(const ModelView& model, uint64_t chunk_bytes);
 
+// The manifest of a partial load's stream: `model`'s tensors `subset`, in that order, cut at
+// `whole`'s chunk size, given `whole` (BuildManifest of all of `model`). Digests the two streams
+// share are reused: a chunk that is one whole tensor, or the same slice of a large tensor. Only
+// chunks that coalesce small tensors differently are hashed again.
+Manifest SubsetManifest(const ModelView& model, const Manifest& whole,
+                        const std::vector<size_t>& subset);
+
 }  // namespace netloader

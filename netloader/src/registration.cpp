@@ -10,7 +10,10 @@ Registrar::Registrar(Fingerprint served, std::string rendezvous_uri, int max_ses
 Admission Registrar::Decide(const RegisterRequest& request,
                             const std::function<Status()>& transport_health) const {
   Admission admission;
-  admission.diffs = CompareFingerprints(served_, request.fingerprint);
+  Fingerprint served = served_;
+  if (request.selected_table_digest) served.table_digest = *request.selected_table_digest;
+  admission.diffs =
+      CompareFingerprints(served, request.fingerprint, request.selected_table_digest.has_value());
   if (!admission.diffs.empty()) {
     admission.kind = Admission::Kind::kReject;
     admission.code = StatusCode::kFingerprintMismatch;

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -17,6 +18,9 @@ namespace netloader {
 struct RegisterRequest {
   Fingerprint fingerprint;
   std::string rendezvous_uri;  // the client's, or empty if it will adopt the server's
+  // A partial load (Register.tensors): the digest of the table its patterns select on this
+  // server, which the client's table_digest must equal; the pipeline split is then not compared.
+  std::optional<std::string> selected_table_digest;
 };
 
 struct Admission {

@@ -1,6 +1,10 @@
 #include "netloader/tensor.h"
 
+#include <algorithm>
+#include <unordered_map>
 #include <unordered_set>
+
+#include "netloader/src/selection.h"
 
 namespace netloader {
 
@@ -59,6 +63,112 @@ Status ValidatePartition(const Partition& p) {
                                                     ")");
   }
   return Status::Ok();
+}
+
+bool TensorPatternMatches(std::string_view pattern, std::string_view name) {
+  // Greedy matching with one backtrack point (the last '*'): linear in practice, and never
+  // worse than pattern x name.
+  size_t p = 0, n = 0, star = std::string_view::npos, star_n = 0;
+  while (n < name.size()) {
+    if (p < pattern.size() && pattern[p] == '*') {
+      star = p++;
+      star_n = n;
+      continue;
+    }
+    if (p < pattern.size()) {
+      const bool escaped = pattern[p] == '\\' && p + 1 < pattern.size();
+      const char want = escaped ? pattern[p + 1] : pattern[p];
+      if ((!escaped && want == '?') || want == name[n]) {
+        p += escaped ? 2 : 1;
+        ++n;
+        continue;
+      }
+    }
+    if (star == std::string_view::npos) return false;
+    p = star + 1;
+    n = ++star_n;
+  }
+  while (p < pattern.size() && pattern[p] == '*') ++p;
+  return p == pattern.size();
+}
+
+Status ValidateTensorPattern(std::string_view pattern) {
+  const std::string quoted = "tensor pattern '" + std::string(pattern.substr(0, 80)) + "'";
+  if (pattern.empty()) return Status(StatusCode::kInvalidArgument, "a tensor pattern is empty");
+  if (pattern.size() > 1024) {
+    return Status(StatusCode::kInvalidArgument, quoted + "... is longer than 1024 bytes");
+  }
+  size_t backslashes = 0;
+  for (size_t i = pattern.size(); i > 0 && pattern[i - 1] == '\\'; --i) ++backslashes;
+  if (backslashes % 2 == 1) {
+    return Status(StatusCode::kInvalidArgument,
+                  quoted + " ends in a lone backslash (write \\\\ for a literal one)");
+  }
+  return Status::Ok();
+}
+
+std::string ExactTensorPattern(std::string_view name) {
+  std::string pattern;
+  for (char c : name) {
+    if (c == '*' || c == '?' || c == '\\') pattern += '\\';
+    pattern += c;
+  }
+  return pattern;
+}
+
+std::vector<size_t> MatchTensors(const ModelView& model, const std::vector<std::string>& patterns,
+                                 std::vector<size_t>* unmatched) {
+  std::unordered_map<std::string_view, size_t> by_name;
+  for (size_t i = 0; i < model.tensors.size(); ++i) by_name.emplace(model.tensors[i].name, i);
+  std::vector<bool> taken(model.tensors.size(), false);
+  for (size_t p = 0; p < patterns.size(); ++p) {
+    const std::string& pattern = patterns[p];
+    bool matched = false;
+    // An exact name (no wildcard) is looked up; the others are matched against every name.
+    std::string exact;
+    bool wildcard = false;
+    for (size_t i = 0; i < pattern.size() && !wildcard; ++i) {
+      if (pattern[i] == '\\' && i + 1 < pattern.size()) {
+        exact += pattern[++i];
+      } else {
+        wildcard = pattern[i] == '*' || pattern[i] == '?';
+        exact += pattern[i];
+      }
+    }
+    if (!wildcard) {
+      auto it = by_name.find(exact);
+      if (it != by_name.end()) matched = taken[it->second] = true;
+    } else {
+      for (size_t i = 0; i < model.tensors.size(); ++i) {
+        if (TensorPatternMatches(pattern, model.tensors[i].name)) matched = taken[i] = true;
+      }
+    }
+    if (!matched && unmatched != nullptr) unmatched->push_back(p);
+  }
+  std::vector<size_t> selected;
+  for (size_t i = 0; i < model.tensors.size(); ++i) {
+    if (taken[i]) selected.push_back(i);
+  }
+  std::sort(selected.begin(), selected.end(),
+            [&](size_t a, size_t b) { return model.tensors[a].name < model.tensors[b].name; });
+  return selected;
+}
+
+Result<ModelView> SelectTensors(const ModelView& model, const std::vector<std::string>& patterns) {
+  for (const std::string& pattern : patterns) {
+    Status valid = ValidateTensorPattern(pattern);
+    if (!valid.ok()) return valid;
+  }
+  std::vector<size_t> unmatched;
+  const std::vector<size_t> selected = MatchTensors(model, patterns, &unmatched);
+  if (!unmatched.empty()) {
+    return Status(StatusCode::kInvalidArgument,
+                  "tensor pattern '" + patterns[unmatched.front()] + "' matches none of the " +
+                      std::to_string(model.tensors.size()) + " tensors");
+  }
+  ModelView view;
+  for (size_t i : selected) view.tensors.push_back(model.tensors[i]);
+  return view;
 }
 
 }  // namespace netloader

@@ -1,6 +1,7 @@
 #include "netloader/src/wire.h"
 
 #include <algorithm>
+#include <map>
 
 namespace netloader {
 
@@ -102,6 +103,10 @@ Status ValidateRegister(const wire::Register& request) {
     return invalid("fingerprint.table_digest '" + digest.substr(0, 64) +
                    "' is not 32 lowercase hex digits");
   }
+  for (int i = 0; i < request.tensors_size(); ++i) {
+    Status pattern = ValidateTensorPattern(request.tensors(i));
+    if (!pattern.ok()) return invalid("tensors[" + std::to_string(i) + "]: " + pattern.message());
+  }
   return Status::Ok();
 }
 
@@ -182,6 +187,40 @@ std::string DescribeTableDifferences(
   std::string text = "the source has " + std::to_string(served.size()) + " tensors, this side " +
                      std::to_string(model.tensors.size()) + "; " + std::to_string(differing) +
                      " differ by position, first: " + shown;
+  if (differing > kShown) text += "; and " + std::to_string(differing - kShown) + " more";
+  return text;
+}
+
+std::string DescribeSelectionDifferences(
+    const google::protobuf::RepeatedPtrField<wire::TensorInfo>& served, const ModelView& model) {
+  constexpr size_t kShown = 3;
+  std::map<std::string, std::pair<std::string, std::string>> sides;  // name -> (source, here)
+  for (const wire::TensorInfo& s : served) {
+    sides[s.name()].first = Describe(s.name(), s.dtype(), {s.shape().begin(), s.shape().end()}) +
+                            " (" + std::to_string(s.size_bytes()) + " bytes)";
+  }
+  for (const TensorView& t : model.tensors) {
+    sides[t.name].second = Describe(t.name, DTypeName(t.dtype), t.shape) + " (" +
+                           std::to_string(t.size_bytes) + " bytes)";
+  }
+  std::string shown;
+  size_t differing = 0;
+  for (const auto& [name, both] : sides) {
+    if (both.first == both.second) continue;
+    if (++differing > kShown) continue;
+    shown += shown.empty() ? "" : "; ";
+    if (both.first.empty()) {
+      shown += "the source has no '" + name + "'";
+    } else if (both.second.empty()) {
+      shown += "only the source selects " + both.first;
+    } else {
+      shown += "source " + both.first + ", this side " + both.second;
+    }
+  }
+  if (differing == 0) return "";
+  std::string text = "the patterns select " + std::to_string(served.size()) +
+                     " tensors on the source, " + std::to_string(model.tensors.size()) + " here; " +
+                     std::to_string(differing) + " differ: " + shown;
   if (differing > kShown) text += "; and " + std::to_string(differing - kShown) + " more";
   return text;
 }

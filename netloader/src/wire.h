@@ -38,8 +38,8 @@ Result<wire::Envelope> Decode(const void* data, size_t size, size_t max_bytes);
 const char* BodyName(const wire::Envelope& envelope);
 
 // Checks what a server needs of a Register before comparing it (PROTOCOL.md, section 4.2): a
-// partition within range, a table_digest of 32 lowercase hex digits. InvalidArgument names the
-// field.
+// partition within range, a table_digest of 32 lowercase hex digits, well-formed tensor
+// patterns. InvalidArgument names the field.
 Status ValidateRegister(const wire::Register& request);
 
 void ToWire(const Fingerprint& fingerprint, wire::Fingerprint* out);
@@ -51,6 +51,10 @@ void ToWire(const ModelView& model, wire::Reject* out);
 // index, the first few tensors whose name, dtype, shape or size differ between the source's
 // table (`served`) and `model`; empty when they do not differ.
 std::string DescribeTableDifferences(
+    const google::protobuf::RepeatedPtrField<wire::TensorInfo>& served, const ModelView& model);
+// The same for a partial load's tables (both in name order), by name: the first few tensors
+// only the source or only this side selected, or whose dtype, shape or size differ.
+std::string DescribeSelectionDifferences(
     const google::protobuf::RepeatedPtrField<wire::TensorInfo>& served, const ModelView& model);
 
 void ToWire(const Manifest& manifest, wire::Manifest* out);

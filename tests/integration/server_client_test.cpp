@@ -439,6 +439,186 @@ TEST_F(ServerClientFaultTest, ASourceWithOtherContentIsLoadedWholeNotMixedWithTh
   EXPECT_TRUE(VerifyModel(dest.view, *stats).ok());
 }
 
+// The tensors `indices` of `model`, in that order, with their own copy of its bytes or zeros.
+OwnedModel Pick(const OwnedModel& model, const std::vector<int>& indices, bool copy_bytes) {
+  OwnedModel picked(0, 0, false);
+  for (int i : indices) {
+    picked.storage.push_back(copy_bytes ? model.storage[i]
+                                        : std::vector<unsigned char>(model.storage[i].size()));
+  }
+  for (size_t k = 0; k < indices.size(); ++k) {
+    TensorView t = model.view.tensors[indices[k]];
+    t.data = picked.storage[k].empty() ? nullptr : picked.storage[k].data();
+    picked.view.tensors.push_back(t);
+  }
+  return picked;
+}
+
+std::vector<int> Range(int first, int end) {
+  std::vector<int> indices;
+  for (int i = first; i < end; ++i) indices.push_back(i);
+  return indices;
+}
+
+const std::vector<unsigned char>& BytesOf(const OwnedModel& model, const std::string& name) {
+  for (size_t i = 0; i < model.view.tensors.size(); ++i) {
+    if (model.view.tensors[i].name == name) return model.storage[i];
+  }
+  throw std::runtime_error("no tensor " + name);
+}
+
+// A pipeline stage of another split: the client holds layers 5 and 10..39 in reverse order and
+// declares stage 1 of 2; the source holds all 80 in storage order as stage 0 of 1. The patterns
+// pick 10..39: exactly those arrive, verified; layer.5 stays untouched.
+TEST_F(ServerClientTest, APartialLoadFillsOnlyTheSelectedTensorsFromASourceWithAnotherLayout) {
+  OwnedModel source(80, seed_, true);
+  auto server = internal::StartServer(SmallChunks(), source.view, Plane(transport_));
+  ASSERT_TRUE(server.ok());
+  std::vector<int> held = Range(10, 40);
+  std::reverse(held.begin(), held.end());
+  held.push_back(5);
+  OwnedModel dest = Pick(source, held, false);
+  ClientOptions options = ClientFor((*server)->endpoint());
+  options.tensors = {"layer.1?", "layer.2?", "layer.3?"};
+  options.partition.pp_size = 2;
+  options.partition.pp_rank = 1;
+  Result<LoadStats> stats = internal::Load(options, dest.view, *Plane(transport_));
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  uint64_t selected_bytes = 0;
+  for (int i = 10; i < 40; ++i) {
+    const std::string name = "layer." + std::to_string(i);
+    EXPECT_EQ(BytesOf(dest, name), BytesOf(source, name)) << name;
+    selected_bytes += BytesOf(source, name).size();
+  }
+  EXPECT_EQ(BytesOf(dest, "layer.5"), std::vector<unsigned char>(BytesOf(source, "layer.5").size()))
+      << "an unselected tensor is not touched";
+  EXPECT_EQ(stats->tensors, 30u);
+  EXPECT_EQ(stats->bytes, selected_bytes);
+  EXPECT_EQ(stats->bytes_received, selected_bytes);
+  ASSERT_EQ(stats->tensor_names.size(), 30u);
+  EXPECT_EQ(stats->tensor_names.front(), "layer.10") << "streamed in name order";
+  EXPECT_TRUE(VerifyModel(dest.view, *stats).ok());
+  EXPECT_TRUE(testing::WaitFor([&] { return (*server)->stats().clients_served == 1; }, 30s));
+  EXPECT_EQ((*server)->stats().bytes_sent, selected_bytes) << "the source sent nothing else";
+
+  // A pattern that matches nothing here is refused before any source is asked.
+  options.tensors = {"layer.1?", "layer.99"};
+  Result<LoadStats> typo = internal::Load(options, dest.view, *Plane(transport_));
+  EXPECT_EQ(typo.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(typo.status().message().find("'layer.99' matches none of the 31 tensors"),
+            std::string::npos)
+      << typo.status().message();
+}
+
+// The patterns must select the same tensors on both sides: a source that lacks some, holds one
+// differently, or holds another tensor-parallel shard is refused, naming what differs.
+TEST_F(ServerClientFaultTest, APartialLoadIsRefusedNamingWhatTheSourceSelectsDifferently) {
+  OwnedModel full(40, seed_, true);
+  OwnedModel stage = Pick(full, Range(0, 25), true);  // a source holding layers 0..24
+  auto server = internal::StartServer(SmallChunks(), stage.view, Plane(transport_));
+  ASSERT_TRUE(server.ok());
+  OwnedModel dest = full.EmptyLike();
+  ClientOptions options = ClientFor((*server)->endpoint());
+  options.tensors = {"layer.2*"};  // here layer.2 and 20..29; there layer.2 and 20..24
+  Result<LoadStats> lacking = internal::Load(options, dest.view, *Plane(transport_));
+  ASSERT_EQ(lacking.status().code(), StatusCode::kFingerprintMismatch);
+  EXPECT_NE(lacking.status().message().find(
+                "the patterns select 6 tensors on the source, 11 here; 5 differ: the source has "
+                "no 'layer.25'"),
+            std::string::npos)
+      << lacking.status().message();
+
+  options.tensors = {"layer.1?"};  // both sides hold 10..19
+  dest.view.tensors[13].dtype = DType::kI64;
+  ASSERT_EQ(full.view.tensors[13].dtype, DType::kF64) << "the same size, another dtype";
+  Result<LoadStats> other = internal::Load(options, dest.view, *Plane(transport_));
+  ASSERT_EQ(other.status().code(), StatusCode::kFingerprintMismatch);
+  EXPECT_NE(other.status().message().find("1 differ: source 'layer.13' F64"), std::string::npos)
+      << other.status().message();
+  dest.view.tensors[13].dtype = DType::kF64;
+
+  options.partition.tp_size = 2;  // the same names, another shard's bytes
+  options.partition.tp_rank = 1;
+  Result<LoadStats> shard = internal::Load(options, dest.view, *Plane(transport_));
+  ASSERT_EQ(shard.status().code(), StatusCode::kFingerprintMismatch);
+  EXPECT_NE(shard.status().message().find("partition.tp_size"), std::string::npos)
+      << shard.status().message();
+  EXPECT_EQ((*server)->stats().refused, 3u);
+  EXPECT_EQ((*server)->stats().bytes_sent, 0u);
+}
+
+// The stream of a partial load is the same from any source that holds the selected tensors, so
+// a striped load takes disjoint parts of it from two sources of different layouts and chunk
+// sizes: one holding the whole model, one holding a stage in another storage order.
+TEST_F(ServerClientTest, AStripedPartialLoadTakesOneStreamFromSourcesOfDifferentLayouts) {
+  OwnedModel full(70, seed_, true);
+  std::vector<int> stage = Range(0, 50);
+  std::reverse(stage.begin(), stage.end());
+  OwnedModel other_layout = Pick(full, stage, true);
+  ServerOptions small = SmallChunks();
+  small.chunk_bytes = 32 << 10;
+  auto a = internal::StartServer(SmallChunks(), full.view, Plane(transport_));
+  auto b = internal::StartServer(small, other_layout.view, Plane(transport_));
+  ASSERT_TRUE(a.ok() && b.ok());
+  OwnedModel dest = Pick(full, Range(20, 50), false);
+  ClientOptions options = ClientFor((*a)->endpoint());
+  options.sources.push_back((*b)->endpoint());
+  options.stripe = 2;
+  options.tensors = {"*"};
+  Result<LoadStats> stats = internal::Load(options, dest.view, *Plane(transport_));
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  OwnedModel expected = Pick(full, Range(20, 50), true);
+  EXPECT_TRUE(dest.SameBytes(expected));
+  uint64_t delivered = 0;
+  for (const SourceAttempt& attempt : stats->attempts) {
+    EXPECT_TRUE(attempt.status.ok()) << attempt.status.ToString();
+    delivered += attempt.bytes;
+  }
+  EXPECT_EQ(delivered, expected.view.total_bytes());
+  EXPECT_EQ(stats->bytes_received, expected.view.total_bytes()) << "nothing sent twice";
+  EXPECT_TRUE(VerifyModel(dest.view, *stats).ok());
+}
+
+// A selection whose names exceed what one Register carries travels as its patterns, which then
+// must select the same tensors on the source: a source holding more of them is refused.
+TEST_F(ServerClientFaultTest, ASelectionTooLargeToNameTravelsAsItsPatterns) {
+  const int kTensors = 1500;  // x ~70-character names: more than a Register's 60 KiB
+  std::vector<unsigned char> bytes(kTensors * 8);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<unsigned char>(i * 31 + seed_);
+  auto layout = [&](int tensors, std::vector<unsigned char>& memory) {
+    ModelView model;
+    for (int i = 0; i < tensors; ++i) {
+      model.tensors.push_back({"model.layers." + std::to_string(i) +
+                                   ".block_sparse_moe.experts.gate_and_up_projection.weight",
+                               DType::kU8,
+                               {8},
+                               memory.data() + 8 * i,
+                               8});
+    }
+    return model;
+  };
+  std::vector<unsigned char> more(bytes);
+  more.resize(bytes.size() + 8);
+  auto same = internal::StartServer(SmallChunks(), layout(kTensors, bytes), Plane(transport_));
+  auto larger = internal::StartServer(SmallChunks(), layout(kTensors + 1, more), Plane(transport_));
+  ASSERT_TRUE(same.ok() && larger.ok());
+  std::vector<unsigned char> received(bytes.size());
+  ModelView dest = layout(kTensors, received);
+  ClientOptions options = ClientFor((*larger)->endpoint());
+  options.tensors = {"model.layers.*"};
+  Result<LoadStats> refused = internal::Load(options, dest, *Plane(transport_));
+  ASSERT_EQ(refused.status().code(), StatusCode::kFingerprintMismatch);
+  EXPECT_NE(refused.status().message().find("the patterns select 1501 tensors on the source, "
+                                            "1500 here; 1 differ"),
+            std::string::npos)
+      << refused.status().message();
+  options.sources = {(*same)->endpoint()};
+  Result<LoadStats> stats = internal::Load(options, dest, *Plane(transport_));
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_EQ(received, bytes);
+  EXPECT_EQ(stats->tensors, static_cast<uint64_t>(kTensors));
+}
+
 TEST_F(ServerClientFaultTest, ClientsBeyondTheLimitAreToldBusyAndAllAreEventuallyServed) {
   OwnedModel source(60, seed_, true);
   ServerOptions options = SmallChunks();
@@ -488,8 +668,9 @@ Result<wire::Envelope> RegisterRaw(const std::string& endpoint, const ModelView&
 }
 
 // Protocol version 3: a Request naming chunks the stream does not have is refused naming the
-// range and ends its session; a version-2 client (no Requests) is refused naming both versions.
-TEST_F(ServerClientFaultTest, ABadRequestEndsItsSessionAndAVersion2ClientIsRefusedByName) {
+// range and ends its session; a version-3 client (no partial loads) is refused naming both
+// versions.
+TEST_F(ServerClientFaultTest, ABadRequestEndsItsSessionAndAVersion3ClientIsRefusedByName) {
   OwnedModel source(10, seed_, true);
   LogCapture log;
   auto server = internal::StartServer(SmallChunks(), source.view, Plane(transport_));
@@ -520,11 +701,11 @@ TEST_F(ServerClientFaultTest, ABadRequestEndsItsSessionAndAVersion2ClientIsRefus
 
   wire::Envelope v2;
   ToWire(MakeFingerprint(source.view, "", {}), v2.mutable_register_()->mutable_fingerprint());
-  v2.set_protocol_version(2);
+  v2.set_protocol_version(3);
   Result<wire::Envelope> old = RawExchange(endpoint, v2.SerializeAsString());
   ASSERT_TRUE(old.ok() && old->has_reject());
   EXPECT_EQ(old->reject().code(), wire::PROTOCOL_MISMATCH);
-  EXPECT_NE(old->reject().reason().find("protocol version 2, this build speaks 3"),
+  EXPECT_NE(old->reject().reason().find("protocol version 3, this build speaks 4"),
             std::string::npos)
       << old->reject().reason();
 
@@ -615,6 +796,11 @@ TEST_F(ServerClientFaultTest, MalformedRegistersAreInvalidRequestsNamingTheField
       {"bad digest",
        with([](wire::Register* r) { r->mutable_fingerprint()->set_table_digest("XYZ"); }),
        "table_digest 'XYZ' is not 32 lowercase hex digits"},
+      {"bad pattern", with([](wire::Register* r) {
+         r->add_tensors("layer.*");
+         r->add_tensors("layer.1\\");
+       }),
+       "Register.tensors[1]: tensor pattern 'layer.1\\' ends in a lone backslash"},
   };
   for (const Case& c : cases) {
     Result<wire::Envelope> reply = RawExchange((*server)->endpoint(), c.payload);
@@ -624,7 +810,7 @@ TEST_F(ServerClientFaultTest, MalformedRegistersAreInvalidRequestsNamingTheField
         << c.what << ": " << reply->reject().reason();
     EXPECT_TRUE(reply->reject().diffs().empty()) << c.what;
   }
-  EXPECT_EQ((*server)->stats().refused, 4u);
+  EXPECT_EQ((*server)->stats().refused, 5u);
 }
 
 // What a REQ socket sends (an empty delimiter frame, then the payload) is refused in a reply it

@@ -13,7 +13,7 @@ Fingerprint Served() {
   return f;
 }
 
-RegisterRequest Request() { return {Served(), ""}; }
+RegisterRequest Request() { return {Served(), "", {}}; }
 
 Status Healthy() { return Status::Ok(); }
 
@@ -89,6 +89,36 @@ TEST(RegistrarTest, AsksTransportHealthOnlyWhenTheFingerprintAndRendezvousMatch)
   EXPECT_EQ(asked, 0);
   EXPECT_EQ(r.Decide(Request(), health).kind, Admission::Kind::kAccept);
   EXPECT_EQ(asked, 1);
+}
+
+// A partial load is compared against the tensors its patterns select on the server, and a
+// pipeline stage may load from a source with another pipeline split; tensor-parallel shards hold
+// other bytes under the same names, so their split still must match.
+TEST(RegistrarTest, APartialLoadIsMatchedOnTheSelectionAndIgnoresOnlyThePipelineSplit) {
+  Registrar r(Served(), "uri-1", 4);
+  RegisterRequest request = Request();
+  request.fingerprint.table_digest = "selected";
+  request.fingerprint.partition.pp_size = 2;
+  request.fingerprint.partition.pp_rank = 1;
+  Admission whole = r.Decide(request, Healthy);
+  EXPECT_EQ(whole.kind, Admission::Kind::kReject) << "a whole-model load compares every field";
+  EXPECT_EQ(whole.diffs.size(), 3u);
+
+  request.selected_table_digest = "selected";
+  EXPECT_EQ(r.Decide(request, Healthy).kind, Admission::Kind::kAccept);
+
+  request.selected_table_digest = "other";
+  Admission other = r.Decide(request, Healthy);
+  EXPECT_EQ(other.kind, Admission::Kind::kReject);
+  ASSERT_EQ(other.diffs.size(), 1u);
+  EXPECT_EQ(other.diffs[0].field, "table_digest");
+
+  request.selected_table_digest = "selected";
+  request.fingerprint.partition.tp_rank = 0;
+  Admission shard = r.Decide(request, Healthy);
+  EXPECT_EQ(shard.kind, Admission::Kind::kReject);
+  ASSERT_EQ(shard.diffs.size(), 1u);
+  EXPECT_EQ(shard.diffs[0].field, "partition.tp_rank");
 }
 
 }  // namespace

@@ -17,6 +17,10 @@ namespace netloader {
 // Called on the loading thread after each verified chunk.
 using ProgressCallback = std::function<void(uint64_t bytes_done, uint64_t bytes_total)>;
 
+// The most bytes of tensor names or patterns one Register carries (a server reads up to 64 KiB):
+// about a thousand names of 60 characters (ClientOptions::tensors).
+inline constexpr size_t kMaxTensorPatternBytes = 60 << 10;
+
 // See ClientOptions::connect_hook.
 enum class ConnectEvent { kBefore, kAfter };
 
@@ -49,6 +53,16 @@ struct ClientOptions : PeerOptions {
   // e.g. the previous step's weights). Chunks whose bytes already match the source's digests are
   // kept, and only the others are pulled; every chunk of the result is verified either way.
   bool destination_filled = false;
+  // A partial load: only the destination's tensors whose names match one of these patterns
+  // (TensorPatternMatches, netloader/tensor.h: '*', '?', '\' escapes) are loaded, in name
+  // order; the others are left untouched. Each pattern must match a tensor of the destination.
+  // A source serves when it holds every selected tensor with the same dtype and shape, whatever
+  // else it holds: another pipeline split, a whole model, other experts. The pipeline split
+  // (Partition::pp_size, pp_rank) is then not compared; the tensor-parallel split and
+  // layout_key are. The selection travels in one Register as its exact names; when those exceed
+  // kMaxTensorPatternBytes the patterns travel instead, and must then select exactly the same
+  // tensors on the source. Empty: the whole destination (the default).
+  std::vector<std::string> tensors;
   ProgressCallback progress;  // optional
   // Optional. Called on the loading thread just before each MPI connect to a source (kBefore)
   // and as soon as that connect returns, connected or not (kAfter). Open MPI 4.1 can wedge both
@@ -67,17 +81,18 @@ struct SourceAttempt {
 
 struct LoadStats {
   std::string source;  // the source that delivered
-  uint64_t bytes = 0;  // the model's bytes, all verified
+  uint64_t bytes =
+      0;  // the bytes loaded (the selected tensors' with ClientOptions::tensors), all verified
   // Bytes of every chunk received or in flight when a source failed, over all sources: at least
   // `bytes`; what failures cost is the difference (at most window x chunk size per failure).
   uint64_t bytes_received = 0;
   // With ClientOptions::destination_filled: bytes already in the destination that matched the
   // source's digests, so were not pulled.
   uint64_t bytes_reused = 0;
-  uint64_t tensors = 0;
-  uint64_t chunks = 0;  // the last source's chunks
-  double seconds = 0;   // from Load's start to the last chunk verified, over every source
-  double gbps = 0;      // bytes / seconds / 1e9: the load's rate, MPI start-up and connect included
+  uint64_t tensors = 0;  // tensors loaded
+  uint64_t chunks = 0;   // the last source's chunks
+  double seconds = 0;    // from Load's start to the last chunk verified, over every source
+  double gbps = 0;  // bytes / seconds / 1e9: the load's rate, MPI start-up and connect included
   double transfer_gbps = 0;  // the last source's bytes / transfer_seconds / 1e9
   // Where the last source's part of `seconds` went:
   double register_seconds = 0;  // Register sent until Accept received (incl. Busy retries)
@@ -87,7 +102,9 @@ struct LoadStats {
   double connect_seconds = 0;           // MPI connect to the source
   double transfer_seconds = 0;          // first chunk posted until the last one verified
   std::vector<SourceAttempt> attempts;  // every source tried, in order, the last one succeeded
-  // The source's XXH3-64 of each tensor, in storage order: what VerifyModel checks against.
+  // The tensors loaded, in stream order (storage order; name order for a partial load), and the
+  // source's XXH3-64 of each: what VerifyModel checks against.
+  std::vector<std::string> tensor_names;
   std::vector<uint64_t> tensor_digests;
 };
 
@@ -105,9 +122,10 @@ struct LoadStats {
 NETLOADER_EXPORT Result<LoadStats> Load(const ClientOptions& options, const ModelView& destination);
 
 // Re-verifies a loaded model at any later time (the buffers Load filled, or a copy of them such
-// as the files written from them) against the source's per-tensor digests in `stats`. One pass
-// over the memory. Errors: ChecksumMismatch naming the tensors that differ (up to 5, then a
-// count), InvalidArgument when the model has another number of tensors.
+// as the files written from them) against the source's per-tensor digests in `stats`: each
+// tensor the load filled, found in `model` by name (others in `model` are not looked at). One
+// pass over that memory. Errors: ChecksumMismatch naming the tensors that differ (up to 5, then
+// a count), InvalidArgument naming a tensor the load filled that `model` lacks.
 NETLOADER_EXPORT Status VerifyModel(const ModelView& model, const LoadStats& stats);
 
 }  // namespace netloader

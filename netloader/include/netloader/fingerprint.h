@@ -10,7 +10,7 @@
 namespace netloader {
 
 // The protocol version this build speaks. Peers of another version are refused by name.
-inline constexpr uint32_t kProtocolVersion = 3;  // 3: chunk requests (PROTOCOL.md, section 10)
+inline constexpr uint32_t kProtocolVersion = 4;  // 4: partial loads (PROTOCOL.md, section 10)
 
 // What must match before a single byte moves (DESIGN.md, "Fingerprint").
 struct Fingerprint {
@@ -38,8 +38,12 @@ NETLOADER_EXPORT Fingerprint MakeFingerprint(const ModelView& model, std::string
                                              Partition partition);
 
 // Every field in which `client` differs from `server`; empty when the client may be served.
+// With `partial` (a partial load: the tables are of the selected tensors), the pipeline split
+// (pp_size, pp_rank) is not compared: a pipeline stage holds whole tensors, the same bytes in
+// every split. Tensor-parallel shards and layout_key still must match.
 NETLOADER_EXPORT std::vector<FieldDiff> CompareFingerprints(const Fingerprint& server,
-                                                            const Fingerprint& client);
+                                                            const Fingerprint& client,
+                                                            bool partial = false);
 
 // "field: server=X client=Y; ..." for logs and error messages.
 NETLOADER_EXPORT std::string DescribeDiffs(const std::vector<FieldDiff>& diffs);

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "netloader/dtype.h"
@@ -49,5 +50,21 @@ NETLOADER_EXPORT Status ValidateModelView(const ModelView& model);
 
 // Checks sizes and ranks; names the first field out of range.
 NETLOADER_EXPORT Status ValidatePartition(const Partition& partition);
+
+// Tensor selection, for partial loads (ClientOptions::tensors; PROTOCOL.md, section 4.2.1). A
+// pattern matches a whole tensor name: '*' matches any run of characters ('.' included), '?'
+// any one character, a backslash makes the character after it literal; every other character
+// matches itself. A pattern without wildcards is an exact name.
+NETLOADER_EXPORT bool TensorPatternMatches(std::string_view pattern, std::string_view name);
+// Errors: InvalidArgument for an empty pattern, one longer than 1,024 bytes, or one ending in a
+// lone backslash.
+NETLOADER_EXPORT Status ValidateTensorPattern(std::string_view pattern);
+// The pattern that matches exactly `name` (its wildcards and backslashes escaped).
+NETLOADER_EXPORT std::string ExactTensorPattern(std::string_view name);
+// The tensors of `model` matching any of `patterns`, in name order (bytewise): the stream order
+// of a partial load, the same on both sides whatever each side's storage order. Errors:
+// InvalidArgument naming a pattern that is malformed or matches no tensor of `model`.
+NETLOADER_EXPORT Result<ModelView> SelectTensors(const ModelView& model,
+                                                 const std::vector<std::string>& patterns);
 
 }  // namespace netloader
