@@ -79,10 +79,13 @@ Status CheckWrittenCheckpoint(const std::string& dir, const CheckpointLayout& wr
   return status;
 }
 
-// --delta-from: the older copy, read into memory, which must have the layout of --model: the
-// same tensors (names, dtypes, shapes) in the same order.
-Result<HostModel> ReadOlderCopy(const std::string& dir, const CheckpointLayout& expected) {
+// --delta-from: the older copy (its tensors selected by --tensors, if given), read into memory,
+// which must have the layout of --model: the same tensors (names, dtypes, shapes) in the same
+// order.
+Result<HostModel> ReadOlderCopy(const std::string& dir, const CheckpointLayout& expected,
+                                const std::vector<std::string>& patterns) {
   Result<CheckpointLayout> layout = ReadCheckpointLayout(dir);
+  if (layout.ok() && !patterns.empty()) layout = SelectFromLayout(*layout, patterns);
   if (!layout.ok()) return layout.status().WithContext("--delta-from");
   auto flatten = [](const CheckpointLayout& l) {
     std::vector<const TensorSpec*> all;
@@ -118,9 +121,10 @@ int main(int argc, char** argv) {
       "partition, verifying every chunk against the source's XXH3 digests. A source that fails\n"
       "mid-transfer costs only the chunks in flight: the next --source is asked for the rest.\n"
       "Then writes the checkpoint to --output (same shard files and metadata) or, with\n"
-      "--verify-only, stops. In the summary, bytes_received counts every chunk received or in\n"
-      "flight over all sources, and attempts lists each source tried with the bytes it\n"
-      "delivered.\n"
+      "--verify-only, stops. With --tensors, only the tensors named are loaded and written,\n"
+      "from any source that holds them (a whole model, another pipeline split).\n"
+      "In the summary, bytes_received counts every chunk received or in flight over all\n"
+      "sources, and attempts lists each source tried with the bytes it delivered.\n"
       "The summary gives the transfer's own time and rate (transfer_seconds, transfer_gbps)\n"
       "apart from the whole run's wall time (wall_seconds: reading --model, MPI start-up,\n"
       "registration, the transfer, writing and reading back --output)."};
@@ -162,6 +166,14 @@ int main(int argc, char** argv) {
                  "differ from the source's are pulled. bytes_reused in the summary says how much "
                  "was kept; every chunk of the result is verified either way")
       ->check(CLI::ExistingPath);
+  app.add_option("--tensors", options.tensors,
+                 "A partial load: only the tensors whose names match PATTERN ('*' any run of "
+                 "characters, '?' one, '\\' makes the next literal; a name without wildcards "
+                 "is itself). Repeat for more. Each must match a tensor of --model. A source "
+                 "serves when it holds every one of them with the same dtype and shape, whatever "
+                 "else it holds; its pipeline split (--pp-size, --pp-rank) may differ. --output "
+                 "then gets only these tensors, in the shard files of --model that hold them")
+      ->type_name("PATTERN");
   bool skip_output_check = false;
   app.add_flag("--skip-output-check", skip_output_check,
                "Do not read --output back to check it against the source's per-tensor digests");
@@ -227,6 +239,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "netloader-client: %s\n", layout.status().ToString().c_str());
     return cli::kExitBadModel;
   }
+  if (!options.tensors.empty()) {
+    layout = SelectFromLayout(*layout, options.tensors);
+    if (!layout.ok()) {
+      std::fprintf(stderr, "netloader-client: --tensors: %s in --model %s\n",
+                   layout.status().message().c_str(), model_path.c_str());
+      return cli::kExitUsage;
+    }
+  }
   if (!output_dir.empty() && !overwrite) {
     const std::vector<std::string> existing = ExistingOutputFiles(output_dir, *layout);
     if (!existing.empty()) {
@@ -239,8 +259,8 @@ int main(int argc, char** argv) {
       return cli::kExitOutput;
     }
   }
-  Result<HostModel> model =
-      delta_dir.empty() ? HostModel::Allocate(*layout) : ReadOlderCopy(delta_dir, *layout);
+  Result<HostModel> model = delta_dir.empty() ? HostModel::Allocate(*layout)
+                                              : ReadOlderCopy(delta_dir, *layout, options.tensors);
   if (!model.ok()) {
     std::fprintf(stderr, "netloader-client: %s\n", model.status().ToString().c_str());
     // Memory that could not be had is an internal failure; a bad --delta-from, a bad model.

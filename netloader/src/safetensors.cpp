@@ -195,6 +195,38 @@ uint64_t CheckpointLayout::total_bytes() const {
   return n;
 }
 
+Result<CheckpointLayout> SelectFromLayout(const CheckpointLayout& layout,
+                                          const std::vector<std::string>& patterns) {
+  std::vector<bool> matched(patterns.size(), false);
+  for (size_t p = 0; p < patterns.size(); ++p) {
+    Status valid = ValidateTensorPattern(patterns[p]);
+    if (!valid.ok()) return valid;
+  }
+  CheckpointLayout selected = layout;
+  selected.shards.clear();
+  for (const ShardLayout& shard : layout.shards) {
+    ShardLayout kept = shard;
+    kept.tensors.clear();
+    for (const TensorSpec& t : shard.tensors) {
+      bool any = false;
+      for (size_t p = 0; p < patterns.size(); ++p) {
+        if (!TensorPatternMatches(patterns[p], t.name)) continue;
+        matched[p] = true;
+        any = true;
+      }
+      if (any) kept.tensors.push_back(t);
+    }
+    if (!kept.tensors.empty()) selected.shards.push_back(std::move(kept));
+  }
+  for (size_t p = 0; p < patterns.size(); ++p) {
+    if (matched[p]) continue;
+    return Status(StatusCode::kInvalidArgument,
+                  "tensor pattern '" + patterns[p] + "' matches none of the " +
+                      std::to_string(layout.tensor_count()) + " tensors");
+  }
+  return selected;
+}
+
 Result<ShardLayout> ParseSafetensorsHeader(const std::string& header, uint64_t data_bytes,
                                            const std::string& path) {
   json doc = json::parse(header, nullptr, /*allow_exceptions=*/false);

@@ -393,7 +393,7 @@ TEST(CliTest, HelpExplainsEveryFlagAndTheExitCodes) {
                            "--model-id",    "--json",       "--rendezvous",
                            "--secret-file", "--no-auth",    "--heartbeat-timeout",
                            "--delta-from",  "bytes_reused", "bytes_received",
-                           "attempts",      "Exit codes"}) {
+                           "--tensors",     "attempts",     "Exit codes"}) {
     EXPECT_NE(client.Stdout().find(flag), std::string::npos) << flag;
   }
   Child server({Bin("netloader-server"), "--help"}, tmp / "server");
@@ -662,6 +662,53 @@ TEST(CliTest, ADeltaLoadPullsOnlyTheChunksThatChangedAndTheResultIsTheSourcesByt
   EXPECT_EQ(refused.exit_code, 3) << refused.stderr_text;
   EXPECT_NE(refused.stderr_text.find("has another layout than --model: tensor"), std::string::npos)
       << refused.stderr_text;
+}
+
+// A partial load takes only the tensors named, from a source holding the whole model under
+// another pipeline split, and writes only those; its output then serves a partial load of a
+// subset of them: a source whose overall layout is a stage of the model.
+TEST(CliTest, APartialLoadTakesOnlyTheNamedTensorsFromAnySourceHoldingThem) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 45, 32, 2, 43);
+  ServerProcess server(tmp, tmp / "model", {"--chunk-mib", "1"});
+  const std::vector<std::string> patterns = {"model.layers.1.*", "model.layers.3.mlp.*"};
+  ClientRun run = RunClient(
+      tmp, "client",
+      {"--source", server.endpoint(), "--model", tmp / "model", "--tensors", patterns[0],
+       "--tensors", patterns[1], "--pp-size", "2", "--pp-rank", "1", "--output", tmp / "stage"});
+  ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
+  ExpectSameCheckpoint(tmp / "model", tmp / "stage", patterns);
+  Result<CheckpointLayout> selected =
+      SelectFromLayout(*ReadCheckpointLayout(tmp / "model"), patterns);
+  ASSERT_TRUE(selected.ok());
+  EXPECT_EQ(run.summary["tensors"], selected->tensor_count());
+  EXPECT_EQ(run.summary["bytes"], selected->total_bytes());
+  EXPECT_EQ(run.summary["bytes_received"], selected->total_bytes()) << "nothing else was sent";
+  EXPECT_TRUE(run.summary["output_verified"].get<bool>());
+
+  TempDir stage_tmp;  // its own endpoint file
+  ServerProcess stage(stage_tmp, tmp / "stage", {"--pp-size", "2", "--pp-rank", "1"});
+  ClientRun subset = RunClient(tmp, "subset",
+                               {"--source", stage.endpoint(), "--model", tmp / "model", "--tensors",
+                                patterns[1], "--output", tmp / "mlp"});
+  ASSERT_EQ(subset.exit_code, 0) << subset.stderr_text;
+  ExpectSameCheckpoint(tmp / "model", tmp / "mlp", {patterns[1]});
+
+  // Tensors the stage does not hold: refused by name, and the client says which.
+  ClientRun lacking = RunClient(tmp, "lacking",
+                                {"--source", stage.endpoint(), "--model", tmp / "model",
+                                 "--tensors", "model.layers.2.*", "--verify-only"});
+  EXPECT_EQ(lacking.exit_code, 4) << lacking.stderr_text;
+  EXPECT_NE(lacking.stderr_text.find("the source has no 'model.layers.2."), std::string::npos)
+      << lacking.stderr_text;
+  // A pattern that matches nothing in --model is a usage error, before any source is asked.
+  ClientRun typo = RunClient(tmp, "typo",
+                             {"--source", stage.endpoint(), "--model", tmp / "model", "--tensors",
+                              "model.layer.1.*", "--verify-only"});
+  EXPECT_EQ(typo.exit_code, 2) << typo.stderr_text;
+  EXPECT_NE(typo.stderr_text.find("'model.layer.1.*' matches none of the 45 tensors"),
+            std::string::npos)
+      << typo.stderr_text;
 }
 
 // Frozen, not dead: the kernel keeps its TCP connections open, so only the missing heartbeats

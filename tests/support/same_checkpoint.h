@@ -12,8 +12,12 @@
 namespace netloader::testing {
 
 // Tensor-by-tensor comparison through the reader: names, dtypes, shapes, bytes, metadata.
-inline void ExpectSameCheckpoint(const std::string& expected, const std::string& actual) {
+// With `patterns`: `actual` holds exactly the tensors of `expected` they select (a partial load's
+// output), in the same shards and order.
+inline void ExpectSameCheckpoint(const std::string& expected, const std::string& actual,
+                                 const std::vector<std::string>& patterns = {}) {
   auto a = ReadCheckpointLayout(expected);
+  if (a.ok() && !patterns.empty()) a = SelectFromLayout(*a, patterns);
   auto b = ReadCheckpointLayout(actual);
   ASSERT_TRUE(a.ok() && b.ok()) << a.status().ToString() << " / " << b.status().ToString();
   ASSERT_EQ(a->shards.size(), b->shards.size());

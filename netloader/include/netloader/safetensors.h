@@ -36,8 +36,8 @@ struct CheckpointLayout {
   bool indexed = false;                    // came with an index.json
   std::string index_metadata_json = "{}";  // the index's "metadata" object, verbatim JSON
 
-  size_t tensor_count() const;
-  uint64_t total_bytes() const;
+  NETLOADER_EXPORT size_t tensor_count() const;
+  NETLOADER_EXPORT uint64_t total_bytes() const;
 };
 
 // What ReadCheckpointLayout asks of the files.
@@ -55,6 +55,13 @@ enum class LayoutRead {
 // Malformed input gives InvalidArgument naming the file and what is wrong; missing input NotFound.
 NETLOADER_EXPORT Result<CheckpointLayout> ReadCheckpointLayout(
     const std::string& path, LayoutRead read = LayoutRead::kCheckpoint);
+
+// The tensors of `layout` whose names match any of `patterns` (TensorPatternMatches), in the same
+// shards and order; shards left without tensors are dropped. What a partial load's client
+// allocates and writes. Errors: InvalidArgument naming a pattern that is malformed or matches
+// no tensor.
+NETLOADER_EXPORT Result<CheckpointLayout> SelectFromLayout(
+    const CheckpointLayout& layout, const std::vector<std::string>& patterns);
 
 // Parses one file's header bytes (the JSON after the 8-byte length), given how many bytes of
 // tensor data follow it (UINT64_MAX: unknown, do not check). Checks dtypes, shapes, offsets in
