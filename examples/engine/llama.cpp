@@ -259,11 +259,12 @@ netloader::ModelView Weights::view() {
   return view;
 }
 
-Status Weights::LoadFromDisk() {
+Status Weights::LoadFromDisk(const std::set<std::string>& except) {
   std::map<std::string, int> fds;
   Status status;
   for (size_t i = 0; i < specs_.size() && status.ok(); ++i) {
     const ShardSpec& s = specs_[i];
+    if (except.count(s.full.name)) continue;
     int& fd = fds[s.path];
     if (fd == 0) fd = open(s.path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {

@@ -10,6 +10,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -77,8 +78,9 @@ class Weights {
   explicit Weights(std::vector<ShardSpec> specs);
   // The buffers as netloader sees them: names of the checkpoint, this rank's shapes.
   netloader::ModelView view();
-  // Reads this rank's slices from the checkpoint files, overwriting every buffer.
-  netloader::Status LoadFromDisk();
+  // Reads this rank's slices from the checkpoint files, overwriting every buffer but those named
+  // in `except` (loaded otherwise).
+  netloader::Status LoadFromDisk(const std::set<std::string>& except = {});
   const float* get(const std::string& name) const;  // nullptr if this rank does not hold it
   uint64_t total_bytes() const;
   // Flips one bit of one weight: for fault tests only (a source whose memory went bad).

@@ -7,6 +7,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "netloader/tensor.h"
+
 namespace llama {
 
 using netloader::Result;
@@ -149,6 +151,22 @@ const std::vector<Key>& Keys() {
        "a directory holding an older copy of the checkpoint (same layout): each rank starts from "
        "its weights there and pulls from its sources only the chunks that differ",
        [](const Json& v, LoaderConfig& c, int) { return Text(v, false, &c.delta_from); }},
+      {"TENSORS",
+       "list of tensor name patterns ('*', '?'): each rank loads only its tensors that match "
+       "through netloader, from a source of any pipeline split that holds them (a partial load), "
+       "and the rest of its tensors from disk; [\"*\"] loads all of them that way",
+       [](const Json& v, LoaderConfig& c, int) -> std::string {
+         const char* form = "must be a non-empty list of tensor name patterns";
+         if (!v.is_array() || v.empty()) return form;
+         c.tensors.clear();
+         for (const Json& pattern : v) {
+           if (!pattern.is_string()) return form;
+           netloader::Status valid = netloader::ValidateTensorPattern(pattern.get<std::string>());
+           if (!valid.ok()) return "has " + valid.message();
+           c.tensors.push_back(pattern.get<std::string>());
+         }
+         return "";
+       }},
       {"RENDEZVOUS",
        "MPI rendezvous shared by all instances (ompi-server URI or file:PATH); required under "
        "mpirun, which must be given the same with --ompi-server",

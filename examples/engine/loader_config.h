@@ -32,6 +32,7 @@ struct LoaderConfig {
   int window = 4;                         // WINDOW
   int stripe = 1;                         // STRIPE
   std::string delta_from;                 // DELTA_FROM
+  std::vector<std::string> tensors;       // TENSORS: name patterns; empty: every tensor
   std::string rendezvous;                 // RENDEZVOUS
   std::string interface = "lo";           // INTERFACE
 };

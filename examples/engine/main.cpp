@@ -20,6 +20,7 @@
 #include <fstream>
 #include <future>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 
 #include "examples/engine/llama.h"
@@ -251,6 +252,13 @@ int main(int argc, char** argv) {
                            {"bytes", weights.total_bytes()}};
   const int64_t load_started = EpochMs();
   std::string loaded_from = "disk", fallback_reason;
+  // TENSORS: the tensors of this rank a partial load fills; the others come from disk.
+  std::set<std::string> partial;
+  for (const netloader::TensorView& t : weights.view().tensors) {
+    for (const std::string& pattern : loader.tensors) {
+      if (netloader::TensorPatternMatches(pattern, t.name)) partial.insert(t.name);
+    }
+  }
   // The ranks connect to their sources one after another (rank r once rank r - 1 has), because
   // Open MPI can wedge two connects between the same two mpirun jobs made at the same moment
   // (DESIGN.md); their transfers still overlap. Every rank passes the turn on exactly once.
@@ -269,6 +277,8 @@ int main(int argc, char** argv) {
     auto it = loader.sources.find(rank);
     if (it == loader.sources.end()) {
       fallback_reason = "no SOURCE for rank " + std::to_string(rank);
+    } else if (!loader.tensors.empty() && partial.empty()) {
+      fallback_reason = "TENSORS matches none of rank " + std::to_string(rank) + "'s tensors";
     } else {
       netloader::ClientOptions options;
       options.sources = it->second;
@@ -283,6 +293,11 @@ int main(int argc, char** argv) {
       options.secret = secret;
       options.busy_timeout = Ms(std::max(60.0, loader.register_timeout_s));
       options.transport = transport;
+      // Named exactly: the source may hold more tensors matching TENSORS than this rank (another
+      // pipeline split, a whole model); this rank needs these.
+      for (const std::string& name : partial) {
+        options.tensors.push_back(netloader::ExactTensorPattern(name));
+      }
       options.connect_hook = [&](netloader::ConnectEvent event) {
         event == netloader::ConnectEvent::kBefore ? take_turn() : pass_turn();
       };
@@ -314,6 +329,7 @@ int main(int argc, char** argv) {
         for (const netloader::SourceAttempt& a : stats->attempts) pulled += a.bytes;
         report["bytes_pulled"] = pulled;
         report["bytes_reused"] = stats->bytes_reused;
+        report["tensors_loaded"] = stats->tensors;
       } else {
         fallback_reason = stats.status().ToString();
       }
@@ -324,9 +340,14 @@ int main(int argc, char** argv) {
     }
   }
   pass_turn();  // also when this rank never connected: the next one must not wait for its disk
-  if (loaded_from == "disk") {
-    netloader::Status status = weights.LoadFromDisk();
+  if (loaded_from == "disk" || !partial.empty()) {
+    // Everything, or what a partial load left out.
+    const size_t from_disk = loaded_from == "disk" ? weights.view().tensors.size()
+                                                   : weights.view().tensors.size() - partial.size();
+    netloader::Status status =
+        weights.LoadFromDisk(loaded_from == "disk" ? std::set<std::string>{} : partial);
     if (!status.ok()) return fail(status.message(), 3);
+    report["tensors_from_disk"] = from_disk;
   }
   report["load_started_ms"] = load_started;
   report["load_finished_ms"] = EpochMs();

@@ -215,6 +215,60 @@ TEST(EngineTest, Pp2StagesLoadFromTheMatchingStagesAndDecodeExactlyAsTp1FromDisk
   }
 }
 
+// TENSORS ["*"]: each stage of a PP=2 instance loads its layers from a PP=1 instance, which holds
+// the whole model (a partial load: the pipeline split is not compared), and decodes bit for bit
+// as one process from disk.
+TEST(EngineTest, Pp2StagesLoadTheirLayersFromAPp1InstanceAndDecodeExactlyAsFromDisk) {
+  TempDir tmp;
+  MakeLlama(tmp / "model");
+  Rendezvous rendezvous(tmp);
+  ASSERT_TRUE(rendezvous.ready()) << rendezvous.child().Stderr();
+  const EngineRun disk = DiskRun(tmp, tmp / "model", 1);
+  Instance a(tmp, "a", tmp / "model", 1, rendezvous.spec());
+  EngineRun b = RunEngine(
+      tmp, "b",
+      EngineArgv(
+          2, rendezvous.spec(),
+          {"--model", tmp / "model", "--pipeline-parallel-size", "2", "--model-loader-extra-config",
+           SourceConfig({{0, {a.endpoint(0)}}, {1, {a.endpoint(0)}}},
+                        {{"RENDEZVOUS", rendezvous.spec()}, {"TENSORS", {"*"}}})}));
+  ASSERT_EQ(b.exit_code, 0) << b.stderr_text;
+  ASSERT_EQ(b.ranks.size(), 2u) << b.stderr_text;
+  uint64_t bytes = 0;
+  for (int rank : {0, 1}) {
+    EXPECT_EQ(b.ranks[rank]["loaded_from"], a.endpoint(0)) << b.stderr_text;
+    EXPECT_EQ(b.ranks[rank]["tensors_from_disk"], 0) << b.ranks[rank].dump();
+    EXPECT_EQ(b.ranks[rank]["bytes_pulled"], b.ranks[rank]["bytes"]) << b.ranks[rank].dump();
+    EXPECT_EQ(b.ranks[rank]["tokens"], disk.ranks.at(0)["tokens"]);
+    EXPECT_EQ(b.ranks[rank]["logits_digest"], disk.ranks.at(0)["logits_digest"]);
+    bytes += b.ranks[rank]["bytes"].get<uint64_t>();
+  }
+  EXPECT_EQ(bytes, disk.ranks.at(0)["bytes"].get<uint64_t>()) << "the two stages hold the model";
+  ASSERT_EQ(a.Stop(), 0);
+  EXPECT_NE(a.child().Stdout().find("\"served\":2"), std::string::npos) << a.child().Stdout();
+}
+
+// An expert-style subset: TENSORS picks some of each layer's tensors (the MLP), which come from
+// the peer; the rest come from disk; the output is bit for bit that of a disk load.
+TEST(EngineTest, ASubsetOfEachLayerComesFromThePeerAndTheRestFromDisk) {
+  TempDir tmp;
+  MakeLlama(tmp / "model");
+  const EngineRun disk = DiskRun(tmp, tmp / "model");
+  Instance a(tmp, "a", tmp / "model", 1);
+  EngineRun b = RunSingle(
+      tmp, "b",
+      {"--model", tmp / "model", "--model-loader-extra-config",
+       SourceConfig({{0, {a.endpoint(0)}}}, {{"TENSORS", {"model.layers.*.mlp.*_proj.weight"}}})});
+  ExpectSameOutput(b, disk);
+  const json& report = b.ranks[0];
+  EXPECT_EQ(report["loaded_from"], a.endpoint(0)) << b.stderr_text;
+  const int layers = 4;  // netloader-make-llama's default
+  EXPECT_EQ(report["tensors_loaded"], 3 * layers) << report.dump();
+  EXPECT_EQ(report["tensors_from_disk"], 6 * layers + 3) << report.dump();
+  EXPECT_GT(report["bytes_pulled"].get<uint64_t>(), 0u);
+  EXPECT_LT(report["bytes_pulled"].get<uint64_t>(), report["bytes"].get<uint64_t>());
+}
+
 // DELTA_FROM: an instance holding an older copy of the weights (one byte differs) pulls only the
 // chunk that changed from a running instance of the new ones, and decodes exactly as from disk.
 TEST(EngineTest, ADeltaFromAnOlderCopyPullsOnlyTheChangedChunkAndDecodesAsFromDisk) {

@@ -17,7 +17,7 @@ TEST(LoaderConfigTest, NetloaderKeysAreReadAndHostPortBecomesAnEndpoint) {
   auto config = ParseLoaderConfig(R"({
       "SOURCE": [{"device_id": 1, "sources": ["10.0.0.5:7001", "tcp://10.0.0.6:7001"]}],
       "LISTEN_PORT": 7000, "MODEL": "org/llama@rev", "OUTPUT_PREFIX": "/tmp/ep-",
-      "STALL_TIMEOUT": 2.5, "SERVE": false})",
+      "STALL_TIMEOUT": 2.5, "SERVE": false, "TENSORS": ["model.layers.*.mlp.*", "lm_head.weight"]})",
                                   2);
   ASSERT_TRUE(config.ok()) << config.status().ToString();
   EXPECT_EQ(config->sources.at(1),
@@ -27,6 +27,7 @@ TEST(LoaderConfigTest, NetloaderKeysAreReadAndHostPortBecomesAnEndpoint) {
   EXPECT_EQ(config->model_id, "org/llama@rev");
   EXPECT_EQ(config->stall_timeout_s, 2.5);
   EXPECT_FALSE(config->serve);
+  EXPECT_EQ(config->tensors, (std::vector<std::string>{"model.layers.*.mlp.*", "lm_head.weight"}));
 }
 
 TEST(LoaderConfigTest, InlineKeysWinOverTheConfigFile) {
@@ -50,6 +51,8 @@ TEST(LoaderConfigTest, EveryMistakeNamesTheKeyAndWhere) {
        "lists device_id 0 twice"},
       {R"({"SOURCE": [{"device_id": 0}]})", "SOURCE must be a list of"},
       {R"({"RENDEZVOUS": ""})", "RENDEZVOUS must be a non-empty string"},
+      {R"({"TENSORS": []})", "TENSORS must be a non-empty list of tensor name patterns"},
+      {R"({"TENSORS": ["ok.*", "bad\\"]})", "TENSORS has tensor pattern 'bad\\' ends in a lone"},
       {R"({"CONFIG_FILE": ")" + (tmp / "bad.json") + R"("})", "bad.json: WINDOW must be"},
       {"[]", "must be a JSON object"},
   };
