@@ -14,7 +14,8 @@
 
 namespace netloader {
 
-// Largest control message a server reads; Register and Done are a few hundred bytes. Larger
+// Largest control message a server reads; Register and Done are a few hundred bytes (a partial
+// load's Register up to ~60 KiB of tensor names: kMaxTensorPatternBytes). Larger
 // ones up to kServerCutoffBytes get Reject{PROTOCOL_MISMATCH}; beyond that ZeroMQ closes the
 // connection (ZMQ_MAXMSGSIZE), which bounds what a peer can make the server buffer.
 inline constexpr size_t kMaxServerMessageBytes = 64 << 10;
