@@ -394,14 +394,16 @@ class SampleTable {
     return {v[v.size() / 2], v.front(), v.back()};
   }
 
-  // Median over repetitions of sample[i] / baseline[i]: each ratio compares two measurements taken
-  // moments apart, which survives the drift of a noisy machine better than a ratio of medians.
-  double PairedRatio(const std::string& name, const std::string& baseline) const {
+  // Median over repetitions of sample[i] / baseline[i] (of `field`: the rate by default): each
+  // ratio compares two measurements taken moments apart, which survives the drift of a noisy
+  // machine better than a ratio of medians.
+  double PairedRatio(const std::string& name, const std::string& baseline,
+                     const std::string& field = "gbps") const {
     const auto& a = samples_.at(name);
     const auto& b = samples_.at(baseline);
     std::vector<double> ratios;
     for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-      ratios.push_back(a[i]["gbps"].get<double>() / b[i]["gbps"].get<double>());
+      ratios.push_back(a[i][field].get<double>() / b[i][field].get<double>());
     }
     std::sort(ratios.begin(), ratios.end());
     return ratios.empty() ? 0 : ratios[ratios.size() / 2];
@@ -1005,7 +1007,7 @@ class Bench : SampleTable {
         100 * delta_pulled, Of("delta", "pulled").median / (1 << 20), Of("delta", "seconds").median,
         Of("delta_full", "seconds").median, 100 * delta_time);
     const double partial_bytes = Of("partial", "bytes").median / bytes;
-    const double partial_time = 1 / PairedRatio("partial", "delta_full");
+    const double partial_time = PairedRatio("partial", "delta_full", "seconds");
     std::printf(
         "partial: the even-numbered layers (%.1f %% of the bytes): %.3f s against %.3f s for a "
         "full load (%.0f %%, paired); registering %.1f ms against %.1f ms (the source builds the "
