@@ -29,6 +29,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -529,12 +530,29 @@ class Bench : SampleTable {
       LoadKind delta;
       delta.delta_from = older;
       Add("delta", Load(big_, endpoints_[0], delta));
-      // A pipeline stage's share: the layers whose number ends in an even digit, about half.
       LoadKind partial;
-      partial.select = {"model.layers.*0.*", "model.layers.*2.*", "model.layers.*4.*",
-                        "model.layers.*6.*", "model.layers.*8.*"};
+      partial.select = EvenLayers(big_);
       Add("partial", Load(big_, endpoints_[0], partial));
     }
+  }
+
+  // A pipeline stage's share of `model`: one pattern per even-numbered layer
+  // ("model.layers.N.*"), or every tensor when it has no such names.
+  static std::vector<std::string> EvenLayers(const std::string& model) {
+    std::set<std::string> patterns;
+    const std::string prefix = "model.layers.";
+    for (const auto& shard : Check(netloader::ReadCheckpointLayout(model), model).shards) {
+      for (const auto& t : shard.tensors) {
+        if (t.name.rfind(prefix, 0) != 0) continue;
+        const size_t dot = t.name.find('.', prefix.size());
+        const std::string layer = t.name.substr(prefix.size(), dot - prefix.size());
+        if (!layer.empty() && (layer.back() - '0') % 2 == 0) {
+          patterns.insert(prefix + layer + ".*");
+        }
+      }
+    }
+    if (patterns.empty()) return {"*"};
+    return {patterns.begin(), patterns.end()};
   }
 
   // Another server of the big model only, in a process of its own (it is killed).
