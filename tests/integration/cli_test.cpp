@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "netloader/safetensors.h"
+#include "netloader/server.h"
 #include "tests/support/same_checkpoint.h"
 #include "tests/support/test_util.h"
 
@@ -541,7 +542,7 @@ TEST(CliFaultTest, ASourceKilledAtHalfCostsOnlyTheChunksInFlightTheNextOneSendsT
   const nlohmann::json summary = sources.KillAAtTheHold(client, tmp / "go");
   ASSERT_TRUE(summary.is_object());
   const uint64_t bytes = summary["bytes"];
-  const uint64_t chunk_bytes = 4 << 20;  // the server's default
+  const uint64_t chunk_bytes = ServerOptions{}.chunk_bytes;  // the server's default
   EXPECT_GE(summary["bytes_received"].get<uint64_t>(), bytes);
   EXPECT_LE(summary["bytes_received"].get<uint64_t>(), bytes + window * chunk_bytes)
       << summary.dump();
@@ -613,18 +614,18 @@ TEST(CliFaultTest, AStripedSourceKilledMidLoadHandsItsChunksToTheOther) {
   EXPECT_EQ(summary["attempts"][0]["bytes"].get<uint64_t>() +
                 summary["attempts"][1]["bytes"].get<uint64_t>(),
             bytes);
-  EXPECT_LE(summary["bytes_received"].get<uint64_t>(), bytes + window * (4u << 20))
+  EXPECT_LE(summary["bytes_received"].get<uint64_t>(), bytes + window * ServerOptions{}.chunk_bytes)
       << summary.dump();
   ExpectSameCheckpoint(tmp / "model", tmp / "out");
 }
 
-// Flips one byte in the middle of tensor `index` of a one-shard checkpoint, in place.
-void FlipAByteOf(const std::string& dir, size_t index) {
+// Flips one byte in the middle of tensor `index` of shard `shard` of a checkpoint, in place.
+void FlipAByteOf(const std::string& dir, size_t index, size_t shard = 0) {
   Result<CheckpointLayout> layout = ReadCheckpointLayout(dir);
   ASSERT_TRUE(layout.ok()) << layout.status().ToString();
-  const TensorSpec& t = layout->shards.at(0).tensors.at(index);
+  const TensorSpec& t = layout->shards.at(shard).tensors.at(index);
   ASSERT_GT(t.size_bytes, 0u);
-  std::fstream file(layout->shards[0].path, std::ios::in | std::ios::out | std::ios::binary);
+  std::fstream file(layout->shards[shard].path, std::ios::in | std::ios::out | std::ios::binary);
   file.seekg(static_cast<std::streamoff>(t.file_offset + t.size_bytes / 2));
   const char byte = static_cast<char>(file.get() ^ 0x5a);
   file.seekp(static_cast<std::streamoff>(t.file_offset + t.size_bytes / 2));
@@ -685,6 +686,29 @@ TEST(CliTest, APartialLoadTakesOnlyTheNamedTensorsFromAnySourceHoldingThem) {
   EXPECT_EQ(run.summary["bytes"], selected->total_bytes());
   EXPECT_EQ(run.summary["bytes_received"], selected->total_bytes()) << "nothing else was sent";
   EXPECT_TRUE(run.summary["output_verified"].get<bool>());
+
+  // With --delta-from: an older copy in which one byte of a selected tensor differs refreshes
+  // only that tensor's chunk of the selection.
+  std::filesystem::copy(tmp / "model", tmp / "older");
+  {
+    Result<CheckpointLayout> older = ReadCheckpointLayout(tmp / "older");
+    ASSERT_TRUE(older.ok());
+    size_t shard = 0, changed = 0;
+    while (older->shards.at(shard).tensors.at(changed).name.rfind("model.layers.1.", 0) != 0) {
+      if (++changed == older->shards[shard].tensors.size()) ++shard, changed = 0;
+    }
+    FlipAByteOf(tmp / "older", changed, shard);
+  }
+  ClientRun delta = RunClient(
+      tmp, "delta",
+      {"--source", server.endpoint(), "--model", tmp / "model", "--tensors", patterns[0],
+       "--tensors", patterns[1], "--delta-from", tmp / "older", "--output", tmp / "refreshed"});
+  ASSERT_EQ(delta.exit_code, 0) << delta.stderr_text;
+  ExpectSameCheckpoint(tmp / "model", tmp / "refreshed", patterns);
+  const uint64_t pulled = delta.summary["attempts"][0]["bytes"];
+  EXPECT_GT(pulled, 0u);
+  EXPECT_LE(pulled, 1u << 20) << "one 1 MiB chunk";
+  EXPECT_EQ(delta.summary["bytes_reused"].get<uint64_t>() + pulled, selected->total_bytes());
 
   TempDir stage_tmp;  // its own endpoint file
   ServerProcess stage(stage_tmp, tmp / "stage", {"--pp-size", "2", "--pp-rank", "1"});
