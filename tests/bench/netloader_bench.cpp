@@ -371,8 +371,8 @@ struct Options {
   double size_mib = 1024;
   int tensors = 2000;
   int reps = 5;
-  uint64_t chunk_mib = 4;
-  int window = 4;
+  uint64_t chunk_mib = netloader::ServerOptions{}.chunk_bytes >> 20;
+  int window = netloader::ClientOptions{}.window;
   std::string json_path;
   std::string workdir;
   std::string checkpoint;  // measure this checkpoint instead of a generated one
@@ -1220,7 +1220,8 @@ int main(int argc, char** argv) {
       "Prints a table of medians and ratios; --json writes the same with every sample."};
   Options o;
   RoleArgs role;
-  double chunk_mib = 4;
+  // The library's defaults, which is what users get.
+  double chunk_mib = static_cast<double>(netloader::ServerOptions{}.chunk_bytes >> 20);
   app.add_flag("--quick", o.quick, "Small model, 2 repetitions: a smoke run under a minute");
   app.add_flag("--focus", o.focus,
                "Measure only raw MPI and netloader with MPI pre-started (for tuning runs)");
