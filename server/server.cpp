@@ -440,7 +440,9 @@ class ServerImpl : public Server {
     stream.cancel = &session.abort;
     std::unique_ptr<StagingRing> ring;  // for chunks of several spans, if the stream has any
     if (plan.slot_bytes() > 0) {
-      Result<std::unique_ptr<StagingRing>> taken = TakeRing(plan.slot_bytes());
+      // No more slots than chunks can be in flight.
+      Result<std::unique_ptr<StagingRing>> taken =
+          TakeRing(std::min(static_cast<size_t>(options_.window), plan.size()), plan.slot_bytes());
       if (!taken.ok()) {
         Log().error("client {}: {}", who, taken.status().ToString());
         (*channel)->Abandon();
@@ -499,19 +501,19 @@ class ServerImpl : public Server {
     Finish(session, false, sent);
   }
 
-  // A ring of window slots of at least `slot_bytes`: a free one, or a new one.
-  Result<std::unique_ptr<StagingRing>> TakeRing(uint64_t slot_bytes) {
+  // A ring of at least `slots` slots of at least `slot_bytes`: a free one, or a new one.
+  Result<std::unique_ptr<StagingRing>> TakeRing(size_t slots, uint64_t slot_bytes) {
     {
       std::lock_guard<std::mutex> lock(rings_mu_);
       for (auto it = free_rings_.begin(); it != free_rings_.end(); ++it) {
-        if ((*it)->slot_bytes() < slot_bytes) continue;
+        if ((*it)->slots() < slots || (*it)->slot_bytes() < slot_bytes) continue;
         std::unique_ptr<StagingRing> ring = std::move(*it);
         free_rings_.erase(it);
         return ring;
       }
     }
     auto ring = std::make_unique<StagingRing>();
-    Status made = ring->Allocate(static_cast<size_t>(options_.window), slot_bytes);
+    Status made = ring->Allocate(slots, slot_bytes);
     if (!made.ok()) return made;
     Count([&](ServerStats& s) { s.staging_bytes += ring->bytes(); });
     return ring;

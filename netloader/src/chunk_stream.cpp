@@ -280,7 +280,8 @@ Status ReceivePlan::Receive(transfer::Channel& channel, const transfer::StreamOp
   const transfer::ChunkList selected = chunks_.Select(chunks);  // position p is chunks[p]
   transfer::ChunkList staged;
   if (options.staged) {
-    const size_t slots = static_cast<size_t>(std::max(1, stream.window));
+    // No more slots than chunks can be in flight: a small model's one chunk needs one.
+    const size_t slots = std::min(static_cast<size_t>(std::max(1, stream.window)), chunks_.size());
     const uint64_t slot_bytes = LargestChunk(chunks_, /*multi_span_only=*/true);
     if (!ring_ || ring_->bytes() < slots * slot_bytes) {
       auto ring = std::make_unique<StagingRing>();

@@ -95,6 +95,7 @@ class StagingRing {
 
   Status Allocate(size_t slots, size_t slot_bytes);
   size_t bytes() const { return slots_ * slot_bytes_; }
+  size_t slots() const { return slots_; }
   size_t slot_bytes() const { return slot_bytes_; }
   char* slot(size_t chunk) const { return data_ + (chunk % slots_) * slot_bytes_; }
   // Gives up the memory without unmapping it: after a failed stream a cancelled receive may
