@@ -81,8 +81,8 @@ struct SourceAttempt {
 
 struct LoadStats {
   std::string source;  // the source that delivered
-  uint64_t bytes =
-      0;  // the bytes loaded (the selected tensors' with ClientOptions::tensors), all verified
+  // The bytes loaded (with ClientOptions::tensors, the selected tensors'), all verified.
+  uint64_t bytes = 0;
   // Bytes of every chunk received or in flight when a source failed, over all sources: at least
   // `bytes`; what failures cost is the difference (at most window x chunk size per failure).
   uint64_t bytes_received = 0;
@@ -92,7 +92,8 @@ struct LoadStats {
   uint64_t tensors = 0;  // tensors loaded
   uint64_t chunks = 0;   // the last source's chunks
   double seconds = 0;    // from Load's start to the last chunk verified, over every source
-  double gbps = 0;  // bytes / seconds / 1e9: the load's rate, MPI start-up and connect included
+  // bytes / seconds / 1e9: the load's rate, MPI start-up and connect included.
+  double gbps = 0;
   double transfer_gbps = 0;  // the last source's bytes / transfer_seconds / 1e9
   // Where the last source's part of `seconds` went:
   double register_seconds = 0;  // Register sent until Accept received (incl. Busy retries)
