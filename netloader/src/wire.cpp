@@ -147,11 +147,19 @@ void ToWire(const ModelView& model, wire::Reject* out) {
 
 namespace {
 
+// "'name' DTYPE [d0, d1] (N bytes)": one tensor table entry, for the messages naming tables'
+// differences.
 std::string Describe(const std::string& name, std::string_view dtype,
-                     const std::vector<int64_t>& shape) {
+                     const std::vector<int64_t>& shape, uint64_t size_bytes) {
   std::string text = "'" + name + "' " + std::string(dtype) + " [";
   for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
-  return text + "]";
+  return text + "] (" + std::to_string(size_bytes) + " bytes)";
+}
+std::string Describe(const wire::TensorInfo& t) {
+  return Describe(t.name(), t.dtype(), {t.shape().begin(), t.shape().end()}, t.size_bytes());
+}
+std::string Describe(const TensorView& t) {
+  return Describe(t.name, DTypeName(t.dtype), t.shape, t.size_bytes);
 }
 
 }  // namespace
@@ -167,16 +175,8 @@ std::string DescribeTableDifferences(
     const bool on_server = i < static_cast<size_t>(served.size());
     const bool here = i < model.tensors.size();
     std::string server_side = "none", client_side = "none";
-    if (on_server) {
-      const wire::TensorInfo& s = served[static_cast<int>(i)];
-      server_side = Describe(s.name(), s.dtype(), {s.shape().begin(), s.shape().end()}) + " (" +
-                    std::to_string(s.size_bytes()) + " bytes)";
-    }
-    if (here) {
-      const TensorView& t = model.tensors[i];
-      client_side = Describe(t.name, DTypeName(t.dtype), t.shape) + " (" +
-                    std::to_string(t.size_bytes) + " bytes)";
-    }
+    if (on_server) server_side = Describe(served[static_cast<int>(i)]);
+    if (here) client_side = Describe(model.tensors[i]);
     if (server_side == client_side) continue;
     if (++differing <= kShown) {
       shown += (shown.empty() ? "" : "; ") + ("tensor " + std::to_string(i) + ": source " +
@@ -195,14 +195,8 @@ std::string DescribeSelectionDifferences(
     const google::protobuf::RepeatedPtrField<wire::TensorInfo>& served, const ModelView& model) {
   constexpr size_t kShown = 3;
   std::map<std::string, std::pair<std::string, std::string>> sides;  // name -> (source, here)
-  for (const wire::TensorInfo& s : served) {
-    sides[s.name()].first = Describe(s.name(), s.dtype(), {s.shape().begin(), s.shape().end()}) +
-                            " (" + std::to_string(s.size_bytes()) + " bytes)";
-  }
-  for (const TensorView& t : model.tensors) {
-    sides[t.name].second = Describe(t.name, DTypeName(t.dtype), t.shape) + " (" +
-                           std::to_string(t.size_bytes) + " bytes)";
-  }
+  for (const wire::TensorInfo& s : served) sides[s.name()].first = Describe(s);
+  for (const TensorView& t : model.tensors) sides[t.name].second = Describe(t);
   std::string shown;
   size_t differing = 0;
   for (const auto& [name, both] : sides) {
