@@ -13,6 +13,7 @@
 #include <set>
 
 #include "netloader/src/host_memory.h"
+#include "netloader/src/selection.h"
 
 namespace netloader {
 namespace {
@@ -197,32 +198,27 @@ uint64_t CheckpointLayout::total_bytes() const {
 
 Result<CheckpointLayout> SelectFromLayout(const CheckpointLayout& layout,
                                           const std::vector<std::string>& patterns) {
-  std::vector<bool> matched(patterns.size(), false);
-  for (size_t p = 0; p < patterns.size(); ++p) {
-    Status valid = ValidateTensorPattern(patterns[p]);
-    if (!valid.ok()) return valid;
+  // The same selection a partial load makes (SelectIndices), kept in storage order.
+  ModelView names;  // matching looks at names only: no data
+  for (const ShardLayout& shard : layout.shards) {
+    for (const TensorSpec& t : shard.tensors) {
+      names.tensors.push_back({t.name, t.dtype, t.shape, nullptr, t.size_bytes});
+    }
   }
+  Result<std::vector<size_t>> indices = SelectIndices(names, patterns);
+  if (!indices.ok()) return indices.status();
+  std::vector<bool> taken(names.tensors.size(), false);
+  for (size_t i : *indices) taken[i] = true;
   CheckpointLayout selected = layout;
   selected.shards.clear();
+  size_t index = 0;
   for (const ShardLayout& shard : layout.shards) {
     ShardLayout kept = shard;
     kept.tensors.clear();
     for (const TensorSpec& t : shard.tensors) {
-      bool any = false;
-      for (size_t p = 0; p < patterns.size(); ++p) {
-        if (!TensorPatternMatches(patterns[p], t.name)) continue;
-        matched[p] = true;
-        any = true;
-      }
-      if (any) kept.tensors.push_back(t);
+      if (taken[index++]) kept.tensors.push_back(t);
     }
     if (!kept.tensors.empty()) selected.shards.push_back(std::move(kept));
-  }
-  for (size_t p = 0; p < patterns.size(); ++p) {
-    if (matched[p]) continue;
-    return Status(StatusCode::kInvalidArgument,
-                  "tensor pattern '" + patterns[p] + "' matches none of the " +
-                      std::to_string(layout.tensor_count()) + " tensors");
   }
   return selected;
 }

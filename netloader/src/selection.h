@@ -13,4 +13,9 @@ namespace netloader {
 std::vector<size_t> MatchTensors(const ModelView& model, const std::vector<std::string>& patterns,
                                  std::vector<size_t>* unmatched = nullptr);
 
+// What a client selects (SelectTensors, SelectFromLayout): MatchTensors after checking every
+// pattern. Errors: InvalidArgument naming a pattern that is malformed or matches no tensor.
+Result<std::vector<size_t>> SelectIndices(const ModelView& model,
+                                          const std::vector<std::string>& patterns);
+
 }  // namespace netloader

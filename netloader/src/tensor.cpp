@@ -154,20 +154,27 @@ std::vector<size_t> MatchTensors(const ModelView& model, const std::vector<std::
   return selected;
 }
 
-Result<ModelView> SelectTensors(const ModelView& model, const std::vector<std::string>& patterns) {
+Result<std::vector<size_t>> SelectIndices(const ModelView& model,
+                                          const std::vector<std::string>& patterns) {
   for (const std::string& pattern : patterns) {
     Status valid = ValidateTensorPattern(pattern);
     if (!valid.ok()) return valid;
   }
   std::vector<size_t> unmatched;
-  const std::vector<size_t> selected = MatchTensors(model, patterns, &unmatched);
+  std::vector<size_t> selected = MatchTensors(model, patterns, &unmatched);
   if (!unmatched.empty()) {
     return Status(StatusCode::kInvalidArgument,
                   "tensor pattern '" + patterns[unmatched.front()] + "' matches none of the " +
                       std::to_string(model.tensors.size()) + " tensors");
   }
+  return selected;
+}
+
+Result<ModelView> SelectTensors(const ModelView& model, const std::vector<std::string>& patterns) {
+  Result<std::vector<size_t>> selected = SelectIndices(model, patterns);
+  if (!selected.ok()) return selected.status();
   ModelView view;
-  for (size_t i : selected) view.tensors.push_back(model.tensors[i]);
+  for (size_t i : *selected) view.tensors.push_back(model.tensors[i]);
   return view;
 }
 
