@@ -716,6 +716,13 @@ class Attempt {
   double register_seconds_ = 0;
 };
 
+// What `patterns` add to a Register: each one's bytes and its field's framing (at most 4).
+size_t RegisterBytes(const std::vector<std::string>& patterns) {
+  size_t bytes = 0;
+  for (const std::string& pattern : patterns) bytes += pattern.size() + 4;
+  return bytes;
+}
+
 Status ValidateOptions(const ClientOptions& options) {
   if (options.sources.empty()) return Status(StatusCode::kInvalidArgument, "no sources given");
   for (const std::string& s : options.sources) {
@@ -733,8 +740,7 @@ Status ValidateOptions(const ClientOptions& options) {
   }
   Status secret = ValidateSecret(options.secret);
   if (!secret.ok()) return secret.WithContext("ClientOptions::secret");
-  size_t pattern_bytes = 0;
-  for (const std::string& pattern : options.tensors) pattern_bytes += pattern.size() + 4;
+  const size_t pattern_bytes = RegisterBytes(options.tensors);
   if (pattern_bytes > kMaxTensorPatternBytes) {
     return Status(StatusCode::kInvalidArgument,
                   "ClientOptions::tensors: " + std::to_string(options.tensors.size()) +
@@ -767,12 +773,9 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
   // the patterns (a whole model, for a pipeline stage) still serves; names too many for one
   // Register go out as the patterns themselves, which must then select the same on the source.
   std::vector<std::string> patterns;
-  size_t names_bytes = 0;
-  for (const TensorView& t : destination.tensors) names_bytes += t.name.size() + 4;
-  if (!options.tensors.empty() && names_bytes <= kMaxTensorPatternBytes) {
+  if (!options.tensors.empty()) {
     for (const TensorView& t : destination.tensors) patterns.push_back(ExactTensorPattern(t.name));
-  } else {
-    patterns = options.tensors;
+    if (RegisterBytes(patterns) > kMaxTensorPatternBytes) patterns = options.tensors;
   }
   const auto start = Clock::now();
   EarlyStart early(plane, options.transport);
