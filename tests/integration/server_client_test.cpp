@@ -386,6 +386,16 @@ TEST_F(ServerClientTest, ADeltaLoadOfScatteredChunksAsksInSeveralRequests) {
 
 // Striping in one process (so that it also runs under the sanitizers): three sources, two at
 // a time, disjoint chunks from each, every byte once; the third is never needed.
+// A striped load's sources, every one of which must have succeeded: the bytes they delivered.
+uint64_t DeliveredBySucceededSources(const LoadStats& stats) {
+  uint64_t delivered = 0;
+  for (const SourceAttempt& attempt : stats.attempts) {
+    EXPECT_TRUE(attempt.status.ok()) << attempt.source << ": " << attempt.status.ToString();
+    delivered += attempt.bytes;
+  }
+  return delivered;
+}
+
 TEST_F(ServerClientTest, AStripedLoadTakesDisjointChunksFromTwoSourcesAtOnce) {
   OwnedModel source(60, seed_, true);
   std::vector<std::unique_ptr<Server>> servers;
@@ -404,12 +414,7 @@ TEST_F(ServerClientTest, AStripedLoadTakesDisjointChunksFromTwoSourcesAtOnce) {
   EXPECT_TRUE(dest.SameBytes(source));
   // Which of the two delivered how much depends on scheduling; together, every byte once.
   ASSERT_LE(stats->attempts.size(), 2u) << "the third source was never needed";
-  uint64_t delivered = 0;
-  for (const SourceAttempt& a : stats->attempts) {
-    EXPECT_TRUE(a.status.ok()) << a.status.ToString();
-    delivered += a.bytes;
-  }
-  EXPECT_EQ(delivered, source.view.total_bytes());
+  EXPECT_EQ(DeliveredBySucceededSources(*stats), source.view.total_bytes());
   EXPECT_EQ(stats->bytes_received, source.view.total_bytes()) << "nothing sent twice";
   EXPECT_TRUE(VerifyModel(dest.view, *stats).ok());
 }
@@ -569,12 +574,7 @@ TEST_F(ServerClientTest, AStripedPartialLoadTakesOneStreamFromSourcesOfDifferent
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
   OwnedModel expected = Pick(full, Range(20, 50), true);
   EXPECT_TRUE(dest.SameBytes(expected));
-  uint64_t delivered = 0;
-  for (const SourceAttempt& attempt : stats->attempts) {
-    EXPECT_TRUE(attempt.status.ok()) << attempt.status.ToString();
-    delivered += attempt.bytes;
-  }
-  EXPECT_EQ(delivered, expected.view.total_bytes());
+  EXPECT_EQ(DeliveredBySucceededSources(*stats), expected.view.total_bytes());
   EXPECT_EQ(stats->bytes_received, expected.view.total_bytes()) << "nothing sent twice";
   EXPECT_TRUE(VerifyModel(dest.view, *stats).ok());
 }
