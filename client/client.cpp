@@ -19,6 +19,7 @@
 #include "netloader/src/manifest.h"
 #include "netloader/src/wire.h"
 #include "netloader/src/xxh3.h"
+#include "server/server_internal.h"
 #include "transfer/mpi_runtime.h"
 #include "transfer/mpi_transport.h"
 
@@ -321,7 +322,8 @@ class EarlyStart {
 // what LoadStats reports. Thread-safe.
 class SharedLoad {
  public:
-  SharedLoad(const ClientOptions& options, uint64_t total) : options_(options), total_(total) {}
+  SharedLoad(const ClientOptions& options, uint64_t total, internal::RelayFeed* relay)
+      : options_(options), total_(total), relay_(relay) {}
 
   // Attaches a source, by its per-tensor digests, until Detach. Bytes verified under other
   // digests (a source holding other weights of the same layout) are dropped when no other source
@@ -353,6 +355,19 @@ class SharedLoad {
     --attached_;
   }
 
+  // A relay over the destination (ClientOptions::relay) serves the attached source's stream
+  // from now on, with what is verified already.
+  void Relay(const Manifest& manifest, const std::string& source) {
+    if (relay_ == nullptr) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    Status adopted = relay_->Adopt(manifest);
+    if (!adopted.ok()) {
+      Log().warn("the relay cannot serve {}'s stream: {}", source, adopted.ToString());
+      return;
+    }
+    verified_.ForEach([&](uint64_t begin, uint64_t end) { relay_->Held(begin, end); });
+  }
+
   // A delta load: the chunks whose bytes already match the source's digests count as verified
   // (one pass over the destination, hashing at memory speed).
   void KeepWhatIsInPlace(const ReceivePlan& plan) {
@@ -362,7 +377,13 @@ class SharedLoad {
       if (claimed_.Intersects(begin, end) || !plan.Holds(c)) continue;
       verified_.Add(begin, end);
       reused_ += end - begin;
+      if (relay_ != nullptr) relay_->Held(begin, end);
     }
+  }
+
+  // The load's outcome, for the relay.
+  void Ended(const Status& status) {
+    if (relay_ != nullptr) relay_->LoadEnded(status);
   }
 
   // Chunks of `plan`, in order, neither verified nor being fetched from another source, now
@@ -402,6 +423,7 @@ class SharedLoad {
       verified_.Add(begin, end);
       claimed_.Remove(begin, end);
       done = verified_.bytes();
+      if (relay_ != nullptr) relay_->Held(begin, end);
     }
     changed_.notify_all();
     if (options_.progress) {
@@ -450,7 +472,8 @@ class SharedLoad {
  private:
   const ClientOptions& options_;
   const uint64_t total_;
-  mutable std::mutex mu_;  // guards the fields below
+  internal::RelayFeed* const relay_;  // ClientOptions::relay's, or null
+  mutable std::mutex mu_;             // guards the fields below
   std::condition_variable changed_;
   ByteRanges verified_;                // stream bytes received and verified so far
   ByteRanges claimed_;                 // stream bytes a source is fetching
@@ -471,8 +494,9 @@ class Attempt {
   Attempt(const ClientOptions& options, const ModelView& destination,
           const Fingerprint& fingerprint, const std::vector<std::string>& patterns,
           transfer::DataPlane& plane, EarlyStart& early, SharedLoad& shared,
-          const std::string& source, internal::LoadTuning tuning)
+          const std::string& source, int redirects, internal::LoadTuning tuning)
       : options_(options),
+        redirects_(redirects),
         tuning_(tuning),
         destination_(destination),
         fingerprint_(fingerprint),
@@ -506,6 +530,8 @@ class Attempt {
 
   // Bytes this source delivered and were verified.
   uint64_t verified_bytes() const { return received_; }
+  // Where the source redirected this client (Run then failed with Unavailable); empty if not.
+  const std::vector<std::string>& redirect() const { return redirect_; }
 
  private:
   // Sends Register until Accepted, Rejected, or Busy for longer than busy_timeout.
@@ -518,6 +544,8 @@ class Attempt {
       reg->set_rendezvous_uri(plane_.bound_rendezvous());
       reg->set_client_name(ClientName());
       for (const std::string& pattern : patterns_) reg->add_tensors(pattern);
+      if (options_.relay != nullptr) reg->set_serve_endpoint(options_.relay->endpoint());
+      reg->set_redirects(static_cast<uint32_t>(redirects_));
       Status sent = control_.Send(request);
       if (!sent.ok()) return sent;
       Result<wire::Envelope> reply = control_.Receive(options_.register_timeout);
@@ -527,6 +555,8 @@ class Attempt {
           return reply->accept();
         case wire::Envelope::kReject:
           return RejectStatus(reply->reject(), destination_, !options_.tensors.empty());
+        case wire::Envelope::kRedirect:
+          return Redirected(reply->redirect());
         case wire::Envelope::kBusy: {
           const auto wait = std::chrono::milliseconds(
               std::clamp<uint32_t>(reply->busy().retry_after_ms(), 10, 10000));
@@ -546,6 +576,26 @@ class Attempt {
     }
   }
 
+  Status Redirected(const wire::Redirect& redirect) {
+    const int count = redirect.sources_size();
+    if (count < 1 || count > kMaxRedirectSources) {
+      return Status(StatusCode::kProtocolMismatch,
+                    "the source redirected to " + std::to_string(count) + " sources (1 to " +
+                        std::to_string(kMaxRedirectSources) + " allowed)");
+    }
+    std::string listed;
+    for (const std::string& to : redirect.sources()) {
+      if (to.empty() || to.size() > kMaxEndpointBytes) {
+        return Status(StatusCode::kProtocolMismatch,
+                      "the source redirected to an empty or overlong endpoint");
+      }
+      listed += (listed.empty() ? "" : ", ") + to;
+    }
+    redirect_.assign(redirect.sources().begin(), redirect.sources().end());
+    return Status(StatusCode::kUnavailable,
+                  "at its fan-out limit; redirected to the relays " + listed);
+  }
+
   Result<LoadStats> Transfer(const wire::Accept& accept, Clock::time_point start) {
     Result<Manifest> manifest = FromWire(accept.manifest());
     if (!manifest.ok()) return manifest.status();
@@ -560,14 +610,14 @@ class Attempt {
                         std::to_string(destination_.tensors.size()) + ", '" +
                         fingerprint_.table_digest + "')");
     }
-    Result<ReceivePlan> receive =
-        ReceivePlan::Make(destination_, manifest->chunk_bytes, std::move(manifest->chunk_digests),
-                          manifest->model_digest);
+    Result<ReceivePlan> receive = ReceivePlan::Make(
+        destination_, manifest->chunk_bytes, manifest->chunk_digests, manifest->model_digest);
     if (!receive.ok()) return receive.status();
     // Bytes verified from an earlier source are kept only if this one holds the same content.
     Status status = shared_.Attach(manifest->tensor_digests, source_);
     if (!status.ok()) return status;
     attached_ = true;
+    shared_.Relay(*manifest, source_);
     if (options_.destination_filled) shared_.KeepWhatIsInPlace(*receive);
     // The first chunks are asked for before MPI starts, so the source has the Request when the
     // MPI connection is made. A lone source is asked for everything at once.
@@ -696,6 +746,8 @@ class Attempt {
   }
 
   const ClientOptions& options_;
+  const int redirects_;  // followed so far in this load (Register.redirects)
+  std::vector<std::string> redirect_;
   const internal::LoadTuning tuning_;
   const ModelView& destination_;
   const Fingerprint& fingerprint_;
@@ -721,6 +773,32 @@ size_t RegisterBytes(const std::vector<std::string>& patterns) {
   size_t bytes = 0;
   for (const std::string& pattern : patterns) bytes += pattern.size() + 4;
   return bytes;
+}
+
+// The relay must serve exactly the destination's memory, and the whole of it.
+Status CheckRelay(internal::RelayFeed* relay, const ClientOptions& options,
+                  const ModelView& destination) {
+  if (relay == nullptr) {
+    return Status(StatusCode::kInvalidArgument,
+                  "ClientOptions::relay was not started with Server::StartRelay");
+  }
+  if (!options.tensors.empty()) {
+    return Status(StatusCode::kInvalidArgument,
+                  "ClientOptions::relay serves the whole model; it cannot go with `tensors`");
+  }
+  const ModelView& served = relay->relayed_model();
+  bool same = served.tensors.size() == destination.tensors.size();
+  for (size_t i = 0; same && i < served.tensors.size(); ++i) {
+    same = served.tensors[i].data == destination.tensors[i].data &&
+           served.tensors[i].size_bytes == destination.tensors[i].size_bytes &&
+           served.tensors[i].name == destination.tensors[i].name;
+  }
+  if (!same) {
+    return Status(StatusCode::kInvalidArgument,
+                  "ClientOptions::relay serves other tensors than the destination being loaded "
+                  "(start it over the same ModelView)");
+  }
+  return Status::Ok();
 }
 
 Status ValidateOptions(const ClientOptions& options) {
@@ -777,12 +855,21 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
     for (const TensorView& t : destination.tensors) patterns.push_back(ExactTensorPattern(t.name));
     if (RegisterBytes(patterns) > kMaxTensorPatternBytes) patterns = options.tensors;
   }
+  internal::RelayFeed* relay = nullptr;
+  if (options.relay != nullptr) {
+    relay = internal::RelayFeedOf(*options.relay);
+    status = CheckRelay(relay, options, whole_destination);
+    if (!status.ok()) return status;
+  }
   const auto start = Clock::now();
   EarlyStart early(plane, options.transport);
-  SharedLoad shared(options, destination.total_bytes());
+  SharedLoad shared(options, destination.total_bytes(), relay);
   // Up to `stripe` sources at once, each on a thread of its own; one that fails is replaced by
-  // the next untried source, which takes over what is left.
-  std::mutex mu;  // guards the four below
+  // the next untried source, which takes over what is left. A redirect puts its relays next,
+  // then the source that redirected again.
+  std::mutex mu;  // guards the six below
+  std::vector<std::string> sources = options.sources;
+  int redirects = 0;
   size_t next_source = 0;
   std::vector<std::pair<size_t, SourceAttempt>> attempts;
   std::optional<LoadStats> delivered;
@@ -791,17 +878,20 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
   auto run_sources = [&] {
     while (true) {
       size_t index;
+      std::string source;
+      int followed;
       {
         std::lock_guard<std::mutex> lock(mu);
-        if (next_source == options.sources.size() || delivered) return;
+        if (next_source == sources.size() || delivered) return;
         index = next_source++;
+        source = sources[index];
+        followed = redirects;
       }
-      const std::string& source = options.sources[index];
       Log().debug("loading {} tensors ({} bytes, {} verified already) from {}",
                   destination.tensors.size(), destination.total_bytes(), shared.verified_bytes(),
                   source);
       Attempt attempt(options, destination, fingerprint, patterns, plane, early, shared, source,
-                      tuning);
+                      followed, tuning);
       Result<LoadStats> result = attempt.Run();
       std::lock_guard<std::mutex> lock(mu);
       attempts.push_back(
@@ -810,6 +900,15 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
       if (result.ok()) {
         delivered = std::move(*result);
         return;
+      }
+      if (!attempt.redirect().empty()) {
+        Log().info("{}: {}", source, result.status().message());
+        std::vector<std::string> next = attempt.redirect();
+        next.push_back(source);
+        sources.insert(sources.begin() + static_cast<std::ptrdiff_t>(next_source), next.begin(),
+                       next.end());
+        ++redirects;
+        continue;
       }
       Log().warn("source {} failed: {}", source, result.status().ToString());
       failures += (failures.empty() ? "" : "; ") + source + ": " + result.status().ToString();
@@ -823,7 +922,12 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
   }
   run_sources();
   for (std::thread& t : striped) t.join();
-  if (!delivered) return Status(last, "no source delivered the model (" + failures + ")");
+  if (!delivered) {
+    status = Status(last, "no source delivered the model (" + failures + ")");
+    shared.Ended(status);
+    return status;
+  }
+  shared.Ended(Status::Ok());
 
   LoadStats stats = std::move(*delivered);
   std::sort(attempts.begin(), attempts.end(),
@@ -833,14 +937,14 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
   stats.bytes_reused = shared.reused_bytes();
   stats.seconds = SecondsSince(start);
   stats.gbps = stats.bytes / stats.seconds / 1e9;
-  std::string sources;
+  std::string delivered_by;
   for (const SourceAttempt& a : stats.attempts) {
-    if (a.bytes > 0) sources += (sources.empty() ? "" : ", ") + a.source;
+    if (a.bytes > 0) delivered_by += (delivered_by.empty() ? "" : ", ") + a.source;
   }
   Log().info(
       "loaded {} tensors, {} bytes from {} in {:.3f} s (the last transfer {:.3f} s at {:.2f} "
       "GB/s), every chunk verified",
-      stats.tensors, stats.bytes, sources.empty() ? stats.source : sources, stats.seconds,
+      stats.tensors, stats.bytes, delivered_by.empty() ? stats.source : delivered_by, stats.seconds,
       stats.transfer_seconds, stats.transfer_gbps);
   return stats;
 }

@@ -7,6 +7,7 @@
 #include <thread>
 #include <zmq.hpp>
 
+#include "netloader/client.h"
 #include "netloader/fingerprint.h"
 #include "netloader/src/auth.h"
 #include "netloader/src/log.h"
@@ -58,6 +59,10 @@ struct Session {
   uint64_t id = 0;
   std::string client;
   std::shared_ptr<const Stream> stream;
+  // Where the client serves while it loads (Register.serve_endpoint): a relay newcomers may be
+  // redirected to; empty when it does not serve.
+  std::string serve_endpoint;
+  uint64_t generation = 0;  // a relay's content generation the session streams (ServerImpl)
   std::unique_ptr<transfer::Listener> listener;
   std::thread thread;
   std::atomic<bool> abort{false};     // set by Stop(), an early Done, or missed heartbeats
@@ -73,17 +78,20 @@ struct Session {
   std::string lost;  // why the control thread gave up on the client
 };
 
-class ServerImpl : public Server {
+class ServerImpl : public Server, public internal::RelayFeed {
  public:
+  // Without `manifest`, a relay (Server::StartRelay): nothing is served until its own load adopts
+  // a source's manifest.
   ServerImpl(ServerOptions options, ModelView model, std::shared_ptr<transfer::Transport> transport,
-             Manifest manifest)
+             std::optional<Manifest> manifest)
       : options_(std::move(options)),
         model_(std::move(model)),
         transport_(std::move(transport)),
-        manifest_(std::move(manifest)),
-        whole_(std::make_shared<Stream>(model_, options_.chunk_bytes, manifest_)),
+        relay_(!manifest.has_value()),
         registrar_(MakeFingerprint(model_, options_.model_id, options_.partition),
-                   transport_->rendezvous(), options_.max_concurrent_transfers) {}
+                   transport_->rendezvous(), options_.max_concurrent_transfers) {
+    if (manifest) Install(std::move(*manifest));
+  }
 
   ~ServerImpl() override { Stop(); }
 
@@ -131,10 +139,117 @@ class ServerImpl : public Server {
     if (control_.joinable()) control_.join();
   }
 
+  Status MarkLoaded() override {
+    if (!relay_) return Status::Ok();  // a server started over loaded weights holds them all
+    uint64_t chunk_bytes = options_.chunk_bytes;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (complete_) return Status::Ok();
+      if (whole_) chunk_bytes = manifest_.chunk_bytes;  // keep the stream the clients know
+    }
+    const auto start = Clock::now();
+    Manifest manifest = BuildManifest(model_, chunk_bytes);
+    Log().info(
+        "relay at {}: the host loaded the weights itself; digests computed in {:.3f} s, "
+        "serving all of them",
+        endpoint_, SecondsSince(start));
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!whole_ || manifest.chunk_digests != manifest_.chunk_digests) Install(std::move(manifest));
+    complete_ = true;
+    load_failure_.clear();
+    held_cv_.notify_all();
+    return Status::Ok();
+  }
+
+  // internal::RelayFeed, for a Load filling this relay's model (ClientOptions::relay).
+  Status Adopt(const Manifest& manifest) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (complete_) return Status::Ok();
+    if (whole_ && manifest.tensor_digests == manifest_.tensor_digests) return Status::Ok();
+    if (manifest.table_digest != table_digest_) {
+      return Status(StatusCode::kFingerprintMismatch,
+                    "the relay serves another tensor table than the one being loaded");
+    }
+    auto stream = std::make_shared<const Stream>(model_, manifest.chunk_bytes, manifest);
+    if (stream->plan.size() != manifest.chunk_digests.size()) {
+      return Status(StatusCode::kInternal, "the relay's chunk plan differs from its source's");
+    }
+    if (whole_) {
+      Log().warn("relay at {}: its load now takes other weights; dropping {} bytes held", endpoint_,
+                 held_.bytes());
+    }
+    Install(manifest, std::move(stream));
+    return Status::Ok();
+  }
+  void Held(uint64_t begin, uint64_t end) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    held_.Add(begin, end);
+    held_cv_.notify_all();
+  }
+  void LoadEnded(const Status& status) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (complete_) return;
+    if (status.ok() && whole_ && held_.bytes() == model_.total_bytes()) {
+      complete_ = true;
+      Log().info("relay at {}: loaded and verified; serving as a source", endpoint_);
+    } else {
+      load_failure_ = status.ok() ? "it ended without every byte" : status.ToString();
+      Log().warn(
+          "relay at {}: its own load failed; refusing clients until the host loads the "
+          "weights otherwise (MarkLoaded): {}",
+          endpoint_, load_failure_);
+    }
+    held_cv_.notify_all();
+  }
+  const ModelView& relayed_model() const override { return model_; }
+  bool relay() const { return relay_; }
+
  private:
+  // Serves `manifest` over model_ from now on: a new content generation, whose sessions are the
+  // only ones that may go on streaming. Caller holds mu_ (or is the constructor).
+  void Install(Manifest manifest, std::shared_ptr<const Stream> stream = nullptr) {
+    if (!stream) stream = std::make_shared<const Stream>(model_, manifest.chunk_bytes, manifest);
+    manifest_ = std::move(manifest);
+    whole_ = std::move(stream);
+    selections_.clear();
+    held_.Clear();
+    ++generation_;
+    held_cv_.notify_all();
+  }
+
+  // Before chunk `c` of a session's stream is posted: on a relay, waits until its own load has
+  // verified the chunk's bytes (within the stall timeout). Not called for a server over loaded
+  // weights.
+  Status WaitHeld(const Session& session, size_t c) {
+    const auto [begin, end] = session.stream->plan.range(c);
+    const auto deadline = Clock::now() + options_.stall_timeout;
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      if (generation_ != session.generation) {
+        return Status(StatusCode::kUnavailable,
+                      "this relay's own load switched to other weights; ask another source");
+      }
+      if (complete_ || held_.Covers(begin, end)) return Status::Ok();
+      if (!load_failure_.empty()) {
+        return Status(StatusCode::kUnavailable, "this relay's own load failed: " + load_failure_);
+      }
+      if (session.abort.load()) {
+        return Status(StatusCode::kCancelled, "stream cancelled at chunk " + std::to_string(c));
+      }
+      if (Clock::now() >= deadline) {
+        return Status(StatusCode::kTimeout, "chunk " + std::to_string(c) +
+                                                " was not verified here within " +
+                                                std::to_string(options_.stall_timeout.count()) +
+                                                " ms (this relay's own load is stalled)");
+      }
+      held_cv_.wait_for(lock, std::chrono::milliseconds(50));
+    }
+  }
+
   void ControlLoop() {
-    Log().info("serving {} tensors ({} bytes) at {} (rendezvous {}), up to {} clients at once, {}",
-               model_.tensors.size(), model_.total_bytes(), endpoint_, transport_->rendezvous(),
+    Log().info("{} {} tensors ({} bytes) at {} (rendezvous {}), up to {} clients at once, {}",
+               relay_ ? "relaying, while they load," : "serving", model_.tensors.size(),
+               model_.total_bytes(), endpoint_, transport_->rendezvous(),
                options_.max_concurrent_transfers,
                zap_ ? "shared secret required" : "without authentication");
     while (!stopping_.load()) {
@@ -300,15 +415,51 @@ class ServerImpl : public Server {
                  other_table ? (decoded.selected_table_digest ? &selection : &model_) : nullptr);
       return;
     }
+    const bool partial = decoded.selected_table_digest.has_value();
+    std::shared_ptr<const Stream> whole;
+    uint64_t generation = 0;
+    bool complete = false;
+    std::string failure;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      whole = whole_;
+      generation = generation_;
+      complete = complete_;
+      failure = load_failure_;
+    }
+    if (!complete && !failure.empty()) {
+      Log().warn("refused client {}: this relay's own load failed", client);
+      Count([](ServerStats& s) { s.refused++; });
+      SendReject(
+          identity, StatusCode::kUnavailable,
+          "this instance is loading and its own load failed (" + failure + "); ask another source");
+      return;
+    }
+    if (!complete && (!whole || partial)) {
+      // A relay learns its stream from its source's Accept, moments after it started loading.
+      SendBusy(identity, client,
+               whole ? "partial loads are served once this instance's own load is complete"
+                     : "this instance is loading and has not heard from its source yet",
+               whole ? options_.busy_retry_hint
+                     : std::min(options_.busy_retry_hint, std::chrono::milliseconds(100)));
+      return;
+    }
+    // At the fan-out limit, newcomers go to the relays loading from here (PROTOCOL.md 4.2.2).
+    if (!partial && options_.fanout > 0 && registrar_.active() >= options_.fanout &&
+        request.redirects() < static_cast<uint32_t>(kMaxRedirects)) {
+      std::vector<std::string> relays = RelaysFor(request.serve_endpoint());
+      if (!relays.empty()) {
+        Log().info("client {} redirected to {} (fan-out limit {} reached)", client, relays[0],
+                   options_.fanout);
+        Count([](ServerStats& s) { s.redirected++; });
+        wire::Envelope reply;
+        for (const std::string& relay : relays) reply.mutable_redirect()->add_sources(relay);
+        Send(identity, reply);
+        return;
+      }
+    }
     if (admission.kind == Admission::Kind::kBusy) {
-      Log().info("client {} told to retry: {}", client, admission.reason);
-      Count([](ServerStats& s) { s.busy++; });
-      wire::Envelope reply;
-      wire::Busy* busy = reply.mutable_busy();
-      busy->set_retry_after_ms(static_cast<uint32_t>(options_.busy_retry_hint.count()));
-      busy->set_active(static_cast<uint32_t>(registrar_.active()));
-      busy->set_limit(static_cast<uint32_t>(registrar_.limit()));
-      Send(identity, reply);
+      SendBusy(identity, client, admission.reason, options_.busy_retry_hint);
       return;
     }
     Result<std::unique_ptr<transfer::Listener>> listener = transport_->Listen();
@@ -323,8 +474,9 @@ class ServerImpl : public Server {
     session->id = registrar_.Open();
     session->client = client;
     session->listener = std::move(*listener);
-    session->stream =
-        decoded.selected_table_digest ? Selected(selected, std::move(selection)) : whole_;
+    session->stream = partial ? Selected(selected, std::move(selection)) : whole;
+    session->generation = generation;
+    session->serve_endpoint = request.serve_endpoint();
 
     wire::Envelope reply;
     wire::Accept* accept = reply.mutable_accept();
@@ -348,8 +500,39 @@ class ServerImpl : public Server {
     CountSessions();
   }
 
+  void SendBusy(const std::string& identity, const std::string& client, const std::string& reason,
+                std::chrono::milliseconds retry) {
+    Log().info("client {} told to retry: {}", client, reason);
+    Count([](ServerStats& s) { s.busy++; });
+    wire::Envelope reply;
+    wire::Busy* busy = reply.mutable_busy();
+    busy->set_retry_after_ms(static_cast<uint32_t>(retry.count()));
+    busy->set_active(static_cast<uint32_t>(registrar_.active()));
+    busy->set_limit(static_cast<uint32_t>(registrar_.limit()));
+    Send(identity, reply);
+  }
+
+  // The endpoints of the clients streaming from here that serve while they load, other than
+  // `newcomer`'s: the one sent the fewest newcomers first, which is counted as sent this one.
+  std::vector<std::string> RelaysFor(const std::string& newcomer) {
+    std::vector<std::pair<uint64_t, std::string>> relays;
+    for (const auto& [id, session] : sessions_) {
+      const std::string& relay = session->serve_endpoint;
+      if (relay.empty() || relay == newcomer || session->abort.load() || session->finished.load())
+        continue;
+      relays.emplace_back(redirected_[relay], relay);
+    }
+    std::stable_sort(relays.begin(), relays.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::vector<std::string> endpoints;
+    for (auto& [count, relay] : relays) endpoints.push_back(std::move(relay));
+    if (!endpoints.empty()) ++redirected_[endpoints[0]];
+    return endpoints;
+  }
+
   // The stream of a partial load's selected tensors (indices into model_, in stream order).
   std::shared_ptr<const Stream> Selected(const std::vector<size_t>& selected, ModelView view) {
+    std::lock_guard<std::mutex> lock(mu_);
     for (auto it = selections_.begin(); it != selections_.end(); ++it) {
       if (it->first != selected) continue;
       selections_.splice(selections_.begin(), selections_, it);  // most recently used first
@@ -464,8 +647,10 @@ class ServerImpl : public Server {
       session.requests.pop_front();
       lock.unlock();
       ++requests;
-      status = plan.Send(**channel, stream, ring.get(), chunks,
-                         [&](size_t c) { sent += plan.bytes(c); });
+      status = plan.Send(
+          **channel, stream, ring.get(), chunks, [&](size_t c) { sent += plan.bytes(c); },
+          relay_ ? [&](size_t c) { return WaitHeld(session, c); }
+                 : std::function<Status(size_t)>());
       lock.lock();
       if (!status.ok()) break;
     }
@@ -553,6 +738,7 @@ class ServerImpl : public Server {
     Session& session = *it->second;
     session.thread.join();
     registrar_.Close(session.id);
+    redirected_.erase(session.serve_endpoint);
     Count([&](ServerStats& s) {
       (session.served ? s.clients_served : s.clients_failed)++;
       s.bytes_sent += session.bytes_sent;
@@ -616,9 +802,21 @@ class ServerImpl : public Server {
 
   const ServerOptions options_;
   const ModelView model_;
+  const std::string table_digest_ = TableDigest(model_);
   std::shared_ptr<transfer::Transport> transport_;
-  const Manifest manifest_;                    // the whole model's digests
-  const std::shared_ptr<const Stream> whole_;  // the whole model in storage order
+  const bool relay_;  // started over a model still loading (Server::StartRelay)
+
+  // What is served. A relay's change as its own load goes on (the loading thread, MarkLoaded).
+  std::mutex mu_;  // guards the fields below
+  std::condition_variable held_cv_;
+  Manifest manifest_;                    // the whole model's digests
+  std::shared_ptr<const Stream> whole_;  // the whole model in storage order; null until known
+  // Recent partial loads' streams, most recently used first (served only once complete).
+  std::list<std::pair<std::vector<size_t>, std::shared_ptr<const Stream>>> selections_;
+  uint64_t generation_ = 0;   // bumped by every Install: other content, other sessions
+  bool complete_ = !relay_;   // every byte held and verified
+  ByteRanges held_;           // a relay's stream bytes its own load verified
+  std::string load_failure_;  // why a relay's own load failed (until MarkLoaded)
   // Send rings (window slots of a stream's slot_bytes()), reused across sessions: allocating and
   // faulting them in is not free.
   std::mutex rings_mu_;  // guards free_rings_
@@ -631,9 +829,8 @@ class ServerImpl : public Server {
   zmq::socket_t socket_;
   std::optional<SocketMonitor> monitor_;
   std::map<uint64_t, std::unique_ptr<Session>> sessions_;
-  // Recent partial loads' streams, most recently used first.
-  std::list<std::pair<std::vector<size_t>, std::shared_ptr<const Stream>>> selections_;
-  std::string endpoint_;  // written before the thread starts, read-only after
+  std::map<std::string, uint64_t> redirected_;  // a child relay's endpoint -> newcomers sent there
+  std::string endpoint_;                        // written before the thread starts, read-only after
 
   std::atomic<bool> stopping_{false};
   std::mutex stop_mu_;  // guards joining control_ (Stop may be called from several threads)
@@ -653,6 +850,7 @@ Status ValidateOptions(const ServerOptions& options) {
                                                     std::to_string(options.chunk_bytes));
   }
   if (options.window < 1) return Status(StatusCode::kInvalidArgument, "window must be >= 1");
+  if (options.fanout < 0) return Status(StatusCode::kInvalidArgument, "fanout must be >= 0");
   if (options.listen.empty()) return Status(StatusCode::kInvalidArgument, "listen is empty");
   if (options.heartbeat_timeout.count() != 0 && options.heartbeat_timeout < kMinHeartbeatTimeout) {
     // Clients beat once a second (PROTOCOL.md, section 4.6).
@@ -672,17 +870,21 @@ Server::~Server() = default;
 namespace internal {
 
 Result<std::unique_ptr<Server>> StartServer(ServerOptions options, ModelView model,
-                                            const std::shared_ptr<transfer::DataPlane>& plane) {
+                                            const std::shared_ptr<transfer::DataPlane>& plane,
+                                            bool relay) {
   Status status = ValidateOptions(options);
   if (status.ok()) status = ValidateModelView(model);
   if (!status.ok()) return status;
   Result<std::shared_ptr<transfer::Transport>> transport = plane->Start("");
   if (!transport.ok()) return transport.status();
-  const auto start = Clock::now();
-  Manifest manifest = BuildManifest(model, options.chunk_bytes);
-  Log().debug("digests of {} tensors ({} bytes, {} chunks) computed in {:.3f} s",
-              model.tensors.size(), model.total_bytes(), manifest.chunk_digests.size(),
-              SecondsSince(start));
+  std::optional<Manifest> manifest;
+  if (!relay) {
+    const auto start = Clock::now();
+    manifest = BuildManifest(model, options.chunk_bytes);
+    Log().debug("digests of {} tensors ({} bytes, {} chunks) computed in {:.3f} s",
+                model.tensors.size(), model.total_bytes(), manifest->chunk_digests.size(),
+                SecondsSince(start));
+  }
   auto server = std::make_unique<ServerImpl>(std::move(options), std::move(model),
                                              std::move(*transport), std::move(manifest));
   status = server->Bind();
@@ -691,11 +893,21 @@ Result<std::unique_ptr<Server>> StartServer(ServerOptions options, ModelView mod
   return std::unique_ptr<Server>(std::move(server));
 }
 
+RelayFeed* RelayFeedOf(Server& server) {
+  auto* impl = dynamic_cast<ServerImpl*>(&server);
+  return impl != nullptr && impl->relay() ? impl : nullptr;
+}
+
 }  // namespace internal
 
 Result<std::unique_ptr<Server>> Server::Start(ServerOptions options, ModelView model) {
   const auto plane = transfer::MakeMpiDataPlane(options.transport);
   return internal::StartServer(std::move(options), std::move(model), plane);
+}
+
+Result<std::unique_ptr<Server>> Server::StartRelay(ServerOptions options, ModelView destination) {
+  const auto plane = transfer::MakeMpiDataPlane(options.transport);
+  return internal::StartServer(std::move(options), std::move(destination), plane, true);
 }
 
 }  // namespace netloader

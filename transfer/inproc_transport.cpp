@@ -33,7 +33,10 @@ class InprocChannel : public Channel {
               const ChunkCallback& on_sent) override {
     const int peer = 1 - side_;
     for (size_t i = 0; i < chunks.size(); ++i) {
-      if (options.prepare) options.prepare(i);
+      if (options.prepare) {
+        Status prepared = options.prepare(i);
+        if (!prepared.ok()) return prepared;
+      }
       std::vector<char> message(chunks.bytes(i));
       size_t at = 0;
       for (size_t s = 0; s < chunks.span_count(i); ++s) {
@@ -60,7 +63,10 @@ class InprocChannel : public Channel {
   Status Receive(const ChunkList& chunks, const StreamOptions& options,
                  const ChunkCallback& on_received) override {
     for (size_t i = 0; i < chunks.size(); ++i) {
-      if (options.prepare) options.prepare(i);
+      if (options.prepare) {
+        Status prepared = options.prepare(i);
+        if (!prepared.ok()) return prepared;
+      }
       std::unique_lock<std::mutex> lock(pipe_->mu);
       Status waited = Wait(lock, options, i, [&] { return !pipe_->queues[side_].empty(); });
       if (!waited.ok()) return waited;

@@ -99,7 +99,11 @@ class MpiChannel : public Channel {
     };
     while (next < chunks.size() || !in_flight.empty()) {
       while (next < chunks.size() && in_flight.size() < window) {
-        if (options.prepare) options.prepare(next);
+        if (options.prepare) {
+          Status prepared = options.prepare(next);
+          if (!prepared.ok()) return fail(prepared);
+          last_progress = std::max(last_progress, Clock::now());
+        }
         MPI_Request request;
         int rc = Post(chunks, next, sending, &request);
         if (rc != MPI_SUCCESS) {

@@ -25,8 +25,10 @@ struct StreamOptions {
   const std::atomic<bool>* cancel = nullptr;
   // Called just before chunk i is posted (sent or received into). Chunk i + window is posted only
   // after chunk i completed and its completion callback returned, so memory shared by chunks i
-  // and i + window (a staging ring of `window` slots) is never in use twice.
-  std::function<void(size_t index)> prepare;
+  // and i + window (a staging ring of `window` slots) is never in use twice. It may wait (a
+  // relay waiting for the chunk to arrive); a non-OK status stops the stream with that status.
+  // The stall deadline counts from its return.
+  std::function<Status(size_t index)> prepare;
 };
 
 // Called after chunk `index` has completed (sent, or received in full). A non-OK status aborts the

@@ -214,18 +214,31 @@ Status StagingRing::Allocate(size_t slots, size_t slot_bytes) {
 
 SendPlan::SendPlan(const ModelView& model, uint64_t chunk_bytes)
     : chunks_(ChunkPlan::Make(TensorSizes(model), chunk_bytes).Spans(model)),
-      slot_bytes_(LargestChunk(chunks_, /*multi_span_only=*/true)) {}
+      slot_bytes_(LargestChunk(chunks_, /*multi_span_only=*/true)) {
+  offsets_.reserve(chunks_.size());
+  uint64_t offset = 0;
+  for (size_t c = 0; c < chunks_.size(); ++c) {
+    offsets_.push_back(offset);
+    offset += chunks_.bytes(c);
+  }
+}
 
 Status SendPlan::Send(transfer::Channel& channel, const transfer::StreamOptions& options,
                       StagingRing* ring, const std::vector<size_t>& chunks,
-                      const std::function<void(size_t chunk)>& on_sent) const {
+                      const std::function<void(size_t chunk)>& on_sent,
+                      const std::function<Status(size_t chunk)>& ready) const {
   const transfer::ChunkList selected = chunks_.Select(chunks);  // position p is chunks[p]
   transfer::StreamOptions stream = options;
   transfer::ChunkList staged;
-  if (slot_bytes_ > 0) {
-    staged = StagedMultiSpanChunks(selected, *ring);
+  if (slot_bytes_ > 0) staged = StagedMultiSpanChunks(selected, *ring);
+  if (slot_bytes_ > 0 || ready) {
     stream.prepare = [&](size_t p) {
-      if (selected.span_count(p) > 1) GatherChunk(selected, p, ring->slot(p));
+      if (ready) {
+        Status held = ready(chunks[p]);
+        if (!held.ok()) return held;
+      }
+      if (slot_bytes_ > 0 && selected.span_count(p) > 1) GatherChunk(selected, p, ring->slot(p));
+      return Status::Ok();
     };
   }
   return channel.Send(slot_bytes_ > 0 ? staged : selected, stream, [&](size_t p) {
@@ -297,7 +310,7 @@ Status ReceivePlan::Receive(transfer::Channel& channel, const transfer::StreamOp
   transfer::StreamOptions counted = stream;
   counted.prepare = [&](size_t p) {
     posted_bytes_ += selected.bytes(p);
-    if (stream.prepare) stream.prepare(p);
+    return stream.prepare ? stream.prepare(p) : Status::Ok();
   };
   Status status = channel.Receive(wire_chunks, counted, [&](size_t p) -> Status {
     const size_t c = chunks[p];

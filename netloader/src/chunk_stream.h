@@ -78,6 +78,11 @@ class ByteRanges {
   void Remove(uint64_t begin, uint64_t end);
   uint64_t bytes() const;
   void Clear() { ranges_.clear(); }
+  // Calls f(begin, end) for each range, in order.
+  template <typename F>
+  void ForEach(F f) const {
+    for (const auto& [begin, end] : ranges_) f(begin, end);
+  }
 
  private:
   std::map<uint64_t, uint64_t> ranges_;  // begin -> end; disjoint and not touching
@@ -116,6 +121,10 @@ class SendPlan {
 
   size_t size() const { return chunks_.size(); }
   uint64_t bytes(size_t chunk) const { return chunks_.bytes(chunk); }
+  // The chunk's bytes in the model's stream: [begin, end).
+  std::pair<uint64_t, uint64_t> range(size_t chunk) const {
+    return {offsets_[chunk], offsets_[chunk] + chunks_.bytes(chunk)};
+  }
   // Bytes of one staging slot: the largest chunk of several spans; 0 when every chunk is one
   // contiguous span (then Send needs no ring).
   uint64_t slot_bytes() const { return slot_bytes_; }
@@ -124,13 +133,16 @@ class SendPlan {
   // A chunk of several spans is gathered into its slot of `ring` (options.window slots of
   // slot_bytes()) just before it is posted: a memcpy from warm memory is cheaper than letting MPI
   // pack a many-block datatype. A chunk of one span is sent in place. `on_sent(chunk)` runs
-  // after each chunk was sent.
+  // after each chunk was sent. `ready(chunk)`, when given, runs before each chunk is posted and
+  // may wait for its bytes to be there (a server over an instance still loading); a non-OK
+  // status stops the stream.
   Status Send(transfer::Channel& channel, const transfer::StreamOptions& options, StagingRing* ring,
-              const std::vector<size_t>& chunks,
-              const std::function<void(size_t chunk)>& on_sent) const;
+              const std::vector<size_t>& chunks, const std::function<void(size_t chunk)>& on_sent,
+              const std::function<Status(size_t chunk)>& ready = nullptr) const;
 
  private:
   transfer::ChunkList chunks_;
+  std::vector<uint64_t> offsets_;  // each chunk's first byte in the stream
   uint64_t slot_bytes_ = 0;
 };
 

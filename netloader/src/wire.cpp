@@ -51,6 +51,8 @@ const char* BodyName(const wire::Envelope& envelope) {
       return "Heartbeat";
     case wire::Envelope::kRequest:
       return "Request";
+    case wire::Envelope::kRedirect:
+      return "Redirect";
     case wire::Envelope::BODY_NOT_SET:
       break;
   }
@@ -106,6 +108,10 @@ Status ValidateRegister(const wire::Register& request) {
   for (int i = 0; i < request.tensors_size(); ++i) {
     Status pattern = ValidateTensorPattern(request.tensors(i));
     if (!pattern.ok()) return invalid("tensors[" + std::to_string(i) + "]: " + pattern.message());
+  }
+  if (request.serve_endpoint().size() > kMaxEndpointBytes) {
+    return invalid("serve_endpoint is " + std::to_string(request.serve_endpoint().size()) +
+                   " bytes, more than " + std::to_string(kMaxEndpointBytes));
   }
   return Status::Ok();
 }

@@ -23,6 +23,11 @@ inline constexpr size_t kServerCutoffBytes = 256 << 10;
 // Largest message a client reads: an Accept carries the manifest (~100 B per tensor).
 inline constexpr size_t kMaxClientMessageBytes = 256 << 20;
 
+// Longest endpoint a Register's serve_endpoint or a Redirect's source may be.
+inline constexpr size_t kMaxEndpointBytes = 256;
+// Most sources one Redirect lists (a server names at most these of its relays).
+inline constexpr int kMaxRedirectSources = 16;
+
 // Clients send a heartbeat at least this often; servers give up on a silent session no sooner
 // than this (PROTOCOL.md, section 4.6).
 inline constexpr std::chrono::milliseconds kMaxHeartbeatInterval{1000};

@@ -23,6 +23,7 @@
 #include "netloader/src/manifest.h"
 #include "netloader/src/wire.h"
 #include "server/server_internal.h"
+#include "tests/support/inproc_model.h"
 #include "tests/support/test_util.h"
 #include "transfer/fault_transport.h"
 #include "transfer/inproc_transport.h"
@@ -31,63 +32,6 @@ namespace netloader {
 namespace {
 
 using namespace std::chrono_literals;
-
-// A model of `n` tensors of mixed dtypes, sizes drawn from a printed seed; owns its bytes.
-struct OwnedModel {
-  std::vector<std::vector<unsigned char>> storage;
-  ModelView view;
-
-  OwnedModel(int n, uint64_t seed, bool fill) {
-    std::mt19937_64 rng(seed);
-    const DType dtypes[] = {DType::kBF16, DType::kF32, DType::kI8, DType::kF64, DType::kBool};
-    storage.resize(n);
-    for (int i = 0; i < n; ++i) {
-      const DType dtype = dtypes[i % 5];
-      const int64_t elements = i == 0 ? 0 : (i == 1 ? 1 : static_cast<int64_t>(rng() % 70000));
-      storage[i].resize(elements * DTypeSize(dtype));
-      if (fill) {
-        for (auto& b : storage[i]) b = static_cast<unsigned char>(rng());
-      }
-      view.tensors.push_back({"layer." + std::to_string(i), dtype,
-                              i == 1 ? std::vector<int64_t>{} : std::vector<int64_t>{elements},
-                              storage[i].empty() ? nullptr : storage[i].data(), storage[i].size()});
-    }
-  }
-  // An empty destination with the same layout.
-  OwnedModel EmptyLike() const {
-    OwnedModel copy = *this;
-    for (size_t i = 0; i < copy.storage.size(); ++i) {
-      std::fill(copy.storage[i].begin(), copy.storage[i].end(), 0);
-      copy.view.tensors[i].data = copy.storage[i].empty() ? nullptr : copy.storage[i].data();
-    }
-    return copy;
-  }
-  bool SameBytes(const OwnedModel& other) const { return storage == other.storage; }
-};
-
-// The in-process data plane over `t`, for a server or a client.
-std::shared_ptr<transfer::DataPlane> Plane(std::shared_ptr<transfer::Transport> t) {
-  return transfer::MakeInprocDataPlane(std::move(t));
-}
-
-ServerOptions SmallChunks() {
-  ServerOptions o;
-  o.listen = "tcp://127.0.0.1:0";
-  o.chunk_bytes = 64 << 10;
-  o.connect_timeout = 5s;
-  o.stall_timeout = 5s;
-  o.done_timeout = 5s;
-  return o;
-}
-
-ClientOptions ClientFor(const std::string& endpoint) {
-  ClientOptions o;
-  o.sources = {endpoint};
-  o.register_timeout = 5s;
-  o.stall_timeout = 5s;
-  o.connect_timeout = 5s;
-  return o;
-}
 
 class ServerClientTest : public ::testing::Test {
  protected:
@@ -670,7 +614,7 @@ Result<wire::Envelope> RegisterRaw(const std::string& endpoint, const ModelView&
 // Protocol version 3: a Request naming chunks the stream does not have is refused naming the
 // range and ends its session; a version-3 client (no partial loads) is refused naming both
 // versions.
-TEST_F(ServerClientFaultTest, ABadRequestEndsItsSessionAndAVersion3ClientIsRefusedByName) {
+TEST_F(ServerClientFaultTest, ABadRequestEndsItsSessionAndAVersion4ClientIsRefusedByName) {
   OwnedModel source(10, seed_, true);
   LogCapture log;
   auto server = internal::StartServer(SmallChunks(), source.view, Plane(transport_));
@@ -699,13 +643,14 @@ TEST_F(ServerClientFaultTest, ABadRequestEndsItsSessionAndAVersion3ClientIsRefus
   ASSERT_TRUE(gone.ok() && gone->has_reject());
   EXPECT_NE(gone->reject().reason().find("not active"), std::string::npos) << "session ended";
 
-  wire::Envelope v2;
-  ToWire(MakeFingerprint(source.view, "", {}), v2.mutable_register_()->mutable_fingerprint());
-  v2.set_protocol_version(3);
-  Result<wire::Envelope> old = RawExchange(endpoint, v2.SerializeAsString());
+  // A version-4 client would not understand a Redirect.
+  wire::Envelope v4;
+  ToWire(MakeFingerprint(source.view, "", {}), v4.mutable_register_()->mutable_fingerprint());
+  v4.set_protocol_version(4);
+  Result<wire::Envelope> old = RawExchange(endpoint, v4.SerializeAsString());
   ASSERT_TRUE(old.ok() && old->has_reject());
   EXPECT_EQ(old->reject().code(), wire::PROTOCOL_MISMATCH);
-  EXPECT_NE(old->reject().reason().find("protocol version 3, this build speaks 4"),
+  EXPECT_NE(old->reject().reason().find("protocol version 4, this build speaks 5"),
             std::string::npos)
       << old->reject().reason();
 

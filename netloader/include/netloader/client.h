@@ -21,8 +21,13 @@ using ProgressCallback = std::function<void(uint64_t bytes_done, uint64_t bytes_
 // about a thousand names of 60 characters (ClientOptions::tensors).
 inline constexpr size_t kMaxTensorPatternBytes = 60 << 10;
 
+// The most redirects one load follows (ClientOptions::sources).
+inline constexpr int kMaxRedirects = 16;
+
 // See ClientOptions::connect_hook.
 enum class ConnectEvent { kBefore, kAfter };
+
+class Server;
 
 // The fields shared with ServerOptions (model id, partition, window, connect/stall/heartbeat
 // deadlines, secret, transport) are in PeerOptions (netloader/options.h).
@@ -30,6 +35,9 @@ struct ClientOptions : PeerOptions {
   // ZeroMQ endpoints of sources ("tcp://host:port"), tried in order until the model is loaded.
   // A source that fails mid-transfer costs only what was in flight: the next one is asked only
   // for the chunks not yet verified, provided it holds the same content (per-tensor digests).
+  // A source at its fan-out limit may redirect the client to relays loading from it: those are
+  // tried next, then that source again (at most kMaxRedirects redirects per load; a Register
+  // says how many were followed, and a server redirects no client that followed that many).
   std::vector<std::string> sources;
   // A source must answer Register within this time.
   std::chrono::milliseconds register_timeout{10000};
@@ -63,6 +71,12 @@ struct ClientOptions : PeerOptions {
   // kMaxTensorPatternBytes the patterns travel instead, and must then select exactly the same
   // tensors on the source. Empty: the whole destination (the default).
   std::vector<std::string> tensors;
+  // Serve while loading: a server started with Server::StartRelay over this same destination.
+  // Load feeds it each chunk as soon as it is verified, so that other instances can load from
+  // this one while it loads, and tells sources that it serves at relay->endpoint(), so that a
+  // source at its fan-out limit may redirect newcomers here (ServerOptions::fanout). The whole
+  // model only (not with `tensors`). Null: this load serves nothing.
+  Server* relay = nullptr;
   ProgressCallback progress;  // optional
   // Optional. Called on the loading thread just before each MPI connect to a source (kBefore)
   // and as soon as that connect returns, connected or not (kAfter). Open MPI 4.1 can wedge both

@@ -10,7 +10,7 @@
 namespace netloader {
 
 // The protocol version this build speaks. Peers of another version are refused by name.
-inline constexpr uint32_t kProtocolVersion = 4;  // 4: partial loads (PROTOCOL.md, section 10)
+inline constexpr uint32_t kProtocolVersion = 5;  // 5: relay fan-out (PROTOCOL.md, section 10)
 
 // What must match before a single byte moves (DESIGN.md, "Fingerprint").
 struct Fingerprint {

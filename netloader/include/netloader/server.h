@@ -27,6 +27,13 @@ struct ServerOptions : PeerOptions {
   std::chrono::milliseconds done_timeout{30000};
   // How long a Busy client is told to wait before retrying.
   std::chrono::milliseconds busy_retry_hint{500};
+  // Relay fan-out: with this many clients streaming from here, a newcomer is redirected to the
+  // clients loading from here that serve while they load (ClientOptions::relay), so that a burst
+  // of instances forms a tree in which each one forwards what it verified (DESIGN.md, "Relay
+  // fan-out"). 1 makes a chain: with every host's link at the same rate, each instance then
+  // receives at the full rate, and K instances load in about the time of one. 0: never redirect
+  // (clients up to max_concurrent_transfers share this server's link).
+  int fanout = 1;
 };
 
 // Counters a host may poll. A session's outcome is counted, and it stops counting as active, in
@@ -37,6 +44,7 @@ struct ServerStats {
   uint64_t clients_failed = 0;   // transfers that failed or were never confirmed
   uint64_t refused = 0;          // Register requests answered with Reject
   uint64_t busy = 0;             // Register requests answered with Busy
+  uint64_t redirected = 0;       // Register requests answered with Redirect (ServerOptions::fanout)
   uint64_t unauthenticated = 0;  // connections that failed the shared-secret handshake
   uint64_t bytes_sent = 0;
   int active_transfers = 0;  // sessions open: from the Accept until the session ended
@@ -58,6 +66,16 @@ class NETLOADER_EXPORT Server {
   // time).
   static Result<std::unique_ptr<Server>> Start(ServerOptions options, ModelView model);
 
+  // Serve while loading: a server over `destination` before it holds the weights (a relay).
+  // Start it, then pass it to Load as ClientOptions::relay with the same destination: from the
+  // moment Load has its source's manifest, this server streams each chunk as soon as Load
+  // verified it, and a client asking for a chunk not yet here waits for it (within its stall
+  // timeout). Until then Register is answered Busy; partial loads are served once the load is
+  // complete. If Load fails, Register is refused (Unavailable) until the host filled
+  // `destination` otherwise (from disk) and called MarkLoaded. The tensors must stay valid until
+  // Stop() returns. Errors as Start.
+  static Result<std::unique_ptr<Server>> StartRelay(ServerOptions options, ModelView destination);
+
   virtual ~Server();  // calls Stop()
 
   // The bound ZeroMQ endpoint, e.g. "tcp://127.0.0.1:41234".
@@ -65,6 +83,11 @@ class NETLOADER_EXPORT Server {
   // The MPI rendezvous URI clients of this server use.
   virtual std::string rendezvous_uri() const = 0;
   virtual ServerStats stats() const = 0;
+  // For a relay whose own load failed and whose host then filled the destination otherwise (from
+  // disk): computes the digests (one pass over the memory) and serves everything. Clients still
+  // streaming are cut off if the weights differ from what the failed load had begun. Without
+  // effect on a server over loaded weights, or a relay whose load succeeded.
+  virtual Status MarkLoaded() = 0;
   // Stops accepting, aborts transfers in progress, joins the threads. Returns within about
   // max(stall poll interval, 1 s) even when peers are dead. Idempotent.
   virtual void Stop() = 0;

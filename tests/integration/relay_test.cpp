@@ -1,0 +1,273 @@
+// Serve while loading and relay fan-out, in one process: real ZeroMQ sockets on 127.0.0.1, the
+// in-process data plane standing in for MPI. Each instance's load is held at half way (in its
+// progress callback) until what the test wants to see has happened, so that "while loading" is
+// shown by events, not by timing. Real processes in network namespaces: netns_test.cpp.
+
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "client/client_internal.h"
+#include "netloader/src/chunk_stream.h"
+#include "server/server_internal.h"
+#include "tests/support/inproc_model.h"
+#include "tests/support/test_util.h"
+#include "transfer/fault_transport.h"
+
+namespace netloader {
+namespace {
+
+// A one-shot event a thread can wait for, for at most a bound.
+class Event {
+ public:
+  void Set() {
+    std::lock_guard<std::mutex> lock(mu_);
+    set_ = true;
+    cv_.notify_all();
+  }
+  // True once set; false if `timeout` passed first.
+  bool Wait(std::chrono::milliseconds timeout = 20s) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, timeout, [this] { return set_; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool set_ = false;
+};
+
+// Deadlines long enough that an instance held at half way by the test never trips them (the
+// events it waits for bound each hold at 20 s).
+ServerOptions Patient(ServerOptions o = SmallChunks()) {
+  o.stall_timeout = 60s;
+  o.done_timeout = 60s;
+  return o;
+}
+ClientOptions PatientClient(std::vector<std::string> sources) {
+  ClientOptions o = ClientFor(sources[0]);
+  o.sources = std::move(sources);
+  o.stall_timeout = 60s;
+  return o;
+}
+
+// A progress callback that, the first time half the bytes are verified, sets `paused` and holds
+// the load until `release` is set (or 20 s passed: `held_too_long` then says so).
+ProgressCallback HoldAtHalf(Event& paused, Event& release, std::atomic<bool>& held_too_long) {
+  auto held = std::make_shared<bool>(false);
+  return [&, held](uint64_t done, uint64_t total) {
+    if (*held || done < total / 2) return;
+    *held = true;
+    paused.Set();
+    if (!release.Wait()) held_too_long = true;
+  };
+}
+
+// Sets `event` at the first progress.
+ProgressCallback SetAtFirstChunk(Event& event) {
+  return [&event](uint64_t, uint64_t) { event.Set(); };
+}
+
+// Waits until `server` counted `served` clients, and returns its stats.
+ServerStats StatsOnceServed(Server& server, uint64_t served) {
+  testing::WaitFor(
+      [&] { return server.stats().clients_served + server.stats().clients_failed >= served; }, 10s);
+  return server.stats();
+}
+
+class RelayTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    seed_ = std::random_device{}();
+    std::printf("seed %llu\n", static_cast<unsigned long long>(seed_));
+  }
+  uint64_t seed_ = 0;
+  std::shared_ptr<transfer::Transport> transport_ = transfer::MakeInprocTransport();
+};
+class RelayFaultTest : public RelayTest {};
+
+TEST_F(RelayTest, ARelayServesWhatItVerifiedWhileItIsStillLoading) {
+  OwnedModel source(120, seed_, true);
+  auto seed = internal::StartServer(Patient(), source.view, Plane(transport_));
+  ASSERT_TRUE(seed.ok()) << seed.status().ToString();
+  OwnedModel a = source.EmptyLike();
+  auto relay = internal::StartServer(Patient(), a.view, Plane(transport_), /*relay=*/true);
+  ASSERT_TRUE(relay.ok()) << relay.status().ToString();
+
+  // Before its own load has a source, a relay has nothing to serve: Busy, saying why.
+  OwnedModel early = source.EmptyLike();
+  ClientOptions impatient = ClientFor((*relay)->endpoint());
+  impatient.busy_timeout = 300ms;
+  Result<LoadStats> refused = internal::Load(impatient, early.view, *Plane(transport_));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kBusy) << refused.status().ToString();
+
+  Event paused, downstream_started;
+  std::atomic<bool> held_too_long{false};
+  Result<LoadStats> relay_load = Status(StatusCode::kInternal, "not run");
+  std::thread loading([&] {
+    ClientOptions options = PatientClient({(*seed)->endpoint()});
+    options.relay = relay->get();
+    options.progress = HoldAtHalf(paused, downstream_started, held_too_long);
+    relay_load = internal::Load(options, a.view, *Plane(transport_));
+  });
+  ASSERT_TRUE(paused.Wait()) << "the relay's load never reached half way";
+
+  // The relay's load is held at half; a client of the relay gets chunks meanwhile.
+  OwnedModel b = source.EmptyLike();
+  ClientOptions downstream = PatientClient({(*relay)->endpoint()});
+  downstream.progress = SetAtFirstChunk(downstream_started);
+  Result<LoadStats> loaded = internal::Load(downstream, b.view, *Plane(transport_));
+  loading.join();
+
+  ASSERT_TRUE(relay_load.ok()) << relay_load.status().ToString();
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  EXPECT_FALSE(held_too_long) << "no chunk reached the client while the relay was loading";
+  EXPECT_TRUE(a.SameBytes(source));
+  EXPECT_TRUE(b.SameBytes(source));
+  EXPECT_EQ(loaded->source, (*relay)->endpoint());
+  EXPECT_TRUE(VerifyModel(b.view, *loaded).ok());
+  // One copy left the seed; the relay forwarded one.
+  EXPECT_EQ(StatsOnceServed(**seed, 1).bytes_sent, source.view.total_bytes());
+  EXPECT_EQ(StatsOnceServed(**relay, 1).bytes_sent, source.view.total_bytes());
+
+  // Loaded, the relay is a source like any other.
+  OwnedModel c = source.EmptyLike();
+  ASSERT_TRUE(internal::Load(ClientFor((*relay)->endpoint()), c.view, *Plane(transport_)).ok());
+  EXPECT_TRUE(c.SameBytes(source));
+}
+
+TEST_F(RelayTest, WithFanOutOneABurstFormsAChainAndTheSeedSendsOneCopy) {
+  OwnedModel source(120, seed_, true);
+  ServerOptions seed_options = Patient();
+  seed_options.fanout = 1;
+  auto seed = internal::StartServer(seed_options, source.view, Plane(transport_));
+  ASSERT_TRUE(seed.ok()) << seed.status().ToString();
+  OwnedModel a = source.EmptyLike(), b = source.EmptyLike(), c = source.EmptyLike();
+  auto relay_a = internal::StartServer(seed_options, a.view, Plane(transport_), true);
+  auto relay_b = internal::StartServer(seed_options, b.view, Plane(transport_), true);
+  ASSERT_TRUE(relay_a.ok() && relay_b.ok());
+
+  // A loads from the seed and is held at half until C, at the end of the chain, has chunks.
+  Event a_paused, b_started, c_started;
+  std::atomic<bool> held_too_long{false};
+  Result<LoadStats> loaded_a = Status(StatusCode::kInternal, "not run");
+  Result<LoadStats> loaded_b = loaded_a;
+  std::thread thread_a([&] {
+    ClientOptions options = PatientClient({(*seed)->endpoint()});
+    options.relay = relay_a->get();
+    options.progress = HoldAtHalf(a_paused, c_started, held_too_long);
+    loaded_a = internal::Load(options, a.view, *Plane(transport_));
+  });
+  ASSERT_TRUE(a_paused.Wait());
+  // B is configured with the seed only: the seed, at its limit, sends it to A.
+  std::thread thread_b([&] {
+    ClientOptions options = PatientClient({(*seed)->endpoint()});
+    options.relay = relay_b->get();
+    options.progress = SetAtFirstChunk(b_started);
+    loaded_b = internal::Load(options, b.view, *Plane(transport_));
+  });
+  ASSERT_TRUE(b_started.Wait());
+  // C, configured with the seed only too, is sent to A, which sends it on to B.
+  ClientOptions options_c = PatientClient({(*seed)->endpoint()});
+  options_c.progress = SetAtFirstChunk(c_started);
+  Result<LoadStats> loaded_c = internal::Load(options_c, c.view, *Plane(transport_));
+  thread_a.join();
+  thread_b.join();
+
+  for (const Result<LoadStats>* r : {&loaded_a, &loaded_b, &loaded_c}) {
+    ASSERT_TRUE(r->ok()) << r->status().ToString();
+  }
+  EXPECT_FALSE(held_too_long) << "C got nothing while A, two hops up, was loading";
+  for (const OwnedModel* m : {&a, &b, &c}) EXPECT_TRUE(m->SameBytes(source));
+  EXPECT_TRUE(VerifyModel(c.view, *loaded_c).ok());
+
+  ASSERT_EQ(loaded_b->attempts.size(), 2u);
+  EXPECT_EQ(loaded_b->attempts[0].source, (*seed)->endpoint());
+  EXPECT_NE(loaded_b->attempts[0].status.message().find("redirected"), std::string::npos)
+      << loaded_b->attempts[0].status.ToString();
+  EXPECT_EQ(loaded_b->source, (*relay_a)->endpoint());
+  ASSERT_EQ(loaded_c->attempts.size(), 3u);
+  EXPECT_EQ(loaded_c->attempts[1].source, (*relay_a)->endpoint());
+  EXPECT_EQ(loaded_c->source, (*relay_b)->endpoint());
+
+  const uint64_t model = source.view.total_bytes();
+  const ServerStats at_seed = StatsOnceServed(**seed, 1);
+  EXPECT_EQ(at_seed.bytes_sent, model) << "the seed sent one copy for three instances";
+  EXPECT_EQ(at_seed.redirected, 2u);
+  EXPECT_EQ(StatsOnceServed(**relay_a, 1).bytes_sent, model);
+  EXPECT_EQ(StatsOnceServed(**relay_a, 1).redirected, 1u);
+  EXPECT_EQ(StatsOnceServed(**relay_b, 1).bytes_sent, model);
+}
+
+// A relay whose own load fails: its client resumes from the next holder (the seed) where it
+// stopped, never restarting; the relay refuses newcomers, naming why; and once its host loaded
+// the weights otherwise (from disk) and says so, it serves again.
+TEST_F(RelayFaultTest,
+       ClientsOfARelayWhoseLoadFailsResumeFromTheSeedAndItServesOnceLoadedFromDisk) {
+  OwnedModel source(120, seed_, true);
+  auto seed = internal::StartServer(Patient(), source.view, Plane(transport_));
+  ASSERT_TRUE(seed.ok()) << seed.status().ToString();
+  OwnedModel a = source.EmptyLike();
+  auto relay = internal::StartServer(Patient(), a.view, Plane(transport_), true);
+  ASSERT_TRUE(relay.ok()) << relay.status().ToString();
+  const size_t chunks = ChunkPlan::Make(TensorSizes(source.view), SmallChunks().chunk_bytes).size();
+
+  // The relay's only source breaks at three quarters, after the hold at half.
+  Event paused, downstream_started;
+  std::atomic<bool> held_too_long{false};
+  Result<LoadStats> relay_load = Status(StatusCode::kInternal, "not run");
+  std::thread loading([&] {
+    ClientOptions options = PatientClient({(*seed)->endpoint()});
+    options.relay = relay->get();
+    options.progress = HoldAtHalf(paused, downstream_started, held_too_long);
+    auto broken = transfer::MakeFaultyTransport(transport_,
+                                                {transfer::FaultSpec::Kind::kFail, chunks * 3 / 4});
+    relay_load = internal::Load(options, a.view, *Plane(broken));
+  });
+  ASSERT_TRUE(paused.Wait());
+
+  OwnedModel b = source.EmptyLike();
+  ClientOptions downstream = PatientClient({(*relay)->endpoint(), (*seed)->endpoint()});
+  downstream.progress = SetAtFirstChunk(downstream_started);
+  Result<LoadStats> loaded = internal::Load(downstream, b.view, *Plane(transport_));
+  loading.join();
+
+  ASSERT_FALSE(relay_load.ok()) << "the relay's source was to break";
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  EXPECT_FALSE(held_too_long);
+  EXPECT_TRUE(b.SameBytes(source));
+  EXPECT_TRUE(VerifyModel(b.view, *loaded).ok());
+  ASSERT_EQ(loaded->attempts.size(), 2u);
+  const SourceAttempt& at_relay = loaded->attempts[0];
+  EXPECT_EQ(at_relay.source, (*relay)->endpoint());
+  EXPECT_FALSE(at_relay.status.ok());
+  EXPECT_GT(at_relay.bytes, 0u) << "the relay served nothing while it was loading";
+  EXPECT_LT(at_relay.bytes, source.view.total_bytes());
+  // Resumed, not restarted: the seed sent only what the relay had not.
+  EXPECT_EQ(loaded->attempts[1].bytes, source.view.total_bytes() - at_relay.bytes);
+
+  // Newcomers are refused at once, told why.
+  OwnedModel c = source.EmptyLike();
+  Result<LoadStats> refused =
+      internal::Load(ClientFor((*relay)->endpoint()), c.view, *Plane(transport_));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(refused.status().message().find("own load failed"), std::string::npos)
+      << refused.status().ToString();
+
+  // The host loads the weights from disk (here: copies them) and says so; the relay serves.
+  for (size_t i = 0; i < a.storage.size(); ++i) {
+    std::copy(source.storage[i].begin(), source.storage[i].end(), a.storage[i].begin());
+  }
+  ASSERT_TRUE((*relay)->MarkLoaded().ok());
+  Result<LoadStats> served =
+      internal::Load(ClientFor((*relay)->endpoint()), c.view, *Plane(transport_));
+  ASSERT_TRUE(served.ok()) << served.status().ToString();
+  EXPECT_TRUE(c.SameBytes(source));
+}
+
+}  // namespace
+}  // namespace netloader
