@@ -17,6 +17,7 @@
 #include "netloader/cli/cli_common.h"
 #include "netloader/client.h"
 #include "netloader/safetensors.h"
+#include "netloader/server.h"
 
 using namespace netloader;
 
@@ -127,7 +128,11 @@ int main(int argc, char** argv) {
       "sources, and attempts lists each source tried with the bytes it delivered.\n"
       "The summary gives the transfer's own time and rate (transfer_seconds, transfer_gbps)\n"
       "apart from the whole run's wall time (wall_seconds: reading --model, MPI start-up,\n"
-      "registration, the transfer, writing and reading back --output)."};
+      "registration, the transfer, writing and reading back --output).\n"
+      "With --serve, this instance serves the model while it loads and after (a relay): other\n"
+      "instances pointed at the same --source are redirected here when that source is at its\n"
+      "--fanout limit, and get each chunk as soon as it is verified here. After the load it\n"
+      "prints its summary and keeps serving until SIGINT/SIGTERM, then prints what it served."};
   app.footer(cli::kExitCodeHelp);
   std::string model_path;
   std::string output_dir;
@@ -174,6 +179,30 @@ int main(int argc, char** argv) {
                  "else it holds; its pipeline split (--pp-size, --pp-rank) may differ. --output "
                  "then gets only these tensors, in the shard files of --model that hold them")
       ->type_name("PATTERN");
+  ServerOptions serving;
+  std::string serve_endpoint_file;
+  uint64_t serve_chunk_mib = serving.chunk_bytes >> 20;
+  auto* serve = app.add_option(
+      "--serve", serving.listen,
+      "Serve the model while loading it and afterwards, at this ZeroMQ endpoint "
+      "(tcp://ADDRESS:PORT, an address the other instances reach; port 0 picks one, see "
+      "--serve-endpoint-file). Needs the other instances' --rendezvous, and the whole model "
+      "(not --tensors)");
+  app.add_option("--serve-endpoint-file", serve_endpoint_file,
+                 "With --serve: write the bound endpoint to this file once serving")
+      ->needs(serve);
+  app.add_option("--serve-max-clients", serving.max_concurrent_transfers,
+                 "With --serve: clients streamed at once")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str()
+      ->needs(serve);
+  app.add_option("--serve-chunk-mib", serve_chunk_mib,
+                 "With --serve: MPI message size in MiB once loaded, if the load failed (while "
+                 "loading, the source's chunks are forwarded as they are)")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str()
+      ->needs(serve);
+  cli::AddFanoutFlag(app, serving.fanout);
   bool skip_output_check = false;
   app.add_flag("--skip-output-check", skip_output_check,
                "Do not read --output back to check it against the source's per-tensor digests");
@@ -227,6 +256,16 @@ int main(int argc, char** argv) {
   options.connect_timeout = ms(connect_timeout_s);
   options.stall_timeout = ms(stall_timeout_s);
   options.busy_timeout = ms(busy_timeout_s);
+  const bool relaying = !serve->empty();
+  if (relaying && !options.tensors.empty()) {
+    std::fprintf(stderr,
+                 "netloader-client: --serve serves the whole model; it cannot go with "
+                 "--tensors\n");
+    return cli::kExitUsage;
+  }
+  // A relay takes the stop signals only once it serves a loaded model; until then they wait.
+  sigset_t stop_signals;
+  if (relaying) stop_signals = cli::BlockStopSignals();
 
   // MPI start-up (~140 ms) need not wait for the source when the rendezvous is shared: it runs
   // while the destination is allocated and faulted in; Load waits for what is left of it.
@@ -268,6 +307,27 @@ int main(int argc, char** argv) {
                                                              : cli::kExitBadModel;
   }
   options.destination_filled = !delta_dir.empty();
+
+  std::unique_ptr<Server> relay;
+  if (relaying) {
+    Status applied_here = common.ApplyTo(serving);
+    serving.chunk_bytes = serve_chunk_mib << 20;
+    serving.window = options.window;
+    serving.stall_timeout = options.stall_timeout;
+    serving.connect_timeout = options.connect_timeout;
+    Result<std::unique_ptr<Server>> started =
+        applied_here.ok() ? Server::StartRelay(serving, model->view()) : applied_here;
+    if (!started.ok()) {
+      std::fprintf(stderr, "netloader-client: --serve: %s\n", started.status().ToString().c_str());
+      return started.status().code() == StatusCode::kInvalidArgument ? cli::kExitUsage
+                                                                     : cli::kExitUnavailable;
+    }
+    relay = std::move(*started);
+    options.relay = relay.get();
+    cli::WriteEndpointFile(serve_endpoint_file, relay->endpoint());
+    std::fprintf(stderr, "netloader-client: serving while loading at %s\n",
+                 relay->endpoint().c_str());
+  }
 
   cli::ProgressLine progress;
   const auto start = Clock::now();
@@ -318,6 +378,7 @@ int main(int argc, char** argv) {
           {{"source", a.source}, {"status", a.status.ToString()}, {"bytes", a.bytes}});
     }
     summary["attempts"] = attempts;
+    if (relay != nullptr) summary["serving"] = relay->endpoint();
     if (!output_dir.empty()) {
       const auto write_start = Clock::now();
       Status written = WriteCheckpoint(output_dir, *layout, model->view());
@@ -356,6 +417,21 @@ int main(int argc, char** argv) {
                                                         : ("; wrote " + output_dir +
                                ", read it back and checked it against the source's digests")
                                   .c_str());
+  }
+  if (relay == nullptr || exit_code != cli::kExitOk) return exit_code;
+  // Loaded: go on serving it, as any source, until told to stop.
+  std::fflush(stdout);
+  const std::string stopped_by = cli::ServeUntilStopped(*relay, stop_signals);
+  std::fprintf(stderr, "netloader-client: %s received, stopped serving\n", stopped_by.c_str());
+  if (common.json) {
+    std::cout << nlohmann::json{{"served", cli::ServerSummary(*relay)}}.dump() << std::endl;
+  } else {
+    const ServerStats s = relay->stats();
+    std::printf("served %llu clients (%llu failed, %llu redirected), %s sent\n",
+                static_cast<unsigned long long>(s.clients_served),
+                static_cast<unsigned long long>(s.clients_failed),
+                static_cast<unsigned long long>(s.redirected),
+                cli::HumanBytes(s.bytes_sent).c_str());
   }
   return exit_code;
 }

@@ -3,17 +3,22 @@
 // Pieces shared by the netloader-server and netloader-client command lines: exit codes, the
 // flags both take, and a terminal progress line. Not part of the library.
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
+#include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "netloader/logging.h"
 #include "netloader/options.h"
 #include "netloader/secret.h"
+#include "netloader/server.h"
 #include "netloader/status.h"
 #include "netloader/tensor.h"
 
@@ -199,5 +204,70 @@ class ProgressLine {
   bool drawn_ = false;
   std::chrono::steady_clock::time_point last_{};
 };
+
+// SIGINT and SIGTERM, blocked in the calling thread and every thread it starts afterwards (call
+// it before any), so that ServeUntilStopped alone takes them.
+inline sigset_t BlockStopSignals() {
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  return stop;
+}
+
+// Writes `endpoint` to `file` (nothing when it is empty) under a temporary name first, so that
+// a reader never sees a partial line.
+inline void WriteEndpointFile(const std::string& file, const std::string& endpoint) {
+  if (file.empty()) return;
+  std::ofstream(file + ".tmp") << endpoint << "\n";
+  std::rename((file + ".tmp").c_str(), file.c_str());
+}
+
+// Serves until one of `stop` (BlockStopSignals) arrives, with a status line; then stops the
+// server. Returns the signal's name.
+inline std::string ServeUntilStopped(Server& server, const sigset_t& stop) {
+  ProgressLine status_line;
+  int signal_number = 0;
+  while (true) {
+    const timespec tick{1, 0};
+    siginfo_t info;
+    signal_number = sigtimedwait(&stop, &info, &tick);
+    if (signal_number > 0) break;
+    const ServerStats s = server.stats();
+    status_line.Update("serving: " + std::to_string(s.active_transfers) + " active, " +
+                       std::to_string(s.clients_served) + " served, " +
+                       std::to_string(s.clients_failed) + " failed, " +
+                       std::to_string(s.redirected) + " redirected, " + HumanBytes(s.bytes_sent) +
+                       " sent");
+  }
+  status_line.Finish();
+  server.Stop();
+  return strsignal(signal_number);
+}
+
+// A stopped server's counters, for --json.
+inline nlohmann::json ServerSummary(Server& server) {
+  const ServerStats s = server.stats();
+  return {{"endpoint", server.endpoint()},
+          {"clients_served", s.clients_served},
+          {"clients_failed", s.clients_failed},
+          {"refused", s.refused},
+          {"busy", s.busy},
+          {"redirected", s.redirected},
+          {"unauthenticated", s.unauthenticated},
+          {"bytes_sent", s.bytes_sent}};
+}
+
+// The fan-out flag both CLIs take (ServerOptions::fanout).
+inline void AddFanoutFlag(CLI::App& app, int& fanout) {
+  app.add_option("--fanout", fanout,
+                 "Clients streamed at once before newcomers are redirected to relays loading "
+                 "from here (instances started with netloader-client --serve), so that a burst "
+                 "forms a tree: 1 makes a chain, in which every instance receives at the full "
+                 "link rate; 0 never redirects")
+      ->check(CLI::Range(0, 1024))
+      ->capture_default_str();
+}
 
 }  // namespace netloader::cli

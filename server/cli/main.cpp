@@ -54,6 +54,7 @@ int main(int argc, char** argv) {
                  "Seconds without progress after which a transfer is abandoned")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  cli::AddFanoutFlag(app, options.fanout);
   common.Add(app);
   CLI11_PARSE(app, argc, argv);
   common.ApplyLogLevel();
@@ -68,13 +69,8 @@ int main(int argc, char** argv) {
       std::chrono::milliseconds(static_cast<int64_t>(connect_timeout_s * 1000));
   options.stall_timeout = std::chrono::milliseconds(static_cast<int64_t>(stall_timeout_s * 1000));
 
-  // Block the stop signals before any thread starts, so they all inherit the mask and the main
-  // thread alone takes them with sigwait.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // Before any thread starts, so they all inherit the mask and the main thread alone takes them.
+  const sigset_t stop_signals = cli::BlockStopSignals();
 
   const auto load_start = std::chrono::steady_clock::now();
   Result<CheckpointLayout> layout = ReadCheckpointLayout(model_path);
@@ -103,44 +99,19 @@ int main(int argc, char** argv) {
                (*server)->endpoint().c_str(), (*server)->rendezvous_uri().c_str(),
                common.no_auth ? "NO authentication: --no-auth"
                               : ("clients need the secret in " + common.secret_file).c_str());
-  if (!endpoint_file.empty()) {
-    // Written to a temporary name first so a reader never sees a partial endpoint.
-    std::ofstream(endpoint_file + ".tmp") << (*server)->endpoint() << "\n";
-    std::rename((endpoint_file + ".tmp").c_str(), endpoint_file.c_str());
-  }
-
-  cli::ProgressLine status_line;
-  int signal_number = 0;
-  while (true) {
-    const timespec tick{1, 0};
-    siginfo_t info;
-    signal_number = sigtimedwait(&stop_signals, &info, &tick);
-    if (signal_number > 0) break;
-    const ServerStats s = (*server)->stats();
-    status_line.Update("serving: " + std::to_string(s.active_transfers) + " active, " +
-                       std::to_string(s.clients_served) + " served, " +
-                       std::to_string(s.clients_failed) + " failed, " +
-                       cli::HumanBytes(s.bytes_sent) + " sent");
-  }
-  status_line.Finish();
-  std::fprintf(stderr, "netloader-server: %s received, stopping\n", strsignal(signal_number));
-  (*server)->Stop();
+  cli::WriteEndpointFile(endpoint_file, (*server)->endpoint());
+  const std::string stopped_by = cli::ServeUntilStopped(**server, stop_signals);
+  std::fprintf(stderr, "netloader-server: %s received, stopped\n", stopped_by.c_str());
   const ServerStats s = (*server)->stats();
   if (common.json) {
-    nlohmann::json summary = {{"endpoint", (*server)->endpoint()},
-                              {"clients_served", s.clients_served},
-                              {"clients_failed", s.clients_failed},
-                              {"refused", s.refused},
-                              {"busy", s.busy},
-                              {"unauthenticated", s.unauthenticated},
-                              {"bytes_sent", s.bytes_sent}};
-    std::cout << summary.dump() << std::endl;
+    std::cout << cli::ServerSummary(**server).dump() << std::endl;
   } else {
     std::printf(
-        "served %llu clients (%llu failed, %llu refused, %llu failed authentication), %s sent\n",
+        "served %llu clients (%llu failed, %llu refused, %llu redirected, %llu failed "
+        "authentication), %s sent\n",
         static_cast<unsigned long long>(s.clients_served),
         static_cast<unsigned long long>(s.clients_failed),
-        static_cast<unsigned long long>(s.refused),
+        static_cast<unsigned long long>(s.refused), static_cast<unsigned long long>(s.redirected),
         static_cast<unsigned long long>(s.unauthenticated), cli::HumanBytes(s.bytes_sent).c_str());
   }
   return cli::kExitOk;
