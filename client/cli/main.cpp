@@ -237,6 +237,11 @@ int main(int argc, char** argv) {
   std::string hold_file;
   app.add_option("--testing-hold-at", hold_percent)->group("");
   app.add_option("--testing-hold-file", hold_file)->group("");
+  // For the benchmark: once ready to load (layout read, memory allocated, MPI and the relay
+  // started), say so and wait until FILE exists, so that K instances on one machine's shared
+  // cores start loading at the same moment, as K hosts would.
+  std::string start_file;
+  app.add_option("--testing-start-file", start_file)->group("");
   common.Add(app);
   CLI11_PARSE(app, argc, argv);
   if (output_dir.empty() && !verify_only) {
@@ -329,6 +334,14 @@ int main(int argc, char** argv) {
                  relay->endpoint().c_str());
   }
 
+  if (!start_file.empty()) {
+    if (transport_started.valid()) (void)transport_started.get();  // Load reports a failure
+    std::fprintf(stderr, "netloader-client: ready; waiting for %s\n", start_file.c_str());
+    const auto until = Clock::now() + std::chrono::seconds(600);
+    while (access(start_file.c_str(), F_OK) != 0 && Clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
   cli::ProgressLine progress;
   const auto start = Clock::now();
   bool held = hold_file.empty();

@@ -12,7 +12,9 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -127,6 +129,7 @@ struct RoleArgs {
   pid_t kill_pid = 0;               // SIGKILLed once half the model is verified (the resume row)
   std::string delta_from;           // an older copy to start from (the delta row)
   std::vector<std::string> select;  // tensor patterns of a partial load (the partial row)
+  std::string start_file;           // storage-read: begin once this file exists
 };
 
 netloader::TransportOptions Transport(const RoleArgs& args) {
@@ -357,6 +360,96 @@ int RoleDisk(const RoleArgs& args) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The fan-out row's "shared storage" (what K instances reading one NFS server see): a host
+// that streams the checkpoint's files over plain TCP to each reader that connects, from the page
+// cache (sendfile), until SIGTERM.
+int RoleStorageServe(const RoleArgs& args) {
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  std::vector<std::string> files;
+  for (const auto& shard :
+       Check(netloader::ReadCheckpointLayout(args.models.at(0)), "layout").shards)
+    files.push_back(shard.path);
+  const int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = 0;
+  inet_pton(AF_INET, args.listen.c_str(), &address.sin_addr);
+  socklen_t length = sizeof address;
+  if (bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+      listen(listener, 64) != 0 ||
+      getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+    Die("storage: cannot listen on " + args.listen);
+  }
+  std::ofstream(args.endpoint_file + ".tmp")
+      << args.listen << ":" << ntohs(address.sin_port) << "\n";
+  std::rename((args.endpoint_file + ".tmp").c_str(), args.endpoint_file.c_str());
+  std::thread acceptor([&] {
+    while (true) {
+      const int connection = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+      if (connection < 0) return;
+      std::thread([connection, files] {
+        for (const std::string& file : files) {
+          const int fd = open(file.c_str(), O_RDONLY | O_CLOEXEC);
+          off_t offset = 0;
+          struct stat info {};
+          fstat(fd, &info);
+          while (offset < info.st_size &&
+                 sendfile(connection, fd, &offset, info.st_size - offset) > 0) {
+          }
+          close(fd);
+        }
+        close(connection);
+      }).detach();
+    }
+  });
+  acceptor.detach();
+  int signal_number = 0;
+  sigwait(&stop, &signal_number);
+  return 0;
+}
+
+// A reader of that storage: every byte of the checkpoint into fresh memory, as a disk loader
+// reads its files (no checksums).
+int RoleStorageRead(const RoleArgs& args) {
+  const auto start = Clock::now();
+  const std::string& source = args.sources.at(0);
+  const size_t colon = source.rfind(':');
+  uint64_t expected = 0;
+  for (const auto& shard :
+       Check(netloader::ReadCheckpointLayout(args.models.at(0)), "layout").shards) {
+    struct stat info {};
+    stat(shard.path.c_str(), &info);
+    expected += static_cast<uint64_t>(info.st_size);
+  }
+  std::vector<char> memory(expected);
+  std::fill(memory.begin(), memory.end(), 0);  // fresh memory, faulted in before the start
+  std::cerr << "ready" << std::endl;
+  while (access(args.start_file.c_str(), F_OK) != 0 && Since(start) < 600) {
+    std::this_thread::sleep_for(1ms);
+  }
+  const auto begin = Clock::now();
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(std::stoi(source.substr(colon + 1))));
+  inet_pton(AF_INET, source.substr(0, colon).c_str(), &address.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+    Die("storage: cannot connect to " + source);
+  }
+  uint64_t got = 0;
+  while (got < expected) {
+    const ssize_t n = read(fd, memory.data() + got, expected - got);
+    if (n <= 0) Die("storage: the stream ended after " + std::to_string(got) + " bytes");
+    got += static_cast<uint64_t>(n);
+  }
+  close(fd);
+  std::cout << json{{"ok", true}, {"bytes", got}, {"seconds", Since(begin)}}.dump() << std::endl;
+  return 0;
+}
+
 // The orchestrator.
 
 std::string Human(double bytes) {
@@ -378,6 +471,11 @@ struct Options {
   std::string checkpoint;  // measure this checkpoint instead of a generated one
   bool hosts = false;      // measure across simulated hosts instead (HostsBench)
   int host_mbit = 500;     // each source host's NIC
+  bool fanout = false;     // relay fan-out across simulated hosts instead (FanoutBench)
+  int fanout_mbit = 400;   // every host's NIC in the fan-out row
+  int max_k = 8;           // instances started at once: 1, 2, 4, ... up to this
+  std::vector<std::string> modes = {"relay", "direct", "storage"};
+  bool size_given = false;
 };
 
 // Every sample of one run, by row, and the statistics the tables are made of.
@@ -1208,6 +1306,244 @@ class HostsBench : SampleTable {
   std::vector<std::string> endpoints_;
 };
 
+// A burst across simulated hosts (scripts/netns-hosts.sh; root only), every host's NIC capped at
+// the same rate: one seed on host 0 and K = 1, 2, 4, ... new instances on hosts 1..K, started at
+// once. T(K) is from their start until the last one has verified every byte. Three ways, per
+// repetition: relay (the shipped netloader-server and netloader-client --serve: a chain built by
+// redirects), direct (everyone from the seed: --fanout 0, no --serve) and storage (every
+// instance reads the files from one host over TCP, as from one NFS server). The seed's egress is
+// its NIC's transmitted bytes over the model's.
+class FanoutBench : SampleTable {
+ public:
+  explicit FanoutBench(Options options) : o_(std::move(options)) {}
+
+  int Run() {
+    self_ = std::filesystem::read_symlink("/proc/self/exe").string();
+    bin_ = netloader::testing::BinDir();
+    const std::string rate = std::to_string(o_.fanout_mbit) + "mbit";
+    hosts_ = std::make_unique<netloader::testing::Hosts>(
+        std::vector<std::string>(static_cast<size_t>(o_.max_k) + 1, rate));
+    if (!hosts_->ok()) Die("cannot build simulated hosts (root needed): " + hosts_->why());
+    g_cleanup = [this] {
+      Stop();
+      hosts_.reset();
+    };
+    dir_ = o_.workdir.empty() ? tmp_.path() : o_.workdir;
+    setenv("NETLOADER_SECRET_FILE", (tmp_.path() + "/secret").c_str(), 1);
+    model_ = o_.checkpoint.empty() ? dir_ + "/model" : o_.checkpoint;
+    if (o_.checkpoint.empty()) {
+      netloader::examples::CheckpointSpec spec;
+      spec.total_bytes = static_cast<uint64_t>((o_.size_given ? o_.size_mib : 256) * (1 << 20));
+      spec.tensors = o_.size_given ? o_.tensors : 300;
+      spec.seed = 11;
+      Check(netloader::examples::GenerateCheckpoint(model_, spec), "generate");
+    }
+    bytes_ = FileDataBytes(model_, nullptr);
+    rendezvous_ = std::make_unique<netloader::testing::Rendezvous>(tmp_, hosts_->bridge());
+    if (!rendezvous_->ready()) Die("ompi-server did not start on the bridge");
+    std::vector<int> ks;
+    for (int k = 1; k <= o_.max_k; k *= 2) ks.push_back(k);
+    std::fprintf(stderr, "fan-out: %d hosts at %d Mbit/s each; model %s; K = 1..%d\n", o_.max_k + 1,
+                 o_.fanout_mbit, Human(bytes_).c_str(), ks.back());
+    for (int rep = 0; rep < o_.reps; ++rep) {
+      for (const std::string& mode : o_.modes) {
+        for (int k : ks) {
+          std::fprintf(stderr, "repetition %d/%d: %s, K = %d\n", rep + 1, o_.reps, mode.c_str(), k);
+          Add(mode + "_" + std::to_string(k), Burst(mode, k));
+        }
+      }
+    }
+    Stop();
+    g_cleanup = nullptr;
+    return Report(ks);
+  }
+
+ private:
+  // Bytes host `host`'s NIC has transmitted.
+  uint64_t TxBytes(int host) {
+    Child cat(hosts_->On(host, {"cat", "/sys/class/net/nlv/statistics/tx_bytes"}), dir_ + "/tx");
+    if (cat.Wait(30s) != 0) Die("cannot read host " + std::to_string(host) + "'s NIC counters");
+    return std::stoull(cat.Stdout());
+  }
+
+  // The seed on host 0 (a netloader-server, or the storage host); waits until it listens.
+  std::string StartSeed(const std::string& mode, int k) {
+    const std::string endpoint_file = dir_ + "/seed-endpoint";
+    std::filesystem::remove(endpoint_file);
+    const std::string address = hosts_->address(0);
+    std::vector<std::string> argv;
+    if (mode == "storage") {
+      argv = {self_,      "--role", "storage-serve",   "--model",    model_,
+              "--listen", address,  "--endpoint-file", endpoint_file};
+    } else {
+      argv = {bin_ + "/netloader-server",
+              "--model",
+              model_,
+              "--listen",
+              "tcp://" + address + ":7000",
+              "--endpoint-file",
+              endpoint_file,
+              "--rendezvous",
+              rendezvous_->spec(),
+              "--interface",
+              "nlv",
+              "--log-level",
+              "warn",
+              "--max-clients",
+              std::to_string(std::max(4, k)),
+              "--fanout",
+              mode == "relay" ? "1" : "0",
+              "--chunk-mib",
+              std::to_string(o_.chunk_mib),
+              "--window",
+              std::to_string(o_.window)};
+    }
+    seed_ = std::make_unique<Child>(hosts_->On(0, argv), dir_ + "/seed");
+    const std::string endpoint = netloader::testing::WaitForLine(endpoint_file, 120s);
+    if (endpoint.empty()) Die("the seed did not start: " + seed_->Stderr());
+    return endpoint;
+  }
+
+  // K instances started at once; until the last one verified every byte.
+  // K instances, each started and made ready (MPI up, memory allocated), then let go at once:
+  // until the last one verified every byte. On real hosts the K start-ups run in parallel; here
+  // they share two cores, so they are not part of T.
+  json Burst(const std::string& mode, int k) {
+    const std::string seed = StartSeed(mode, k);
+    const std::string go = dir_ + "/go";
+    std::filesystem::remove(go);
+    ++bursts_;
+    for (int i = 1; i <= k; ++i) {
+      std::vector<std::string> argv;
+      if (mode == "storage") {
+        argv = {self_,      "--role", "storage-read", "--model", model_,
+                "--source", seed,     "--start-file", go};
+      } else {
+        argv = {bin_ + "/netloader-client",
+                "--model",
+                model_,
+                "--source",
+                seed,
+                "--verify-only",
+                "--rendezvous",
+                rendezvous_->spec(),
+                "--interface",
+                "nlv",
+                "--json",
+                "--log-level",
+                "warn",
+                "--testing-start-file",
+                go,
+                "--window",
+                std::to_string(o_.window)};
+        if (mode == "relay") {
+          argv.insert(argv.end(), {"--serve", "tcp://" + hosts_->address(i) + ":7000"});
+        }
+      }
+      // Logs of their own: a reused name could show the last burst's summary.
+      instances_.push_back(std::make_unique<Child>(
+          hosts_->On(i, argv), dir_ + "/" + mode + "-k" + std::to_string(k) + "-" +
+                                   std::to_string(bursts_) + "-" + std::to_string(i)));
+    }
+    for (auto& instance : instances_) {
+      if (!netloader::testing::WaitFor(
+              [&] { return instance->Stderr().find("ready") != std::string::npos; }, 300s)) {
+        Die(mode + " instance did not get ready: " + instance->Stderr());
+      }
+    }
+    const uint64_t tx_before = TxBytes(0);
+    const auto start = Clock::now();
+    netloader::testing::WriteFile(go, "");
+    // Each instance prints its summary once it holds every byte (a relay then goes on serving).
+    std::vector<double> done(static_cast<size_t>(k), -1);
+    json loads = json::array();
+    const auto deadline = Clock::now() + 600s;
+    for (int left = k; left > 0;) {
+      if (Clock::now() > deadline) Die(mode + " K=" + std::to_string(k) + " did not finish");
+      for (int i = 0; i < k; ++i) {
+        if (done[i] >= 0) continue;
+        Child& instance = *instances_[i];
+        const std::vector<json> lines = netloader::testing::JsonLines(instance.Stdout());
+        if (lines.empty()) {
+          if (!instance.Running()) Die(mode + " instance failed: " + instance.Stderr());
+          continue;
+        }
+        done[i] = Since(start);
+        if (lines[0].value("ok", false) != true) Die(mode + " instance failed: " + lines[0].dump());
+        loads.push_back(lines[0]);
+        --left;
+      }
+      std::this_thread::sleep_for(10ms);  // polling the summaries; bounded by the deadline
+    }
+    const double egress = static_cast<double>(TxBytes(0) - tx_before) / bytes_;
+    Stop();
+    json out = {{"seconds", *std::max_element(done.begin(), done.end())},
+                {"first_seconds", *std::min_element(done.begin(), done.end())},
+                {"seed_egress_models", egress},
+                {"instances", loads}};
+    std::fprintf(stderr, "  %.2f s, seed egress %.2f models\n", out["seconds"].get<double>(),
+                 egress);
+    return out;
+  }
+
+  // Ends the instances and the seed of a burst.
+  void Stop() {
+    for (auto& instance : instances_) instance->Signal(SIGTERM);
+    for (auto& instance : instances_) instance->Wait(30s);
+    instances_.clear();
+    if (seed_) {
+      seed_->Signal(SIGTERM);
+      seed_->Wait(30s);
+      seed_.reset();
+    }
+  }
+
+  int Report(const std::vector<int>& ks) {
+    json out;
+    out["config"] = {{"bytes", bytes_},
+                     {"host_mbit", o_.fanout_mbit},
+                     {"reps", o_.reps},
+                     {"chunk_bytes", netloader::ServerOptions{}.chunk_bytes},
+                     {"fanout", netloader::ServerOptions{}.fanout}};
+    const double link = o_.fanout_mbit * 1e6 / 8;
+    std::printf(
+        "\nfan-out: one seed, K instances started at once, every host's NIC at %d Mbit/s; "
+        "%s (one copy over one link: %.2f s)\n",
+        o_.fanout_mbit, Human(bytes_).c_str(), bytes_ / link);
+    std::printf("%-8s %3s %10s %12s %18s\n", "mode", "K", "T(K) s", "T(K)/T(1)",
+                "seed egress, models");
+    out["fanout"] = json::array();
+    for (const std::string& mode : o_.modes) {
+      const std::string one = mode + "_1";
+      for (int k : ks) {
+        const std::string name = mode + "_" + std::to_string(k);
+        const double seconds = Of(name, "seconds").median;
+        const double ratio = PairedRatio(name, one, "seconds");
+        const double egress = Of(name, "seed_egress_models").median;
+        std::printf("%-8s %3d %10.2f %12.2f %18.2f\n", mode.c_str(), k, seconds, ratio, egress);
+        out["fanout"].push_back({{"k", k},
+                                 {"mode", mode},
+                                 {"seconds", seconds},
+                                 {"ratio_to_k1", ratio},
+                                 {"seed_egress_models", egress},
+                                 {"samples", samples_.at(name)}});
+      }
+    }
+    if (!o_.json_path.empty()) std::ofstream(o_.json_path) << out.dump(2) << "\n";
+    return 0;
+  }
+
+  Options o_;
+  std::string self_, bin_, dir_, model_;
+  uint64_t bytes_ = 0;
+  int bursts_ = 0;
+  netloader::testing::TempDir tmp_;
+  std::unique_ptr<netloader::testing::Hosts> hosts_;
+  std::unique_ptr<netloader::testing::Rendezvous> rendezvous_;
+  std::unique_ptr<Child> seed_;
+  std::vector<std::unique_ptr<Child>> instances_;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -1246,6 +1582,22 @@ int main(int argc, char** argv) {
   app.add_option("--host-mbit", o.host_mbit, "With --hosts: each source host's NIC, Mbit/s")
       ->check(CLI::Range(10, 100000))
       ->capture_default_str();
+  app.add_flag("--fanout", o.fanout,
+               "Measure relay fan-out instead (root only): one seed and K = 1, 2, 4, ... new "
+               "instances started at once on simulated hosts whose NICs are all capped at "
+               "--fanout-mbit; T(K)/T(1) and the seed's egress for relaying (netloader-client "
+               "--serve), everyone from the seed, and one shared storage host (256 MiB model "
+               "unless --size-mib is given)");
+  app.add_option("--fanout-mbit", o.fanout_mbit, "With --fanout: every host's NIC, Mbit/s")
+      ->check(CLI::Range(10, 100000))
+      ->capture_default_str();
+  app.add_option("--max-k", o.max_k,
+                 "With --fanout: the largest K (at most 9 hosts besides the seed)")
+      ->check(CLI::Range(1, 9))
+      ->capture_default_str();
+  app.add_option("--modes", o.modes, "With --fanout: which of relay, direct, storage to measure")
+      ->check(CLI::IsMember({"relay", "direct", "storage"}))
+      ->capture_default_str();
   // Internal: the processes being measured.
   app.add_option("--role", role.role)->group("");
   app.add_option("--rendezvous", role.rendezvous)->group("");
@@ -1259,6 +1611,7 @@ int main(int argc, char** argv) {
   app.add_option("--select", role.select)->group("");
   app.add_option("--port-file", role.port_file)->group("");
   app.add_option("--endpoint-file", role.endpoint_file)->group("");
+  app.add_option("--start-file", role.start_file)->group("");
   app.add_option("--peers", role.peers)->group("");
   app.add_flag("--preinit", role.preinit)->group("");
   app.add_flag("--overlap", role.overlap)->group("");
@@ -1282,12 +1635,16 @@ int main(int argc, char** argv) {
   if (role.role == "raw-send") return RoleRawSend(role);
   if (role.role == "raw-recv") return RoleRawRecv(role);
   if (role.role == "disk") return RoleDisk(role);
+  if (role.role == "storage-serve") return RoleStorageServe(role);
+  if (role.role == "storage-read") return RoleStorageRead(role);
   if (!role.role.empty()) Die("unknown role " + role.role);
   if (o.quick) {
     o.size_mib = 64;
     o.tensors = 300;
     o.reps = 2;
   }
+  o.size_given = app.count("--size-mib") > 0;
   if (o.hosts) return HostsBench(o).Run();
+  if (o.fanout) return FanoutBench(o).Run();
   return Bench(o).Run();
 }
