@@ -360,10 +360,14 @@ class ServerImpl : public Server, public internal::RelayFeed {
       case wire::Envelope::kDone:
         HandleDone(envelope->done());
         break;
+      case wire::Envelope::kStatusRequest:
+        HandleStatus(identity);
+        break;
       default:
         Log().warn("refused an unexpected {} message", BodyName(*envelope));
         SendReject(identity, StatusCode::kInvalidArgument,
-                   std::string("servers take Register, Request, Heartbeat and Done; this was ") +
+                   std::string("servers take Register, Request, Heartbeat, Done and "
+                               "StatusRequest; this was ") +
                        BodyName(*envelope));
     }
     return true;
@@ -512,15 +516,24 @@ class ServerImpl : public Server, public internal::RelayFeed {
     Send(identity, reply);
   }
 
-  // The endpoints of the clients streaming from here that serve while they load, other than
-  // `newcomer`'s: the one sent the fewest newcomers first, which is counted as sent this one.
+  // The endpoints where the clients streaming from here serve while they load (its children in
+  // the tree): what StatusRequest reports and redirects choose from.
+  std::vector<std::string> Children() const {
+    std::vector<std::string> children;
+    for (const auto& [id, session] : sessions_) {
+      if (session->serve_endpoint.empty() || session->abort.load() || session->finished.load())
+        continue;
+      children.push_back(session->serve_endpoint);
+    }
+    return children;
+  }
+
+  // The children other than `newcomer`: the one sent the fewest newcomers first, which is
+  // counted as sent this one.
   std::vector<std::string> RelaysFor(const std::string& newcomer) {
     std::vector<std::pair<uint64_t, std::string>> relays;
-    for (const auto& [id, session] : sessions_) {
-      const std::string& relay = session->serve_endpoint;
-      if (relay.empty() || relay == newcomer || session->abort.load() || session->finished.load())
-        continue;
-      relays.emplace_back(redirected_[relay], relay);
+    for (const std::string& relay : Children()) {
+      if (relay != newcomer) relays.emplace_back(redirected_[relay], relay);
     }
     std::stable_sort(relays.begin(), relays.end(),
                      [](const auto& a, const auto& b) { return a.first < b.first; });
@@ -586,6 +599,38 @@ class ServerImpl : public Server, public internal::RelayFeed {
     }
     session.requests.push_back(std::move(*chunks));
     session.cv.notify_all();
+  }
+
+  // What this server is doing (PROTOCOL.md, section 4.7).
+  void HandleStatus(const std::string& identity) {
+    wire::Envelope reply;
+    wire::ServerStatus* status = reply.mutable_status();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      status->set_state(complete_                ? wire::ServerStatus::SERVING
+                        : !load_failure_.empty() ? wire::ServerStatus::FAILED
+                        : whole_                 ? wire::ServerStatus::LOADING
+                                                 : wire::ServerStatus::WAITING);
+      status->set_bytes_held(complete_ ? model_.total_bytes() : held_.bytes());
+      status->set_failure(load_failure_);
+    }
+    wire::Fingerprint fingerprint;
+    ToWire(Fingerprint{kProtocolVersion, options_.model_id, table_digest_, options_.partition},
+           &fingerprint);
+    status->set_model_id(fingerprint.model_id());
+    *status->mutable_partition() = fingerprint.partition();
+    status->set_table_digest(table_digest_);
+    status->set_bytes_total(model_.total_bytes());
+    status->set_sessions(static_cast<uint32_t>(registrar_.active()));
+    status->set_max_sessions(static_cast<uint32_t>(registrar_.limit()));
+    status->set_fanout(static_cast<uint32_t>(options_.fanout));
+    for (const std::string& child : Children()) status->add_children(child);
+    const ServerStats counted = stats();
+    status->set_bytes_sent(counted.bytes_sent);
+    status->set_clients_served(counted.clients_served);
+    status->set_clients_failed(counted.clients_failed);
+    status->set_redirected(counted.redirected);
+    Send(identity, reply);
   }
 
   void HandleDone(const wire::Done& done) {
@@ -874,6 +919,13 @@ Result<std::unique_ptr<Server>> StartServer(ServerOptions options, ModelView mod
                                             bool relay) {
   Status status = ValidateOptions(options);
   if (status.ok()) status = ValidateModelView(model);
+  if (status.ok() && relay && options.transport.rendezvous_uri.empty() &&
+      plane->bound_rendezvous().empty()) {
+    status = Status(StatusCode::kInvalidArgument,
+                    "a relay needs the shared MPI rendezvous of the instances it loads from and "
+                    "serves (TransportOptions::rendezvous_uri): it starts MPI before it hears "
+                    "from its source, so it cannot adopt the source's own");
+  }
   if (!status.ok()) return status;
   Result<std::shared_ptr<transfer::Transport>> transport = plane->Start("");
   if (!transport.ok()) return transport.status();

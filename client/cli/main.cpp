@@ -112,6 +112,60 @@ Result<HostModel> ReadOlderCopy(const std::string& dir, const CheckpointLayout& 
   return older;
 }
 
+// --status: one StatusRequest, printed.
+int PrintStatus(const std::string& endpoint, const std::string& secret,
+                std::chrono::milliseconds timeout, bool json) {
+  Result<SourceStatus> status = QueryStatus(endpoint, secret, timeout);
+  if (!status.ok()) {
+    std::fprintf(stderr, "netloader-client: %s\n", status.status().ToString().c_str());
+    const int code = cli::ExitCodeFor(status.status().code());
+    return code == cli::kExitBadModel ? cli::kExitFailure : code;
+  }
+  const SourceStatus& s = *status;
+  if (json) {
+    std::cout << nlohmann::json{{"endpoint", endpoint},
+                                {"state", s.state},
+                                {"failure", s.failure},
+                                {"model_id", s.model_id},
+                                {"tp_size", s.partition.tp_size},
+                                {"tp_rank", s.partition.tp_rank},
+                                {"pp_size", s.partition.pp_size},
+                                {"pp_rank", s.partition.pp_rank},
+                                {"layout_key", s.partition.layout_key},
+                                {"table_digest", s.table_digest},
+                                {"bytes_total", s.bytes_total},
+                                {"bytes_held", s.bytes_held},
+                                {"sessions", s.sessions},
+                                {"max_sessions", s.max_sessions},
+                                {"fanout", s.fanout},
+                                {"children", s.children},
+                                {"bytes_sent", s.bytes_sent},
+                                {"clients_served", s.clients_served},
+                                {"clients_failed", s.clients_failed},
+                                {"redirected", s.redirected}}
+                     .dump()
+              << std::endl;
+    return cli::kExitOk;
+  }
+  std::string children;
+  for (const std::string& c : s.children) children += (children.empty() ? "" : ", ") + c;
+  std::printf(
+      "%s: %s%s%s\n  model %s, table %s, tp %d/%d, pp %d/%d%s\n  holds %s of %s (%.1f %%)\n"
+      "  %d of %d sessions, fan-out %d; children: %s\n"
+      "  served %llu clients (%llu failed), %s sent, %llu redirected\n",
+      endpoint.c_str(), s.state.c_str(), s.failure.empty() ? "" : ": ", s.failure.c_str(),
+      s.model_id.empty() ? "(no id)" : s.model_id.c_str(), s.table_digest.c_str(),
+      s.partition.tp_rank, s.partition.tp_size, s.partition.pp_rank, s.partition.pp_size,
+      s.partition.layout_key.empty() ? "" : (", layout " + s.partition.layout_key).c_str(),
+      cli::HumanBytes(s.bytes_held).c_str(), cli::HumanBytes(s.bytes_total).c_str(),
+      s.bytes_total ? 100.0 * s.bytes_held / s.bytes_total : 100.0, s.sessions, s.max_sessions,
+      s.fanout, children.empty() ? "none" : children.c_str(),
+      static_cast<unsigned long long>(s.clients_served),
+      static_cast<unsigned long long>(s.clients_failed), cli::HumanBytes(s.bytes_sent).c_str(),
+      static_cast<unsigned long long>(s.redirected));
+  return cli::kExitOk;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -145,14 +199,20 @@ int main(int argc, char** argv) {
   double stall_timeout_s = options.stall_timeout.count() / 1000.0;
   double busy_timeout_s = options.busy_timeout.count() / 1000.0;
   app.add_option("--source", options.sources,
-                 "Source endpoint (tcp://HOST:PORT); repeat for fallbacks, tried in order")
-      ->required();
+                 "Source endpoint (tcp://HOST:PORT); repeat for fallbacks, tried in order. A "
+                 "source at its fan-out limit may redirect to instances loading from it");
   app.add_option("--model", model_path,
                  "The expected layout: a checkpoint (file, index.json or directory) or a layout "
                  "file (a safetensors header without its data: the first 8 + N bytes of a "
                  ".safetensors file whose 8-byte little-endian prefix is N). Tensor data is "
-                 "not read")
-      ->required();
+                 "not read");
+  std::string status_endpoint;
+  auto* status_flag = app.add_option(
+      "--status", status_endpoint,
+      "Load nothing: ask the server at ENDPOINT what it is doing (state: serving, loading with "
+      "the bytes held, waiting or failed; model and partition; sessions; children, the relays "
+      "streaming from it; bytes sent) and print it (--json: one JSON object). Exit 0 when it "
+      "answered");
   auto* output = app.add_option(
       "--output", output_dir,
       "Directory to write the loaded checkpoint into (created if missing): the shard files of "
@@ -244,6 +304,22 @@ int main(int argc, char** argv) {
   app.add_option("--testing-start-file", start_file)->group("");
   common.Add(app);
   CLI11_PARSE(app, argc, argv);
+  if (!status_flag->empty()) {
+    common.ApplyLogLevel();
+    Status applied = common.ApplyTo(options);
+    if (!applied.ok()) {
+      std::fprintf(stderr, "netloader-client: %s\n", applied.ToString().c_str());
+      return cli::kExitUsage;
+    }
+    return PrintStatus(status_endpoint, options.secret,
+                       std::chrono::milliseconds(static_cast<int64_t>(register_timeout_s * 1000)),
+                       common.json);
+  }
+  if (options.sources.empty() || model_path.empty()) {
+    std::fprintf(stderr, "netloader-client: give --source and --model (or --status)\n%s",
+                 app.help().c_str());
+    return cli::kExitUsage;
+  }
   if (output_dir.empty() && !verify_only) {
     std::fprintf(stderr, "netloader-client: give --output DIR or --verify-only\n%s",
                  app.help().c_str());

@@ -53,6 +53,10 @@ const char* BodyName(const wire::Envelope& envelope) {
       return "Request";
     case wire::Envelope::kRedirect:
       return "Redirect";
+    case wire::Envelope::kStatusRequest:
+      return "StatusRequest";
+    case wire::Envelope::kStatus:
+      return "ServerStatus";
     case wire::Envelope::BODY_NOT_SET:
       break;
   }

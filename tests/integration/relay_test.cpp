@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "client/client_internal.h"
+#include "netloader/fingerprint.h"
 #include "netloader/src/chunk_stream.h"
 #include "server/server_internal.h"
 #include "tests/support/inproc_model.h"
@@ -44,6 +45,7 @@ class Event {
 ServerOptions Patient(ServerOptions o = SmallChunks()) {
   o.stall_timeout = 60s;
   o.done_timeout = 60s;
+  o.transport.rendezvous_uri = "inproc";  // a relay needs a rendezvous shared by everyone
   return o;
 }
 ClientOptions PatientClient(std::vector<std::string> sources) {
@@ -114,6 +116,22 @@ TEST_F(RelayTest, ARelayServesWhatItVerifiedWhileItIsStillLoading) {
     relay_load = internal::Load(options, a.view, *Plane(transport_));
   });
   ASSERT_TRUE(paused.Wait()) << "the relay's load never reached half way";
+  // Asked, each says what it is doing: the seed streams to the relay, its child; the relay
+  // holds half.
+  const uint64_t total = source.view.total_bytes();
+  Result<SourceStatus> at_seed = QueryStatus((*seed)->endpoint(), "");
+  ASSERT_TRUE(at_seed.ok()) << at_seed.status().ToString();
+  EXPECT_EQ(at_seed->state, "serving");
+  EXPECT_EQ(at_seed->bytes_held, total);
+  EXPECT_EQ(at_seed->sessions, 1);
+  EXPECT_EQ(at_seed->children, std::vector<std::string>{(*relay)->endpoint()});
+  Result<SourceStatus> at_relay = QueryStatus((*relay)->endpoint(), "");
+  ASSERT_TRUE(at_relay.ok()) << at_relay.status().ToString();
+  EXPECT_EQ(at_relay->state, "loading");
+  EXPECT_GE(at_relay->bytes_held, total / 2);
+  EXPECT_LT(at_relay->bytes_held, total);
+  EXPECT_EQ(at_relay->bytes_total, total);
+  EXPECT_EQ(at_relay->table_digest, TableDigest(source.view));
 
   // The relay's load is held at half; a client of the relay gets chunks meanwhile.
   OwnedModel b = source.EmptyLike();
@@ -134,6 +152,12 @@ TEST_F(RelayTest, ARelayServesWhatItVerifiedWhileItIsStillLoading) {
   EXPECT_EQ(StatsOnceServed(**relay, 1).bytes_sent, source.view.total_bytes());
 
   // Loaded, the relay is a source like any other.
+  at_relay = QueryStatus((*relay)->endpoint(), "");
+  ASSERT_TRUE(at_relay.ok());
+  EXPECT_EQ(at_relay->state, "serving");
+  EXPECT_EQ(at_relay->bytes_held, total);
+  EXPECT_EQ(at_relay->bytes_sent, total);
+  EXPECT_EQ(at_relay->clients_served, 1u);
   OwnedModel c = source.EmptyLike();
   ASSERT_TRUE(internal::Load(ClientFor((*relay)->endpoint()), c.view, *Plane(transport_)).ok());
   EXPECT_TRUE(c.SameBytes(source));
@@ -249,6 +273,10 @@ TEST_F(RelayFaultTest,
   // Resumed, not restarted: the seed sent only what the relay had not.
   EXPECT_EQ(loaded->attempts[1].bytes, source.view.total_bytes() - at_relay.bytes);
 
+  Result<SourceStatus> failed = QueryStatus((*relay)->endpoint(), "");
+  ASSERT_TRUE(failed.ok());
+  EXPECT_EQ(failed->state, "failed");
+  EXPECT_NE(failed->failure.find("injected failure"), std::string::npos) << failed->failure;
   // Newcomers are refused at once, told why.
   OwnedModel c = source.EmptyLike();
   Result<LoadStats> refused =

@@ -143,4 +143,34 @@ NETLOADER_EXPORT Result<LoadStats> Load(const ClientOptions& options, const Mode
 // a count), InvalidArgument naming a tensor the load filled that `model` lacks.
 NETLOADER_EXPORT Status VerifyModel(const ModelView& model, const LoadStats& stats);
 
+// What a server is doing (QueryStatus): the facts its redirects are decided on.
+struct SourceStatus {
+  // "waiting" (a relay whose own load has no source yet), "loading" (a relay serving what it
+  // verified), "serving" (holds every byte) or "failed" (a relay whose own load failed).
+  std::string state;
+  std::string failure;  // with "failed": why
+  std::string model_id;
+  Partition partition;
+  std::string table_digest;
+  uint64_t bytes_total = 0;
+  uint64_t bytes_held = 0;  // verified here, servable
+  int sessions = 0;         // clients streaming from it now
+  int max_sessions = 0;
+  int fanout = 0;  // ServerOptions::fanout
+  // Where the clients streaming from it serve while they load: its children in a relay tree.
+  std::vector<std::string> children;
+  uint64_t bytes_sent = 0;  // over every ended session
+  uint64_t clients_served = 0;
+  uint64_t clients_failed = 0;
+  uint64_t redirected = 0;
+};
+
+// Asks the server at `endpoint` what it is doing, with the deployment's shared secret (empty:
+// none). Needs no session and changes nothing there. Errors: PermissionDenied (the secret
+// differs), Unavailable (nothing listens there), Timeout (no answer within `timeout`),
+// ProtocolMismatch (not a netloader server of this version).
+NETLOADER_EXPORT Result<SourceStatus> QueryStatus(
+    const std::string& endpoint, const std::string& secret,
+    std::chrono::milliseconds timeout = std::chrono::milliseconds(10000));
+
 }  // namespace netloader
