@@ -139,7 +139,11 @@ const std::vector<Key>& Keys() {
        [](const Json& v, LoaderConfig& c, int) { return Text(v, false, &c.secret_file); }},
       {"MAX_CLIENTS", "instances served at once when serving (default 4)",
        [](const Json& v, LoaderConfig& c, int) { return Integer(v, 1, 1024, &c.max_clients); }},
-      {"CHUNK_MIB", "MPI message size when serving, MiB (default 4)",
+      {"FANOUT",
+       "instances streamed at once before newcomers are redirected to the instances loading from "
+       "this one (relay fan-out; default 1: a chain; 0: never redirect)",
+       [](const Json& v, LoaderConfig& c, int) { return Integer(v, 0, 1024, &c.fanout); }},
+      {"CHUNK_MIB", "MPI message size when serving, MiB (default 1)",
        [](const Json& v, LoaderConfig& c, int) { return Integer(v, 1, 1024, &c.chunk_mib); }},
       {"WINDOW", "MPI messages in flight per transfer (default 4)",
        [](const Json& v, LoaderConfig& c, int) { return Integer(v, 1, 64, &c.window); }},

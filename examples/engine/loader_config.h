@@ -28,7 +28,8 @@ struct LoaderConfig {
   bool auth = true;                       // AUTH
   std::string secret_file;                // SECRET_FILE; empty: netloader::DefaultSecretPath()
   int max_clients = 4;                    // MAX_CLIENTS
-  int chunk_mib = 4;                      // CHUNK_MIB
+  int fanout = 1;                         // FANOUT (netloader::ServerOptions::fanout)
+  int chunk_mib = 1;                      // CHUNK_MIB
   int window = 4;                         // WINDOW
   int stripe = 1;                         // STRIPE
   std::string delta_from;                 // DELTA_FROM

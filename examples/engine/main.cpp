@@ -273,6 +273,21 @@ int main(int argc, char** argv) {
     if (!passed_turn) comm->PassTurn();
     passed_turn = true;
   };
+  netloader::ServerOptions server_options;
+  const int port = loader.listen_port == 0 ? 0 : loader.listen_port + rank;
+  server_options.listen = "tcp://" + loader.listen_host + ":" + std::to_string(port);
+  server_options.model_id = loader.model_id;
+  server_options.partition = partition;
+  server_options.max_concurrent_transfers = loader.max_clients;
+  server_options.fanout = loader.fanout;
+  server_options.chunk_bytes = static_cast<uint64_t>(loader.chunk_mib) << 20;
+  server_options.window = loader.window;
+  server_options.connect_timeout = Ms(loader.connect_timeout_s);
+  server_options.stall_timeout = Ms(loader.stall_timeout_s);
+  server_options.heartbeat_timeout = Ms(loader.heartbeat_timeout_s);
+  server_options.secret = secret;
+  server_options.transport = transport;
+  std::unique_ptr<netloader::Server> server;
   if (load_format == "netloader") {
     auto it = loader.sources.find(rank);
     if (it == loader.sources.end()) {
@@ -321,6 +336,16 @@ int main(int argc, char** argv) {
           std::this_thread::sleep_for(std::chrono::milliseconds(5));
         }
       };
+      if (loader.serve && partial.empty() && !transport.rendezvous_uri.empty()) {
+        netloader::Result<std::unique_ptr<netloader::Server>> relay =
+            netloader::Server::StartRelay(server_options, weights.view());
+        if (!relay.ok()) return fail("serving failed: " + relay.status().ToString(), 5);
+        server = std::move(*relay);
+        options.relay = server.get();
+        report["relayed"] = true;
+        std::fprintf(stderr, "%s: relaying at %s while it loads\n", who.c_str(),
+                     server->endpoint().c_str());
+      }
       netloader::Result<netloader::LoadStats> stats = netloader::Load(options, weights.view());
       if (stats.ok()) {
         loaded_from = stats->source;
@@ -357,26 +382,19 @@ int main(int argc, char** argv) {
                weights.total_bytes() / 1048576.0, loaded_from.c_str(),
                (EpochMs() - load_started) / 1000.0);
 
-  // Serve: every loaded instance is a source for the next one, also one loaded from disk.
-  std::unique_ptr<netloader::Server> server;
-  if (load_format == "netloader" && loader.serve) {
-    netloader::ServerOptions options;
-    const int port = loader.listen_port == 0 ? 0 : loader.listen_port + rank;
-    options.listen = "tcp://" + loader.listen_host + ":" + std::to_string(port);
-    options.model_id = loader.model_id;
-    options.partition = partition;
-    options.max_concurrent_transfers = loader.max_clients;
-    options.chunk_bytes = static_cast<uint64_t>(loader.chunk_mib) << 20;
-    options.window = loader.window;
-    options.connect_timeout = Ms(loader.connect_timeout_s);
-    options.stall_timeout = Ms(loader.stall_timeout_s);
-    options.heartbeat_timeout = Ms(loader.heartbeat_timeout_s);
-    options.secret = secret;
-    options.transport = transport;
+  // Serve: every loaded instance is a source for the next one, also one loaded from disk. A
+  // whole-rank netloader load serves while it loads (a relay, started before it: the server
+  // above may redirect newcomers here); otherwise the server starts once the rank is loaded.
+  if (!server && load_format == "netloader" && loader.serve) {
     netloader::Result<std::unique_ptr<netloader::Server>> started =
-        netloader::Server::Start(options, weights.view());
+        netloader::Server::Start(server_options, weights.view());
     if (!started.ok()) return fail("serving failed: " + started.status().ToString(), 5);
     server = std::move(*started);
+  } else if (server && loaded_from == "disk") {
+    netloader::Status marked = server->MarkLoaded();  // the relay's own load failed
+    if (!marked.ok()) return fail("serving failed: " + marked.ToString(), 5);
+  }
+  if (server) {
     report["endpoint"] = server->endpoint();
     std::fprintf(stderr, "%s: serving its weights at %s\n", who.c_str(),
                  server->endpoint().c_str());

@@ -509,5 +509,92 @@ TEST(EngineConfigFaultTest, BadExtraConfigStopsStartUpNamingTheKey) {
   }
 }
 
+// Relay fan-out with the engine (README, "A burst of instances"): three instances configured
+// with one seed only. The first holds its load after one chunk, so that the others arrive while
+// it loads: the seed, at its fan-out limit, redirects the second to the first, which redirects
+// the third to the second. All three decode bit for bit as from disk, and each serves afterwards.
+TEST(EngineTest, InstancesPointedAtOneSeedFormAChainAndDecodeExactlyAsFromDisk) {
+  TempDir tmp;
+  MakeLlama(tmp / "model");
+  Rendezvous rendezvous(tmp);
+  ASSERT_TRUE(rendezvous.ready()) << rendezvous.child().Stderr();
+  const EngineRun disk = DiskRun(tmp, tmp / "model");
+  Instance seed(tmp, "seed", tmp / "model", 1, rendezvous.spec());
+  auto start = [&](const std::string& name, bool hold) {
+    json config = {{"SOURCE", json::array({{{"device_id", 0}, {"sources", {seed.endpoint(0)}}}})},
+                   {"RENDEZVOUS", rendezvous.spec()},
+                   {"OUTPUT_PREFIX", tmp / (name + "-endpoint-")}};
+    std::vector<std::string> args = {
+        "--model",     tmp / "model",   "--load-format", "netloader", "--model-loader-extra-config",
+        config.dump(), "--keep-running"};
+    if (hold) args.insert(args.end(), {"--testing-hold-load", tmp / "go"});
+    return std::make_unique<Child>(EngineArgv(1, "", args), tmp / name);
+  };
+  // How many sessions `endpoint` streams now (netloader-client --status).
+  auto sessions = [&](const std::string& endpoint) {
+    Child status({Bin("netloader-client"), "--status", endpoint, "--json"}, tmp / "status");
+    if (status.Wait(30s) != 0) return -1;
+    const std::vector<json> lines = JsonLines(status.Stdout());
+    return lines.empty() ? -1 : lines.back()["sessions"].get<int>();
+  };
+  std::unique_ptr<Child> first = start("first", true);
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return first->Stderr().find("holding the load") != std::string::npos; }, 60s))
+      << first->Stderr();
+  std::unique_ptr<Child> second = start("second", false);
+  // The first's relay endpoint: it serves while it loads, at the port it logged.
+  std::string first_endpoint;
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        const std::string err = first->Stderr();
+        const size_t at = err.find("relaying at ");
+        if (at == std::string::npos) return false;
+        first_endpoint = err.substr(at + 12, err.find_first_of(" \n", at + 12) - at - 12);
+        return sessions(first_endpoint) == 1;
+      },
+      60s))
+      << first->Stderr() << second->Stderr();
+  std::unique_ptr<Child> third = start("third", false);
+  // Let go once the third is streaming from the second (the second's one session).
+  std::string second_endpoint;
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        const std::string err = second->Stderr();
+        const size_t at = err.find("relaying at ");
+        if (at == std::string::npos) return false;
+        second_endpoint = err.substr(at + 12, err.find_first_of(" \n", at + 12) - at - 12);
+        return sessions(second_endpoint) == 1;
+      },
+      60s))
+      << second->Stderr() << third->Stderr();
+  testing::WriteFile(tmp / "go", "");
+  std::map<std::string, json> reports;
+  for (auto& [name, child] : std::vector<std::pair<std::string, Child*>>{
+           {"first", first.get()}, {"second", second.get()}, {"third", third.get()}}) {
+    ASSERT_FALSE(testing::WaitForLine(tmp / (name + "-endpoint-0.txt"), 60s).empty())
+        << child->Stderr();
+    ASSERT_TRUE(testing::WaitFor([&] { return !Reports(child->Stdout()).empty(); }, 60s))
+        << child->Stderr();
+    reports[name] = Reports(child->Stdout()).at(0);
+    EXPECT_EQ(reports[name]["tokens"], disk.ranks.at(0)["tokens"]) << name;
+    EXPECT_EQ(reports[name]["logits_digest"], disk.ranks.at(0)["logits_digest"]) << name;
+    EXPECT_EQ(reports[name]["relayed"], true) << name;
+  }
+  EXPECT_EQ(reports["first"]["loaded_from"], seed.endpoint(0));
+  EXPECT_EQ(reports["second"]["loaded_from"], first_endpoint);
+  EXPECT_EQ(reports["third"]["loaded_from"], second_endpoint);
+  // Each goes on serving: a fourth instance loads from the last of the chain.
+  EngineRun fourth = RunSingle(tmp, "fourth",
+                               {"--model", tmp / "model", "--model-loader-extra-config",
+                                SourceConfig({{0, {reports["third"]["endpoint"]}}})});
+  ExpectSameOutput(fourth, disk);
+  EXPECT_EQ(fourth.ranks[0]["loaded_from"], reports["third"]["endpoint"]);
+  for (Child* child : {first.get(), second.get(), third.get()}) {
+    child->Signal(SIGTERM);
+    EXPECT_EQ(child->Wait(30s), 0) << child->Stderr();
+    EXPECT_NE(child->Stdout().find("\"served\":1"), std::string::npos) << child->Stdout();
+  }
+}
+
 }  // namespace
 }  // namespace netloader
