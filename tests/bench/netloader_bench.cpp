@@ -115,7 +115,7 @@ struct RoleArgs {
   std::vector<std::string> sources;
   std::string port_file;
   std::string endpoint_file;
-  uint64_t chunk_bytes = 4ull << 20;
+  uint64_t chunk_bytes = netloader::ServerOptions{}.chunk_bytes;
   int window = 4;
   int peers = 1;
   bool verify = true;

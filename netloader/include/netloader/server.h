@@ -20,8 +20,11 @@ struct ServerOptions : PeerOptions {
   std::string listen = "tcp://127.0.0.1:0";
   // Clients streamed at once; one more gets Busy with a retry hint.
   int max_concurrent_transfers = 4;
-  // Bytes per MPI message. Small tensors are coalesced and large ones split to this size.
-  uint64_t chunk_bytes = 4ull << 20;
+  // Bytes per MPI message. Small tensors are coalesced and large ones split to this size. 1 MiB
+  // measured faster than 4 MiB on every row of BENCHMARKS.md (session 9: a chunk then stays in
+  // a 2 MiB L2 to be hashed, and fewer bytes are in flight), and a relay forwards sooner
+  // (DESIGN.md, "Relay fan-out").
+  uint64_t chunk_bytes = 1ull << 20;
   // After Accept and after the chunks of each Request were sent, how long to wait for the
   // client's next Request or its Done before logging it as lost.
   std::chrono::milliseconds done_timeout{30000};
@@ -73,7 +76,8 @@ class NETLOADER_EXPORT Server {
   // timeout). Until then Register is answered Busy; partial loads are served once the load is
   // complete. If Load fails, Register is refused (Unavailable) until the host filled
   // `destination` otherwise (from disk) and called MarkLoaded. The tensors must stay valid until
-  // Stop() returns. Errors as Start.
+  // Stop() returns. Needs a shared rendezvous (TransportOptions::rendezvous_uri): every instance
+  // it loads from or serves must use the same one. Errors as Start.
   static Result<std::unique_ptr<Server>> StartRelay(ServerOptions options, ModelView destination);
 
   virtual ~Server();  // calls Stop()
