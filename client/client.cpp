@@ -901,12 +901,21 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
         delivered = std::move(*result);
         return;
       }
-      if (!attempt.redirect().empty()) {
+      if (!attempt.redirect().empty() && redirects < kMaxRedirects) {
         Log().info("{}: {}", source, result.status().message());
-        std::vector<std::string> next = attempt.redirect();
+        // The relays, then the redirecting source again; each once among those still to try.
+        std::vector<std::string> next;
+        for (const std::string& to : attempt.redirect()) next.push_back(to);
         next.push_back(source);
-        sources.insert(sources.begin() + static_cast<std::ptrdiff_t>(next_source), next.begin(),
-                       next.end());
+        const auto untried = sources.begin() + static_cast<std::ptrdiff_t>(next_source);
+        std::vector<std::string> fresh;
+        for (const std::string& to : next) {
+          if (std::find(untried, sources.end(), to) == sources.end() &&
+              std::find(fresh.begin(), fresh.end(), to) == fresh.end()) {
+            fresh.push_back(to);
+          }
+        }
+        sources.insert(untried, fresh.begin(), fresh.end());
         ++redirects;
         continue;
       }

@@ -475,6 +475,7 @@ struct Options {
   int fanout_mbit = 400;   // every host's NIC in the fan-out row
   int max_k = 8;           // instances started at once: 1, 2, 4, ... up to this
   std::vector<std::string> modes = {"relay", "direct", "storage"};
+  int tree_fanout = netloader::ServerOptions{}.fanout;  // relay mode: every server's --fanout
   bool size_given = false;
 };
 
@@ -1392,7 +1393,7 @@ class FanoutBench : SampleTable {
               "--max-clients",
               std::to_string(std::max(4, k)),
               "--fanout",
-              mode == "relay" ? "1" : "0",
+              mode == "relay" ? std::to_string(o_.tree_fanout) : "0",
               "--chunk-mib",
               std::to_string(o_.chunk_mib),
               "--window",
@@ -1437,7 +1438,8 @@ class FanoutBench : SampleTable {
                 "--window",
                 std::to_string(o_.window)};
         if (mode == "relay") {
-          argv.insert(argv.end(), {"--serve", "tcp://" + hosts_->address(i) + ":7000"});
+          argv.insert(argv.end(), {"--serve", "tcp://" + hosts_->address(i) + ":7000", "--fanout",
+                                   std::to_string(o_.tree_fanout)});
         }
       }
       // Logs of their own: a reused name could show the last burst's summary.
@@ -1504,7 +1506,7 @@ class FanoutBench : SampleTable {
                      {"host_mbit", o_.fanout_mbit},
                      {"reps", o_.reps},
                      {"chunk_bytes", netloader::ServerOptions{}.chunk_bytes},
-                     {"fanout", netloader::ServerOptions{}.fanout}};
+                     {"fanout", o_.tree_fanout}};
     const double link = o_.fanout_mbit * 1e6 / 8;
     std::printf(
         "\nfan-out: one seed, K instances started at once, every host's NIC at %d Mbit/s; "
@@ -1594,6 +1596,10 @@ int main(int argc, char** argv) {
   app.add_option("--max-k", o.max_k,
                  "With --fanout: the largest K (at most 9 hosts besides the seed)")
       ->check(CLI::Range(1, 9))
+      ->capture_default_str();
+  app.add_option("--tree-fanout", o.tree_fanout,
+                 "With --fanout: the seed's and every relay's --fanout in relay mode")
+      ->check(CLI::Range(1, 8))
       ->capture_default_str();
   app.add_option("--modes", o.modes, "With --fanout: which of relay, direct, storage to measure")
       ->check(CLI::IsMember({"relay", "direct", "storage"}))

@@ -8,10 +8,12 @@
 #include <condition_variable>
 #include <mutex>
 #include <thread>
+#include <zmq.hpp>
 
 #include "client/client_internal.h"
 #include "netloader/fingerprint.h"
 #include "netloader/src/chunk_stream.h"
+#include "netloader/src/wire.h"
 #include "server/server_internal.h"
 #include "tests/support/inproc_model.h"
 #include "tests/support/test_util.h"
@@ -295,6 +297,87 @@ TEST_F(RelayFaultTest,
       internal::Load(ClientFor((*relay)->endpoint()), c.view, *Plane(transport_));
   ASSERT_TRUE(served.ok()) << served.status().ToString();
   EXPECT_TRUE(c.SameBytes(source));
+}
+
+// A broken or hostile source: a ROUTER that answers every Register with the Redirect `answer`
+// makes of its own endpoint, and remembers how many redirects each Register said it followed.
+class RedirectingSource {
+ public:
+  explicit RedirectingSource(std::function<wire::Redirect(const std::string& self)> answer)
+      : answer_(std::move(answer)) {
+    socket_.set(zmq::sockopt::linger, 0);
+    socket_.bind("tcp://127.0.0.1:*");
+    endpoint_ = socket_.get(zmq::sockopt::last_endpoint);
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~RedirectingSource() {
+    stop_ = true;
+    thread_.join();
+  }
+  const std::string& endpoint() const { return endpoint_; }
+  std::vector<uint32_t> followed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return followed_;
+  }
+
+ private:
+  void Loop() {
+    while (!stop_) {
+      zmq::pollitem_t item = {static_cast<void*>(socket_), 0, ZMQ_POLLIN, 0};
+      zmq::poll(&item, 1, std::chrono::milliseconds(20));
+      if (!(item.revents & ZMQ_POLLIN)) continue;
+      zmq::message_t identity, body;
+      (void)socket_.recv(identity);
+      (void)socket_.recv(body);
+      Result<wire::Envelope> request = Decode(body.data(), body.size(), kMaxServerMessageBytes);
+      if (!request.ok() || !request->has_register_()) continue;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        followed_.push_back(request->register_().redirects());
+      }
+      wire::Envelope reply;
+      *reply.mutable_redirect() = answer_(endpoint_);
+      const std::string bytes = Encode(reply);
+      socket_.send(identity, zmq::send_flags::sndmore);
+      socket_.send(zmq::buffer(bytes));
+    }
+  }
+
+  std::function<wire::Redirect(const std::string&)> answer_;
+  zmq::context_t context_;
+  zmq::socket_t socket_{context_, zmq::socket_type::router};
+  std::string endpoint_;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::vector<uint32_t> followed_;
+  std::thread thread_;
+};
+
+TEST_F(RelayFaultTest, AMalformedRedirectIsRefusedAndEndlessRedirectsStopAtTheLimit) {
+  OwnedModel dest(10, seed_, false);
+  // No source listed: a broken source, named as such.
+  RedirectingSource empty([](const std::string&) { return wire::Redirect(); });
+  Result<LoadStats> refused =
+      internal::Load(ClientFor(empty.endpoint()), dest.view, *Plane(transport_));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kProtocolMismatch) << refused.status().ToString();
+  EXPECT_NE(refused.status().message().find("redirected to 0 sources"), std::string::npos)
+      << refused.status().ToString();
+
+  // A source that redirects to itself for ever: the client follows kMaxRedirects redirects,
+  // saying each time how many it followed, and then gives up on it.
+  RedirectingSource loop([](const std::string& self) {
+    wire::Redirect redirect;
+    redirect.add_sources(self);
+    return redirect;
+  });
+  Result<LoadStats> gave_up =
+      internal::Load(ClientFor(loop.endpoint()), dest.view, *Plane(transport_));
+  ASSERT_FALSE(gave_up.ok());
+  EXPECT_EQ(gave_up.status().code(), StatusCode::kUnavailable) << gave_up.status().ToString();
+  std::vector<uint32_t> expected(kMaxRedirects + 1);
+  for (int i = 0; i <= kMaxRedirects; ++i) expected[i] = static_cast<uint32_t>(i);
+  EXPECT_EQ(loop.followed(), expected);
 }
 
 }  // namespace

@@ -746,6 +746,9 @@ TEST_F(ServerClientFaultTest, MalformedRegistersAreInvalidRequestsNamingTheField
          r->add_tensors("layer.1\\");
        }),
        "Register.tensors[1]: tensor pattern 'layer.1\\' ends in a lone backslash"},
+      {"overlong serve_endpoint",
+       with([](wire::Register* r) { r->set_serve_endpoint("tcp://" + std::string(300, 'h')); }),
+       "Register.serve_endpoint is 306 bytes, more than 256"},
   };
   for (const Case& c : cases) {
     Result<wire::Envelope> reply = RawExchange((*server)->endpoint(), c.payload);
@@ -755,7 +758,7 @@ TEST_F(ServerClientFaultTest, MalformedRegistersAreInvalidRequestsNamingTheField
         << c.what << ": " << reply->reject().reason();
     EXPECT_TRUE(reply->reject().diffs().empty()) << c.what;
   }
-  EXPECT_EQ((*server)->stats().refused, 5u);
+  EXPECT_EQ((*server)->stats().refused, 6u);
 }
 
 // What a REQ socket sends (an empty delimiter frame, then the payload) is refused in a reply it
