@@ -149,55 +149,66 @@ TEST_F(NetnsTest, ALoadAcrossHostsResumesFromTheSecondSourceWhenTheFirstIsKilled
   testing::ExpectSameCheckpoint(tmp_ / "model", tmp_ / "out");
 }
 
-// Relay fan-out across hosts, and a relay that dies: host 1 loads from the seed on host 0 and
+// Relay fan-out across hosts, and a relay that fails: host 1 loads from the seed on host 0 and
 // serves while it loads; host 2, configured with the seed only, is redirected to host 1 and
-// receives from it while host 1 is still loading. Host 1 is killed mid-load; host 2 resumes from
-// the seed where it stopped, never restarting, and ends byte-identical within its deadlines.
-class NetnsFaultTest : public NetnsTest {};  // labelled netns-fault: the fault matrix
+// receives from it while host 1 is still loading. Host 1 is then killed (SIGKILL) or frozen
+// (SIGSTOP) mid-load; host 2 resumes from the seed where it stopped, never restarting, and ends
+// byte-identical within its deadlines.
+class NetnsFaultTest : public NetnsTest {  // labelled netns-fault: the fault matrix
+ protected:
+  void RelayFailsMidLoad(int signal) {
+    Serve(0, {"--fanout", "1", "--heartbeat-timeout", "2"});
+    const std::string relay_endpoint = Endpoint(1);
+    Child relay(Client({"--source", Endpoint(0), "--serve", relay_endpoint, "--verify-only",
+                        "--heartbeat-timeout", "2", "--testing-hold-at", "50",
+                        "--testing-hold-file", tmp_ / "never"},
+                       1),
+                tmp_ / "relay");
+    ASSERT_TRUE(testing::WaitFor(
+        [&] { return relay.Stderr().find("holding the load") != std::string::npos; }, 60s))
+        << relay.Stderr();
+    // The relay is held at half: the client gets the first quarter from it, then holds too. A
+    // frozen relay answers no Register either: the client gives up on one within 3 s.
+    Child client(Client({"--source", Endpoint(0), "--output", tmp_ / "out", "--window", "2",
+                         "--stall-timeout", "5", "--heartbeat-timeout", "2", "--register-timeout",
+                         "3", "--testing-hold-at", "25", "--testing-hold-file", tmp_ / "go"}),
+                 tmp_ / "client");
+    ASSERT_TRUE(testing::WaitFor(
+        [&] { return client.Stderr().find("holding the load") != std::string::npos; }, 60s))
+        << client.Stderr() << relay.Stderr();
+    relay.Signal(signal);
+    testing::WriteFile(tmp_ / "go", "");
+    ASSERT_EQ(client.Wait(120s), 0) << client.Stderr();
+    std::vector<nlohmann::json> lines = testing::JsonLines(client.Stdout());
+    ASSERT_FALSE(lines.empty()) << client.Stdout();
+    const nlohmann::json& summary = lines.back();
+    const uint64_t bytes = summary["bytes"];
+    const nlohmann::json& attempts = summary["attempts"];
+    ASSERT_GE(attempts.size(), 3u) << summary.dump();
+    EXPECT_EQ(attempts[0]["source"], Endpoint(0));
+    EXPECT_NE(attempts[0]["status"].get<std::string>().find("redirected"), std::string::npos)
+        << summary.dump();
+    EXPECT_EQ(attempts[1]["source"], relay_endpoint);
+    EXPECT_NE(attempts[1]["status"], "OK");
+    const uint64_t from_relay = attempts[1]["bytes"];
+    EXPECT_GE(from_relay, bytes / 4) << "the relay served its quarter while it was loading";
+    EXPECT_LT(from_relay, bytes / 2 + (4u << 20)) << "a relay sends only what it verified";
+    // Every other attempt was a redirect, the dead relay again, or the seed, which sent the rest.
+    uint64_t delivered = 0;
+    for (const nlohmann::json& a : attempts) delivered += a["bytes"].get<uint64_t>();
+    EXPECT_EQ(delivered, bytes) << "resumed, not restarted: " << summary.dump();
+    EXPECT_EQ(summary["source"], Endpoint(0));
+    EXPECT_LE(summary["bytes_received"].get<uint64_t>(), bytes + 2 * (1u << 20)) << summary.dump();
+    testing::ExpectSameCheckpoint(tmp_ / "model", tmp_ / "out");
+  }
+};
 
 TEST_F(NetnsFaultTest, AClientBehindARelayThatDiesMidLoadResumesFromTheSeed) {
-  Serve(0, {"--fanout", "1", "--heartbeat-timeout", "2"});
-  const std::string relay_endpoint = Endpoint(1);
-  Child relay(Client({"--source", Endpoint(0), "--serve", relay_endpoint, "--verify-only",
-                      "--heartbeat-timeout", "2", "--testing-hold-at", "50", "--testing-hold-file",
-                      tmp_ / "never"},
-                     1),
-              tmp_ / "relay");
-  ASSERT_TRUE(testing::WaitFor(
-      [&] { return relay.Stderr().find("holding the load") != std::string::npos; }, 60s))
-      << relay.Stderr();
-  // The relay is held at half: the client gets the first quarter from it, then holds too.
-  Child client(Client({"--source", Endpoint(0), "--output", tmp_ / "out", "--window", "2",
-                       "--stall-timeout", "5", "--heartbeat-timeout", "2", "--testing-hold-at",
-                       "25", "--testing-hold-file", tmp_ / "go"}),
-               tmp_ / "client");
-  ASSERT_TRUE(testing::WaitFor(
-      [&] { return client.Stderr().find("holding the load") != std::string::npos; }, 60s))
-      << client.Stderr() << relay.Stderr();
-  relay.Signal(SIGKILL);
-  testing::WriteFile(tmp_ / "go", "");
-  ASSERT_EQ(client.Wait(120s), 0) << client.Stderr();
-  std::vector<nlohmann::json> lines = testing::JsonLines(client.Stdout());
-  ASSERT_FALSE(lines.empty()) << client.Stdout();
-  const nlohmann::json& summary = lines.back();
-  const uint64_t bytes = summary["bytes"];
-  const nlohmann::json& attempts = summary["attempts"];
-  ASSERT_GE(attempts.size(), 3u) << summary.dump();
-  EXPECT_EQ(attempts[0]["source"], Endpoint(0));
-  EXPECT_NE(attempts[0]["status"].get<std::string>().find("redirected"), std::string::npos)
-      << summary.dump();
-  EXPECT_EQ(attempts[1]["source"], relay_endpoint);
-  EXPECT_NE(attempts[1]["status"], "OK");
-  const uint64_t from_relay = attempts[1]["bytes"];
-  EXPECT_GE(from_relay, bytes / 4) << "the relay served its quarter while it was loading";
-  EXPECT_LT(from_relay, bytes / 2 + (4u << 20)) << "a relay sends only what it verified";
-  // Every other attempt was a redirect to the dead relay or the seed; the seed sent the rest.
-  uint64_t delivered = 0;
-  for (const nlohmann::json& a : attempts) delivered += a["bytes"].get<uint64_t>();
-  EXPECT_EQ(delivered, bytes) << "resumed, not restarted: " << summary.dump();
-  EXPECT_EQ(summary["source"], Endpoint(0));
-  EXPECT_LE(summary["bytes_received"].get<uint64_t>(), bytes + 2 * (1u << 20)) << summary.dump();
-  testing::ExpectSameCheckpoint(tmp_ / "model", tmp_ / "out");
+  RelayFailsMidLoad(SIGKILL);
+}
+
+TEST_F(NetnsFaultTest, AClientBehindARelayThatFreezesMidLoadResumesFromTheSeed) {
+  RelayFailsMidLoad(SIGSTOP);
 }
 
 }  // namespace
