@@ -537,6 +537,14 @@ TEST(EngineTest, InstancesPointedAtOneSeedFormAChainAndDecodeExactlyAsFromDisk) 
     const std::vector<json> lines = JsonLines(status.Stdout());
     return lines.empty() ? -1 : lines.back()["sessions"].get<int>();
   };
+  // True once `instance` logged where it relays (into `endpoint`) and streams to one client.
+  auto relays_to_one = [&](Child& instance, std::string* endpoint) {
+    const std::string err = instance.Stderr();
+    const size_t at = err.find("relaying at ");
+    if (at == std::string::npos) return false;
+    *endpoint = err.substr(at + 12, err.find_first_of(" \n", at + 12) - at - 12);
+    return sessions(*endpoint) == 1;
+  };
   std::unique_ptr<Child> first = start("first", true);
   ASSERT_TRUE(testing::WaitFor(
       [&] { return first->Stderr().find("holding the load") != std::string::npos; }, 60s))
@@ -544,28 +552,12 @@ TEST(EngineTest, InstancesPointedAtOneSeedFormAChainAndDecodeExactlyAsFromDisk) 
   std::unique_ptr<Child> second = start("second", false);
   // The first's relay endpoint: it serves while it loads, at the port it logged.
   std::string first_endpoint;
-  ASSERT_TRUE(testing::WaitFor(
-      [&] {
-        const std::string err = first->Stderr();
-        const size_t at = err.find("relaying at ");
-        if (at == std::string::npos) return false;
-        first_endpoint = err.substr(at + 12, err.find_first_of(" \n", at + 12) - at - 12);
-        return sessions(first_endpoint) == 1;
-      },
-      60s))
+  ASSERT_TRUE(testing::WaitFor([&] { return relays_to_one(*first, &first_endpoint); }, 60s))
       << first->Stderr() << second->Stderr();
   std::unique_ptr<Child> third = start("third", false);
   // Let go once the third is streaming from the second (the second's one session).
   std::string second_endpoint;
-  ASSERT_TRUE(testing::WaitFor(
-      [&] {
-        const std::string err = second->Stderr();
-        const size_t at = err.find("relaying at ");
-        if (at == std::string::npos) return false;
-        second_endpoint = err.substr(at + 12, err.find_first_of(" \n", at + 12) - at - 12);
-        return sessions(second_endpoint) == 1;
-      },
-      60s))
+  ASSERT_TRUE(testing::WaitFor([&] { return relays_to_one(*second, &second_endpoint); }, 60s))
       << second->Stderr() << third->Stderr();
   testing::WriteFile(tmp / "go", "");
   std::map<std::string, json> reports;

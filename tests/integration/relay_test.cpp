@@ -81,15 +81,7 @@ ServerStats StatsOnceServed(Server& server, uint64_t served) {
   return server.stats();
 }
 
-class RelayTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    seed_ = std::random_device{}();
-    std::printf("seed %llu\n", static_cast<unsigned long long>(seed_));
-  }
-  uint64_t seed_ = 0;
-  std::shared_ptr<transfer::Transport> transport_ = transfer::MakeInprocTransport();
-};
+class RelayTest : public InprocTest {};
 class RelayFaultTest : public RelayTest {};
 
 TEST_F(RelayTest, ARelayServesWhatItVerifiedWhileItIsStillLoading) {

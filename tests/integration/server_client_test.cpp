@@ -33,15 +33,7 @@ namespace {
 
 using namespace std::chrono_literals;
 
-class ServerClientTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    seed_ = std::random_device{}();
-    std::printf("seed %llu\n", static_cast<unsigned long long>(seed_));
-  }
-  uint64_t seed_ = 0;
-  std::shared_ptr<transfer::Transport> transport_ = transfer::MakeInprocTransport();
-};
+class ServerClientTest : public InprocTest {};
 
 // The fault matrix (README, "Failure behaviour and security"): suites named *FaultTest also carry
 // the ctest label `fault`.

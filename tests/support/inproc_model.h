@@ -3,8 +3,11 @@
 // What the in-process tests (server_client_test.cpp, relay_test.cpp) share: models that own
 // their bytes, the in-process data plane, and options with short deadlines.
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <memory>
 #include <random>
 #include <string>
@@ -75,5 +78,17 @@ inline ClientOptions ClientFor(const std::string& endpoint) {
   o.connect_timeout = 5s;
   return o;
 }
+
+// A fixture whose models are drawn from a seed printed for reproduction, over one in-process
+// data plane.
+class InprocTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    seed_ = std::random_device{}();
+    std::printf("seed %llu\n", static_cast<unsigned long long>(seed_));
+  }
+  uint64_t seed_ = 0;
+  std::shared_ptr<transfer::Transport> transport_ = transfer::MakeInprocTransport();
+};
 
 }  // namespace netloader
