@@ -31,3 +31,13 @@ g++ -std=c++17 "$here/consumer.cpp" $flags -o "$work/consumer-pc"
 got=$(LD_LIBRARY_PATH="$prefix/lib" "$work/consumer-pc" "$checkpoint")
 [ "$got" = "$expected" ] || { echo "pkg-config consumer printed '$got', not '$expected'"; exit 1; }
 echo "pkg-config netloader ($flags): $got"
+
+# The Python package, where the build made it: importable from the prefix alone (its extension
+# finds the installed libnetloader through its rpath), reading the same checkpoint's layout.
+site=$(ls -d "$prefix"/lib/python3*/dist-packages 2>/dev/null | head -n 1 || true)
+if [ -n "$site" ]; then
+  got=$(cd "$work" && PYTHONPATH="$site" /usr/bin/python3 -c \
+    "import netloader, sys; print(len(netloader.read_layout(sys.argv[1])), 'tensors')" "$checkpoint")
+  [ "$got" = "10 tensors" ] || { echo "the installed Python package printed '$got'"; exit 1; }
+  echo "python3 -c 'import netloader' from $site: $got"
+fi

@@ -1,0 +1,224 @@
+"""netloader: load model weights from a running peer instead of from disk.
+
+Tensors are PyTorch CPU tensors or numpy arrays, given as an ordered mapping name -> tensor in
+the checkpoint's storage order (a ``state_dict()`` is one). Their memory is used where it lies:
+``load`` fills it in place, ``Server`` streams from it. See the README, section "Python".
+"""
+
+import ctypes
+import os
+
+# Open MPI loads its components as plugins that resolve symbols against libmpi; loaded as a
+# dependency of a Python extension (RTLD_LOCAL) they would not find them.
+ctypes.CDLL("libmpi.so.40", mode=ctypes.RTLD_GLOBAL)
+
+from . import _netloader  # noqa: E402
+from ._netloader import (  # noqa: E402,F401
+    PROTOCOL_VERSION,
+    Busy,
+    Cancelled,
+    ChecksumMismatch,
+    Error,
+    FingerprintMismatch,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ProtocolMismatch,
+    Timeout,
+    TransferFailed,
+    Unavailable,
+)
+
+__all__ = [
+    "load", "Server", "read_layout", "allocate", "load_from_disk", "initialize_transport",
+    "set_log_level", "Error", "Busy",
+    "Cancelled", "ChecksumMismatch", "FingerprintMismatch", "Internal", "InvalidArgument",
+    "NotFound", "PermissionDenied", "ProtocolMismatch", "Timeout", "TransferFailed",
+    "Unavailable", "PROTOCOL_VERSION",
+]
+
+# torch and numpy dtype names -> safetensors spelling.
+_DTYPES = {
+    "bool": "BOOL", "uint8": "U8", "int8": "I8", "int16": "I16", "uint16": "U16",
+    "float16": "F16", "bfloat16": "BF16", "int32": "I32", "uint32": "U32", "float32": "F32",
+    "int64": "I64", "uint64": "U64", "float64": "F64", "float8_e5m2": "F8_E5M2",
+    "float8_e4m3fn": "F8_E4M3",
+}
+
+
+def _describe(name, tensor):
+    """(name, dtype, shape, address, nbytes) of a contiguous CPU tensor or numpy array."""
+    if hasattr(tensor, "data_ptr"):  # torch.Tensor
+        if tensor.device.type != "cpu":
+            raise ValueError(f"tensor '{name}' is on {tensor.device}; only CPU tensors for now")
+        if not tensor.is_contiguous():
+            raise ValueError(f"tensor '{name}' is not contiguous")
+        dtype = str(tensor.dtype).replace("torch.", "")
+        address, nbytes = tensor.data_ptr(), tensor.numel() * tensor.element_size()
+    elif hasattr(tensor, "__array_interface__"):  # numpy.ndarray
+        if not tensor.flags["C_CONTIGUOUS"]:
+            raise ValueError(f"tensor '{name}' is not contiguous")
+        if not tensor.flags["WRITEABLE"]:
+            raise ValueError(f"tensor '{name}' is read-only")
+        dtype = tensor.dtype.name
+        address, nbytes = tensor.__array_interface__["data"][0], tensor.nbytes
+    else:
+        raise TypeError(f"tensor '{name}' is a {type(tensor).__name__}, not a tensor or array")
+    if dtype not in _DTYPES:
+        raise ValueError(f"tensor '{name}' has dtype {dtype}, which safetensors does not define")
+    return (str(name), _DTYPES[dtype], [int(d) for d in tensor.shape], address, nbytes)
+
+
+def _describe_all(tensors):
+    if not hasattr(tensors, "items"):
+        raise TypeError("tensors must be an ordered mapping name -> tensor (a state_dict)")
+    return [_describe(name, t) for name, t in tensors.items()]
+
+
+def _secret(secret):
+    """None: no authentication; a path to a secret file (created if missing); or the key."""
+    if secret is None:
+        return ""
+    if os.path.sep in secret or os.path.exists(secret):
+        return _netloader._load_secret(os.path.expanduser(secret))
+    _netloader._check_secret(secret)
+    return secret
+
+
+def _peer_options(model_id, partition, secret, window, connect_timeout, stall_timeout,
+                  heartbeat_timeout, rendezvous, interface):
+    options = {"secret": _secret(secret)}
+    if model_id is not None:
+        options["model_id"] = model_id
+    if partition is not None:
+        unknown = set(partition) - {"tp_size", "tp_rank", "pp_size", "pp_rank", "layout_key"}
+        if unknown:
+            raise ValueError(f"partition has unknown keys {sorted(unknown)}")
+        options["partition"] = dict(partition)
+    for key, value in (("window", window), ("connect_timeout", connect_timeout),
+                       ("stall_timeout", stall_timeout),
+                       ("heartbeat_timeout", heartbeat_timeout), ("rendezvous", rendezvous),
+                       ("interface", interface)):
+        if value is not None:
+            options[key] = value
+    return options
+
+
+def load(tensors, sources, *, model_id=None, partition=None, secret=None, window=None,
+         register_timeout=None, connect_timeout=None, stall_timeout=None, busy_timeout=None,
+         heartbeat_timeout=None, stripe=None, select=None, destination_filled=False,
+         rendezvous=None, interface=None):
+    """Fills `tensors` in place from the first of `sources` that holds the same model.
+
+    Every chunk is verified against the source's XXH3 digests before this returns; on failure
+    it raises a netloader.Error subclass and the tensors' contents are undefined. Timeouts are
+    in seconds. `select`: tensor name patterns of a partial load. Returns the load's statistics
+    as a dict (bytes, seconds, gbps, source, attempts, ...). The GIL is released meanwhile.
+    """
+    if isinstance(sources, str):
+        sources = [sources]
+    options = _peer_options(model_id, partition, secret, window, connect_timeout, stall_timeout,
+                            heartbeat_timeout, rendezvous, interface)
+    for key, value in (("register_timeout", register_timeout), ("busy_timeout", busy_timeout),
+                       ("stripe", stripe)):
+        if value is not None:
+            options[key] = value
+    if select is not None:
+        options["tensors"] = list(select)
+    options["destination_filled"] = bool(destination_filled)
+    return _netloader._load(_describe_all(tensors), list(sources), options)
+
+
+class Server:
+    """Serves `tensors` (which must stay unchanged) on background threads, while Python runs.
+
+    A context manager: ``with netloader.Server(state_dict) as server: ... server.endpoint``.
+    """
+
+    def __init__(self, tensors, listen="tcp://127.0.0.1:0", *, model_id=None, partition=None,
+                 secret=None, window=None, max_clients=None, chunk_bytes=None, fanout=None,
+                 connect_timeout=None, stall_timeout=None, heartbeat_timeout=None,
+                 rendezvous=None, interface=None):
+        self._tensors = tensors  # keeps the memory alive as long as it is served
+        options = _peer_options(model_id, partition, secret, window, connect_timeout,
+                                stall_timeout, heartbeat_timeout, rendezvous, interface)
+        options["listen"] = listen
+        for key, value in (("max_clients", max_clients), ("chunk_bytes", chunk_bytes),
+                           ("fanout", fanout)):
+            if value is not None:
+                options[key] = value
+        self._server = _netloader._Server(_describe_all(tensors), options)
+
+    @property
+    def endpoint(self):
+        return self._server.endpoint
+
+    def stats(self):
+        return self._server.stats()
+
+    def stop(self):
+        """Stops serving (idempotent); the tensors may then change or go."""
+        self._server.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+
+def read_layout(path):
+    """The checkpoint's tensors in storage order: a list of dicts with name, dtype (the
+    safetensors spelling), shape, file, offset and nbytes. Reads the headers only."""
+    return [dict(zip(("name", "dtype", "shape", "file", "offset", "nbytes"), t))
+            for t in _netloader._read_layout(path)]
+
+
+_NUMPY_DTYPES = {v: k for k, v in _DTYPES.items() if k not in ("bfloat16", "float8_e5m2",
+                                                                 "float8_e4m3fn")}
+
+
+def allocate(path, framework="torch"):
+    """Fresh zero-filled tensors for the checkpoint at `path` (its headers only are read), in
+    storage order: an ordered dict name -> tensor ("torch") or array ("numpy"). The memory is
+    what a load fills fastest (2 MiB huge pages, faulted in beforehand; about 4x faster than
+    fresh malloc'd pages on the benchmark's VMs) and is freed with the last tensor using it."""
+    out = {}
+    for name, dtype, shape, block in _netloader._allocate(str(path)):
+        if framework == "torch":
+            import torch
+
+            torch_dtype = getattr(torch, {v: k for k, v in _DTYPES.items()}[dtype], None)
+            if torch_dtype is None:
+                raise ValueError(f"tensor '{name}': this torch has no {dtype}")
+            if memoryview(block).nbytes == 0:
+                out[name] = torch.empty(shape, dtype=torch_dtype)
+            else:
+                out[name] = torch.frombuffer(block, dtype=torch_dtype).view(shape)
+        elif framework == "numpy":
+            import numpy
+
+            if dtype not in _NUMPY_DTYPES:
+                raise ValueError(f"tensor '{name}': numpy has no {dtype}")
+            out[name] = numpy.frombuffer(block, dtype=_NUMPY_DTYPES[dtype]).reshape(shape)
+        else:
+            raise ValueError(f"framework must be 'torch' or 'numpy', not {framework!r}")
+    return out
+
+
+def initialize_transport(rendezvous, interface=None):
+    """Starts MPI now (~0.1-0.3 s) on the shared `rendezvous`, e.g. on a thread while the model's
+    memory is allocated, instead of inside the first load or server."""
+    _netloader._initialize_transport(rendezvous, interface or "")
+
+
+def load_from_disk(path, tensors):
+    """Fills `tensors` (as read_layout lists them, in that order) from the checkpoint's files."""
+    _netloader._load_from_disk(path, _describe_all(tensors))
+
+
+def set_log_level(level):
+    """netloader's own log level: trace, debug, info, warn, error or off."""
+    _netloader._set_log_level(level)

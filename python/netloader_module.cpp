@@ -1,0 +1,316 @@
+// The `netloader._netloader` extension: the C++ library's Load, Server and checkpoint layout
+// behind a small pybind11 surface. Tensors arrive from Python as plain descriptions (name,
+// safetensors dtype, shape, address, byte size) made by netloader/__init__.py from torch tensors
+// or numpy arrays, so the memory is used where it lies: nothing is copied through Python. Every
+// blocking call releases the GIL.
+
+#include <fcntl.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "netloader/client.h"
+#include "netloader/fingerprint.h"
+#include "netloader/logging.h"
+#include "netloader/safetensors.h"
+#include "netloader/secret.h"
+#include "netloader/server.h"
+#include "netloader/transport.h"
+
+namespace py = pybind11;
+using namespace netloader;
+
+namespace {
+
+// One exception class per status code, all derived from netloader.Error.
+std::map<StatusCode, py::object>& Exceptions() {
+  static auto* classes = new std::map<StatusCode, py::object>;
+  return *classes;
+}
+
+[[noreturn]] void Raise(const Status& status) {
+  const auto it = Exceptions().find(status.code());
+  PyErr_SetString(it != Exceptions().end() ? it->second.ptr() : PyExc_RuntimeError,
+                  status.message().c_str());
+  throw py::error_already_set();
+}
+
+template <typename T>
+T Take(Result<T> result) {
+  if (!result.ok()) Raise(result.status());
+  return std::move(result).value();
+}
+
+// (name, dtype, shape, address, nbytes) tuples, in storage order.
+using TensorTuple = std::tuple<std::string, std::string, std::vector<int64_t>, uintptr_t, uint64_t>;
+
+ModelView ToView(const std::vector<TensorTuple>& tensors) {
+  ModelView view;
+  for (const auto& [name, dtype, shape, address, nbytes] : tensors) {
+    std::optional<DType> parsed = ParseDType(dtype);
+    if (!parsed)
+      Raise(Status(StatusCode::kInvalidArgument, "tensor '" + name + "': dtype " + dtype));
+    view.tensors.push_back({name, *parsed, shape, reinterpret_cast<void*>(address), nbytes});
+  }
+  return view;
+}
+
+Partition ToPartition(const py::dict& p) {
+  Partition partition;
+  if (p.contains("tp_size")) partition.tp_size = p["tp_size"].cast<int>();
+  if (p.contains("tp_rank")) partition.tp_rank = p["tp_rank"].cast<int>();
+  if (p.contains("pp_size")) partition.pp_size = p["pp_size"].cast<int>();
+  if (p.contains("pp_rank")) partition.pp_rank = p["pp_rank"].cast<int>();
+  if (p.contains("layout_key")) partition.layout_key = p["layout_key"].cast<std::string>();
+  return partition;
+}
+
+std::chrono::milliseconds Ms(double seconds) {
+  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+}
+
+// The options both sides share, from keyword arguments already checked by __init__.py.
+void ApplyPeer(const py::dict& o, PeerOptions& options) {
+  if (o.contains("model_id")) options.model_id = o["model_id"].cast<std::string>();
+  if (o.contains("partition")) options.partition = ToPartition(o["partition"].cast<py::dict>());
+  if (o.contains("window")) options.window = o["window"].cast<int>();
+  if (o.contains("connect_timeout"))
+    options.connect_timeout = Ms(o["connect_timeout"].cast<double>());
+  if (o.contains("stall_timeout")) options.stall_timeout = Ms(o["stall_timeout"].cast<double>());
+  if (o.contains("heartbeat_timeout")) {
+    options.heartbeat_timeout = Ms(o["heartbeat_timeout"].cast<double>());
+  }
+  if (o.contains("secret")) options.secret = o["secret"].cast<std::string>();
+  if (o.contains("rendezvous"))
+    options.transport.rendezvous_uri = o["rendezvous"].cast<std::string>();
+  if (o.contains("interface")) options.transport.interface = o["interface"].cast<std::string>();
+}
+
+py::dict StatsToDict(const LoadStats& s) {
+  py::list attempts;
+  for (const SourceAttempt& a : s.attempts) {
+    attempts.append(py::dict(py::arg("source") = a.source, py::arg("status") = a.status.ToString(),
+                             py::arg("bytes") = a.bytes));
+  }
+  return py::dict(
+      py::arg("source") = s.source, py::arg("bytes") = s.bytes,
+      py::arg("bytes_received") = s.bytes_received, py::arg("bytes_reused") = s.bytes_reused,
+      py::arg("tensors") = s.tensors, py::arg("chunks") = s.chunks, py::arg("seconds") = s.seconds,
+      py::arg("gbps") = s.gbps, py::arg("transfer_seconds") = s.transfer_seconds,
+      py::arg("transfer_gbps") = s.transfer_gbps, py::arg("attempts") = attempts,
+      py::arg("tensor_names") = s.tensor_names, py::arg("tensor_digests") = s.tensor_digests);
+}
+
+py::dict PyLoad(const std::vector<TensorTuple>& tensors, const std::vector<std::string>& sources,
+                const py::dict& o) {
+  const ModelView view = ToView(tensors);
+  ClientOptions options;
+  ApplyPeer(o, options);
+  options.sources = sources;
+  if (o.contains("register_timeout")) {
+    options.register_timeout = Ms(o["register_timeout"].cast<double>());
+  }
+  if (o.contains("busy_timeout")) options.busy_timeout = Ms(o["busy_timeout"].cast<double>());
+  if (o.contains("stripe")) options.stripe = o["stripe"].cast<int>();
+  if (o.contains("tensors")) options.tensors = o["tensors"].cast<std::vector<std::string>>();
+  if (o.contains("destination_filled")) {
+    options.destination_filled = o["destination_filled"].cast<bool>();
+  }
+  Result<LoadStats> stats = Status(StatusCode::kInternal, "not run");
+  {
+    py::gil_scoped_release released;
+    stats = netloader::Load(options, view);
+  }
+  return StatsToDict(Take(std::move(stats)));
+}
+
+// A running server over tensors the Python object keeps alive.
+class PyServer {
+ public:
+  PyServer(const std::vector<TensorTuple>& tensors, const py::dict& o) {
+    const ModelView view = ToView(tensors);
+    ServerOptions options;
+    ApplyPeer(o, options);
+    if (o.contains("listen")) options.listen = o["listen"].cast<std::string>();
+    if (o.contains("max_clients")) options.max_concurrent_transfers = o["max_clients"].cast<int>();
+    if (o.contains("chunk_bytes")) options.chunk_bytes = o["chunk_bytes"].cast<uint64_t>();
+    if (o.contains("fanout")) options.fanout = o["fanout"].cast<int>();
+    Result<std::unique_ptr<Server>> started = Status(StatusCode::kInternal, "not run");
+    {
+      py::gil_scoped_release released;
+      started = Server::Start(options, view);
+    }
+    server_ = Take(std::move(started));
+  }
+  std::string endpoint() const { return server_->endpoint(); }
+  py::dict stats() const {
+    const ServerStats s = server_->stats();
+    return py::dict(
+        py::arg("clients_served") = s.clients_served, py::arg("clients_failed") = s.clients_failed,
+        py::arg("refused") = s.refused, py::arg("busy") = s.busy,
+        py::arg("redirected") = s.redirected, py::arg("unauthenticated") = s.unauthenticated,
+        py::arg("bytes_sent") = s.bytes_sent, py::arg("active_transfers") = s.active_transfers);
+  }
+  void stop() {
+    py::gil_scoped_release released;
+    server_->Stop();
+  }
+
+ private:
+  std::unique_ptr<Server> server_;
+};
+
+// The checkpoint's tensors in storage order: (name, dtype, shape, file, offset, nbytes).
+std::vector<py::tuple> ReadLayout(const std::string& path) {
+  const CheckpointLayout layout = Take(ReadCheckpointLayout(path, LayoutRead::kHeadersOnly));
+  std::vector<py::tuple> out;
+  for (const ShardLayout& shard : layout.shards) {
+    for (const TensorSpec& t : shard.tensors) {
+      out.push_back(py::make_tuple(t.name, std::string(DTypeName(t.dtype)), t.shape, shard.path,
+                                   t.file_offset, t.size_bytes));
+    }
+  }
+  return out;
+}
+
+// Fills the tensors (storage order, as ReadLayout lists them) from the checkpoint's files.
+void LoadFromDisk(const std::string& path, const std::vector<TensorTuple>& tensors) {
+  const ModelView view = ToView(tensors);
+  const CheckpointLayout layout = Take(ReadCheckpointLayout(path));
+  size_t i = 0;
+  py::gil_scoped_release released;
+  for (const ShardLayout& shard : layout.shards) {
+    const int fd = open(shard.path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      py::gil_scoped_acquire held;
+      Raise(Status(StatusCode::kNotFound, "cannot open " + shard.path));
+    }
+    for (const TensorSpec& t : shard.tensors) {
+      const TensorView* dest = i < view.tensors.size() ? &view.tensors[i] : nullptr;
+      ++i;
+      if (dest == nullptr || dest->name != t.name || dest->size_bytes != t.size_bytes) {
+        close(fd);
+        py::gil_scoped_acquire held;
+        Raise(Status(StatusCode::kInvalidArgument,
+                     "tensor '" + t.name + "' of " + path + " is not the next tensor given (" +
+                         (dest ? "'" + dest->name + "'" : std::string("none")) +
+                         ") or has another size"));
+      }
+      uint64_t done = 0;
+      while (done < t.size_bytes) {
+        const ssize_t n = pread(fd, static_cast<char*>(dest->data) + done, t.size_bytes - done,
+                                static_cast<off_t>(t.file_offset + done));
+        if (n <= 0) {
+          close(fd);
+          py::gil_scoped_acquire held;
+          Raise(Status(StatusCode::kUnavailable, "reading '" + t.name + "' from " + shard.path));
+        }
+        done += static_cast<uint64_t>(n);
+      }
+    }
+    close(fd);
+  }
+}
+
+// One tensor's bytes in a HostModel, exposed through the buffer protocol; every block holds the
+// model, so its memory lives as long as any tensor made from a block (torch.frombuffer and
+// numpy.frombuffer keep their buffer's owner).
+struct Block {
+  std::shared_ptr<HostModel> owner;
+  void* data;
+  size_t size;
+};
+
+// Fresh tensor memory for the checkpoint at `path` (HostModel::Allocate: huge pages, populated):
+// (name, dtype, shape, block) in storage order.
+std::vector<py::tuple> Allocate(const std::string& path) {
+  CheckpointLayout layout = Take(ReadCheckpointLayout(path, LayoutRead::kHeadersOnly));
+  Result<HostModel> allocated = Status(StatusCode::kInternal, "not run");
+  {
+    py::gil_scoped_release released;
+    allocated = HostModel::Allocate(layout);
+  }
+  auto model = std::make_shared<HostModel>(Take(std::move(allocated)));
+  std::vector<py::tuple> out;
+  for (const TensorView& t : model->view().tensors) {
+    out.push_back(py::make_tuple(t.name, std::string(DTypeName(t.dtype)), t.shape,
+                                 Block{model, t.data, t.size_bytes}));
+  }
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_netloader, m) {
+  m.doc() = "netloader: load model weights from a running peer (C++ core)";
+  py::object error = py::reinterpret_borrow<py::object>(PyExc_RuntimeError);
+  py::object base = py::reinterpret_steal<py::object>(
+      PyErr_NewExceptionWithDoc("netloader.Error", "A netloader failure.", error.ptr(), nullptr));
+  m.attr("Error") = base;
+  const std::pair<StatusCode, const char*> codes[] = {
+      {StatusCode::kInvalidArgument, "InvalidArgument"},
+      {StatusCode::kNotFound, "NotFound"},
+      {StatusCode::kUnavailable, "Unavailable"},
+      {StatusCode::kTimeout, "Timeout"},
+      {StatusCode::kBusy, "Busy"},
+      {StatusCode::kFingerprintMismatch, "FingerprintMismatch"},
+      {StatusCode::kProtocolMismatch, "ProtocolMismatch"},
+      {StatusCode::kChecksumMismatch, "ChecksumMismatch"},
+      {StatusCode::kTransferFailed, "TransferFailed"},
+      {StatusCode::kPermissionDenied, "PermissionDenied"},
+      {StatusCode::kCancelled, "Cancelled"},
+      {StatusCode::kInternal, "Internal"},
+  };
+  for (const auto& [code, name] : codes) {
+    py::object cls = py::reinterpret_steal<py::object>(
+        PyErr_NewException((std::string("netloader.") + name).c_str(), base.ptr(), nullptr));
+    m.attr(name) = cls;
+    Exceptions()[code] = cls;
+  }
+  m.attr("PROTOCOL_VERSION") = kProtocolVersion;
+  m.def("_load", &PyLoad, py::arg("tensors"), py::arg("sources"), py::arg("options"));
+  py::class_<PyServer>(m, "_Server")
+      .def(py::init<const std::vector<TensorTuple>&, const py::dict&>())
+      .def_property_readonly("endpoint", &PyServer::endpoint)
+      .def("stats", &PyServer::stats)
+      .def("stop", &PyServer::stop);
+  m.def("_read_layout", &ReadLayout, py::arg("path"));
+  py::class_<Block>(m, "_Block", py::buffer_protocol()).def_buffer([](Block& b) {
+    static char empty;  // a zero-byte tensor has no memory; a buffer needs an address
+    return py::buffer_info(b.data != nullptr ? b.data : &empty, 1,
+                           py::format_descriptor<uint8_t>::format(), 1, {b.size}, {1});
+  });
+  m.def("_allocate", &Allocate, py::arg("path"));
+  m.def("_initialize_transport", [](const std::string& rendezvous, const std::string& interface) {
+    TransportOptions options;
+    options.rendezvous_uri = rendezvous;
+    if (!interface.empty()) options.interface = interface;
+    Status status;
+    {
+      py::gil_scoped_release released;
+      status = InitializeTransport(options);
+    }
+    if (!status.ok()) Raise(status);
+  });
+  m.def("_load_from_disk", &LoadFromDisk, py::arg("path"), py::arg("tensors"));
+  m.def("_load_secret", [](const std::string& path) { return Take(LoadOrCreateSecret(path)); });
+  m.def("_check_secret", [](const std::string& key) {
+    Status valid = ValidateSecret(key);
+    if (!valid.ok()) Raise(valid);
+  });
+  m.def("_set_log_level", [](const std::string& level) {
+    const std::map<std::string, LogLevel> levels = {
+        {"trace", LogLevel::kTrace}, {"debug", LogLevel::kDebug}, {"info", LogLevel::kInfo},
+        {"warn", LogLevel::kWarn},   {"error", LogLevel::kError}, {"off", LogLevel::kOff}};
+    const auto it = levels.find(level);
+    if (it == levels.end())
+      Raise(Status(StatusCode::kInvalidArgument, "log level '" + level + "'"));
+    SetLogLevel(it->second);
+  });
+}

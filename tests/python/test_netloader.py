@@ -1,0 +1,255 @@
+"""The Python binding against the real C++ tools: real ZeroMQ, real MPI between real processes,
+real safetensors files. Run by ctest (label `python`), one ctest entry per test function, with
+PYTHONPATH at the build tree's python/ and NETLOADER_BIN_DIR at its bin/."""
+
+import os
+import socket
+import subprocess
+import threading
+import time
+
+import numpy
+import pytest
+import torch
+
+import netloader
+
+BIN = os.environ.get("NETLOADER_BIN_DIR", os.path.join(os.path.dirname(__file__), "../../build/bin"))
+TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
+netloader.set_log_level("warn")
+
+
+def run(*argv, timeout=120):
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="session")
+def rendezvous(tmp_path_factory):
+    """One shared MPI rendezvous (ompi-server) for every process of the run: a process's MPI is
+    bound to one for its lifetime, and this one loads from several servers and serves."""
+    uri = tmp_path_factory.mktemp("rendezvous") / "uri"
+    env = dict(os.environ, OMPI_MCA_oob_tcp_if_include="lo")
+    server = subprocess.Popen(["ompi-server", "--no-daemonize", "-r", str(uri)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not (uri.exists() and uri.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert uri.exists(), "ompi-server did not start"
+    yield f"file:{uri}"
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A Llama-architecture checkpoint of about 24 MiB (float32), as netloader-llama reads."""
+    path = tmp_path_factory.mktemp("ckpt") / "model"
+    done = run(f"{BIN}/netloader-make-llama", "--output", path, "--size-mib", "24")
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+def empty_like_layout(path):
+    return {t["name"]: torch.empty(t["shape"], dtype=TORCH_DTYPES[t["dtype"]])
+            for t in netloader.read_layout(str(path))}
+
+
+def from_disk(path):
+    tensors = empty_like_layout(path)
+    netloader.load_from_disk(str(path), tensors)
+    return tensors
+
+
+class CppServer:
+    """netloader-server over `path` on `rendezvous`, stopped (SIGTERM) on exit."""
+
+    def __init__(self, path, tmp_path, rendezvous):
+        endpoint_file = tmp_path / "endpoint"
+        self.process = subprocess.Popen(
+            [f"{BIN}/netloader-server", "--model", str(path), "--no-auth", "--endpoint-file",
+             str(endpoint_file), "--log-level", "warn", "--rendezvous", rendezvous],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not endpoint_file.exists() and time.monotonic() < deadline:
+            assert self.process.poll() is None, self.process.stderr.read()
+            time.sleep(0.01)
+        self.endpoint = endpoint_file.read_text().strip()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        self.process.communicate(timeout=30)
+
+
+def test_errors_are_one_class_per_status_code():
+    for name in ("InvalidArgument", "NotFound", "Unavailable", "Timeout", "Busy",
+                 "FingerprintMismatch", "ProtocolMismatch", "ChecksumMismatch", "TransferFailed",
+                 "PermissionDenied", "Cancelled", "Internal"):
+        cls = getattr(netloader, name)
+        assert issubclass(cls, netloader.Error) and cls.__name__ == name
+    assert netloader.PROTOCOL_VERSION == 5
+
+
+def test_a_state_dict_loads_in_place_from_a_cpp_server_byte_identical(model, tmp_path, rendezvous):
+    reference = from_disk(model)
+    with CppServer(model, tmp_path, rendezvous) as server:
+        state_dict = empty_like_layout(model)
+        addresses = {k: t.data_ptr() for k, t in state_dict.items()}
+        stats = netloader.load(state_dict, server.endpoint, rendezvous=rendezvous)
+    assert stats["bytes"] == sum(t.numel() * t.element_size() for t in reference.values())
+    assert stats["tensors"] == len(reference)
+    assert stats["attempts"][0]["status"] == "OK"
+    for name, tensor in reference.items():
+        assert torch.equal(state_dict[name], tensor), name
+        assert state_dict[name].data_ptr() == addresses[name], f"{name} was not filled in place"
+
+
+def test_numpy_arrays_load_too(model, tmp_path, rendezvous):
+    layout = netloader.read_layout(str(model))
+    arrays = {t["name"]: numpy.empty(t["shape"], dtype=numpy.float32) for t in layout}
+    with CppServer(model, tmp_path, rendezvous) as server:
+        netloader.load(arrays, [server.endpoint], rendezvous=rendezvous)
+    reference = from_disk(model)
+    for name, tensor in reference.items():
+        assert numpy.array_equal(arrays[name], tensor.numpy()), name
+
+
+def test_allocated_tensors_take_a_load_and_free_with_their_last_user(model, tmp_path,
+                                                                     rendezvous):
+    netloader.initialize_transport(rendezvous)  # as an engine would, while allocating
+    state_dict = netloader.allocate(model)
+    layout = netloader.read_layout(str(model))
+    assert list(state_dict) == [t["name"] for t in layout], "storage order"
+    for t in layout:
+        assert list(state_dict[t["name"]].shape) == t["shape"]
+        assert not state_dict[t["name"]].any(), "zero-filled"
+    with CppServer(model, tmp_path, rendezvous) as server:
+        netloader.load(state_dict, server.endpoint, rendezvous=rendezvous)
+    reference = from_disk(model)
+    kept = state_dict[layout[0]["name"]] * 1  # a copy
+    view = state_dict[layout[0]["name"]][:2]
+    del state_dict  # the view alone keeps the memory alive
+    assert torch.equal(view, reference[layout[0]["name"]][:2])
+    assert torch.equal(kept, reference[layout[0]["name"]])
+    arrays = netloader.allocate(model, framework="numpy")
+    assert arrays[layout[0]["name"]].flags["WRITEABLE"]
+    netloader.load_from_disk(str(model), arrays)
+    assert numpy.array_equal(arrays[layout[0]["name"]], reference[layout[0]["name"]].numpy())
+
+
+def test_a_chain_across_languages_is_byte_identical_at_every_hop(model, tmp_path, rendezvous):
+    # C++ server -> Python load -> Python Server -> C++ netloader-client, which verifies every
+    # chunk against the Python server's digests and reads back what it wrote.
+    with CppServer(model, tmp_path, rendezvous) as server:
+        state_dict = empty_like_layout(model)
+        netloader.load(state_dict, server.endpoint, rendezvous=rendezvous)
+    with netloader.Server(state_dict, rendezvous=rendezvous) as python_server:
+        out = tmp_path / "out"
+        done = run(f"{BIN}/netloader-client", "--source", python_server.endpoint, "--model", model,
+                   "--output", out, "--no-auth", "--json", "--rendezvous", rendezvous)
+        assert done.returncode == 0, done.stderr
+        deadline = time.monotonic() + 10  # a session is counted once the server retires it
+        while python_server.stats()["clients_served"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert python_server.stats()["bytes_sent"] == sum(
+            t.numel() * t.element_size() for t in state_dict.values())
+    for name in os.listdir(model):
+        if name.endswith(".safetensors"):
+            assert (out / name).read_bytes() == (model / name).read_bytes(), name
+
+
+def test_wrong_tensors_are_refused_naming_the_tensor(model, tmp_path, rendezvous):
+    state_dict = empty_like_layout(model)
+    name = next(iter(state_dict))
+    skewed = dict(state_dict)
+    skewed[name] = torch.empty(list(reversed(state_dict[name].shape))).t()
+    with pytest.raises(ValueError, match=f"'{name}' is not contiguous"):
+        netloader.load(skewed, "tcp://127.0.0.1:1")
+    with pytest.raises(TypeError, match=f"'{name}' is a list"):
+        netloader.load({name: [1, 2, 3]}, "tcp://127.0.0.1:1")
+    other = dict(state_dict)
+    other[name] = torch.empty(state_dict[name].shape, dtype=torch.float64)
+    with CppServer(model, tmp_path, rendezvous) as server:
+        with pytest.raises(netloader.FingerprintMismatch, match=name):
+            netloader.load(other, server.endpoint, rendezvous=rendezvous)
+
+
+def test_a_source_that_is_not_there_raises_unavailable_at_once(model):
+    state_dict = empty_like_layout(model)
+    start = time.monotonic()
+    with pytest.raises(netloader.Unavailable, match="refused or the host is unreachable"):
+        netloader.load(state_dict, "tcp://127.0.0.1:9", register_timeout=30)
+    assert time.monotonic() - start < 20
+
+
+def test_a_python_server_keeps_the_interpreter_running_while_it_serves(model, tmp_path, rendezvous):
+    state_dict = from_disk(model)
+    go = tmp_path / "go"
+    with netloader.Server(state_dict, rendezvous=rendezvous) as server:
+        client = subprocess.Popen(
+            [f"{BIN}/netloader-client", "--source", server.endpoint, "--model", str(model),
+             "--verify-only", "--no-auth", "--rendezvous", rendezvous, "--testing-hold-at", "50",
+             "--testing-hold-file", str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # The client holds its load at half until this interpreter, while the server streams
+        # to it, sees the session and lets it go: Python runs meanwhile.
+        ticks = 0
+        deadline = time.monotonic() + 60
+        while server.stats()["active_transfers"] != 1 and time.monotonic() < deadline:
+            ticks += 1
+            time.sleep(0.005)
+        assert server.stats()["active_transfers"] == 1
+        go.write_text("")
+        _, err = client.communicate(timeout=120)
+        assert client.returncode == 0, err
+        deadline = time.monotonic() + 10
+        while server.stats()["clients_served"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.stats()["clients_served"] == 1
+
+
+def test_a_load_releases_the_interpreter(model):
+    # A source that accepts the connection and never answers: load waits out its register
+    # deadline (2 s) inside C++. Another Python thread keeps running meanwhile; with the GIL
+    # held it could not run at all until the load gave up.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    state_dict = empty_like_layout(model)
+    outcome = {}
+
+    def loading():
+        try:
+            netloader.load(state_dict, f"tcp://127.0.0.1:{silent.getsockname()[1]}",
+                           register_timeout=2)
+        except netloader.Error as e:
+            outcome["error"] = e
+
+    thread = threading.Thread(target=loading)
+    thread.start()
+    counted = 0
+    while thread.is_alive():
+        counted += 1
+        time.sleep(0.001)
+    thread.join()
+    silent.close()
+    assert isinstance(outcome.get("error"), netloader.Timeout), outcome
+    assert counted >= 100, f"the interpreter ran only {counted} times in a 2 s load"
+
+
+def test_a_shared_secret_admits_its_holders_only(model, tmp_path, rendezvous):
+    # (A C++ client holding the file loads; this process does not load from its own server:
+    # MPI connects between processes.)
+    secret = str(tmp_path / "secret")  # created on first use, mode 0600
+    state_dict = from_disk(model)
+    with netloader.Server(state_dict, rendezvous=rendezvous, secret=secret) as server:
+        with pytest.raises(netloader.PermissionDenied, match="runs without one"):
+            netloader.load(empty_like_layout(model), server.endpoint, rendezvous=rendezvous)
+        done = run(f"{BIN}/netloader-client", "--source", server.endpoint, "--model", model,
+                   "--verify-only", "--secret-file", secret, "--rendezvous", rendezvous)
+        assert done.returncode == 0, done.stderr
+    with pytest.raises(netloader.InvalidArgument, match="40 characters of Z85"):
+        netloader.load(state_dict, "tcp://127.0.0.1:9", secret="not-a-key")
