@@ -84,6 +84,20 @@ class NetnsTest : public ::testing::Test {
     return lines.empty() ? nlohmann::json(nullptr) : lines.back();
   }
 
+  // Once `client` holds its load (--testing-hold-at, hold file tmp_/go), sends `source`
+  // `signal`, lets the client go, and returns its summary line after it succeeded.
+  nlohmann::json FailSourceWhileHeld(Child& client, Child& source, int signal) {
+    EXPECT_TRUE(testing::WaitFor(
+        [&] { return client.Stderr().find("holding the load") != std::string::npos; }, 60s))
+        << client.Stderr() << source.Stderr();
+    source.Signal(signal);
+    testing::WriteFile(tmp_ / "go", "");
+    EXPECT_EQ(client.Wait(120s), 0) << client.Stderr();
+    std::vector<nlohmann::json> lines = testing::JsonLines(client.Stdout());
+    EXPECT_FALSE(lines.empty()) << client.Stdout();
+    return lines.empty() ? nlohmann::json::object() : lines.back();
+  }
+
   // The servers stop before the hosts go.
   void TearDown() override { servers_.clear(); }
 
@@ -128,15 +142,8 @@ TEST_F(NetnsTest, ALoadAcrossHostsResumesFromTheSecondSourceWhenTheFirstIsKilled
               "--window", std::to_string(window), "--stall-timeout", "5", "--heartbeat-timeout",
               "2", "--testing-hold-at", "50", "--testing-hold-file", tmp_ / "go"}),
       tmp_ / "client");
-  ASSERT_TRUE(testing::WaitFor(
-      [&] { return client.Stderr().find("holding the load") != std::string::npos; }, 60s))
-      << client.Stderr();
-  first.Signal(SIGKILL);
-  testing::WriteFile(tmp_ / "go", "");
-  ASSERT_EQ(client.Wait(120s), 0) << client.Stderr();
-  std::vector<nlohmann::json> lines = testing::JsonLines(client.Stdout());
-  ASSERT_FALSE(lines.empty()) << client.Stdout();
-  const nlohmann::json& summary = lines.back();
+  const nlohmann::json summary = FailSourceWhileHeld(client, first, SIGKILL);
+  ASSERT_FALSE(HasFailure());
   const uint64_t bytes = summary["bytes"];
   ASSERT_EQ(summary["attempts"].size(), 2u) << summary.dump();
   EXPECT_NE(summary["attempts"][0]["status"], "OK");
@@ -173,15 +180,8 @@ class NetnsFaultTest : public NetnsTest {  // labelled netns-fault: the fault ma
                          "--stall-timeout", "5", "--heartbeat-timeout", "2", "--register-timeout",
                          "3", "--testing-hold-at", "25", "--testing-hold-file", tmp_ / "go"}),
                  tmp_ / "client");
-    ASSERT_TRUE(testing::WaitFor(
-        [&] { return client.Stderr().find("holding the load") != std::string::npos; }, 60s))
-        << client.Stderr() << relay.Stderr();
-    relay.Signal(signal);
-    testing::WriteFile(tmp_ / "go", "");
-    ASSERT_EQ(client.Wait(120s), 0) << client.Stderr();
-    std::vector<nlohmann::json> lines = testing::JsonLines(client.Stdout());
-    ASSERT_FALSE(lines.empty()) << client.Stdout();
-    const nlohmann::json& summary = lines.back();
+    const nlohmann::json summary = FailSourceWhileHeld(client, relay, signal);
+    ASSERT_FALSE(HasFailure());
     const uint64_t bytes = summary["bytes"];
     const nlohmann::json& attempts = summary["attempts"];
     ASSERT_GE(attempts.size(), 3u) << summary.dump();
