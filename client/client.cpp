@@ -32,6 +32,13 @@ double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// How often a waiting load looks at ClientOptions::cancel.
+constexpr std::chrono::milliseconds kCancelCheck{50};
+
+bool IsCancelled(const std::atomic<bool>* cancel) { return cancel != nullptr && cancel->load(); }
+
+Status CancelledStatus() { return Status(StatusCode::kCancelled, "the load was cancelled"); }
+
 std::string ClientName() {
   char host[256] = {};
   gethostname(host, sizeof host - 1);
@@ -119,8 +126,9 @@ class ControlChannel {
 
   // Waits for one message. A failed handshake (secrets differ, or only one side has one) fails
   // at once with PermissionDenied, a refused connection with Unavailable, instead of waiting out
-  // `timeout`.
-  Result<wire::Envelope> Receive(std::chrono::milliseconds timeout) {
+  // `timeout`; `cancel` becoming true, with Cancelled (looked at every 50 ms).
+  Result<wire::Envelope> Receive(std::chrono::milliseconds timeout,
+                                 const std::atomic<bool>* cancel = nullptr) {
     zmq::pollitem_t items[] = {{static_cast<void*>(socket_), 0, ZMQ_POLLIN, 0},
                                {static_cast<void*>(monitor_->socket()), 0, ZMQ_POLLIN, 0}};
     const auto deadline = Clock::now() + timeout;
@@ -129,7 +137,7 @@ class ControlChannel {
         const auto left = std::max(
             std::chrono::milliseconds(0),
             std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
-        zmq::poll(items, 2, left);  // a timeout of 0 just looks
+        zmq::poll(items, 2, std::min(left, kCancelCheck));  // a timeout of 0 just looks
         if (items[1].revents & ZMQ_POLLIN) {
           while (std::optional<SocketMonitor::Event> event = monitor_->Read()) {
             Status status = Interpret(*event);
@@ -140,6 +148,7 @@ class ControlChannel {
         if ((items[0].revents & ZMQ_POLLIN) && socket_.recv(frame, zmq::recv_flags::dontwait)) {
           return Decode(frame.data(), frame.size(), kMaxClientMessageBytes);
         }
+        if (IsCancelled(cancel)) return CancelledStatus();
         if (Clock::now() >= deadline) {
           return Status(StatusCode::kTimeout, "no answer within " +
                                                   std::to_string(timeout.count()) +
@@ -179,10 +188,13 @@ class Heartbeats {
     wake_.notify_all();
     thread_.join();  // at once: the thread sleeps on wake_ between beats
   }
+  // The transfer must stop: the source was lost, or the load was cancelled.
   const std::atomic<bool>& lost() const { return lost_; }
-  std::string reason() const {
+  // Why, once lost(): Cancelled, or Unavailable naming what happened to the source.
+  Status why() const {
+    if (cancelled_) return CancelledStatus();
     std::lock_guard<std::mutex> lock(mu_);
-    return reason_;
+    return Status(StatusCode::kUnavailable, reason_);
   }
   // Queues a message for the source; it leaves at once.
   void Send(wire::Envelope message) {
@@ -197,6 +209,11 @@ class Heartbeats {
     auto next_beat = Clock::now();
     std::unique_lock<std::mutex> lock(mu_);
     while (!stop_) {
+      if (IsCancelled(options_.cancel)) {
+        cancelled_ = true;
+        lost_ = true;
+        return;
+      }
       std::vector<wire::Envelope> out;
       out.swap(outbox_);
       lock.unlock();
@@ -228,8 +245,9 @@ class Heartbeats {
       lock.lock();
       // Wake for the next beat, a queued message, the moment the source's silence would exceed
       // the timeout, and every 50 ms to look at the connection (a source whose process exited
-      // is known within a reconnect interval, without waiting for the heartbeat deadline).
-      auto wake = std::min(next_beat, Clock::now() + std::chrono::milliseconds(50));
+      // is known within a reconnect interval, without waiting for the heartbeat deadline) and
+      // at ClientOptions::cancel.
+      auto wake = std::min(next_beat, Clock::now() + kCancelCheck);
       if (options_.heartbeat_timeout.count() > 0) {
         wake =
             std::min(wake, last_answer + options_.heartbeat_timeout + std::chrono::milliseconds(1));
@@ -252,6 +270,7 @@ class Heartbeats {
   bool stop_ = false;
   std::vector<wire::Envelope> outbox_;
   std::atomic<bool> lost_{false};
+  std::atomic<bool> cancelled_{false};
   std::string reason_;
   std::thread thread_;
 };
@@ -548,7 +567,7 @@ class Attempt {
       reg->set_redirects(static_cast<uint32_t>(redirects_));
       Status sent = control_.Send(request);
       if (!sent.ok()) return sent;
-      Result<wire::Envelope> reply = control_.Receive(options_.register_timeout);
+      Result<wire::Envelope> reply = control_.Receive(options_.register_timeout, options_.cancel);
       if (!reply.ok()) return reply.status();
       switch (reply->body_case()) {
         case wire::Envelope::kAccept:
@@ -567,7 +586,11 @@ class Attempt {
                               std::to_string(options_.busy_timeout.count()) + " ms");
           }
           Log().debug("{} is busy; retrying in {} ms", source_, wait.count());
-          std::this_thread::sleep_for(wait);
+          for (const auto until = Clock::now() + wait; Clock::now() < until;) {
+            if (IsCancelled(options_.cancel)) return CancelledStatus();
+            std::this_thread::sleep_for(
+                std::min<Clock::duration>(kCancelCheck, until - Clock::now()));
+          }
           continue;
         }
         default:
@@ -660,7 +683,7 @@ class Attempt {
       if (!status.ok()) {
         shared_.Release(*receive, next);
         failed_chunk_ = receive->failed_chunk();
-        if (beats_->lost()) status = Status(StatusCode::kUnavailable, beats_->reason());
+        if (beats_->lost()) status = beats_->why();
         (*channel)->Abandon();
         return Fail(*receive, current, status.WithContext("transfer from " + source_));
       }
@@ -675,7 +698,7 @@ class Attempt {
     shared_.AddReceived(receive->posted_bytes());
     if (!shared_.complete()) {
       (*channel)->Abandon();
-      return Status(StatusCode::kUnavailable, beats_->reason()).WithContext(source_);
+      return beats_->why().WithContext(source_);
     }
     const uint64_t total = destination_.total_bytes();
     LoadStats stats;
@@ -718,7 +741,7 @@ class Attempt {
     std::lock_guard<std::mutex> lock(shared_.connect_mu());
     if (options_.connect_hook) options_.connect_hook(ConnectEvent::kBefore);
     Result<std::unique_ptr<transfer::Channel>> channel =
-        transport_->Connect(port, Clock::now() + options_.connect_timeout);
+        transport_->Connect(port, Clock::now() + options_.connect_timeout, &beats_->lost());
     if (options_.connect_hook) options_.connect_hook(ConnectEvent::kAfter);
     if (!channel.ok()) return channel.status().WithContext("MPI connect to " + source_);
     return channel;
@@ -882,7 +905,7 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
       int followed;
       {
         std::lock_guard<std::mutex> lock(mu);
-        if (next_source == sources.size() || delivered) return;
+        if (next_source == sources.size() || delivered || IsCancelled(options.cancel)) return;
         index = next_source++;
         source = sources[index];
         followed = redirects;
@@ -901,6 +924,7 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
         delivered = std::move(*result);
         return;
       }
+      if (result.status().code() == StatusCode::kCancelled) return;
       if (!attempt.redirect().empty() && redirects < kMaxRedirects) {
         Log().info("{}: {}", source, result.status().message());
         // The relays, then the redirecting source again; each once among those still to try.
@@ -931,8 +955,13 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
   }
   run_sources();
   for (std::thread& t : striped) t.join();
-  if (!delivered) {
+  if (!delivered && IsCancelled(options.cancel)) {
+    status = CancelledStatus();
+    if (!failures.empty()) status = Status(status.code(), status.message() + " (" + failures + ")");
+  } else if (!delivered) {
     status = Status(last, "no source delivered the model (" + failures + ")");
+  }
+  if (!delivered) {
     shared.Ended(status);
     return status;
   }

@@ -41,9 +41,9 @@ class FaultyTransport : public Transport {
   std::string rendezvous() const override { return inner_->rendezvous(); }
   Status health() const override { return inner_->health(); }
   Result<std::unique_ptr<Listener>> Listen() override { return inner_->Listen(); }
-  Result<std::unique_ptr<Channel>> Connect(const std::string& address,
-                                           Clock::time_point deadline) override {
-    Result<std::unique_ptr<Channel>> channel = inner_->Connect(address, deadline);
+  Result<std::unique_ptr<Channel>> Connect(const std::string& address, Clock::time_point deadline,
+                                           const std::atomic<bool>* cancel) override {
+    Result<std::unique_ptr<Channel>> channel = inner_->Connect(address, deadline, cancel);
     if (!channel.ok()) return channel;
     return std::unique_ptr<Channel>(new FaultyChannel(std::move(*channel), fault_));
   }

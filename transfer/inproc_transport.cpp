@@ -177,7 +177,8 @@ class InprocTransport : public Transport {
     return std::unique_ptr<Listener>(new InprocListener(address));
   }
   Result<std::unique_ptr<Channel>> Connect(const std::string& address,
-                                           Clock::time_point /*deadline*/) override {
+                                           Clock::time_point /*deadline*/,
+                                           const std::atomic<bool>* /*cancel*/) override {
     Registry& r = GlobalRegistry();
     std::lock_guard<std::mutex> lock(r.mu);
     if (!r.open.count(address) || r.pending.count(address)) {

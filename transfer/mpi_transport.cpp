@@ -209,8 +209,8 @@ class MpiTransport : public Transport {
     return std::unique_ptr<Listener>(new MpiListener(*port));
   }
 
-  Result<std::unique_ptr<Channel>> Connect(const std::string& address,
-                                           Clock::time_point deadline) override {
+  Result<std::unique_ptr<Channel>> Connect(const std::string& address, Clock::time_point deadline,
+                                           const std::atomic<bool>* cancel) override {
     Result<MPI_Comm> comm = CallWithDeadline<MPI_Comm>(
         "MPI_Comm_connect", deadline,
         [address]() -> Result<MPI_Comm> {
@@ -219,9 +219,10 @@ class MpiTransport : public Transport {
           if (rc != MPI_SUCCESS) return MpiFailure("MPI_Comm_connect", rc);
           return c;
         },
-        [](MPI_Comm& late) { MPI_Comm_free(&late); });
+        [](MPI_Comm& late) { MPI_Comm_free(&late); }, cancel);
     if (!comm.ok()) {
-      if (comm.status().code() == StatusCode::kTimeout) NoteAbandonedCall();
+      const StatusCode code = comm.status().code();
+      if (code == StatusCode::kTimeout || code == StatusCode::kCancelled) NoteAbandonedCall();
       return comm.status();
     }
     return std::unique_ptr<Channel>(new MpiChannel(*comm));

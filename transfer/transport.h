@@ -73,8 +73,11 @@ class Transport {
   // OK while the transport can serve; Unavailable with the reason once it cannot.
   virtual Status health() const = 0;
   virtual Result<std::unique_ptr<Listener>> Listen() = 0;
+  // Connects to the peer listening at `address`, until `deadline` (Timeout) or until `cancel`
+  // becomes true (Cancelled).
   virtual Result<std::unique_ptr<Channel>> Connect(const std::string& address,
-                                                   Clock::time_point deadline) = 0;
+                                                   Clock::time_point deadline,
+                                                   const std::atomic<bool>* cancel = nullptr) = 0;
 };
 
 // A process's data plane: the runtime its transports run on (MPI) and the rendezvous through which

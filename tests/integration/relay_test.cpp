@@ -291,6 +291,73 @@ TEST_F(RelayFaultTest,
   EXPECT_TRUE(c.SameBytes(source));
 }
 
+// ClientOptions::cancel, set while the client waits on a relay for chunks the relay does not
+// hold yet: the load ends with Cancelled, without waiting out a deadline, and no further source
+// is tried (the seed, listed next, serves nobody but the relay).
+TEST_F(RelayTest, ACancelledLoadEndsAtOnceAndTriesNoFurtherSource) {
+  OwnedModel source(120, seed_, true);
+  auto seed = internal::StartServer(Patient(), source.view, Plane(transport_));
+  ASSERT_TRUE(seed.ok()) << seed.status().ToString();
+  OwnedModel a = source.EmptyLike();
+  auto relay = internal::StartServer(Patient(), a.view, Plane(transport_), true);
+  ASSERT_TRUE(relay.ok()) << relay.status().ToString();
+
+  Event paused, release;
+  std::atomic<bool> held_too_long{false};
+  Result<LoadStats> relay_load = Status(StatusCode::kInternal, "not run");
+  std::thread loading([&] {
+    ClientOptions options = PatientClient({(*seed)->endpoint()});
+    options.relay = relay->get();
+    options.progress = HoldAtHalf(paused, release, held_too_long);
+    relay_load = internal::Load(options, a.view, *Plane(transport_));
+  });
+  ASSERT_TRUE(paused.Wait());
+
+  // The client gets the relay's first half, then waits for the rest; then it is cancelled.
+  OwnedModel b = source.EmptyLike();
+  ClientOptions downstream = PatientClient({(*relay)->endpoint(), (*seed)->endpoint()});
+  std::atomic<bool> cancel{false};
+  downstream.cancel = &cancel;
+  Event started;
+  downstream.progress = SetAtFirstChunk(started);
+  Result<LoadStats> cancelled = Status(StatusCode::kInternal, "not run");
+  std::thread client([&] { cancelled = internal::Load(downstream, b.view, *Plane(transport_)); });
+  const bool got_a_chunk = started.Wait();
+  const auto cancelled_at = std::chrono::steady_clock::now();
+  cancel = true;
+  client.join();
+  const auto took = std::chrono::steady_clock::now() - cancelled_at;
+  release.Set();
+  loading.join();
+
+  ASSERT_TRUE(got_a_chunk) << "the relay served nothing while it was loading";
+  ASSERT_FALSE(cancelled.ok());
+  EXPECT_EQ(cancelled.status().code(), StatusCode::kCancelled) << cancelled.status().ToString();
+  // Well under the stall deadline (60 s) it would otherwise have waited out.
+  EXPECT_LT(took, 30s);
+  ASSERT_TRUE(relay_load.ok()) << relay_load.status().ToString();
+  const ServerStats at_seed = StatsOnceServed(**seed, 1);
+  EXPECT_EQ(at_seed.clients_served + at_seed.clients_failed, 1u) << "the seed was tried too";
+  EXPECT_EQ(StatsOnceServed(**relay, 1).clients_failed, 1u);
+
+  // A source that stays Busy (a relay with no source yet) is not waited out either.
+  OwnedModel c = source.EmptyLike();
+  auto sourceless = internal::StartServer(Patient(), c.view, Plane(transport_), true);
+  ASSERT_TRUE(sourceless.ok()) << sourceless.status().ToString();
+  OwnedModel d = source.EmptyLike();
+  ClientOptions waiting = PatientClient({(*sourceless)->endpoint()});
+  waiting.busy_timeout = 60s;
+  cancel = false;
+  waiting.cancel = &cancel;
+  Result<LoadStats> busy = Status(StatusCode::kInternal, "not run");
+  std::thread busy_client([&] { busy = internal::Load(waiting, d.view, *Plane(transport_)); });
+  testing::WaitFor([&] { return (*sourceless)->stats().busy > 0; }, 10s);
+  cancel = true;
+  busy_client.join();
+  ASSERT_FALSE(busy.ok());
+  EXPECT_EQ(busy.status().code(), StatusCode::kCancelled) << busy.status().ToString();
+}
+
 // A broken or hostile source: a ROUTER that answers every Register with the Redirect `answer`
 // makes of its own endpoint, and remembers how many redirects each Register said it followed.
 class RedirectingSource {

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -77,6 +78,10 @@ struct ClientOptions : PeerOptions {
   // source at its fan-out limit may redirect newcomers here (ServerOptions::fanout). The whole
   // model only (not with `tensors`). Null: this load serves nothing.
   Server* relay = nullptr;
+  // Optional. Set it to true from any thread to stop the load: Load then returns Cancelled
+  // within about 50 ms (an MPI start-up under way, ~0.2 s, is waited out), tries no further
+  // source, and leaves the destination's contents undefined. Must outlive the Load call.
+  const std::atomic<bool>* cancel = nullptr;
   ProgressCallback progress;  // optional
   // Optional. Called on the loading thread just before each MPI connect to a source (kBefore)
   // and as soon as that connect returns, connected or not (kAfter). Open MPI 4.1 can wedge both
