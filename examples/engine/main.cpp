@@ -24,9 +24,9 @@
 #include <thread>
 
 #include "examples/engine/llama.h"
-#include "examples/engine/loader_config.h"
 #include "netloader/cli/cli_common.h"
 #include "netloader/client.h"
+#include "netloader/loader_config.h"
 #include "netloader/secret.h"
 #include "netloader/server.h"
 
@@ -123,8 +123,9 @@ int main(int argc, char** argv) {
                  "safetensors")
       ->check(CLI::IsMember({"auto", "safetensors", "netloader"}))
       ->capture_default_str();
-  app.add_option("--model-loader-extra-config", extra_config,
-                 "JSON object for --load-format=netloader. Keys:\n" + llama::LoaderConfigHelp());
+  app.add_option(
+      "--model-loader-extra-config", extra_config,
+      "JSON object for --load-format=netloader. Keys:\n" + netloader::LoaderConfigHelp());
   app.add_option("--tensor-parallel-size", parallel.tp_size, "Tensor-parallel ranks")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
@@ -158,10 +159,10 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
 
   const bool under_mpirun = std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr;
-  llama::LoaderConfig loader;
+  netloader::LoaderConfig loader;
   if (load_format == "netloader") {
-    netloader::Result<llama::LoaderConfig> parsed =
-        llama::ParseLoaderConfig(extra_config.empty() ? "{}" : extra_config, parallel.world());
+    netloader::Result<netloader::LoaderConfig> parsed =
+        netloader::ParseLoaderConfig(extra_config.empty() ? "{}" : extra_config, parallel.world());
     if (!parsed.ok()) {
       std::fprintf(stderr, "netloader-llama: %s\n", parsed.status().message().c_str());
       return 2;

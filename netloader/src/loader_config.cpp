@@ -1,4 +1,4 @@
-#include "examples/engine/loader_config.h"
+#include "netloader/loader_config.h"
 
 #include <sys/stat.h>
 
@@ -9,11 +9,8 @@
 
 #include "netloader/tensor.h"
 
-namespace llama {
+namespace netloader {
 
-using netloader::Result;
-using netloader::Status;
-using netloader::StatusCode;
 using Json = nlohmann::json;
 
 namespace {
@@ -165,7 +162,7 @@ const std::vector<Key>& Keys() {
          c.tensors.clear();
          for (const Json& pattern : v) {
            if (!pattern.is_string()) return form;
-           netloader::Status valid = netloader::ValidateTensorPattern(pattern.get<std::string>());
+           Status valid = ValidateTensorPattern(pattern.get<std::string>());
            if (!valid.ok()) return "has " + valid.message();
            c.tensors.push_back(pattern.get<std::string>());
          }
@@ -254,4 +251,4 @@ std::string LoaderConfigHelp() {
   return out;
 }
 
-}  // namespace llama
+}  // namespace netloader

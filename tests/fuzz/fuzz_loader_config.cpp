@@ -1,18 +1,18 @@
 // libFuzzer target: --model-loader-extra-config text (untrusted: it comes from the command line
-// or a config file), for instances of 1 to 8 ranks. It must return OK or a clear error, never
-// crash.
+// or a config file; netloader/loader_config.h), for instances of 1 to 8 ranks. It must return OK or
+// a clear error, never crash.
 
 #include <cstddef>
 #include <cstdint>
 #include <string>
 
-#include "examples/engine/loader_config.h"
+#include "netloader/loader_config.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   const int world = 1 + data[0] % 8;
   const std::string text(reinterpret_cast<const char*>(data + 1), size - 1);
-  netloader::Result<llama::LoaderConfig> config = llama::ParseLoaderConfig(text, world);
+  netloader::Result<netloader::LoaderConfig> config = netloader::ParseLoaderConfig(text, world);
   if (config.ok()) {
     for (const auto& [rank, sources] : config->sources) {
       if (rank < 0 || rank >= world) __builtin_trap();

@@ -5,12 +5,13 @@
 #include <set>
 
 #include "examples/engine/llama.h"
-#include "examples/engine/loader_config.h"
+#include "netloader/loader_config.h"
 #include "tests/support/test_util.h"
 
 namespace llama {
 namespace {
 
+using netloader::ParseLoaderConfig;
 using netloader::testing::TempDir;
 
 TEST(LoaderConfigTest, NetloaderKeysAreReadAndHostPortBecomesAnEndpoint) {

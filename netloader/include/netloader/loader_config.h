@@ -1,16 +1,19 @@
 #pragma once
 
-// --model-loader-extra-config for --load-format=netloader: the keys users of vLLM-Ascend's
-// Netloader know, plus netloader's own. Strict: an unknown key, a wrong type or a value out of
-// range is an error naming the key; nothing is silently replaced by a default.
+// An engine's --model-loader-extra-config for --load-format=netloader: the keys users of
+// vLLM-Ascend's Netloader know, plus netloader's own. Strict: an unknown key, a wrong type or a
+// value out of range is an error naming the key; nothing is silently replaced by a default.
+// One parser for every engine: netloader-llama uses it, and so does the Python package
+// (netloader.parse_loader_config), so both accept exactly the same.
 
 #include <map>
 #include <string>
 #include <vector>
 
+#include "netloader/export.h"
 #include "netloader/status.h"
 
-namespace llama {
+namespace netloader {
 
 struct LoaderConfig {
   // SOURCE: rank -> ZeroMQ endpoints ("tcp://host:port") of the same rank of running instances,
@@ -26,9 +29,9 @@ struct LoaderConfig {
   double stall_timeout_s = 30;            // STALL_TIMEOUT
   double heartbeat_timeout_s = 10;        // HEARTBEAT_TIMEOUT
   bool auth = true;                       // AUTH
-  std::string secret_file;                // SECRET_FILE; empty: netloader::DefaultSecretPath()
+  std::string secret_file;                // SECRET_FILE; empty: DefaultSecretPath()
   int max_clients = 4;                    // MAX_CLIENTS
-  int fanout = 1;                         // FANOUT (netloader::ServerOptions::fanout)
+  int fanout = 1;                         // FANOUT (ServerOptions::fanout)
   int chunk_mib = 1;                      // CHUNK_MIB
   int window = 4;                         // WINDOW
   int stripe = 1;                         // STRIPE
@@ -41,9 +44,10 @@ struct LoaderConfig {
 // Parses the JSON object given to --model-loader-extra-config for an instance of `world_size`
 // ranks. CONFIG_FILE names a JSON file holding the same keys; a key given inline wins over the
 // file's. Errors are InvalidArgument naming the key (and the file), NotFound for a missing file.
-netloader::Result<LoaderConfig> ParseLoaderConfig(const std::string& json_text, int world_size);
+NETLOADER_EXPORT Result<LoaderConfig> ParseLoaderConfig(const std::string& json_text,
+                                                        int world_size);
 
 // The keys, one line each, for --help.
-std::string LoaderConfigHelp();
+NETLOADER_EXPORT std::string LoaderConfigHelp();
 
-}  // namespace llama
+}  // namespace netloader
