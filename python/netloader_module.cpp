@@ -9,14 +9,22 @@
 #include <pybind11/stl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <future>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "netloader/client.h"
 #include "netloader/fingerprint.h"
+#include "netloader/loader_config.h"
 #include "netloader/logging.h"
 #include "netloader/safetensors.h"
 #include "netloader/secret.h"
@@ -107,33 +115,12 @@ py::dict StatsToDict(const LoadStats& s) {
       py::arg("tensor_names") = s.tensor_names, py::arg("tensor_digests") = s.tensor_digests);
 }
 
-py::dict PyLoad(const std::vector<TensorTuple>& tensors, const std::vector<std::string>& sources,
-                const py::dict& o) {
-  const ModelView view = ToView(tensors);
-  ClientOptions options;
-  ApplyPeer(o, options);
-  options.sources = sources;
-  if (o.contains("register_timeout")) {
-    options.register_timeout = Ms(o["register_timeout"].cast<double>());
-  }
-  if (o.contains("busy_timeout")) options.busy_timeout = Ms(o["busy_timeout"].cast<double>());
-  if (o.contains("stripe")) options.stripe = o["stripe"].cast<int>();
-  if (o.contains("tensors")) options.tensors = o["tensors"].cast<std::vector<std::string>>();
-  if (o.contains("destination_filled")) {
-    options.destination_filled = o["destination_filled"].cast<bool>();
-  }
-  Result<LoadStats> stats = Status(StatusCode::kInternal, "not run");
-  {
-    py::gil_scoped_release released;
-    stats = netloader::Load(options, view);
-  }
-  return StatsToDict(Take(std::move(stats)));
-}
-
 // A running server over tensors the Python object keeps alive.
 class PyServer {
  public:
-  PyServer(const std::vector<TensorTuple>& tensors, const py::dict& o) {
+  // `relay`: serves while the tensors are being loaded (Server::StartRelay); the load given this
+  // server (load(..., relay=)) feeds it.
+  PyServer(const std::vector<TensorTuple>& tensors, const py::dict& o, bool relay) {
     const ModelView view = ToView(tensors);
     ServerOptions options;
     ApplyPeer(o, options);
@@ -144,9 +131,18 @@ class PyServer {
     Result<std::unique_ptr<Server>> started = Status(StatusCode::kInternal, "not run");
     {
       py::gil_scoped_release released;
-      started = Server::Start(options, view);
+      started = relay ? Server::StartRelay(options, view) : Server::Start(options, view);
     }
     server_ = Take(std::move(started));
+  }
+  Server* get() const { return server_.get(); }
+  void mark_loaded() {
+    Status status;
+    {
+      py::gil_scoped_release released;
+      status = server_->MarkLoaded();
+    }
+    if (!status.ok()) Raise(status);
   }
   std::string endpoint() const { return server_->endpoint(); }
   py::dict stats() const {
@@ -165,6 +161,119 @@ class PyServer {
  private:
   std::unique_ptr<Server> server_;
 };
+
+// netloader's log lines, queued by the C++ sink (on whatever thread logs, without the GIL: a
+// sink that took the GIL could deadlock against a caller holding it) until Python takes them
+// (netloader/__init__.py hands them to the `logging` module).
+class LogQueue {
+ public:
+  static constexpr size_t kMaxLines = 10000;
+  void Push(LogLevel level, std::string_view message) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (lines_.size() >= kMaxLines) {
+      ++dropped_;
+      return;
+    }
+    lines_.emplace_back(static_cast<int>(level), std::string(message));
+    ready_.notify_all();
+  }
+  // Waits up to `seconds` for a line (or for Close), then takes every queued one, and a note of
+  // any dropped.
+  std::vector<std::pair<int, std::string>> Take(double seconds) {
+    std::unique_lock<std::mutex> lock(mu_);
+    ready_.wait_for(lock, std::chrono::duration<double>(seconds),
+                    [this] { return !lines_.empty() || closed_; });
+    std::vector<std::pair<int, std::string>> out(std::make_move_iterator(lines_.begin()),
+                                                 std::make_move_iterator(lines_.end()));
+    lines_.clear();
+    if (dropped_ > 0) {
+      out.emplace_back(static_cast<int>(LogLevel::kWarn),
+                       std::to_string(dropped_) + " log lines dropped (Python took none)");
+      dropped_ = 0;
+    }
+    return out;
+  }
+  // Ends every wait in Take at once (the interpreter is exiting: a thread still waiting there
+  // would be stopped when it takes the GIL back, which C++ code must not see).
+  void Close() {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+    ready_.notify_all();
+  }
+  bool closed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return closed_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable ready_;
+  bool closed_ = false;
+  std::deque<std::pair<int, std::string>> lines_;
+  uint64_t dropped_ = 0;
+};
+
+LogQueue& Logs() {
+  static auto* queue = new LogQueue;  // never destroyed: netloader's threads may log at exit
+  return *queue;
+}
+
+// Runs `call` on a thread of its own and waits for it without the GIL, looking every 50 ms at
+// Python's signal handlers (Ctrl-C) and at `cancel_event` (any object with is_set(), e.g. a
+// threading.Event). Either sets `cancel`, which `call` must heed; a signal's exception
+// (KeyboardInterrupt) is raised once `call` has returned, so nothing still uses the tensors.
+template <typename T>
+T RunCancellable(std::function<T()> call, std::atomic<bool>& cancel,
+                 const py::object& cancel_event) {
+  std::packaged_task<T()> task(std::move(call));
+  std::future<T> done = task.get_future();
+  std::thread worker(std::move(task));
+  std::optional<py::error_already_set> interrupted;
+  while (true) {
+    {
+      py::gil_scoped_release released;
+      if (done.wait_for(std::chrono::milliseconds(50)) == std::future_status::ready) break;
+    }
+    if (cancel) continue;
+    if (PyErr_CheckSignals() != 0) {
+      interrupted.emplace();  // takes the pending exception
+      cancel = true;
+      continue;
+    }
+    try {
+      if (!cancel_event.is_none() && cancel_event.attr("is_set")().cast<bool>()) cancel = true;
+    } catch (py::error_already_set& e) {
+      interrupted.emplace(std::move(e));
+      cancel = true;
+    }
+  }
+  worker.join();
+  if (interrupted) throw std::move(*interrupted);
+  return done.get();
+}
+
+py::dict PyLoad(const std::vector<TensorTuple>& tensors, const std::vector<std::string>& sources,
+                const py::dict& o, const py::object& cancel_event, const PyServer* relay) {
+  const ModelView view = ToView(tensors);
+  ClientOptions options;
+  ApplyPeer(o, options);
+  options.sources = sources;
+  if (o.contains("register_timeout")) {
+    options.register_timeout = Ms(o["register_timeout"].cast<double>());
+  }
+  if (o.contains("busy_timeout")) options.busy_timeout = Ms(o["busy_timeout"].cast<double>());
+  if (o.contains("stripe")) options.stripe = o["stripe"].cast<int>();
+  if (o.contains("tensors")) options.tensors = o["tensors"].cast<std::vector<std::string>>();
+  if (o.contains("destination_filled")) {
+    options.destination_filled = o["destination_filled"].cast<bool>();
+  }
+  if (relay != nullptr) options.relay = relay->get();
+  std::atomic<bool> cancel{false};
+  options.cancel = &cancel;
+  Result<LoadStats> stats = RunCancellable<Result<LoadStats>>(
+      [&] { return netloader::Load(options, view); }, cancel, cancel_event);
+  return StatsToDict(Take(std::move(stats)));
+}
 
 // The checkpoint's tensors in storage order: (name, dtype, shape, file, offset, nbytes).
 std::vector<py::tuple> ReadLayout(const std::string& path) {
@@ -245,6 +354,26 @@ std::vector<py::tuple> Allocate(const std::string& path) {
   return out;
 }
 
+// --model-loader-extra-config, parsed by the one parser every engine uses (loader_config.h), as
+// a dict of the LoaderConfig fields (timeouts in seconds).
+py::dict ParseExtraConfig(const std::string& json_text, int world_size) {
+  const LoaderConfig c = Take(ParseLoaderConfig(json_text, world_size));
+  return py::dict(
+      py::arg("sources") = c.sources, py::arg("listen_port") = c.listen_port,
+      py::arg("listen_host") = c.listen_host, py::arg("serve") = c.serve,
+      py::arg("model_id") = c.model_id, py::arg("output_prefix") = c.output_prefix,
+      py::arg("register_timeout") = c.register_timeout_s,
+      py::arg("connect_timeout") = c.connect_timeout_s,
+      py::arg("stall_timeout") = c.stall_timeout_s,
+      py::arg("heartbeat_timeout") = c.heartbeat_timeout_s, py::arg("auth") = c.auth,
+      py::arg("secret_file") = c.secret_file.empty() ? DefaultSecretPath() : c.secret_file,
+      py::arg("max_clients") = c.max_clients, py::arg("fanout") = c.fanout,
+      py::arg("chunk_mib") = c.chunk_mib, py::arg("window") = c.window,
+      py::arg("stripe") = c.stripe, py::arg("delta_from") = c.delta_from,
+      py::arg("tensors") = c.tensors, py::arg("rendezvous") = c.rendezvous,
+      py::arg("interface") = c.interface);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_netloader, m) {
@@ -274,10 +403,22 @@ PYBIND11_MODULE(_netloader, m) {
     Exceptions()[code] = cls;
   }
   m.attr("PROTOCOL_VERSION") = kProtocolVersion;
-  m.def("_load", &PyLoad, py::arg("tensors"), py::arg("sources"), py::arg("options"));
+  m.def("_load", &PyLoad, py::arg("tensors"), py::arg("sources"), py::arg("options"),
+        py::arg("cancel") = py::none(), py::arg("relay") = nullptr);
+  SetLogSink([](LogLevel level, std::string_view message) { Logs().Push(level, message); });
+  m.def(
+      "_take_logs",
+      [](double seconds) {
+        py::gil_scoped_release released;
+        return Logs().Take(seconds);
+      },
+      py::arg("seconds"));
+  m.def("_close_logs", [] { Logs().Close(); });
+  m.def("_logs_closed", [] { return Logs().closed(); });
   py::class_<PyServer>(m, "_Server")
-      .def(py::init<const std::vector<TensorTuple>&, const py::dict&>())
+      .def(py::init<const std::vector<TensorTuple>&, const py::dict&, bool>())
       .def_property_readonly("endpoint", &PyServer::endpoint)
+      .def("mark_loaded", &PyServer::mark_loaded)
       .def("stats", &PyServer::stats)
       .def("stop", &PyServer::stop);
   m.def("_read_layout", &ReadLayout, py::arg("path"));
@@ -298,6 +439,11 @@ PYBIND11_MODULE(_netloader, m) {
     }
     if (!status.ok()) Raise(status);
   });
+  m.def("_parse_loader_config", &ParseExtraConfig, py::arg("json_text"), py::arg("world_size"));
+  m.def("_loader_config_help", &LoaderConfigHelp);
+  m.def("tensor_pattern_matches", &TensorPatternMatches, py::arg("pattern"), py::arg("name"),
+        "Whether tensor `name` matches `pattern` as select= and TENSORS read it: '*' any run of "
+        "characters, '?' one, '\\' escapes the next.");
   m.def("_load_from_disk", &LoadFromDisk, py::arg("path"), py::arg("tensors"));
   m.def("_load_secret", [](const std::string& path) { return Take(LoadOrCreateSecret(path)); });
   m.def("_check_secret", [](const std::string& key) {

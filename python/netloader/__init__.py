@@ -5,8 +5,11 @@ the checkpoint's storage order (a ``state_dict()`` is one). Their memory is used
 ``load`` fills it in place, ``Server`` streams from it. See the README, section "Python".
 """
 
+import atexit
 import ctypes
+import logging
 import os
+import threading
 
 # Open MPI loads its components as plugins that resolve symbols against libmpi; loaded as a
 # dependency of a Python extension (RTLD_LOCAL) they would not find them.
@@ -28,11 +31,43 @@ from ._netloader import (  # noqa: E402,F401
     Timeout,
     TransferFailed,
     Unavailable,
+    tensor_pattern_matches,
 )
+
+# netloader's log lines go to the logger "netloader" (its C++ threads queue them; a daemon thread
+# and every blocking call of this module hand them on), so the application's logging
+# configuration decides what is shown. set_log_level() sets what the C++ side emits at all.
+logger = logging.getLogger("netloader")
+_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING,
+           4: logging.ERROR}
+_logs_lock = threading.Lock()
+
+
+def _forward_logs(wait=0.0):
+    with _logs_lock:
+        for level, message in _netloader._take_logs(wait):
+            logger.log(_LEVELS.get(level, logging.ERROR), "%s", message)
+
+
+def _forward_logs_forever():
+    while not _netloader._logs_closed():
+        _forward_logs(0.2)
+
+
+_forwarder = threading.Thread(target=_forward_logs_forever, name="netloader-logs", daemon=True)
+_forwarder.start()
+
+
+@atexit.register
+def _stop_forwarding_logs():
+    _netloader._close_logs()
+    _forwarder.join(timeout=5)
+    _forward_logs()
 
 __all__ = [
     "load", "Server", "read_layout", "allocate", "load_from_disk", "initialize_transport",
-    "set_log_level", "Error", "Busy",
+    "set_log_level", "parse_loader_config", "loader_config_help", "tensor_pattern_matches",
+    "Error", "Busy",
     "Cancelled", "ChecksumMismatch", "FingerprintMismatch", "Internal", "InvalidArgument",
     "NotFound", "PermissionDenied", "ProtocolMismatch", "Timeout", "TransferFailed",
     "Unavailable", "PROTOCOL_VERSION",
@@ -108,13 +143,21 @@ def _peer_options(model_id, partition, secret, window, connect_timeout, stall_ti
 def load(tensors, sources, *, model_id=None, partition=None, secret=None, window=None,
          register_timeout=None, connect_timeout=None, stall_timeout=None, busy_timeout=None,
          heartbeat_timeout=None, stripe=None, select=None, destination_filled=False,
-         rendezvous=None, interface=None):
+         rendezvous=None, interface=None, cancel=None, relay=None):
     """Fills `tensors` in place from the first of `sources` that holds the same model.
 
     Every chunk is verified against the source's XXH3 digests before this returns; on failure
     it raises a netloader.Error subclass and the tensors' contents are undefined. Timeouts are
     in seconds. `select`: tensor name patterns of a partial load. Returns the load's statistics
     as a dict (bytes, seconds, gbps, source, attempts, ...). The GIL is released meanwhile.
+
+    `relay`: a netloader.Server started with relay=True over these same tensors, which serves
+    each chunk to other instances as soon as this load verified it (a burst of instances then
+    forms a chain from one seed: README, "A burst of instances").
+
+    Stopping it: Ctrl-C (KeyboardInterrupt) or `cancel` (a threading.Event, or anything with
+    is_set()) being set ends the load within about 0.1 s; it then raises KeyboardInterrupt or
+    netloader.Cancelled, and the tensors' contents are undefined.
     """
     if isinstance(sources, str):
         sources = [sources]
@@ -127,19 +170,28 @@ def load(tensors, sources, *, model_id=None, partition=None, secret=None, window
     if select is not None:
         options["tensors"] = list(select)
     options["destination_filled"] = bool(destination_filled)
-    return _netloader._load(_describe_all(tensors), list(sources), options)
+    if cancel is not None and not callable(getattr(cancel, "is_set", None)):
+        raise TypeError("cancel must be a threading.Event (or have is_set())")
+    try:
+        return _netloader._load(_describe_all(tensors), list(sources), options, cancel,
+                                None if relay is None else relay._server)
+    finally:
+        _forward_logs()
 
 
 class Server:
     """Serves `tensors` (which must stay unchanged) on background threads, while Python runs.
 
     A context manager: ``with netloader.Server(state_dict) as server: ... server.endpoint``.
+    `relay=True`: serves while `tensors` are being loaded by ``load(tensors, ..., relay=this)``,
+    each chunk once that load verified it; needs `rendezvous` (the one every instance shares).
+    Should that load fail and the tensors be filled otherwise (from disk), call mark_loaded().
     """
 
     def __init__(self, tensors, listen="tcp://127.0.0.1:0", *, model_id=None, partition=None,
                  secret=None, window=None, max_clients=None, chunk_bytes=None, fanout=None,
                  connect_timeout=None, stall_timeout=None, heartbeat_timeout=None,
-                 rendezvous=None, interface=None):
+                 rendezvous=None, interface=None, relay=False):
         self._tensors = tensors  # keeps the memory alive as long as it is served
         options = _peer_options(model_id, partition, secret, window, connect_timeout,
                                 stall_timeout, heartbeat_timeout, rendezvous, interface)
@@ -148,7 +200,10 @@ class Server:
                            ("fanout", fanout)):
             if value is not None:
                 options[key] = value
-        self._server = _netloader._Server(_describe_all(tensors), options)
+        try:
+            self._server = _netloader._Server(_describe_all(tensors), options, bool(relay))
+        finally:
+            _forward_logs()
 
     @property
     def endpoint(self):
@@ -157,9 +212,15 @@ class Server:
     def stats(self):
         return self._server.stats()
 
+    def mark_loaded(self):
+        """A relay whose load failed, its tensors since filled otherwise (from disk): computes
+        their digests and serves them."""
+        self._server.mark_loaded()
+
     def stop(self):
         """Stops serving (idempotent); the tensors may then change or go."""
         self._server.stop()
+        _forward_logs()
 
     def __enter__(self):
         return self
@@ -212,6 +273,26 @@ def initialize_transport(rendezvous, interface=None):
     """Starts MPI now (~0.1-0.3 s) on the shared `rendezvous`, e.g. on a thread while the model's
     memory is allocated, instead of inside the first load or server."""
     _netloader._initialize_transport(rendezvous, interface or "")
+
+
+def parse_loader_config(extra_config, world_size=1):
+    """Parses an engine's --model-loader-extra-config (a JSON object, as text, or a dict) for an
+    instance of `world_size` ranks, with the same keys and strict rules as netloader-llama: one
+    C++ parser serves both. Returns a dict: sources (rank -> endpoints), listen_port,
+    listen_host, serve, model_id, output_prefix, the timeouts in seconds, auth, secret_file,
+    max_clients, fanout, chunk_mib, window, stripe, delta_from, tensors, rendezvous, interface.
+    Raises netloader.InvalidArgument naming the key that is wrong (NotFound for a CONFIG_FILE
+    that is not there)."""
+    if isinstance(extra_config, dict):
+        import json
+
+        extra_config = json.dumps(extra_config)
+    return _netloader._parse_loader_config(extra_config or "{}", int(world_size))
+
+
+def loader_config_help():
+    """The keys parse_loader_config accepts, one line each (for an engine's --help)."""
+    return _netloader._loader_config_help()
 
 
 def load_from_disk(path, tensors):

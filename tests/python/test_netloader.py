@@ -2,6 +2,9 @@
 real safetensors files. Run by ctest (label `python`), one ctest entry per test function, with
 PYTHONPATH at the build tree's python/ and NETLOADER_BIN_DIR at its bin/."""
 
+import _thread
+import json
+import logging
 import os
 import socket
 import subprocess
@@ -23,23 +26,6 @@ netloader.set_log_level("warn")
 def run(*argv, timeout=120):
     return subprocess.run([str(a) for a in argv], capture_output=True, text=True,
                           timeout=timeout, check=False)
-
-
-@pytest.fixture(scope="session")
-def rendezvous(tmp_path_factory):
-    """One shared MPI rendezvous (ompi-server) for every process of the run: a process's MPI is
-    bound to one for its lifetime, and this one loads from several servers and serves."""
-    uri = tmp_path_factory.mktemp("rendezvous") / "uri"
-    env = dict(os.environ, OMPI_MCA_oob_tcp_if_include="lo")
-    server = subprocess.Popen(["ompi-server", "--no-daemonize", "-r", str(uri)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while not (uri.exists() and uri.read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert uri.exists(), "ompi-server did not start"
-    yield f"file:{uri}"
-    server.terminate()
-    server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +157,10 @@ def test_wrong_tensors_are_refused_naming_the_tensor(model, tmp_path, rendezvous
         netloader.load(skewed, "tcp://127.0.0.1:1")
     with pytest.raises(TypeError, match=f"'{name}' is a list"):
         netloader.load({name: [1, 2, 3]}, "tcp://127.0.0.1:1")
+    elsewhere = dict(state_dict)
+    elsewhere[name] = torch.empty(state_dict[name].shape, device="meta")
+    with pytest.raises(ValueError, match=f"'{name}' is on meta"):
+        netloader.load(elsewhere, "tcp://127.0.0.1:1")
     other = dict(state_dict)
     other[name] = torch.empty(state_dict[name].shape, dtype=torch.float64)
     with CppServer(model, tmp_path, rendezvous) as server:
@@ -253,3 +243,125 @@ def test_a_shared_secret_admits_its_holders_only(model, tmp_path, rendezvous):
         assert done.returncode == 0, done.stderr
     with pytest.raises(netloader.InvalidArgument, match="40 characters of Z85"):
         netloader.load(state_dict, "tcp://127.0.0.1:9", secret="not-a-key")
+
+
+def wait_for_file(path, process, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not (path.exists() and path.read_text().strip()) and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate(timeout=30)
+        time.sleep(0.01)
+    return path.read_text().strip()
+
+
+def status_of(endpoint):
+    done = run(f"{BIN}/netloader-client", "--status", endpoint, "--json", "--no-auth")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_ctrl_c_stops_a_load_promptly_and_nothing_is_reported_loaded(model, tmp_path,
+                                                                      rendezvous):
+    # A C++ relay loading from a C++ seed holds its own load at half; this interpreter loads
+    # from the relay, gets what the relay holds and waits for the rest. Ctrl-C then ends the
+    # load with KeyboardInterrupt at once (the stall deadline is 60 s), and the relay counts a
+    # failed client, not a served one.
+    go = tmp_path / "go"
+    relay_endpoint = tmp_path / "relay-endpoint"
+    with CppServer(model, tmp_path, rendezvous) as seed:
+        relay = subprocess.Popen(
+            [f"{BIN}/netloader-client", "--source", seed.endpoint, "--model", str(model),
+             "--verify-only", "--no-auth", "--rendezvous", rendezvous, "--serve",
+             "tcp://127.0.0.1:0", "--serve-endpoint-file", str(relay_endpoint),
+             "--testing-hold-at", "50", "--testing-hold-file", str(go), "--log-level", "warn"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            endpoint = wait_for_file(relay_endpoint, relay)
+            state_dict = empty_like_layout(model)
+            registered = threading.Event()
+            sent = {}
+
+            def interrupt_once_registered():
+                deadline = time.monotonic() + 60
+                while status_of(endpoint)["sessions"] != 1 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                registered.set()
+                sent["at"] = time.monotonic()
+                _thread.interrupt_main()
+
+            threading.Thread(target=interrupt_once_registered, daemon=True).start()
+            stats = None
+            with pytest.raises(KeyboardInterrupt):
+                stats = netloader.load(state_dict, endpoint, rendezvous=rendezvous,
+                                       stall_timeout=60)
+            took = time.monotonic() - sent["at"]
+            assert registered.is_set(), "the load never reached the relay"
+            assert stats is None
+            assert took < 10, f"the load went on for {took:.1f} s after Ctrl-C"
+            deadline = time.monotonic() + 10
+            while status_of(endpoint)["clients_failed"] != 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert status_of(endpoint)["clients_failed"] == 1
+            assert status_of(endpoint)["clients_served"] == 0
+        finally:
+            go.write_text("")
+            relay.send_signal(2)
+            relay.communicate(timeout=60)
+
+
+def test_a_cancel_event_stops_a_load_with_cancelled(model):
+    silent = socket.socket()  # accepts the connection, never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    start = time.monotonic()
+    with pytest.raises(netloader.Cancelled, match="cancelled"):
+        netloader.load(empty_like_layout(model), f"tcp://127.0.0.1:{silent.getsockname()[1]}",
+                       register_timeout=60, cancel=cancel)
+    assert time.monotonic() - start < 30, "the load waited out its register deadline"
+    silent.close()
+    with pytest.raises(TypeError, match="threading.Event"):
+        netloader.load(empty_like_layout(model), "tcp://127.0.0.1:9", cancel=True)
+
+
+def test_log_lines_go_to_python_logging(model, caplog, rendezvous):
+    netloader.set_log_level("info")
+    try:
+        with caplog.at_level(logging.INFO, logger="netloader"):
+            with netloader.Server(from_disk(model), rendezvous=rendezvous) as server:
+                endpoint = server.endpoint
+            with pytest.raises(netloader.Unavailable):
+                netloader.load(empty_like_layout(model), "tcp://127.0.0.1:9")
+    finally:
+        netloader.set_log_level("warn")
+    lines = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    assert any(level == logging.INFO and f"at {endpoint}" in message
+               for _, level, message in lines), lines
+    assert any(level == logging.WARNING and "tcp://127.0.0.1:9 failed" in message
+               for _, level, message in lines), lines
+    assert all(name == "netloader" for name, _, _ in lines)
+
+
+def test_the_extra_config_parser_is_the_engines_own(tmp_path):
+    config = netloader.parse_loader_config(
+        '{"SOURCE": [{"device_id": 1, "sources": ["10.0.0.5:7001"]}], "LISTEN_PORT": 7000, '
+        '"MODEL": "org/llama@rev", "STALL_TIMEOUT": 2.5, "TENSORS": ["model.layers.*"]}', 2)
+    assert config["sources"] == {1: ["tcp://10.0.0.5:7001"]}
+    assert config["listen_port"] == 7000 and config["model_id"] == "org/llama@rev"
+    assert config["stall_timeout"] == 2.5 and config["tensors"] == ["model.layers.*"]
+    assert config["chunk_mib"] == 1 and config["fanout"] == 1 and config["serve"] is True
+    assert netloader.parse_loader_config({"WINDOW": 8})["window"] == 8
+    file = tmp_path / "netloader.json"
+    file.write_text('{"WINDOW": 2, "FANOUT": 3}')
+    both = netloader.parse_loader_config({"CONFIG_FILE": str(file), "WINDOW": 6})
+    assert both["window"] == 6 and both["fanout"] == 3  # inline wins over the file
+    for wrong, named in (({"LISTEN_PORT": -1}, "LISTEN_PORT"), ({"SOURSE": []}, "SOURSE"),
+                         ({"SOURCE": [{"device_id": 2, "sources": ["h:1"]}]}, "device_id"),
+                         ("[1, 2]", "JSON object")):
+        with pytest.raises(netloader.InvalidArgument, match=named):
+            netloader.parse_loader_config(wrong, 2)
+    with pytest.raises(netloader.NotFound, match="missing.json"):
+        netloader.parse_loader_config({"CONFIG_FILE": str(tmp_path / "missing.json")})
+    assert "OUTPUT_PREFIX" in netloader.loader_config_help()
+    assert netloader.tensor_pattern_matches("model.layers.*.mlp.*", "model.layers.3.mlp.up")
+    assert not netloader.tensor_pattern_matches("lm_head.?", "lm_head.weight")

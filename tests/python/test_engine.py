@@ -1,0 +1,199 @@
+"""The PyTorch engine (examples/python/netloader_llama.py) against itself and the C++ engine: real
+processes, real ZeroMQ and MPI, a real checkpoint written by netloader-make-llama. Greedy decoding
+is the acceptance test vLLM-Ascend's Netloader uses: the same tokens, and here also the same
+digest of every logit, whether the weights came from disk or from a peer."""
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+BIN = os.environ.get("NETLOADER_BIN_DIR", os.path.join(os.path.dirname(__file__), "../../build/bin"))
+ENGINE = os.path.join(os.path.dirname(__file__), "../../examples/python/netloader_llama.py")
+PROMPT = "The weights came from"
+LAYOUT_KEY = "netloader-llama/vllm-tp-split-v1"  # what both engines declare
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama") / "model"
+    done = subprocess.run([f"{BIN}/netloader-make-llama", "--output", str(path), "--size-mib", "8"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+def python_engine(checkpoint, *args):
+    return [sys.executable, ENGINE, "--model", str(checkpoint), "--prompt", PROMPT,
+            "--log-level", "warn", *args]
+
+
+def cpp_engine(checkpoint, *args):
+    return [f"{BIN}/netloader-llama", "--model", str(checkpoint), "--prompt", PROMPT,
+            "--log-level", "warn", *args]
+
+
+def extra(rendezvous, sources=None, **keys):
+    config = {"RENDEZVOUS": rendezvous, "AUTH": False, **keys}
+    if sources:
+        config["SOURCE"] = [{"device_id": 0, "sources": sources}]
+    return ["--model-loader-extra-config", json.dumps(config)]
+
+
+def report_of(argv):
+    """Runs an engine to its end; its JSON line."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, done.stdout
+    return lines[0]
+
+
+class Serving:
+    """An engine started with --keep-running: its report once it decoded, its endpoint, and on
+    exit (SIGTERM) what it served."""
+
+    def __init__(self, argv):
+        self.process = subprocess.Popen(argv + ["--keep-running"], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+        self.lines = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.report = self.next_line()
+        self.endpoint = self.report["endpoint"]
+        self.final = None
+
+    def _read(self):
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                self.lines.put(json.loads(line))
+        self.lines.put(None)
+
+    def next_line(self, seconds=180):
+        try:
+            line = self.lines.get(timeout=seconds)
+        except queue.Empty:
+            line = None
+        if line is None:
+            self.process.kill()
+            raise AssertionError("the engine printed no report: " +
+                                 self.process.communicate(timeout=30)[1])
+        return line
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.final = self.next_line(60)
+        finally:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def from_disk(checkpoint):
+    """What each engine decodes with weights read from disk."""
+    return {"python": report_of(python_engine(checkpoint, "--load-format", "safetensors")),
+            "cpp": report_of(cpp_engine(checkpoint, "--load-format", "safetensors"))}
+
+
+def same_output(report, reference):
+    assert report["tokens"] == reference["tokens"]
+    assert report["logits_digest"] == reference["logits_digest"]
+
+
+def test_engine_decodes_bit_identically_from_disk_and_through_netloader(checkpoint, from_disk,
+                                                                         rendezvous):
+    assert from_disk["python"]["loaded_from"] == "disk"
+    assert len(from_disk["python"]["tokens"]) == 16
+    # A seed with no SOURCE loads from disk, saying why, and serves.
+    with Serving(python_engine(checkpoint, *extra(rendezvous))) as seed:
+        assert seed.report["loaded_from"] == "disk"
+        assert seed.report["fallback_reason"] == "no SOURCE for rank 0"
+        same_output(seed.report, from_disk["python"])
+        loaded = report_of(python_engine(checkpoint, *extra(rendezvous, [seed.endpoint],
+                                                            SERVE=False)))
+    assert loaded["loaded_from"] == seed.endpoint
+    assert loaded["bytes_pulled"] == loaded["bytes"]
+    assert "fallback_reason" not in loaded
+    same_output(loaded, from_disk["python"])
+    assert seed.final["served"] == 1
+
+
+def test_a_chain_across_languages_decodes_and_copies_byte_identically(checkpoint, from_disk,
+                                                                      rendezvous, tmp_path):
+    # C++ engine (from disk) -> PyTorch engine -> C++ engine, and a C++ client writing files.
+    with Serving(cpp_engine(checkpoint, *extra(rendezvous))) as first:
+        same_output(first.report, from_disk["cpp"])
+        with Serving(python_engine(checkpoint, *extra(rendezvous, [first.endpoint]))) as middle:
+            assert middle.report["loaded_from"] == first.endpoint
+            assert middle.report["relayed"] is True  # served while it loaded
+            same_output(middle.report, from_disk["python"])
+            last = report_of(cpp_engine(checkpoint, *extra(rendezvous, [middle.endpoint],
+                                                           SERVE=False)))
+            assert last["loaded_from"] == middle.endpoint
+            same_output(last, from_disk["cpp"])
+            out = tmp_path / "copy"
+            done = subprocess.run(
+                [f"{BIN}/netloader-client", "--source", middle.endpoint, "--model",
+                 str(checkpoint), "--output", str(out), "--no-auth", "--rendezvous", rendezvous,
+                 "--layout-key", LAYOUT_KEY, "--log-level", "warn"], capture_output=True,
+                text=True, timeout=120, check=False)
+            assert done.returncode == 0, done.stderr
+    for name in os.listdir(checkpoint):
+        if name.endswith(".safetensors"):
+            assert (out / name).read_bytes() == (checkpoint / name).read_bytes(), name
+    assert middle.final["served"] == 2 and middle.final["failed"] == 0
+    assert first.final["served"] == 1
+
+
+def test_every_failure_falls_back_to_disk_naming_its_cause(checkpoint, from_disk, rendezvous,
+                                                          tmp_path):
+    secret, other_secret = str(tmp_path / "secret"), str(tmp_path / "other-secret")
+    seed_config = extra(rendezvous, MODEL="org/llama@a", AUTH=True, SECRET_FILE=secret)
+    corrupt_argv = cpp_engine(checkpoint, *extra(rendezvous), "--testing-corrupt-served-weights")
+    with Serving(python_engine(checkpoint, *seed_config)) as seed, \
+            Serving(corrupt_argv) as corrupt:
+        cases = {
+            "nothing listens there": ({"SOURCE": ["127.0.0.1:9"]}, "Unavailable"),
+            "another model": ({"SOURCE": [seed.endpoint], "MODEL": "org/llama@b",
+                               "AUTH": True, "SECRET_FILE": secret}, "FingerprintMismatch"),
+            "another secret": ({"SOURCE": [seed.endpoint], "MODEL": "org/llama@a",
+                                "AUTH": True, "SECRET_FILE": other_secret}, "PermissionDenied"),
+            "corrupt weights": ({"SOURCE": [corrupt.endpoint]}, "ChecksumMismatch"),
+        }
+        for case, (keys, cause) in cases.items():
+            sources = keys.pop("SOURCE")
+            report = report_of(python_engine(checkpoint,
+                                             *extra(rendezvous, sources, SERVE=False, **keys)))
+            assert report["loaded_from"] == "disk", case
+            assert report["fallback_reason"].startswith(cause), (case, report["fallback_reason"])
+            same_output(report, from_disk["python"])
+        # The right model and secret: loaded from the seed.
+        right = report_of(python_engine(checkpoint, *extra(
+            rendezvous, [seed.endpoint], SERVE=False, MODEL="org/llama@a", AUTH=True,
+            SECRET_FILE=secret)))
+        assert right["loaded_from"] == seed.endpoint
+        same_output(right, from_disk["python"])
+
+
+def test_a_bad_extra_config_stops_start_up_naming_the_key(checkpoint):
+    for config, named in (({"LISTEN_PORT": "7000"}, "LISTEN_PORT"),
+                          ({"SOURSE": []}, "SOURSE"),
+                          ({"SOURCE": [{"device_id": 1, "sources": ["h:1"]}]}, "device_id")):
+        done = subprocess.run(
+            python_engine(checkpoint, "--model-loader-extra-config", json.dumps(config)),
+            capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 2, (config, done.stderr)
+        assert named in done.stderr, (config, done.stderr)
+        assert done.stdout == "", "nothing may be decoded"
+    done = subprocess.run(python_engine(checkpoint, "--help"), capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0 and "OUTPUT_PREFIX" in done.stdout and "SOURCE" in done.stdout
