@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -42,10 +43,30 @@ std::map<StatusCode, py::object>& Exceptions() {
   return *classes;
 }
 
+// The fields a refused fingerprint differs in, as the message names them (DescribeDiffs:
+// "FIELD: server='S' client='C'"): (field, server's value, client's value) each.
+py::list Differences(const std::string& message) {
+  static const std::regex diff(R"(([A-Za-z_][A-Za-z0-9_.]*): server='([^']*)' client='([^']*)')");
+  py::list out;
+  for (std::sregex_iterator m(message.begin(), message.end(), diff), end; m != end; ++m) {
+    out.append(py::make_tuple((*m)[1].str(), (*m)[2].str(), (*m)[3].str()));
+  }
+  return out;
+}
+
+// Raises the status's exception class with the message; the instance also carries `code` (the
+// status code's name), `message` and `differences` (see Differences; empty unless the refusal
+// named differing fields).
 [[noreturn]] void Raise(const Status& status) {
   const auto it = Exceptions().find(status.code());
-  PyErr_SetString(it != Exceptions().end() ? it->second.ptr() : PyExc_RuntimeError,
-                  status.message().c_str());
+  py::object cls = it != Exceptions().end()
+                       ? it->second
+                       : py::reinterpret_borrow<py::object>(PyExc_RuntimeError);
+  py::object error = cls(status.message());
+  error.attr("code") = std::string(StatusCodeName(status.code()));
+  error.attr("message") = status.message();
+  error.attr("differences") = Differences(status.message());
+  PyErr_SetObject(cls.ptr(), error.ptr());
   throw py::error_already_set();
 }
 

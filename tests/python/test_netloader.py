@@ -164,8 +164,17 @@ def test_wrong_tensors_are_refused_naming_the_tensor(model, tmp_path, rendezvous
     other = dict(state_dict)
     other[name] = torch.empty(state_dict[name].shape, dtype=torch.float64)
     with CppServer(model, tmp_path, rendezvous) as server:
-        with pytest.raises(netloader.FingerprintMismatch, match=name):
+        with pytest.raises(netloader.FingerprintMismatch, match=name) as refused:
             netloader.load(other, server.endpoint, rendezvous=rendezvous)
+        assert refused.value.code == "FingerprintMismatch"
+        assert name in refused.value.message
+        with pytest.raises(netloader.FingerprintMismatch) as refused:
+            netloader.load(state_dict, server.endpoint, rendezvous=rendezvous,
+                           model_id="org/other@1", partition={"tp_size": 2, "tp_rank": 1})
+        fields = {field: (server_value, client_value)
+                  for field, server_value, client_value in refused.value.differences}
+        assert fields["model_id"] == ("", "org/other@1"), refused.value.differences
+        assert fields["partition.tp_size"] == ("1", "2"), refused.value.differences
 
 
 def test_a_source_that_is_not_there_raises_unavailable_at_once(model):
