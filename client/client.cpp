@@ -743,6 +743,9 @@ class Attempt {
     Result<std::unique_ptr<transfer::Channel>> channel =
         transport_->Connect(port, Clock::now() + options_.connect_timeout, &beats_->lost());
     if (options_.connect_hook) options_.connect_hook(ConnectEvent::kAfter);
+    // Cut short because the source was lost, or because the load was cancelled: say which.
+    if (!channel.ok() && beats_->lost())
+      return beats_->why().WithContext("MPI connect to " + source_);
     if (!channel.ok()) return channel.status().WithContext("MPI connect to " + source_);
     return channel;
   }
@@ -924,7 +927,7 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
         delivered = std::move(*result);
         return;
       }
-      if (result.status().code() == StatusCode::kCancelled) return;
+      if (IsCancelled(options.cancel)) return;
       if (!attempt.redirect().empty() && redirects < kMaxRedirects) {
         Log().info("{}: {}", source, result.status().message());
         // The relays, then the redirecting source again; each once among those still to try.
