@@ -198,12 +198,16 @@ class LogQueue {
     lines_.emplace_back(static_cast<int>(level), std::string(message));
     ready_.notify_all();
   }
-  // Waits up to `seconds` for a line (or for Close), then takes every queued one, and a note of
-  // any dropped.
-  std::vector<std::pair<int, std::string>> Take(double seconds) {
+  // Waits up to `seconds` for a line to be queued (or for Close); true if one is.
+  bool Wait(double seconds) {
     std::unique_lock<std::mutex> lock(mu_);
-    ready_.wait_for(lock, std::chrono::duration<double>(seconds),
-                    [this] { return !lines_.empty() || closed_; });
+    return ready_.wait_for(lock, std::chrono::duration<double>(seconds),
+                           [this] { return !lines_.empty() || closed_; }) &&
+           !lines_.empty();
+  }
+  // Takes every queued line, and a note of any dropped.
+  std::vector<std::pair<int, std::string>> Take() {
+    std::lock_guard<std::mutex> lock(mu_);
     std::vector<std::pair<int, std::string>> out(std::make_move_iterator(lines_.begin()),
                                                  std::make_move_iterator(lines_.end()));
     lines_.clear();
@@ -427,11 +431,12 @@ PYBIND11_MODULE(_netloader, m) {
   m.def("_load", &PyLoad, py::arg("tensors"), py::arg("sources"), py::arg("options"),
         py::arg("cancel") = py::none(), py::arg("relay") = nullptr);
   SetLogSink([](LogLevel level, std::string_view message) { Logs().Push(level, message); });
+  m.def("_take_logs", [] { return Logs().Take(); });
   m.def(
-      "_take_logs",
+      "_wait_for_logs",
       [](double seconds) {
         py::gil_scoped_release released;
-        return Logs().Take(seconds);
+        return Logs().Wait(seconds);
       },
       py::arg("seconds"));
   m.def("_close_logs", [] { Logs().Close(); });

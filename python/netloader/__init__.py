@@ -43,15 +43,16 @@ _LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNI
 _logs_lock = threading.Lock()
 
 
-def _forward_logs(wait=0.0):
-    with _logs_lock:
-        for level, message in _netloader._take_logs(wait):
+def _forward_logs():
+    with _logs_lock:  # in the order they were logged, whichever thread hands them on
+        for level, message in _netloader._take_logs():
             logger.log(_LEVELS.get(level, logging.ERROR), "%s", message)
 
 
 def _forward_logs_forever():
     while not _netloader._logs_closed():
-        _forward_logs(0.2)
+        if _netloader._wait_for_logs(0.2):  # waits without the lock and without the GIL
+            _forward_logs()
 
 
 _forwarder = threading.Thread(target=_forward_logs_forever, name="netloader-logs", daemon=True)
