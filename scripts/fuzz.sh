@@ -9,6 +9,8 @@ seconds=${1:-30}
 build=$root/build-fuzz
 # Keep in step with scripts/sanitize.sh asan, which builds its tests in this same build.
 CC=clang CXX=clang++ cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only -DNDEBUG" \
+  "-DCMAKE_C_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only -DNDEBUG" \
   -DNETLOADER_BUILD_FUZZERS=ON -DNETLOADER_BUILD_TESTS=ON -DNETLOADER_BUILD_EXAMPLES=ON >/dev/null
 cmake --build "$build" -j "$(nproc)" --target fuzz_safetensors_header fuzz_wire_decode fuzz_loader_config
 for target in safetensors_header wire_decode loader_config; do
