@@ -201,9 +201,9 @@ class LogQueue {
   // Waits up to `seconds` for a line to be queued (or for Close); true if one is.
   bool Wait(double seconds) {
     std::unique_lock<std::mutex> lock(mu_);
-    return ready_.wait_for(lock, std::chrono::duration<double>(seconds),
-                           [this] { return !lines_.empty() || closed_; }) &&
-           !lines_.empty();
+    return ready_.wait_for(lock, std::chrono::duration<double>(seconds), [this] {
+      return !lines_.empty() || closed_;
+    }) && !lines_.empty();
   }
   // Takes every queued line, and a note of any dropped.
   std::vector<std::pair<int, std::string>> Take() {
