@@ -7,6 +7,7 @@
 
 #include <condition_variable>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <zmq.hpp>
 
@@ -81,45 +82,66 @@ ServerStats StatsOnceServed(Server& server, uint64_t served) {
   return server.stats();
 }
 
-class RelayTest : public InprocTest {};
+class RelayTest : public InprocTest {
+ protected:
+  // A seed serving `source`, and a relay over an empty copy of it (`relayed`).
+  void StartSeedAndRelay(const OwnedModel& source) {
+    auto seed = internal::StartServer(Patient(), source.view, Plane(transport_));
+    ASSERT_TRUE(seed.ok()) << seed.status().ToString();
+    seed_server = std::move(*seed);
+    relayed.emplace(source.EmptyLike());
+    auto started = internal::StartServer(Patient(), relayed->view, Plane(transport_), true);
+    ASSERT_TRUE(started.ok()) << started.status().ToString();
+    relay = std::move(*started);
+  }
+  // The relay's own load from the seed, on a thread, through `plane` (default: the in-process
+  // one), held at half way until `release` is set; returns once it is held.
+  void LoadRelayHeldAtHalf(Event& release, std::shared_ptr<transfer::Transport> plane = nullptr) {
+    loading = std::thread([this, &release, plane] {
+      ClientOptions options = PatientClient({seed_server->endpoint()});
+      options.relay = relay.get();
+      options.progress = HoldAtHalf(paused, release, held_too_long);
+      relay_load = internal::Load(options, relayed->view, *Plane(plane ? plane : transport_));
+    });
+    ASSERT_TRUE(paused.Wait()) << "the relay's load never reached half way";
+  }
+  void TearDown() override {
+    if (loading.joinable()) loading.join();  // the hold lets go within 20 s
+  }
+
+  std::unique_ptr<Server> seed_server, relay;
+  std::optional<OwnedModel> relayed;
+  Event paused;
+  std::atomic<bool> held_too_long{false};
+  Result<LoadStats> relay_load = Status(StatusCode::kInternal, "not run");
+  std::thread loading;
+};
 class RelayFaultTest : public RelayTest {};
 
 TEST_F(RelayTest, ARelayServesWhatItVerifiedWhileItIsStillLoading) {
   OwnedModel source(120, seed_, true);
-  auto seed = internal::StartServer(Patient(), source.view, Plane(transport_));
-  ASSERT_TRUE(seed.ok()) << seed.status().ToString();
-  OwnedModel a = source.EmptyLike();
-  auto relay = internal::StartServer(Patient(), a.view, Plane(transport_), /*relay=*/true);
-  ASSERT_TRUE(relay.ok()) << relay.status().ToString();
+  ASSERT_NO_FATAL_FAILURE(StartSeedAndRelay(source));
 
   // Before its own load has a source, a relay has nothing to serve: Busy, saying why.
   OwnedModel early = source.EmptyLike();
-  ClientOptions impatient = ClientFor((*relay)->endpoint());
+  ClientOptions impatient = ClientFor(relay->endpoint());
   impatient.busy_timeout = 300ms;
   Result<LoadStats> refused = internal::Load(impatient, early.view, *Plane(transport_));
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), StatusCode::kBusy) << refused.status().ToString();
 
-  Event paused, downstream_started;
-  std::atomic<bool> held_too_long{false};
-  Result<LoadStats> relay_load = Status(StatusCode::kInternal, "not run");
-  std::thread loading([&] {
-    ClientOptions options = PatientClient({(*seed)->endpoint()});
-    options.relay = relay->get();
-    options.progress = HoldAtHalf(paused, downstream_started, held_too_long);
-    relay_load = internal::Load(options, a.view, *Plane(transport_));
-  });
-  ASSERT_TRUE(paused.Wait()) << "the relay's load never reached half way";
+  Event downstream_started;
+  ASSERT_NO_FATAL_FAILURE(LoadRelayHeldAtHalf(downstream_started));
   // Asked, each says what it is doing: the seed streams to the relay, its child; the relay
   // holds half.
   const uint64_t total = source.view.total_bytes();
-  Result<SourceStatus> at_seed = QueryStatus((*seed)->endpoint(), "");
+  Result<SourceStatus> at_seed = QueryStatus(seed_server->endpoint(), "");
   ASSERT_TRUE(at_seed.ok()) << at_seed.status().ToString();
   EXPECT_EQ(at_seed->state, "serving");
   EXPECT_EQ(at_seed->bytes_held, total);
   EXPECT_EQ(at_seed->sessions, 1);
-  EXPECT_EQ(at_seed->children, std::vector<std::string>{(*relay)->endpoint()});
-  Result<SourceStatus> at_relay = QueryStatus((*relay)->endpoint(), "");
+  EXPECT_EQ(at_seed->children, std::vector<std::string>{relay->endpoint()});
+  Result<SourceStatus> at_relay = QueryStatus(relay->endpoint(), "");
   ASSERT_TRUE(at_relay.ok()) << at_relay.status().ToString();
   EXPECT_EQ(at_relay->state, "loading");
   EXPECT_GE(at_relay->bytes_held, total / 2);
@@ -129,7 +151,7 @@ TEST_F(RelayTest, ARelayServesWhatItVerifiedWhileItIsStillLoading) {
 
   // The relay's load is held at half; a client of the relay gets chunks meanwhile.
   OwnedModel b = source.EmptyLike();
-  ClientOptions downstream = PatientClient({(*relay)->endpoint()});
+  ClientOptions downstream = PatientClient({relay->endpoint()});
   downstream.progress = SetAtFirstChunk(downstream_started);
   Result<LoadStats> loaded = internal::Load(downstream, b.view, *Plane(transport_));
   loading.join();
@@ -137,23 +159,23 @@ TEST_F(RelayTest, ARelayServesWhatItVerifiedWhileItIsStillLoading) {
   ASSERT_TRUE(relay_load.ok()) << relay_load.status().ToString();
   ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
   EXPECT_FALSE(held_too_long) << "no chunk reached the client while the relay was loading";
-  EXPECT_TRUE(a.SameBytes(source));
+  EXPECT_TRUE(relayed->SameBytes(source));
   EXPECT_TRUE(b.SameBytes(source));
-  EXPECT_EQ(loaded->source, (*relay)->endpoint());
+  EXPECT_EQ(loaded->source, relay->endpoint());
   EXPECT_TRUE(VerifyModel(b.view, *loaded).ok());
   // One copy left the seed; the relay forwarded one.
-  EXPECT_EQ(StatsOnceServed(**seed, 1).bytes_sent, source.view.total_bytes());
-  EXPECT_EQ(StatsOnceServed(**relay, 1).bytes_sent, source.view.total_bytes());
+  EXPECT_EQ(StatsOnceServed(*seed_server, 1).bytes_sent, source.view.total_bytes());
+  EXPECT_EQ(StatsOnceServed(*relay, 1).bytes_sent, source.view.total_bytes());
 
   // Loaded, the relay is a source like any other.
-  at_relay = QueryStatus((*relay)->endpoint(), "");
+  at_relay = QueryStatus(relay->endpoint(), "");
   ASSERT_TRUE(at_relay.ok());
   EXPECT_EQ(at_relay->state, "serving");
   EXPECT_EQ(at_relay->bytes_held, total);
   EXPECT_EQ(at_relay->bytes_sent, total);
   EXPECT_EQ(at_relay->clients_served, 1u);
   OwnedModel c = source.EmptyLike();
-  ASSERT_TRUE(internal::Load(ClientFor((*relay)->endpoint()), c.view, *Plane(transport_)).ok());
+  ASSERT_TRUE(internal::Load(ClientFor(relay->endpoint()), c.view, *Plane(transport_)).ok());
   EXPECT_TRUE(c.SameBytes(source));
 }
 
@@ -226,29 +248,17 @@ TEST_F(RelayTest, WithFanOutOneABurstFormsAChainAndTheSeedSendsOneCopy) {
 TEST_F(RelayFaultTest,
        ClientsOfARelayWhoseLoadFailsResumeFromTheSeedAndItServesOnceLoadedFromDisk) {
   OwnedModel source(120, seed_, true);
-  auto seed = internal::StartServer(Patient(), source.view, Plane(transport_));
-  ASSERT_TRUE(seed.ok()) << seed.status().ToString();
-  OwnedModel a = source.EmptyLike();
-  auto relay = internal::StartServer(Patient(), a.view, Plane(transport_), true);
-  ASSERT_TRUE(relay.ok()) << relay.status().ToString();
+  ASSERT_NO_FATAL_FAILURE(StartSeedAndRelay(source));
   const size_t chunks = ChunkPlan::Make(TensorSizes(source.view), SmallChunks().chunk_bytes).size();
 
   // The relay's only source breaks at three quarters, after the hold at half.
-  Event paused, downstream_started;
-  std::atomic<bool> held_too_long{false};
-  Result<LoadStats> relay_load = Status(StatusCode::kInternal, "not run");
-  std::thread loading([&] {
-    ClientOptions options = PatientClient({(*seed)->endpoint()});
-    options.relay = relay->get();
-    options.progress = HoldAtHalf(paused, downstream_started, held_too_long);
-    auto broken = transfer::MakeFaultyTransport(transport_,
-                                                {transfer::FaultSpec::Kind::kFail, chunks * 3 / 4});
-    relay_load = internal::Load(options, a.view, *Plane(broken));
-  });
-  ASSERT_TRUE(paused.Wait());
+  Event downstream_started;
+  ASSERT_NO_FATAL_FAILURE(LoadRelayHeldAtHalf(
+      downstream_started, transfer::MakeFaultyTransport(
+                              transport_, {transfer::FaultSpec::Kind::kFail, chunks * 3 / 4})));
 
   OwnedModel b = source.EmptyLike();
-  ClientOptions downstream = PatientClient({(*relay)->endpoint(), (*seed)->endpoint()});
+  ClientOptions downstream = PatientClient({relay->endpoint(), seed_server->endpoint()});
   downstream.progress = SetAtFirstChunk(downstream_started);
   Result<LoadStats> loaded = internal::Load(downstream, b.view, *Plane(transport_));
   loading.join();
@@ -260,33 +270,33 @@ TEST_F(RelayFaultTest,
   EXPECT_TRUE(VerifyModel(b.view, *loaded).ok());
   ASSERT_EQ(loaded->attempts.size(), 2u);
   const SourceAttempt& at_relay = loaded->attempts[0];
-  EXPECT_EQ(at_relay.source, (*relay)->endpoint());
+  EXPECT_EQ(at_relay.source, relay->endpoint());
   EXPECT_FALSE(at_relay.status.ok());
   EXPECT_GT(at_relay.bytes, 0u) << "the relay served nothing while it was loading";
   EXPECT_LT(at_relay.bytes, source.view.total_bytes());
   // Resumed, not restarted: the seed sent only what the relay had not.
   EXPECT_EQ(loaded->attempts[1].bytes, source.view.total_bytes() - at_relay.bytes);
 
-  Result<SourceStatus> failed = QueryStatus((*relay)->endpoint(), "");
+  Result<SourceStatus> failed = QueryStatus(relay->endpoint(), "");
   ASSERT_TRUE(failed.ok());
   EXPECT_EQ(failed->state, "failed");
   EXPECT_NE(failed->failure.find("injected failure"), std::string::npos) << failed->failure;
   // Newcomers are refused at once, told why.
   OwnedModel c = source.EmptyLike();
   Result<LoadStats> refused =
-      internal::Load(ClientFor((*relay)->endpoint()), c.view, *Plane(transport_));
+      internal::Load(ClientFor(relay->endpoint()), c.view, *Plane(transport_));
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), StatusCode::kUnavailable);
   EXPECT_NE(refused.status().message().find("own load failed"), std::string::npos)
       << refused.status().ToString();
 
   // The host loads the weights from disk (here: copies them) and says so; the relay serves.
-  for (size_t i = 0; i < a.storage.size(); ++i) {
-    std::copy(source.storage[i].begin(), source.storage[i].end(), a.storage[i].begin());
+  for (size_t i = 0; i < relayed->storage.size(); ++i) {
+    std::copy(source.storage[i].begin(), source.storage[i].end(), relayed->storage[i].begin());
   }
-  ASSERT_TRUE((*relay)->MarkLoaded().ok());
+  ASSERT_TRUE(relay->MarkLoaded().ok());
   Result<LoadStats> served =
-      internal::Load(ClientFor((*relay)->endpoint()), c.view, *Plane(transport_));
+      internal::Load(ClientFor(relay->endpoint()), c.view, *Plane(transport_));
   ASSERT_TRUE(served.ok()) << served.status().ToString();
   EXPECT_TRUE(c.SameBytes(source));
 }
@@ -296,26 +306,13 @@ TEST_F(RelayFaultTest,
 // is tried (the seed, listed next, serves nobody but the relay).
 TEST_F(RelayTest, ACancelledLoadEndsAtOnceAndTriesNoFurtherSource) {
   OwnedModel source(120, seed_, true);
-  auto seed = internal::StartServer(Patient(), source.view, Plane(transport_));
-  ASSERT_TRUE(seed.ok()) << seed.status().ToString();
-  OwnedModel a = source.EmptyLike();
-  auto relay = internal::StartServer(Patient(), a.view, Plane(transport_), true);
-  ASSERT_TRUE(relay.ok()) << relay.status().ToString();
-
-  Event paused, release;
-  std::atomic<bool> held_too_long{false};
-  Result<LoadStats> relay_load = Status(StatusCode::kInternal, "not run");
-  std::thread loading([&] {
-    ClientOptions options = PatientClient({(*seed)->endpoint()});
-    options.relay = relay->get();
-    options.progress = HoldAtHalf(paused, release, held_too_long);
-    relay_load = internal::Load(options, a.view, *Plane(transport_));
-  });
-  ASSERT_TRUE(paused.Wait());
+  ASSERT_NO_FATAL_FAILURE(StartSeedAndRelay(source));
+  Event release;
+  ASSERT_NO_FATAL_FAILURE(LoadRelayHeldAtHalf(release));
 
   // The client gets the relay's first half, then waits for the rest; then it is cancelled.
   OwnedModel b = source.EmptyLike();
-  ClientOptions downstream = PatientClient({(*relay)->endpoint(), (*seed)->endpoint()});
+  ClientOptions downstream = PatientClient({relay->endpoint(), seed_server->endpoint()});
   std::atomic<bool> cancel{false};
   downstream.cancel = &cancel;
   Event started;
@@ -336,9 +333,9 @@ TEST_F(RelayTest, ACancelledLoadEndsAtOnceAndTriesNoFurtherSource) {
   // Well under the stall deadline (60 s) it would otherwise have waited out.
   EXPECT_LT(took, 30s);
   ASSERT_TRUE(relay_load.ok()) << relay_load.status().ToString();
-  const ServerStats at_seed = StatsOnceServed(**seed, 1);
+  const ServerStats at_seed = StatsOnceServed(*seed_server, 1);
   EXPECT_EQ(at_seed.clients_served + at_seed.clients_failed, 1u) << "the seed was tried too";
-  EXPECT_EQ(StatsOnceServed(**relay, 1).clients_failed, 1u);
+  EXPECT_EQ(StatsOnceServed(*relay, 1).clients_failed, 1u);
 
   // A source that stays Busy (a relay with no source yet) is not waited out either.
   OwnedModel c = source.EmptyLike();
