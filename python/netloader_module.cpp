@@ -379,6 +379,28 @@ std::vector<py::tuple> Allocate(const std::string& path) {
   return out;
 }
 
+// What the server at `endpoint` is doing (QueryStatus), as a dict of SourceStatus's fields.
+py::dict StatusOf(const std::string& endpoint, const std::string& secret, double timeout) {
+  Result<SourceStatus> asked = Status(StatusCode::kInternal, "not run");
+  {
+    py::gil_scoped_release released;
+    asked = QueryStatus(endpoint, secret, Ms(timeout));
+  }
+  const SourceStatus s = Take(std::move(asked));
+  return py::dict(
+      py::arg("state") = s.state, py::arg("failure") = s.failure, py::arg("model_id") = s.model_id,
+      py::arg("partition") = py::dict(
+          py::arg("tp_size") = s.partition.tp_size, py::arg("tp_rank") = s.partition.tp_rank,
+          py::arg("pp_size") = s.partition.pp_size, py::arg("pp_rank") = s.partition.pp_rank,
+          py::arg("layout_key") = s.partition.layout_key),
+      py::arg("table_digest") = s.table_digest, py::arg("bytes_total") = s.bytes_total,
+      py::arg("bytes_held") = s.bytes_held, py::arg("sessions") = s.sessions,
+      py::arg("max_sessions") = s.max_sessions, py::arg("fanout") = s.fanout,
+      py::arg("children") = s.children, py::arg("bytes_sent") = s.bytes_sent,
+      py::arg("clients_served") = s.clients_served, py::arg("clients_failed") = s.clients_failed,
+      py::arg("redirected") = s.redirected);
+}
+
 // --model-loader-extra-config, parsed by the one parser every engine uses (loader_config.h), as
 // a dict of the LoaderConfig fields (timeouts in seconds).
 py::dict ParseExtraConfig(const std::string& json_text, int world_size) {
@@ -465,6 +487,7 @@ PYBIND11_MODULE(_netloader, m) {
     }
     if (!status.ok()) Raise(status);
   });
+  m.def("_status", &StatusOf, py::arg("endpoint"), py::arg("secret"), py::arg("timeout"));
   m.def("_parse_loader_config", &ParseExtraConfig, py::arg("json_text"), py::arg("world_size"));
   m.def("_loader_config_help", &LoaderConfigHelp);
   m.def("tensor_pattern_matches", &TensorPatternMatches, py::arg("pattern"), py::arg("name"),

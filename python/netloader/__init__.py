@@ -67,7 +67,7 @@ def _stop_forwarding_logs():
 
 __all__ = [
     "load", "Server", "read_layout", "allocate", "load_from_disk", "initialize_transport",
-    "set_log_level", "parse_loader_config", "loader_config_help", "tensor_pattern_matches",
+    "set_log_level", "status", "parse_loader_config", "loader_config_help", "tensor_pattern_matches",
     "Error", "Busy",
     "Cancelled", "ChecksumMismatch", "FingerprintMismatch", "Internal", "InvalidArgument",
     "NotFound", "PermissionDenied", "ProtocolMismatch", "Timeout", "TransferFailed",
@@ -274,6 +274,15 @@ def initialize_transport(rendezvous, interface=None):
     """Starts MPI now (~0.1-0.3 s) on the shared `rendezvous`, e.g. on a thread while the model's
     memory is allocated, instead of inside the first load or server."""
     _netloader._initialize_transport(rendezvous, interface or "")
+
+
+def status(endpoint, *, secret=None, timeout=10.0):
+    """What the server (or relay) at `endpoint` is doing, without a session: a dict with state
+    ("serving", "loading", "waiting" or "failed", with failure), model_id, partition,
+    table_digest, bytes_total, bytes_held, sessions, max_sessions, fanout, children (the relays
+    streaming from it), bytes_sent, clients_served, clients_failed and redirected. Raises
+    Unavailable (nothing listens there), PermissionDenied (another secret) or Timeout."""
+    return _netloader._status(endpoint, _secret(secret), float(timeout))
 
 
 def parse_loader_config(extra_config, world_size=1):

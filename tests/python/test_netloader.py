@@ -183,6 +183,9 @@ def test_a_source_that_is_not_there_raises_unavailable_at_once(model):
     with pytest.raises(netloader.Unavailable, match="refused or the host is unreachable"):
         netloader.load(state_dict, "tcp://127.0.0.1:9", register_timeout=30)
     assert time.monotonic() - start < 20
+    with pytest.raises(netloader.Unavailable):
+        netloader.status("tcp://127.0.0.1:9", timeout=30)
+    assert time.monotonic() - start < 40
 
 
 def test_a_python_server_keeps_the_interpreter_running_while_it_serves(model, tmp_path, rendezvous):
@@ -263,9 +266,7 @@ def wait_for_file(path, process, seconds=60):
 
 
 def status_of(endpoint):
-    done = run(f"{BIN}/netloader-client", "--status", endpoint, "--json", "--no-auth")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return netloader.status(endpoint)
 
 
 def test_ctrl_c_stops_a_load_promptly_and_nothing_is_reported_loaded(model, tmp_path,
@@ -309,8 +310,15 @@ def test_ctrl_c_stops_a_load_promptly_and_nothing_is_reported_loaded(model, tmp_
             deadline = time.monotonic() + 10
             while status_of(endpoint)["clients_failed"] != 1 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert status_of(endpoint)["clients_failed"] == 1
-            assert status_of(endpoint)["clients_served"] == 0
+            held = status_of(endpoint)
+            assert held["clients_failed"] == 1 and held["clients_served"] == 0, held
+            # The relay still holds only part of the model, and says so.
+            assert held["state"] == "loading", held
+            assert 0 < held["bytes_held"] < held["bytes_total"], held
+            assert held["partition"]["tp_size"] == 1
+            cli = json.loads(run(f"{BIN}/netloader-client", "--status", endpoint, "--json",
+                                 "--no-auth").stdout)
+            assert cli["bytes_total"] == held["bytes_total"]
         finally:
             go.write_text("")
             relay.send_signal(2)
