@@ -192,7 +192,6 @@ TEST_F(RelayTest, WithFanOutOneABurstFormsAChainAndTheSeedSendsOneCopy) {
 
   // A loads from the seed and is held at half until C, at the end of the chain, has chunks.
   Event a_paused, b_started, c_started;
-  std::atomic<bool> held_too_long{false};
   Result<LoadStats> loaded_a = Status(StatusCode::kInternal, "not run");
   Result<LoadStats> loaded_b = loaded_a;
   std::thread thread_a([&] {
