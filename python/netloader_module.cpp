@@ -218,8 +218,8 @@ class LogQueue {
     }
     return out;
   }
-  // Ends every wait in Take at once (the interpreter is exiting: a thread still waiting there
-  // would be stopped when it takes the GIL back, which C++ code must not see).
+  // Ends every Wait at once, and every later one (the interpreter is exiting: a thread still
+  // waiting there would be stopped when it takes the GIL back, which C++ code must not see).
   void Close() {
     std::lock_guard<std::mutex> lock(mu_);
     closed_ = true;
