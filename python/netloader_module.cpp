@@ -278,7 +278,8 @@ T RunCancellable(std::function<T()> call, std::atomic<bool>& cancel,
 }
 
 py::dict PyLoad(const std::vector<TensorTuple>& tensors, const std::vector<std::string>& sources,
-                const py::dict& o, const py::object& cancel_event, const PyServer* relay) {
+                const py::dict& o, const py::object& cancel_event, const PyServer* relay,
+                const py::object& connect_hook) {
   const ModelView view = ToView(tensors);
   ClientOptions options;
   ApplyPeer(o, options);
@@ -293,6 +294,18 @@ py::dict PyLoad(const std::vector<TensorTuple>& tensors, const std::vector<std::
     options.destination_filled = o["destination_filled"].cast<bool>();
   }
   if (relay != nullptr) options.relay = relay->get();
+  if (!connect_hook.is_none()) {
+    // Called on the loading thread, which takes the GIL for it (the caller waits without it). An
+    // exception cannot travel through Load: it is printed as unraisable and the load goes on.
+    options.connect_hook = [&connect_hook](ConnectEvent event) {
+      py::gil_scoped_acquire held;
+      try {
+        connect_hook(event == ConnectEvent::kBefore ? "before" : "after");
+      } catch (py::error_already_set& e) {
+        e.discard_as_unraisable("netloader connect_hook");
+      }
+    };
+  }
   std::atomic<bool> cancel{false};
   options.cancel = &cancel;
   Result<LoadStats> stats = RunCancellable<Result<LoadStats>>(
@@ -361,10 +374,9 @@ struct Block {
   size_t size;
 };
 
-// Fresh tensor memory for the checkpoint at `path` (HostModel::Allocate: huge pages, populated):
+// Fresh tensor memory for `layout`'s tensors (HostModel::Allocate: huge pages, populated):
 // (name, dtype, shape, block) in storage order.
-std::vector<py::tuple> Allocate(const std::string& path) {
-  CheckpointLayout layout = Take(ReadCheckpointLayout(path, LayoutRead::kHeadersOnly));
+std::vector<py::tuple> Allocate(const CheckpointLayout& layout) {
   Result<HostModel> allocated = Status(StatusCode::kInternal, "not run");
   {
     py::gil_scoped_release released;
@@ -451,7 +463,8 @@ PYBIND11_MODULE(_netloader, m) {
   }
   m.attr("PROTOCOL_VERSION") = kProtocolVersion;
   m.def("_load", &PyLoad, py::arg("tensors"), py::arg("sources"), py::arg("options"),
-        py::arg("cancel") = py::none(), py::arg("relay") = nullptr);
+        py::arg("cancel") = py::none(), py::arg("relay") = nullptr,
+        py::arg("connect_hook") = py::none());
   SetLogSink([](LogLevel level, std::string_view message) { Logs().Push(level, message); });
   m.def("_take_logs", [] { return Logs().Take(); });
   m.def(
@@ -475,7 +488,40 @@ PYBIND11_MODULE(_netloader, m) {
     return py::buffer_info(b.data != nullptr ? b.data : &empty, 1,
                            py::format_descriptor<uint8_t>::format(), 1, {b.size}, {1});
   });
-  m.def("_allocate", &Allocate, py::arg("path"));
+  m.def(
+      "_allocate",
+      [](const std::string& path) {
+        return Allocate(Take(ReadCheckpointLayout(path, LayoutRead::kHeadersOnly)));
+      },
+      py::arg("path"));
+  // Tensors of any shapes, e.g. one rank's shards of a checkpoint: (name, dtype, shape) each.
+  m.def(
+      "_allocate_tensors",
+      [](const std::vector<std::tuple<std::string, std::string, std::vector<int64_t>>>& tensors) {
+        CheckpointLayout layout;
+        layout.shards.emplace_back();
+        for (const auto& [name, dtype, shape] : tensors) {
+          std::optional<DType> parsed = ParseDType(dtype);
+          if (!parsed) {
+            Raise(Status(StatusCode::kInvalidArgument, "tensor '" + name + "': dtype " + dtype));
+          }
+          uint64_t bytes = DTypeSize(*parsed);
+          for (int64_t d : shape) {
+            if (d < 0) Raise(Status(StatusCode::kInvalidArgument, "tensor '" + name + "': shape"));
+            bytes *= static_cast<uint64_t>(d);
+          }
+          layout.shards.back().tensors.push_back({name, *parsed, shape, bytes, 0});
+        }
+        return Allocate(layout);
+      },
+      py::arg("tensors"));
+  m.def("_prepare_mpi_environment",
+        [](const std::string& rendezvous, const std::string& interface) {
+          TransportOptions options;
+          options.rendezvous_uri = rendezvous;
+          if (!interface.empty()) options.interface = interface;
+          PrepareMpiEnvironment(options);
+        });
   m.def("_initialize_transport", [](const std::string& rendezvous, const std::string& interface) {
     TransportOptions options;
     options.rendezvous_uri = rendezvous;
@@ -493,6 +539,8 @@ PYBIND11_MODULE(_netloader, m) {
   m.def("tensor_pattern_matches", &TensorPatternMatches, py::arg("pattern"), py::arg("name"),
         "Whether tensor `name` matches `pattern` as select= and TENSORS read it: '*' any run of "
         "characters, '?' one, '\\' escapes the next.");
+  m.def("exact_tensor_pattern", &ExactTensorPattern, py::arg("name"),
+        "A pattern that matches exactly the tensor `name` (its '*', '?' and '\\' escaped).");
   m.def("_load_from_disk", &LoadFromDisk, py::arg("path"), py::arg("tensors"));
   m.def("_load_secret", [](const std::string& path) { return Take(LoadOrCreateSecret(path)); });
   m.def("_check_secret", [](const std::string& key) {

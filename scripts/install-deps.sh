@@ -14,7 +14,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev
   procps iproute2 clang-format
   clang libclang-rt-14-dev
-  python3-dev python3-pybind11 python3-numpy python3-pytest python3-torch
+  python3-dev python3-pybind11 python3-numpy python3-pytest python3-torch python3-mpi4py
 )
 
 missing=()

@@ -31,6 +31,7 @@ from ._netloader import (  # noqa: E402,F401
     Timeout,
     TransferFailed,
     Unavailable,
+    exact_tensor_pattern,
     tensor_pattern_matches,
 )
 
@@ -67,7 +68,9 @@ def _stop_forwarding_logs():
 
 __all__ = [
     "load", "Server", "read_layout", "allocate", "load_from_disk", "initialize_transport",
+    "prepare_mpi_environment",
     "set_log_level", "status", "parse_loader_config", "loader_config_help", "tensor_pattern_matches",
+    "exact_tensor_pattern",
     "Error", "Busy",
     "Cancelled", "ChecksumMismatch", "FingerprintMismatch", "Internal", "InvalidArgument",
     "NotFound", "PermissionDenied", "ProtocolMismatch", "Timeout", "TransferFailed",
@@ -144,7 +147,7 @@ def _peer_options(model_id, partition, secret, window, connect_timeout, stall_ti
 def load(tensors, sources, *, model_id=None, partition=None, secret=None, window=None,
          register_timeout=None, connect_timeout=None, stall_timeout=None, busy_timeout=None,
          heartbeat_timeout=None, stripe=None, select=None, destination_filled=False,
-         rendezvous=None, interface=None, cancel=None, relay=None):
+         rendezvous=None, interface=None, cancel=None, relay=None, connect_hook=None):
     """Fills `tensors` in place from the first of `sources` that holds the same model.
 
     Every chunk is verified against the source's XXH3 digests before this returns; on failure
@@ -155,6 +158,12 @@ def load(tensors, sources, *, model_id=None, partition=None, secret=None, window
     `relay`: a netloader.Server started with relay=True over these same tensors, which serves
     each chunk to other instances as soon as this load verified it (a burst of instances then
     forms a chain from one seed: README, "A burst of instances").
+
+    `connect_hook`: called as connect_hook("before") just before each MPI connect to a source and
+    connect_hook("after") as soon as it returns, on the loading thread. The ranks of a multi-rank
+    instance use it to connect one after another (Open MPI can wedge two connects between the
+    same two mpirun jobs made at the same moment; README, "Multi-rank engines"); their
+    transfers still overlap. An exception it raises is printed and ignored.
 
     Stopping it: Ctrl-C (KeyboardInterrupt) or `cancel` (a threading.Event, or anything with
     is_set()) being set ends the load within about 0.1 s; it then raises KeyboardInterrupt or
@@ -173,9 +182,11 @@ def load(tensors, sources, *, model_id=None, partition=None, secret=None, window
     options["destination_filled"] = bool(destination_filled)
     if cancel is not None and not callable(getattr(cancel, "is_set", None)):
         raise TypeError("cancel must be a threading.Event (or have is_set())")
+    if connect_hook is not None and not callable(connect_hook):
+        raise TypeError("connect_hook must be callable")
     try:
         return _netloader._load(_describe_all(tensors), list(sources), options, cancel,
-                                None if relay is None else relay._server)
+                                None if relay is None else relay._server, connect_hook)
     finally:
         _forward_logs()
 
@@ -242,13 +253,20 @@ _NUMPY_DTYPES = {v: k for k, v in _DTYPES.items() if k not in ("bfloat16", "floa
                                                                  "float8_e4m3fn")}
 
 
-def allocate(path, framework="torch"):
-    """Fresh zero-filled tensors for the checkpoint at `path` (its headers only are read), in
-    storage order: an ordered dict name -> tensor ("torch") or array ("numpy"). The memory is
-    what a load fills fastest (2 MiB huge pages, faulted in beforehand; about 4x faster than
-    fresh malloc'd pages on the benchmark's VMs) and is freed with the last tensor using it."""
+def allocate(layout, framework="torch"):
+    """Fresh zero-filled tensors, in order: an ordered dict name -> tensor ("torch") or array
+    ("numpy"). `layout` is a checkpoint's path (its headers only are read) or a list of dicts
+    with name, dtype (the safetensors spelling) and shape, e.g. read_layout's with one rank's
+    shard shapes. The memory is what a load fills fastest (2 MiB huge pages, faulted in
+    beforehand; about 4x faster than fresh malloc'd pages on the benchmark's VMs) and is freed
+    with the last tensor using it."""
+    if isinstance(layout, (str, os.PathLike)):
+        blocks = _netloader._allocate(str(layout))
+    else:
+        blocks = _netloader._allocate_tensors(
+            [(str(t["name"]), str(t["dtype"]), [int(d) for d in t["shape"]]) for t in layout])
     out = {}
-    for name, dtype, shape, block in _netloader._allocate(str(path)):
+    for name, dtype, shape, block in blocks:
         if framework == "torch":
             import torch
 
@@ -274,6 +292,15 @@ def initialize_transport(rendezvous, interface=None):
     """Starts MPI now (~0.1-0.3 s) on the shared `rendezvous`, e.g. on a thread while the model's
     memory is allocated, instead of inside the first load or server."""
     _netloader._initialize_transport(rendezvous, interface or "")
+
+
+def prepare_mpi_environment(rendezvous=None, interface=None):
+    """For processes that initialise MPI themselves, such as the ranks of an instance started
+    by ``mpirun --ompi-server file:PATH`` using mpi4py: call it before MPI is initialised (before
+    ``from mpi4py import MPI``, with ``mpi4py.rc.thread_level = "multiple"``). It sets the Open
+    MPI settings netloader's data plane needs, keeping any already set; netloader then uses that
+    MPI as it is. `rendezvous` is the PATH's "file:PATH" every instance shares."""
+    _netloader._prepare_mpi_environment(rendezvous or "", interface or "")
 
 
 def status(endpoint, *, secret=None, timeout=10.0):

@@ -39,33 +39,46 @@ def cpp_engine(checkpoint, *args):
             "--log-level", "warn", *args]
 
 
-def extra(rendezvous, sources=None, **keys):
+def mpirun(ranks, rendezvous, argv):
+    """`argv` as an instance of `ranks` processes (on the shared `rendezvous`, if given)."""
+    return ["/usr/bin/env", "OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",
+            "OMPI_MCA_oob_tcp_if_include=lo", "OMPI_MCA_btl_tcp_if_include=lo", "mpirun",
+            "--oversubscribe", "-np", str(ranks),
+            *(["--ompi-server", rendezvous] if rendezvous else []), "-x", "PYTHONPATH", *argv]
+
+
+def extra(rendezvous, sources=None, rank_sources=None, **keys):
     config = {"RENDEZVOUS": rendezvous, "AUTH": False, **keys}
     if sources:
-        config["SOURCE"] = [{"device_id": 0, "sources": sources}]
+        rank_sources = {0: sources}
+    if rank_sources:
+        config["SOURCE"] = [{"device_id": r, "sources": s} for r, s in rank_sources.items()]
     return ["--model-loader-extra-config", json.dumps(config)]
 
 
-def report_of(argv):
-    """Runs an engine to its end; its JSON line."""
+def report_of(argv, ranks=1):
+    """Runs an engine to its end; its JSON line (a list of one per rank for `ranks` > 1)."""
     done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == 1, done.stdout
-    return lines[0]
+    assert [line["rank"] for line in lines] == list(range(ranks)), done.stdout + done.stderr
+    return lines[0] if ranks == 1 else lines
 
 
 class Serving:
     """An engine started with --keep-running: its report once it decoded, its endpoint, and on
     exit (SIGTERM) what it served."""
 
-    def __init__(self, argv):
+    def __init__(self, argv, ranks=1):
+        self.ranks = ranks
         self.process = subprocess.Popen(argv + ["--keep-running"], stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True)
         self.lines = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        self.report = self.next_line()
-        self.endpoint = self.report["endpoint"]
+        self.reports = [self.next_line() for _ in range(ranks)]  # rank 0 prints them in order
+        self.report = self.reports[0]
+        self.endpoints = [r["endpoint"] for r in self.reports]
+        self.endpoint = self.endpoints[0]
         self.final = None
 
     def _read(self):
@@ -91,7 +104,8 @@ class Serving:
     def __exit__(self, *exc):
         self.process.send_signal(signal.SIGTERM)
         try:
-            self.final = self.next_line(60)
+            self.finals = [self.next_line(60) for _ in range(self.ranks)]
+            self.final = self.finals[0]
         finally:
             self.process.kill()
             self.process.wait(timeout=30)
@@ -197,3 +211,46 @@ def test_a_bad_extra_config_stops_start_up_naming_the_key(checkpoint):
     done = subprocess.run(python_engine(checkpoint, "--help"), capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 0 and "OUTPUT_PREFIX" in done.stdout and "SOURCE" in done.stdout
+
+
+def test_tp2_ranks_load_from_the_cpp_engines_matching_ranks_and_decode_as_from_disk(
+        checkpoint, rendezvous):
+    """Both engines shard the same way: each Python rank's weights, checked against the C++
+    rank's digests, decode exactly as the Python ranks' own slices read from disk."""
+    tp2 = ["--tensor-parallel-size", "2"]
+    reference = report_of(mpirun(2, None, python_engine(checkpoint, *tp2, "--load-format",
+                                                        "safetensors")), ranks=2)
+    with Serving(mpirun(2, rendezvous, cpp_engine(checkpoint, *tp2, *extra(rendezvous))),
+                 ranks=2) as seed:
+        loaded = report_of(mpirun(2, rendezvous, python_engine(
+            checkpoint, *tp2, *extra(rendezvous, rank_sources={0: [seed.endpoints[0]],
+                                                               1: [seed.endpoints[1]]},
+                                     SERVE=False))), ranks=2)
+    for rank in (0, 1):
+        assert loaded[rank]["loaded_from"] == seed.endpoints[rank]
+        assert loaded[rank]["tp_rank"] == rank
+        assert loaded[rank]["bytes_pulled"] == loaded[rank]["bytes"] == reference[rank]["bytes"]
+        same_output(loaded[rank], reference[rank])
+    assert [f["served"] for f in seed.finals] == [1, 1]
+
+
+def test_pp2_stages_serve_the_cpp_engines_matching_stages_and_decode_as_tp1(
+        checkpoint, from_disk, rendezvous):
+    """A Python instance of two pipeline stages, from disk, serves each stage's layers to the
+    matching stage of a C++ instance; pipeline parallelism changes no arithmetic, so both decode
+    exactly as their one-process disk runs."""
+    pp2 = ["--pipeline-parallel-size", "2"]
+    with Serving(mpirun(2, rendezvous, python_engine(checkpoint, *pp2, *extra(rendezvous))),
+                 ranks=2) as seed:
+        for stage in seed.reports:
+            assert stage["loaded_from"] == "disk"
+            same_output(stage, from_disk["python"])
+        assert seed.reports[0]["bytes"] != seed.reports[1]["bytes"]  # other layers, other heads
+        loaded = report_of(mpirun(2, rendezvous, cpp_engine(
+            checkpoint, *pp2, *extra(rendezvous, rank_sources={0: [seed.endpoints[0]],
+                                                               1: [seed.endpoints[1]]},
+                                     SERVE=False))), ranks=2)
+    for rank in (0, 1):
+        assert loaded[rank]["loaded_from"] == seed.endpoints[rank]
+        same_output(loaded[rank], from_disk["cpp"])
+    assert [f["served"] for f in seed.finals] == [1, 1]
