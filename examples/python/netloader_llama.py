@@ -498,12 +498,12 @@ def start_comm(par, loader):
     from mpi4py import MPI
 
     world = MPI.COMM_WORLD
-    if world.Get_size() != par.world or MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+    threads_ok = MPI.Query_thread() >= MPI.THREAD_MULTIPLE
+    if world.Get_size() != par.world or not threads_ok:
         if world.Get_rank() == 0:
             print(f"netloader_llama: mpirun started {world.Get_size()} ranks, but tensor x "
                   f"pipeline parallel size is {par.world}"
-                  + (" (and MPI lacks THREAD_MULTIPLE)"
-                     if MPI.Query_thread() < MPI.THREAD_MULTIPLE else ""), file=sys.stderr)
+                  + ("" if threads_ok else " (and MPI lacks THREAD_MULTIPLE)"), file=sys.stderr)
         sys.exit(2)
     par = Parallel(par.tp_size, par.pp_size, world.Get_rank())
     return par, MpiComm(MPI, par)

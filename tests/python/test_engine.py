@@ -213,6 +213,14 @@ def test_a_bad_extra_config_stops_start_up_naming_the_key(checkpoint):
     assert done.returncode == 0 and "OUTPUT_PREFIX" in done.stdout and "SOURCE" in done.stdout
 
 
+def load_each_rank_from(seed, rendezvous, argv):
+    """The reports of an instance of two ranks (`argv`: an engine's) loading each rank from the
+    matching rank of `seed`, serving nothing."""
+    return report_of(mpirun(2, rendezvous, argv + extra(
+        rendezvous, rank_sources={0: [seed.endpoints[0]], 1: [seed.endpoints[1]]},
+        SERVE=False)), ranks=2)
+
+
 def test_tp2_ranks_load_from_the_cpp_engines_matching_ranks_and_decode_as_from_disk(
         checkpoint, rendezvous):
     """Both engines shard the same way: each Python rank's weights, checked against the C++
@@ -222,10 +230,7 @@ def test_tp2_ranks_load_from_the_cpp_engines_matching_ranks_and_decode_as_from_d
                                                         "safetensors")), ranks=2)
     with Serving(mpirun(2, rendezvous, cpp_engine(checkpoint, *tp2, *extra(rendezvous))),
                  ranks=2) as seed:
-        loaded = report_of(mpirun(2, rendezvous, python_engine(
-            checkpoint, *tp2, *extra(rendezvous, rank_sources={0: [seed.endpoints[0]],
-                                                               1: [seed.endpoints[1]]},
-                                     SERVE=False))), ranks=2)
+        loaded = load_each_rank_from(seed, rendezvous, python_engine(checkpoint, *tp2))
     for rank in (0, 1):
         assert loaded[rank]["loaded_from"] == seed.endpoints[rank]
         assert loaded[rank]["tp_rank"] == rank
@@ -245,11 +250,9 @@ def test_pp2_stages_serve_the_cpp_engines_matching_stages_and_decode_as_tp1(
         for stage in seed.reports:
             assert stage["loaded_from"] == "disk"
             same_output(stage, from_disk["python"])
-        assert seed.reports[0]["bytes"] != seed.reports[1]["bytes"]  # other layers, other heads
-        loaded = report_of(mpirun(2, rendezvous, cpp_engine(
-            checkpoint, *pp2, *extra(rendezvous, rank_sources={0: [seed.endpoints[0]],
-                                                               1: [seed.endpoints[1]]},
-                                     SERVE=False))), ranks=2)
+        # Each stage holds its own tensors: the first the embedding, the last the norm and head.
+        assert seed.reports[0]["bytes"] != seed.reports[1]["bytes"]
+        loaded = load_each_rank_from(seed, rendezvous, cpp_engine(checkpoint, *pp2))
     for rank in (0, 1):
         assert loaded[rank]["loaded_from"] == seed.endpoints[rank]
         same_output(loaded[rank], from_disk["cpp"])
