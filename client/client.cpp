@@ -308,7 +308,11 @@ Status RejectStatus(const wire::Reject& reject, const ModelView& destination, bo
       partial ? DescribeSelectionDifferences(reject.served_tensors(), destination)
               : DescribeTableDifferences(reject.served_tensors(), destination);
   if (!tables.empty()) message += "; " + tables;
-  return Status(FromRejectCode(reject.code()), message);
+  std::vector<FieldDiff> diffs;
+  for (const wire::FieldDiff& d : reject.diffs()) {
+    diffs.push_back({d.field(), d.server_value(), d.client_value()});
+  }
+  return Status(FromRejectCode(reject.code()), message, std::move(diffs));
 }
 
 // The data plane's start-up (MPI: ~140 ms), begun as early as it can be. With a shared
@@ -893,13 +897,14 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
   // Up to `stripe` sources at once, each on a thread of its own; one that fails is replaced by
   // the next untried source, which takes over what is left. A redirect puts its relays next,
   // then the source that redirected again.
-  std::mutex mu;  // guards the six below
+  std::mutex mu;  // guards the seven below
   std::vector<std::string> sources = options.sources;
   int redirects = 0;
   size_t next_source = 0;
   std::vector<std::pair<size_t, SourceAttempt>> attempts;
   std::optional<LoadStats> delivered;
   std::string failures;
+  std::vector<FieldDiff> diffs;  // every refusal's, each once
   StatusCode last = StatusCode::kUnavailable;
   auto run_sources = [&] {
     while (true) {
@@ -949,6 +954,14 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
       Log().warn("source {} failed: {}", source, result.status().ToString());
       failures += (failures.empty() ? "" : "; ") + source + ": " + result.status().ToString();
       last = result.status().code();
+      for (const FieldDiff& d : result.status().diffs()) {
+        if (std::none_of(diffs.begin(), diffs.end(), [&](const FieldDiff& seen) {
+              return seen.field == d.field && seen.server_value == d.server_value &&
+                     seen.client_value == d.client_value;
+            })) {
+          diffs.push_back(d);
+        }
+      }
     }
   };
   std::vector<std::thread> striped;
@@ -960,9 +973,11 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
   for (std::thread& t : striped) t.join();
   if (!delivered && IsCancelled(options.cancel)) {
     status = CancelledStatus();
-    if (!failures.empty()) status = Status(status.code(), status.message() + " (" + failures + ")");
+    if (!failures.empty()) {
+      status = Status(status.code(), status.message() + " (" + failures + ")", diffs);
+    }
   } else if (!delivered) {
-    status = Status(last, "no source delivered the model (" + failures + ")");
+    status = Status(last, "no source delivered the model (" + failures + ")", diffs);
   }
   if (!delivered) {
     shared.Ended(status);

@@ -18,7 +18,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -43,13 +42,11 @@ std::map<StatusCode, py::object>& Exceptions() {
   return *classes;
 }
 
-// The fields a refused fingerprint differs in, as the message names them (DescribeDiffs:
-// "FIELD: server='S' client='C'"): (field, server's value, client's value) each.
-py::list Differences(const std::string& message) {
-  static const std::regex diff(R"(([A-Za-z_][A-Za-z0-9_.]*): server='([^']*)' client='([^']*)')");
+// The fields a refusal named as differing: (field, server's value, client's value) each.
+py::list Differences(const Status& status) {
   py::list out;
-  for (std::sregex_iterator m(message.begin(), message.end(), diff), end; m != end; ++m) {
-    out.append(py::make_tuple((*m)[1].str(), (*m)[2].str(), (*m)[3].str()));
+  for (const FieldDiff& d : status.diffs()) {
+    out.append(py::make_tuple(d.field, d.server_value, d.client_value));
   }
   return out;
 }
@@ -65,7 +62,7 @@ py::list Differences(const std::string& message) {
   py::object error = cls(status.message());
   error.attr("code") = std::string(StatusCodeName(status.code()));
   error.attr("message") = status.message();
-  error.attr("differences") = Differences(status.message());
+  error.attr("differences") = Differences(status);
   PyErr_SetObject(cls.ptr(), error.ptr());
   throw py::error_already_set();
 }

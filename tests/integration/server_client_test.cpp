@@ -115,6 +115,14 @@ TEST_F(ServerClientTest, RejectsClientWithDifferentPipelineRankNamingTheField) {
   EXPECT_NE(stats.status().message().find("partition.pp_rank: server='0' client='1'"),
             std::string::npos)
       << stats.status().message();
+  const std::vector<FieldDiff>& diffs = stats.status().diffs();
+  ASSERT_EQ(diffs.size(), 2u) << stats.status().message();
+  EXPECT_EQ(diffs[0].field, "partition.pp_size");
+  EXPECT_EQ(diffs[0].server_value, "1");
+  EXPECT_EQ(diffs[0].client_value, "2");
+  EXPECT_EQ(diffs[1].field, "partition.pp_rank");
+  EXPECT_EQ(diffs[1].server_value, "0");
+  EXPECT_EQ(diffs[1].client_value, "1");
 }
 
 // Each fingerprint field wrong on its own, through a real server: refused, that field named.
@@ -148,6 +156,8 @@ TEST_P(FingerprintFieldFaultTest, ServerRefusesNamingOnlyThatField) {
   EXPECT_NE(message.find(std::string(GetParam().field) + ": server="), std::string::npos)
       << message;
   EXPECT_EQ(message.find("; "), message.rfind("; ")) << "only one field differs: " << message;
+  ASSERT_EQ(stats.status().diffs().size(), 1u) << "the status carries the field too: " << message;
+  EXPECT_EQ(stats.status().diffs()[0].field, GetParam().field);
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -170,10 +170,10 @@ def test_wrong_tensors_are_refused_naming_the_tensor(model, tmp_path, rendezvous
         assert name in refused.value.message
         with pytest.raises(netloader.FingerprintMismatch) as refused:
             netloader.load(state_dict, server.endpoint, rendezvous=rendezvous,
-                           model_id="org/other@1", partition={"tp_size": 2, "tp_rank": 1})
+                           model_id="org/other's@1", partition={"tp_size": 2, "tp_rank": 1})
         fields = {field: (server_value, client_value)
                   for field, server_value, client_value in refused.value.differences}
-        assert fields["model_id"] == ("", "org/other@1"), refused.value.differences
+        assert fields["model_id"] == ("", "org/other's@1"), refused.value.differences
         assert fields["partition.tp_size"] == ("1", "2"), refused.value.differences
 
 

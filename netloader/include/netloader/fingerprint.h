@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "netloader/export.h"
+#include "netloader/status.h"
 #include "netloader/tensor.h"
 
 namespace netloader {
@@ -22,13 +23,6 @@ struct Fingerprint {
   // safetensors headers without reading tensor data.
   std::string table_digest;
   Partition partition;
-};
-
-// One field that differs, with both sides' values, e.g. {"partition.tp_size", "2", "4"}.
-struct FieldDiff {
-  std::string field;
-  std::string server_value;
-  std::string client_value;
 };
 
 // Digest of the ordered tensor table of `model` (see Fingerprint::table_digest).

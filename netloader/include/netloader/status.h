@@ -4,6 +4,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace netloader {
 
@@ -56,28 +57,41 @@ inline const char* StatusCodeName(StatusCode code) {
   return "Unknown";
 }
 
-// A code plus a message that names what went wrong. Cheap to copy when OK.
+// One field that differs, with both sides' values, e.g. {"partition.tp_size", "2", "4"}.
+struct FieldDiff {
+  std::string field;
+  std::string server_value;
+  std::string client_value;
+};
+
+// A code plus a message that names what went wrong, and for a refused fingerprint the fields
+// that differ (also named in the message). Cheap to copy when OK.
 class [[nodiscard]] Status {
  public:
   Status() = default;
-  Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
+  Status(StatusCode code, std::string message, std::vector<FieldDiff> diffs = {})
+      : code_(code), message_(std::move(message)), diffs_(std::move(diffs)) {}
 
   static Status Ok() { return Status(); }
 
   bool ok() const { return code_ == StatusCode::kOk; }
   StatusCode code() const { return code_; }
   const std::string& message() const { return message_; }
+  // The fields a refusal named as differing (kFingerprintMismatch, or a rendezvous that differs);
+  // empty otherwise.
+  const std::vector<FieldDiff>& diffs() const { return diffs_; }
   std::string ToString() const {
     return ok() ? "OK" : std::string(StatusCodeName(code_)) + ": " + message_;
   }
   // Returns a copy whose message is prefixed with `context`.
   Status WithContext(const std::string& context) const {
-    return ok() ? *this : Status(code_, context + ": " + message_);
+    return ok() ? *this : Status(code_, context + ": " + message_, diffs_);
   }
 
  private:
   StatusCode code_ = StatusCode::kOk;
   std::string message_;
+  std::vector<FieldDiff> diffs_;
 };
 
 // Either a value or the non-OK Status that explains why there is none.
