@@ -955,12 +955,7 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
       failures += (failures.empty() ? "" : "; ") + source + ": " + result.status().ToString();
       last = result.status().code();
       for (const FieldDiff& d : result.status().diffs()) {
-        if (std::none_of(diffs.begin(), diffs.end(), [&](const FieldDiff& seen) {
-              return seen.field == d.field && seen.server_value == d.server_value &&
-                     seen.client_value == d.client_value;
-            })) {
-          diffs.push_back(d);
-        }
+        if (std::find(diffs.begin(), diffs.end(), d) == diffs.end()) diffs.push_back(d);
       }
     }
   };

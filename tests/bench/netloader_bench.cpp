@@ -459,6 +459,14 @@ std::string Human(double bytes) {
   return text;
 }
 
+// `--chunk-mib`'s value for a child process, exact for any byte count (std::to_string's six
+// decimals are not).
+std::string ChunkMibArgument(uint64_t chunk_bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.17g", static_cast<double>(chunk_bytes) / (1 << 20));
+  return text;
+}
+
 struct Options {
   bool quick = false;
   bool focus = false;  // only raw MPI and netloader (MPI pre-started, checksums on and off)
@@ -774,7 +782,7 @@ class Bench : SampleTable {
             "--rendezvous",
             rendezvous_spec_,
             "--chunk-mib",
-            std::to_string(static_cast<double>(o_.chunk_bytes) / (1 << 20)),
+            ChunkMibArgument(o_.chunk_bytes),
             "--window",
             std::to_string(o_.window)};
   }
@@ -963,17 +971,17 @@ class Bench : SampleTable {
       double hash_seconds = 0;
       volatile uint64_t sink = 0;  // keeps the hashing from being optimised away
       size_t hashed = 0;
-      for (bool more = destination != nullptr; more && hashed < kTotal;) {
-        const size_t size = std::min(chunk, kTotal - hashed);
+      auto read_fully = [&](char* to, size_t size) {
         for (size_t got = 0; got < size;) {
-          const ssize_t n = read(fd, destination + hashed + got, size - got);
-          if (n <= 0) {
-            more = false;
-            break;
-          }
+          const ssize_t n = read(fd, to + got, size - got);
+          if (n <= 0) return false;
           got += static_cast<size_t>(n);
         }
-        if (!more) break;
+        return true;
+      };
+      while (destination != nullptr && hashed < kTotal) {
+        const size_t size = std::min(chunk, kTotal - hashed);
+        if (!read_fully(destination + hashed, size)) break;
         const auto hash_start = Clock::now();
         sink = sink + XXH3_64bits(destination + hashed, size);
         hash_seconds += Since(hash_start);
@@ -1277,7 +1285,7 @@ class HostsBench : SampleTable {
             "--rendezvous",
             rendezvous_->spec(),
             "--chunk-mib",
-            std::to_string(static_cast<double>(o_.chunk_bytes) / (1 << 20)),
+            ChunkMibArgument(o_.chunk_bytes),
             "--window",
             std::to_string(o_.window),
             "--interface",
@@ -1445,7 +1453,7 @@ class FanoutBench : SampleTable {
               "--fanout",
               mode == "relay" ? std::to_string(o_.tree_fanout) : "0",
               "--chunk-mib",
-              std::to_string(static_cast<double>(o_.chunk_bytes) / (1 << 20)),
+              ChunkMibArgument(o_.chunk_bytes),
               "--window",
               std::to_string(o_.window)};
     }

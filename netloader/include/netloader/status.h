@@ -63,6 +63,9 @@ struct FieldDiff {
   std::string server_value;
   std::string client_value;
 };
+inline bool operator==(const FieldDiff& a, const FieldDiff& b) {
+  return a.field == b.field && a.server_value == b.server_value && a.client_value == b.client_value;
+}
 
 // A code plus a message that names what went wrong, and for a refused fingerprint the fields
 // that differ (also named in the message). Cheap to copy when OK.
