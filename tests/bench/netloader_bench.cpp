@@ -511,7 +511,13 @@ class SampleTable {
   // machine better than a ratio of medians.
   double PairedRatio(const std::string& name, const std::string& baseline,
                      const std::string& field = "gbps") const {
-    return PairedMedian(name, baseline, [&](const json& a, const json& b) {
+    return Median(PairedRatios(name, baseline, field));
+  }
+
+  // Those ratios, sorted: their spread shows how noisy the machine was.
+  std::vector<double> PairedRatios(const std::string& name, const std::string& baseline,
+                                   const std::string& field = "gbps") const {
+    return PairedSorted(name, baseline, [&](const json& a, const json& b) {
       return a[field].get<double>() / b[field].get<double>();
     });
   }
@@ -520,19 +526,24 @@ class SampleTable {
   // ran against `baseline` (above 1: faster).
   double PairedTimeRatio(const std::string& baseline, const std::string& baseline_field,
                          const std::string& name, const std::string& field) const {
-    return PairedMedian(name, baseline, [&](const json& a, const json& b) {
+    return Median(PairedSorted(name, baseline, [&](const json& a, const json& b) {
       return b[baseline_field].get<double>() / a[field].get<double>();
-    });
+    }));
   }
 
   template <typename F>
-  double PairedMedian(const std::string& name, const std::string& baseline, F ratio) const {
+  std::vector<double> PairedSorted(const std::string& name, const std::string& baseline,
+                                   F ratio) const {
     const auto& a = samples_.at(name);
     const auto& b = samples_.at(baseline);
     std::vector<double> ratios;
     for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) ratios.push_back(ratio(a[i], b[i]));
     std::sort(ratios.begin(), ratios.end());
-    return ratios.empty() ? 0 : ratios[ratios.size() / 2];
+    return ratios;
+  }
+
+  static double Median(const std::vector<double>& sorted) {
+    return sorted.empty() ? 0 : sorted[sorted.size() / 2];
   }
 
   std::map<std::string, std::vector<json>> samples_;
@@ -1074,19 +1085,23 @@ class Bench : SampleTable {
         "loopback TCP %.2f GB/s\n",
         out["machine"]["cpu"].get<std::string>().c_str(), std::thread::hardware_concurrency(),
         extensions.c_str(), hash_gbps, loopback.hash_received_gbps, tcp_gbps);
-    std::printf("\n%-28s %9s %9s %9s %10s\n", "measurement (GB/s)", "median", "min", "max",
-                "vs raw MPI");
-    std::printf("%-28s %9s %9s %9s %10s\n", "", "", "", "", "(paired)");
+    std::printf("\n%-28s %9s %9s %9s %10s %12s\n", "measurement (GB/s)", "median", "min", "max",
+                "vs raw MPI", "quartiles");
+    std::printf("%-28s %9s %9s %9s %10s %12s\n", "", "", "", "", "(paired)", "of the pairs");
     auto row = [&](const std::string& name, const std::string& label) {
       if (!samples_.count(name)) return;
       Stat s = Of(name, "gbps");
       const double ratio = PairedRatio(name, "raw_mpi");
-      std::printf("%-28s %9.2f %9.2f %9.2f %9.0f%%\n", label.c_str(), s.median, s.min, s.max,
-                  100 * ratio);
+      const std::vector<double> ratios = PairedRatios(name, "raw_mpi");
+      const double q1 = ratios.empty() ? 0 : ratios[ratios.size() / 4];
+      const double q3 = ratios.empty() ? 0 : ratios[3 * ratios.size() / 4];
+      std::printf("%-28s %9.2f %9.2f %9.2f %9.0f%% %5.0f-%.0f%%\n", label.c_str(), s.median, s.min,
+                  s.max, 100 * ratio, 100 * q1, 100 * q3);
       out["results"][name] = {{"gbps_median", s.median},
                               {"gbps_min", s.min},
                               {"gbps_max", s.max},
                               {"vs_raw", ratio},
+                              {"vs_raw_quartiles", {q1, q3}},
                               {"samples", samples_.at(name)}};
     };
     row("raw_mpi", "raw MPI (ceiling)");
