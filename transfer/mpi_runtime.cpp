@@ -54,6 +54,29 @@ void FinalizeAtExit() {
   (void)finalize;
 }
 
+// hwloc's PCI and I/O discovery reads every PCI device's configuration space through sysfs, and
+// on a VM each 4-byte read traps to the hypervisor: about 25 of MPI_Init's ~85 ms (machine E),
+// paid in this process and again in the orted daemon it forks (and in a private ompi-server).
+// MPI over TCP uses none of it. So, unless the user set HWLOC_COMPONENTS, it excludes that
+// discovery while this process starts MPI, and is removed again afterwards so that the host's
+// own later uses of hwloc see the default.
+class HwlocWithoutIo {
+ public:
+  HwlocWithoutIo() : set_(std::getenv("HWLOC_COMPONENTS") == nullptr) {
+    if (set_) setenv("HWLOC_COMPONENTS", "-pci,-linuxio", 0);
+  }
+  ~HwlocWithoutIo() {
+    if (set_) unsetenv("HWLOC_COMPONENTS");
+  }
+  HwlocWithoutIo(const HwlocWithoutIo&) = delete;
+  HwlocWithoutIo& operator=(const HwlocWithoutIo&) = delete;
+  // Leaves the setting in place: an abandoned MPI_Init may still be reading the environment.
+  void Keep() { set_ = false; }
+
+ private:
+  bool set_;
+};
+
 void SetMpiEnvironment(const TransportOptions& options, const std::string& rendezvous) {
   // The rendezvous is what the caller configured: it must win.
   setenv("OMPI_MCA_pmix_server_uri", rendezvous.c_str(), 1);
@@ -98,6 +121,7 @@ Status EnsureMpi(const TransportOptions& options, const std::string& wanted_spec
     }
     rt.rendezvous = wanted;
   } else {
+    HwlocWithoutIo quick_topology;  // for the private ompi-server, MPI_Init and its orted
     if (wanted.empty()) {
       Result<PrivateRendezvous> started = StartPrivateRendezvous(options);
       if (!started.ok()) return started.status();
@@ -116,7 +140,10 @@ Status EnsureMpi(const TransportOptions& options, const std::string& wanted_spec
     if (!provided.ok()) {
       const bool timed_out = provided.status().code() == StatusCode::kTimeout;
       // A half-initialised MPI cannot be retried or finalised: every later use fails with this.
-      if (timed_out) rt.abandoned++;
+      if (timed_out) {
+        rt.abandoned++;
+        quick_topology.Keep();
+      }
       rt.broken = Status(
           timed_out ? StatusCode::kTimeout : StatusCode::kUnavailable,
           "MPI start-up with rendezvous '" + wanted + "' failed: " + provided.status().message());
