@@ -511,7 +511,7 @@ class SampleTable {
   // machine better than a ratio of medians.
   double PairedRatio(const std::string& name, const std::string& baseline,
                      const std::string& field = "gbps") const {
-    return Median(PairedRatios(name, baseline, field));
+    return Quantile(PairedRatios(name, baseline, field), 0.5);
   }
 
   // Those ratios, sorted: their spread shows how noisy the machine was.
@@ -526,9 +526,10 @@ class SampleTable {
   // ran against `baseline` (above 1: faster).
   double PairedTimeRatio(const std::string& baseline, const std::string& baseline_field,
                          const std::string& name, const std::string& field) const {
-    return Median(PairedSorted(name, baseline, [&](const json& a, const json& b) {
+    const auto faster = [&](const json& a, const json& b) {
       return b[baseline_field].get<double>() / a[field].get<double>();
-    }));
+    };
+    return Quantile(PairedSorted(name, baseline, faster), 0.5);
   }
 
   template <typename F>
@@ -542,8 +543,9 @@ class SampleTable {
     return ratios;
   }
 
-  static double Median(const std::vector<double>& sorted) {
-    return sorted.empty() ? 0 : sorted[sorted.size() / 2];
+  // The q-quantile of sorted values (0.5: the median, as Of() takes it), 0 when there are none.
+  static double Quantile(const std::vector<double>& sorted, double q) {
+    return sorted.empty() ? 0 : sorted[static_cast<size_t>(q * sorted.size())];
   }
 
   std::map<std::string, std::vector<json>> samples_;
@@ -1091,10 +1093,9 @@ class Bench : SampleTable {
     auto row = [&](const std::string& name, const std::string& label) {
       if (!samples_.count(name)) return;
       Stat s = Of(name, "gbps");
-      const double ratio = PairedRatio(name, "raw_mpi");
       const std::vector<double> ratios = PairedRatios(name, "raw_mpi");
-      const double q1 = ratios.empty() ? 0 : ratios[ratios.size() / 4];
-      const double q3 = ratios.empty() ? 0 : ratios[3 * ratios.size() / 4];
+      const double ratio = Quantile(ratios, 0.5);
+      const double q1 = Quantile(ratios, 0.25), q3 = Quantile(ratios, 0.75);
       std::printf("%-28s %9.2f %9.2f %9.2f %9.0f%% %5.0f-%.0f%%\n", label.c_str(), s.median, s.min,
                   s.max, 100 * ratio, 100 * q1, 100 * q3);
       out["results"][name] = {{"gbps_median", s.median},
