@@ -1028,20 +1028,37 @@ class Bench : SampleTable {
     return result;
   }
 
-  // The CPU and the vector extensions that decide hashing speed, from /proc/cpuinfo.
+  // The CPU and the vector extensions that decide hashing speed, from /proc/cpuinfo; its family
+  // and model numbers, which name the microarchitecture where a VM reports only "AMD EPYC"
+  // (family 23 model 1 is Zen 1, whose 128-bit units run AVX2 no faster than SSE2); and the
+  // first core's L2 and the L3, which decide whether a chunk just received is still in cache.
   static json Machine() {
     std::ifstream cpuinfo("/proc/cpuinfo");
-    std::string model, flags;
-    for (std::string line; std::getline(cpuinfo, line) && (model.empty() || flags.empty());) {
+    std::string model, flags, family, number;
+    for (std::string line; std::getline(cpuinfo, line) && flags.empty();) {
       auto value = [&] { return line.substr(line.find(':') + 2); };
       if (model.empty() && line.rfind("model name", 0) == 0) model = value();
-      if (flags.empty() && line.rfind("flags", 0) == 0) flags = " " + value() + " ";
+      if (family.empty() && line.rfind("cpu family", 0) == 0) family = value();
+      if (number.empty() && line.rfind("model\t", 0) == 0) number = value();
+      if (line.rfind("flags", 0) == 0) flags = " " + value() + " ";
     }
     json vector = json::array();
     for (const char* f : {"sse4_2", "avx", "avx2", "avx512f", "avx512bw", "avx512vl"}) {
       if (flags.find(std::string(" ") + f + " ") != std::string::npos) vector.push_back(f);
     }
-    return {{"cpu", model}, {"vector_extensions", vector}};
+    json caches = json::object();
+    for (int index = 0; index < 8; ++index) {
+      const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index);
+      std::string level, size;
+      if (!(std::ifstream(dir + "/level") >> level) || !(std::ifstream(dir + "/size") >> size)) {
+        break;
+      }
+      if (level == "2" || level == "3") caches["l" + level] = size;
+    }
+    return {{"cpu", model},
+            {"cpu_family_model", family + "/" + number},
+            {"caches", caches},
+            {"vector_extensions", vector}};
   }
 
   // Seconds of `field` per 1,000 tensors: the least-squares slope over every sample of the
@@ -1082,11 +1099,17 @@ class Bench : SampleTable {
     for (const auto& e : out["machine"]["vector_extensions"]) {
       extensions += (extensions.empty() ? "" : " ") + e.get<std::string>();
     }
+    std::string caches;
+    for (const auto& [level, size] : out["machine"]["caches"].items()) {
+      caches += ", " + level + " " + size.get<std::string>();
+    }
     std::printf(
-        "\nmachine: %s, %u cores (%s); XXH3 %.1f GB/s warm, %.1f GB/s on data just received; "
-        "loopback TCP %.2f GB/s\n",
-        out["machine"]["cpu"].get<std::string>().c_str(), std::thread::hardware_concurrency(),
-        extensions.c_str(), hash_gbps, loopback.hash_received_gbps, tcp_gbps);
+        "\nmachine: %s (family/model %s), %u cores (%s%s); XXH3 %.1f GB/s warm, %.1f GB/s on "
+        "data just received; loopback TCP %.2f GB/s\n",
+        out["machine"]["cpu"].get<std::string>().c_str(),
+        out["machine"]["cpu_family_model"].get<std::string>().c_str(),
+        std::thread::hardware_concurrency(), extensions.c_str(), caches.c_str(), hash_gbps,
+        loopback.hash_received_gbps, tcp_gbps);
     std::printf("\n%-28s %9s %9s %9s %10s %12s\n", "measurement (GB/s)", "median", "min", "max",
                 "vs raw MPI", "quartiles");
     std::printf("%-28s %9s %9s %9s %10s %12s\n", "", "", "", "", "(paired)", "of the pairs");
