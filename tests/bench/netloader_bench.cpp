@@ -172,6 +172,7 @@ int RoleServe(const RoleArgs& args) {
 
 // One netloader load into fresh buffers, timed by the library from the first Register.
 int RoleLoad(const RoleArgs& args) {
+  netloader::testing::CrashPhase("while loading");
   auto layout = Check(netloader::ReadCheckpointLayout(args.models.at(0)), "layout");
   std::future<netloader::Status> started;
   if (args.overlap) {
@@ -236,6 +237,7 @@ int RoleLoad(const RoleArgs& args) {
                     {"max_rss_kib", MaxRssKiB()}}
                    .dump()
             << std::endl;
+  netloader::testing::CrashPhase("after printing its result");
   return 0;
 }
 
@@ -559,7 +561,8 @@ json RunRole(const std::vector<std::string>& argv, const std::string& log_prefix
   const int code = child.Wait(timeout);
   json out = json::parse(child.Stdout(), nullptr, false);
   if (code != 0 || out.is_discarded()) {
-    Die(name + " failed (exit " + std::to_string(code) + "): " + child.Stderr());
+    Die(name + " failed (exit " + std::to_string(code) +
+        "): " + netloader::testing::ResolveCrashTrace(child.Stderr(), argv.at(0)));
   }
   return out;
 }
@@ -1763,6 +1766,8 @@ int main(int argc, char** argv) {
   role.verify = !no_verify;
 
   netloader::SetLogLevel(netloader::LogLevel::kWarn);
+  static const std::string who = "netloader-bench --role " + role.role;
+  if (!role.role.empty()) netloader::testing::InstallCrashReporter(who.c_str());
   if (role.role == "serve") {
     std::ofstream(std::filesystem::path(role.endpoint_file).parent_path() / "server.pid")
         << getpid();

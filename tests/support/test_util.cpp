@@ -1,6 +1,7 @@
 #include "tests/support/test_util.h"
 
 #include <arpa/inet.h>
+#include <execinfo.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -9,7 +10,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -40,6 +44,109 @@ struct SecretPerProcess {
   TempDir dir;
 } const secret_per_process;
 }  // namespace
+
+namespace {
+const char* crash_who = "";
+std::atomic<const char*> crash_phase{""};
+
+void WriteAll(const char* text) {
+  for (size_t n = std::strlen(text); n > 0;) {
+    const ssize_t written = write(STDERR_FILENO, text, n);
+    if (written <= 0) return;
+    text += written;
+    n -= static_cast<size_t>(written);
+  }
+}
+
+// Only async-signal-safe calls: write, and glibc's backtrace and backtrace_symbols_fd, which do
+// not allocate once backtrace has run outside the handler (its first call loads libgcc).
+void OnFatalSignal(int signal_number) {
+  const char* name = signal_number == SIGSEGV   ? "SIGSEGV"
+                     : signal_number == SIGBUS  ? "SIGBUS"
+                     : signal_number == SIGILL  ? "SIGILL"
+                     : signal_number == SIGFPE  ? "SIGFPE"
+                     : signal_number == SIGABRT ? "SIGABRT"
+                                                : "signal";
+  char number[16];
+  int at = sizeof number - 1;
+  number[at] = '\0';
+  for (int n = signal_number; n > 0 && at > 0; n /= 10)
+    number[--at] = static_cast<char>('0' + n % 10);
+  WriteAll("\n");
+  WriteAll(crash_who);
+  WriteAll(": fatal signal ");
+  WriteAll(number + at);
+  WriteAll(" (");
+  WriteAll(name);
+  WriteAll(") ");
+  WriteAll(crash_phase.load());
+  WriteAll("; stack:\n");
+  void* frames[64];
+  backtrace_symbols_fd(frames, backtrace(frames, 64), STDERR_FILENO);
+  signal(signal_number, SIG_DFL);  // SA_RESETHAND did this already; the same status follows
+  raise(signal_number);
+}
+}  // namespace
+
+void InstallCrashReporter(const char* who) {
+  crash_who = who;
+  void* warm[1];
+  backtrace(warm, 1);                     // loads what backtrace needs now, not inside the handler
+  static char alternate_stack[64 << 10];  // a stack overflow still gets its report
+  stack_t stack{};
+  stack.ss_sp = alternate_stack;
+  stack.ss_size = sizeof alternate_stack;
+  sigaltstack(&stack, nullptr);
+  struct sigaction action {};
+  action.sa_handler = OnFatalSignal;
+  action.sa_flags = SA_ONSTACK | SA_RESETHAND;
+  sigemptyset(&action.sa_mask);
+  for (int s : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT}) sigaction(s, &action, nullptr);
+}
+
+void CrashPhase(const char* phase) { crash_phase.store(phase); }
+
+std::string ResolveCrashTrace(const std::string& text, const std::string& binary) {
+  // Frames look like "/path/to/binary(+0x13837f)[0x55980791e37f]".
+  const std::string marker = binary + "(+0x";
+  std::vector<std::string> lines, offsets;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    lines.push_back(line);
+    if (line.rfind(marker, 0) == 0) {
+      const size_t begin = marker.size() - 2, end = line.find(')', begin);
+      if (end != std::string::npos) offsets.push_back(line.substr(begin, end - begin));
+    }
+  }
+  if (offsets.empty() || binary.find('\'') != std::string::npos) return text;
+  std::string command = "addr2line -f -C -e '" + binary + "'";
+  for (const std::string& offset : offsets) {
+    // A frame is a return address: the call is the byte before it.
+    char hex[32];
+    std::snprintf(hex, sizeof hex, " 0x%llx", std::strtoull(offset.c_str(), nullptr, 16) - 1);
+    command += hex;
+  }
+  FILE* pipe = popen((command + " 2>/dev/null").c_str(), "r");
+  if (pipe == nullptr) return text;
+  std::vector<std::string> names;  // function, file:line, for each offset in turn
+  char buffer[4096];
+  while (std::fgets(buffer, sizeof buffer, pipe) != nullptr) {
+    std::string name = buffer;
+    if (!name.empty() && name.back() == '\n') name.pop_back();
+    names.push_back(name);
+  }
+  if (pclose(pipe) != 0 || names.size() != 2 * offsets.size()) return text;
+  std::string out;
+  size_t next = 0;
+  for (const std::string& line : lines) {
+    out += line + "\n";
+    if (line.rfind(marker, 0) == 0 && next < offsets.size()) {
+      out += "    " + names[2 * next] + " at " + names[2 * next + 1] + "\n";
+      ++next;
+    }
+  }
+  return out;
+}
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -56,6 +56,20 @@ class Child {
   std::string stderr_path_;
 };
 
+// Makes a crash of this process say where it happened: on SIGSEGV, SIGBUS, SIGILL, SIGFPE or
+// SIGABRT it writes "`who`: fatal signal N (NAME) <phase>" and a stack trace to stderr, then
+// dies of the same signal, so the exit status is unchanged. For the processes tests and
+// benchmarks start as peers: a crash there otherwise shows only as "exit 139" with empty output
+// (Open MPI's and UCX's handlers are gone once MPI is finalized). The trace gives this binary's
+// frames as offsets (its library's functions are not exported); ResolveCrashTrace names them.
+void InstallCrashReporter(const char* who);
+// `text` (a crashed child's stderr) with each "`binary`(+0x...)" frame followed by the function
+// and source line addr2line finds for it in `binary` (built with -g); `text` unchanged when there
+// is none or addr2line is missing.
+std::string ResolveCrashTrace(const std::string& text, const std::string& binary);
+// What the process is doing, printed with a crash: a string literal (it is not copied).
+void CrashPhase(const char* phase);
+
 // Waits until `condition` holds, looking every few milliseconds, for at most `timeout`; true when
 // it held. Tests wait for what another thread or process does only through this, with a deadline
 // far beyond the expected time (sanitizers and a loaded machine slow everything down), never
