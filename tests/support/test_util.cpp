@@ -43,9 +43,7 @@ struct SecretPerProcess {
   SecretPerProcess() { setenv("NETLOADER_SECRET_FILE", (dir / "secret").c_str(), 0); }
   TempDir dir;
 } const secret_per_process;
-}  // namespace
 
-namespace {
 const char* crash_who = "";
 std::atomic<const char*> crash_phase{""};
 
@@ -110,13 +108,13 @@ std::string ResolveCrashTrace(const std::string& text, const std::string& binary
   // Frames look like "/path/to/binary(+0x13837f)[0x55980791e37f]".
   const std::string marker = binary + "(+0x";
   std::vector<std::string> lines, offsets;
+  std::vector<bool> is_frame;  // per line: whether its offset is in `offsets`
   std::istringstream in(text);
   for (std::string line; std::getline(in, line);) {
+    const size_t begin = marker.size() - 2, end = line.find(')', begin);
+    is_frame.push_back(line.rfind(marker, 0) == 0 && end != std::string::npos);
+    if (is_frame.back()) offsets.push_back(line.substr(begin, end - begin));
     lines.push_back(line);
-    if (line.rfind(marker, 0) == 0) {
-      const size_t begin = marker.size() - 2, end = line.find(')', begin);
-      if (end != std::string::npos) offsets.push_back(line.substr(begin, end - begin));
-    }
   }
   if (offsets.empty() || binary.find('\'') != std::string::npos) return text;
   std::string command = "addr2line -f -C -e '" + binary + "'";
@@ -137,10 +135,9 @@ std::string ResolveCrashTrace(const std::string& text, const std::string& binary
   }
   if (pclose(pipe) != 0 || names.size() != 2 * offsets.size()) return text;
   std::string out;
-  size_t next = 0;
-  for (const std::string& line : lines) {
-    out += line + "\n";
-    if (line.rfind(marker, 0) == 0 && next < offsets.size()) {
+  for (size_t i = 0, next = 0; i < lines.size(); ++i) {
+    out += lines[i] + "\n";
+    if (is_frame[i]) {
       out += "    " + names[2 * next] + " at " + names[2 * next + 1] + "\n";
       ++next;
     }
