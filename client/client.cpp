@@ -13,15 +13,15 @@
 
 #include "client/client_internal.h"
 #include "netloader/fingerprint.h"
-#include "netloader/src/auth.h"
-#include "netloader/src/host_memory.h"
-#include "netloader/src/log.h"
-#include "netloader/src/manifest.h"
-#include "netloader/src/wire.h"
-#include "netloader/src/xxh3.h"
+#include "netloader/src/base/host_memory.h"
+#include "netloader/src/base/log.h"
+#include "netloader/src/base/xxh3.h"
+#include "netloader/src/control/auth.h"
+#include "netloader/src/protocol/wire.h"
+#include "netloader/src/stream/manifest.h"
 #include "server/server_internal.h"
-#include "transfer/mpi_runtime.h"
-#include "transfer/mpi_transport.h"
+#include "transfer/mpi/runtime.h"
+#include "transfer/mpi/transport.h"
 
 namespace netloader {
 namespace {

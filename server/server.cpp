@@ -9,14 +9,14 @@
 
 #include "netloader/client.h"
 #include "netloader/fingerprint.h"
-#include "netloader/src/auth.h"
-#include "netloader/src/log.h"
-#include "netloader/src/manifest.h"
-#include "netloader/src/registration.h"
-#include "netloader/src/selection.h"
-#include "netloader/src/wire.h"
+#include "netloader/src/base/log.h"
+#include "netloader/src/control/auth.h"
+#include "netloader/src/model/selection.h"
+#include "netloader/src/protocol/registration.h"
+#include "netloader/src/protocol/wire.h"
+#include "netloader/src/stream/manifest.h"
 #include "server/server_internal.h"
-#include "transfer/mpi_transport.h"
+#include "transfer/mpi/transport.h"
 
 namespace netloader {
 namespace {

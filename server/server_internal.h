@@ -3,7 +3,7 @@
 #include <memory>
 
 #include "netloader/server.h"
-#include "netloader/src/manifest.h"
+#include "netloader/src/stream/manifest.h"
 #include "transfer/transport.h"
 
 namespace netloader::internal {

@@ -1,8 +1,8 @@
 #pragma once
 
 // The bulk data plane's interface. Implementations: MPI between processes (mpi_transport.h) and
-// in-process memory for unit tests and fault injection (inproc_transport.h). Knows nothing of
-// ZeroMQ or protobuf.
+// in-process memory for tests, with fault injection (tests/support/inproc_transport.h). Knows
+// nothing of ZeroMQ or protobuf.
 
 #include <atomic>
 #include <chrono>

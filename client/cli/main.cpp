@@ -14,10 +14,10 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "netloader/cli/cli_common.h"
 #include "netloader/client.h"
 #include "netloader/safetensors.h"
 #include "netloader/server.h"
+#include "server/cli/cli_common.h"
 
 using namespace netloader;
 

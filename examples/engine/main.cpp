@@ -24,11 +24,11 @@
 #include <thread>
 
 #include "examples/engine/llama.h"
-#include "netloader/cli/cli_common.h"
 #include "netloader/client.h"
 #include "netloader/loader_config.h"
 #include "netloader/secret.h"
 #include "netloader/server.h"
+#include "server/cli/cli_common.h"
 
 namespace {
 

@@ -9,9 +9,9 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "netloader/cli/cli_common.h"
 #include "netloader/safetensors.h"
 #include "netloader/server.h"
+#include "server/cli/cli_common.h"
 
 using namespace netloader;
 

@@ -43,10 +43,10 @@
 #include "netloader/safetensors.h"
 #include "netloader/secret.h"
 #include "netloader/server.h"
-#include "netloader/src/host_memory.h"
-#include "netloader/src/xxh3.h"
+#include "netloader/src/base/host_memory.h"
+#include "netloader/src/base/xxh3.h"
 #include "tests/support/test_util.h"
-#include "transfer/mpi_transport.h"
+#include "transfer/mpi/transport.h"
 
 namespace {
 

@@ -3,8 +3,8 @@
 
 #include <cstdint>
 
-#include "netloader/src/selection.h"
-#include "netloader/src/wire.h"
+#include "netloader/src/model/selection.h"
+#include "netloader/src/protocol/wire.h"
 
 namespace {
 

@@ -13,12 +13,12 @@
 
 #include "client/client_internal.h"
 #include "netloader/fingerprint.h"
-#include "netloader/src/chunk_stream.h"
-#include "netloader/src/wire.h"
+#include "netloader/src/protocol/wire.h"
+#include "netloader/src/stream/chunk_stream.h"
 #include "server/server_internal.h"
+#include "tests/support/fault_transport.h"
 #include "tests/support/inproc_model.h"
 #include "tests/support/test_util.h"
-#include "transfer/fault_transport.h"
 
 namespace netloader {
 namespace {

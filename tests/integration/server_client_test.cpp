@@ -19,14 +19,14 @@
 
 #include "client/client_internal.h"
 #include "netloader/secret.h"
-#include "netloader/src/chunk_stream.h"
-#include "netloader/src/manifest.h"
-#include "netloader/src/wire.h"
+#include "netloader/src/protocol/wire.h"
+#include "netloader/src/stream/chunk_stream.h"
+#include "netloader/src/stream/manifest.h"
 #include "server/server_internal.h"
+#include "tests/support/fault_transport.h"
 #include "tests/support/inproc_model.h"
+#include "tests/support/inproc_transport.h"
 #include "tests/support/test_util.h"
-#include "transfer/fault_transport.h"
-#include "transfer/inproc_transport.h"
 
 namespace netloader {
 namespace {

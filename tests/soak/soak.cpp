@@ -29,7 +29,7 @@
 #include "netloader/secret.h"
 #include "netloader/server.h"
 #include "tests/support/test_util.h"
-#include "transfer/mpi_runtime.h"
+#include "transfer/mpi/runtime.h"
 
 namespace {
 

@@ -16,7 +16,7 @@
 #include "netloader/client.h"
 #include "netloader/dtype.h"
 #include "netloader/server.h"
-#include "transfer/inproc_transport.h"
+#include "tests/support/inproc_transport.h"
 
 namespace netloader {
 

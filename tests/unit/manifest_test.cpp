@@ -1,6 +1,6 @@
-#include "netloader/src/manifest.h"
+#include "netloader/src/stream/manifest.h"
 
-#include "netloader/src/chunk_stream.h"
+#include "netloader/src/stream/chunk_stream.h"
 
 #include <gtest/gtest.h>
 #include <xxhash.h>
@@ -8,7 +8,7 @@
 #include <numeric>
 
 #include "netloader/fingerprint.h"
-#include "netloader/src/wire.h"
+#include "netloader/src/protocol/wire.h"
 
 namespace netloader {
 namespace {

@@ -11,7 +11,7 @@
 
 #include "netloader/fingerprint.h"
 #include "netloader/safetensors.h"
-#include "netloader/src/manifest.h"
+#include "netloader/src/stream/manifest.h"
 #include "tests/support/test_util.h"
 
 namespace netloader {

@@ -8,7 +8,7 @@
 #include <cstring>
 #include <random>
 
-#include "netloader/src/host_memory.h"
+#include "netloader/src/base/host_memory.h"
 #include "tests/support/test_util.h"
 
 namespace netloader {

@@ -5,9 +5,9 @@
 
 #include <random>
 
-#include "netloader/src/manifest.h"
-#include "netloader/src/selection.h"
-#include "netloader/src/wire.h"
+#include "netloader/src/model/selection.h"
+#include "netloader/src/protocol/wire.h"
+#include "netloader/src/stream/manifest.h"
 #include "netloader/tensor.h"
 
 namespace netloader {

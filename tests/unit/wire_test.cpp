@@ -1,4 +1,4 @@
-#include "netloader/src/wire.h"
+#include "netloader/src/protocol/wire.h"
 
 #include <gtest/gtest.h>
 

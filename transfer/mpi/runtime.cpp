@@ -1,4 +1,4 @@
-#include "transfer/mpi_runtime.h"
+#include "transfer/mpi/runtime.h"
 
 #include <mpi.h>
 
@@ -6,8 +6,8 @@
 #include <cstdlib>
 #include <mutex>
 
-#include "transfer/call_with_deadline.h"
-#include "transfer/mpi_rendezvous.h"
+#include "transfer/mpi/call_with_deadline.h"
+#include "transfer/mpi/rendezvous.h"
 
 namespace netloader::transfer {
 namespace {

@@ -1,11 +1,11 @@
-#include "netloader/src/manifest.h"
+#include "netloader/src/stream/manifest.h"
 
 #include <map>
 #include <memory>
 #include <tuple>
 
 #include "netloader/fingerprint.h"
-#include "netloader/src/xxh3.h"
+#include "netloader/src/base/xxh3.h"
 
 namespace netloader {
 namespace {

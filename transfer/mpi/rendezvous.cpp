@@ -1,4 +1,4 @@
-#include "transfer/mpi_rendezvous.h"
+#include "transfer/mpi/rendezvous.h"
 
 #include <fcntl.h>
 #include <netdb.h>

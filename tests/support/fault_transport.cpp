@@ -1,4 +1,4 @@
-#include "transfer/fault_transport.h"
+#include "tests/support/fault_transport.h"
 
 namespace netloader::transfer {
 namespace {

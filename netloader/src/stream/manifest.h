@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "netloader/src/chunk_stream.h"
+#include "netloader/src/stream/chunk_stream.h"
 #include "netloader/tensor.h"
 
 namespace netloader {

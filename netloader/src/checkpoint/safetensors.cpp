@@ -12,8 +12,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "netloader/src/host_memory.h"
-#include "netloader/src/selection.h"
+#include "netloader/src/base/host_memory.h"
+#include "netloader/src/model/selection.h"
 
 namespace netloader {
 namespace {

@@ -1,4 +1,4 @@
-#include "transfer/inproc_transport.h"
+#include "tests/support/inproc_transport.h"
 
 #include <condition_variable>
 #include <cstring>

@@ -1,4 +1,4 @@
-#include "netloader/src/host_memory.h"
+#include "netloader/src/base/host_memory.h"
 
 #include <sys/mman.h>
 #include <unistd.h>

@@ -1,4 +1,4 @@
-#include "netloader/src/registration.h"
+#include "netloader/src/protocol/registration.h"
 
 namespace netloader {
 

@@ -6,7 +6,7 @@
 #include <mutex>
 
 #include "netloader/logging.h"
-#include "netloader/src/log.h"
+#include "netloader/src/base/log.h"
 
 namespace netloader {
 namespace {

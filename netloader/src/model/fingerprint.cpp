@@ -2,7 +2,7 @@
 
 #include <cstdio>
 
-#include "netloader/src/xxh3.h"
+#include "netloader/src/base/xxh3.h"
 
 namespace netloader {
 namespace {

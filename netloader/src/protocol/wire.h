@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "netloader/fingerprint.h"
-#include "netloader/src/manifest.h"
+#include "netloader/src/stream/manifest.h"
 #include "proto/netloader.pb.h"
 
 namespace netloader {

@@ -1,11 +1,11 @@
-#include "netloader/src/chunk_stream.h"
+#include "netloader/src/stream/chunk_stream.h"
 
 #include <algorithm>
 #include <cstring>
 #include <memory>
 
-#include "netloader/src/host_memory.h"
-#include "netloader/src/xxh3.h"
+#include "netloader/src/base/host_memory.h"
+#include "netloader/src/base/xxh3.h"
 
 namespace netloader {
 namespace {

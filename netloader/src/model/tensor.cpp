@@ -4,7 +4,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include "netloader/src/selection.h"
+#include "netloader/src/model/selection.h"
 
 namespace netloader {
 

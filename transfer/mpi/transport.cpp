@@ -1,4 +1,4 @@
-#include "transfer/mpi_transport.h"
+#include "transfer/mpi/transport.h"
 
 #include <mpi.h>
 
@@ -7,10 +7,10 @@
 #include <deque>
 #include <vector>
 
-#include "transfer/call_with_deadline.h"
-#include "transfer/mpi_progress.h"
-#include "transfer/mpi_rendezvous.h"
-#include "transfer/mpi_runtime.h"
+#include "transfer/mpi/call_with_deadline.h"
+#include "transfer/mpi/progress.h"
+#include "transfer/mpi/rendezvous.h"
+#include "transfer/mpi/runtime.h"
 
 namespace netloader::transfer {
 namespace {

@@ -1,4 +1,4 @@
-#include "netloader/src/auth.h"
+#include "netloader/src/control/auth.h"
 
 #include <sys/stat.h>
 #include <unistd.h>

@@ -1,4 +1,4 @@
-#include "transfer/mpi_progress.h"
+#include "transfer/mpi/progress.h"
 
 #include <sched.h>
 
