@@ -517,10 +517,10 @@ class Attempt {
   Attempt(const ClientOptions& options, const ModelView& destination,
           const Fingerprint& fingerprint, const std::vector<std::string>& patterns,
           transfer::DataPlane& plane, EarlyStart& early, SharedLoad& shared,
-          const std::string& source, int redirects, internal::LoadTuning tuning)
+          const std::string& source, int redirects, ReceiveOptions receiving)
       : options_(options),
         redirects_(redirects),
-        tuning_(tuning),
+        receiving_(receiving),
         destination_(destination),
         fingerprint_(fingerprint),
         patterns_(patterns),
@@ -674,12 +674,11 @@ class Attempt {
     stream.window = options_.window;
     stream.stall_timeout = options_.stall_timeout;
     stream.cancel = &beats_->lost();
-    const ReceiveOptions receiving{options_.staged_receive, tuning_.verify_chunks};
     while (!current.empty()) {
       // The next batch is asked for before this one is received, so the source streams on.
       std::vector<size_t> next = shared_.Claim(*receive, batch, &scan_from_);
       Ask(next);
-      status = receive->Receive(**channel, stream, receiving, current, [&](size_t c) {
+      status = receive->Receive(**channel, stream, receiving_, current, [&](size_t c) {
         const auto [begin, end] = receive->range(c);
         received_ += end - begin;
         shared_.Verified(begin, end);
@@ -778,7 +777,7 @@ class Attempt {
   const ClientOptions& options_;
   const int redirects_;  // followed so far in this load (Register.redirects)
   std::vector<std::string> redirect_;
-  const internal::LoadTuning tuning_;
+  const ReceiveOptions receiving_;
   const ModelView& destination_;
   const Fingerprint& fingerprint_;
   const std::vector<std::string>& patterns_;
@@ -865,7 +864,7 @@ Status ValidateOptions(const ClientOptions& options) {
 namespace internal {
 
 Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_destination,
-                       transfer::DataPlane& plane, LoadTuning tuning) {
+                       transfer::DataPlane& plane, ReceiveOptions receiving) {
   Status status = ValidateOptions(options);
   if (status.ok()) status = ValidateModelView(whole_destination);
   if (!status.ok()) return status;
@@ -922,7 +921,7 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
                   destination.tensors.size(), destination.total_bytes(), shared.verified_bytes(),
                   source);
       Attempt attempt(options, destination, fingerprint, patterns, plane, early, shared, source,
-                      followed, tuning);
+                      followed, receiving);
       Result<LoadStats> result = attempt.Run();
       std::lock_guard<std::mutex> lock(mu);
       attempts.push_back(

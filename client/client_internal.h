@@ -5,20 +5,15 @@
 #include <string>
 
 #include "netloader/client.h"
+#include "netloader/src/stream/chunk_stream.h"
 #include "transfer/transport.h"
 
 namespace netloader::internal {
 
-// Switches that exist for measurement only; never exposed in the public API.
-struct LoadTuning {
-  // false skips per-chunk digest checks (the benchmark's "checksums off" row). A load done so
-  // is not verified and must not be used.
-  bool verify_chunks = true;
-};
-
 // Load on a given data plane (Load: MPI; tests: the in-process one, and fault-injecting
-// wrappers).
+// wrappers). `receiving` other than the default is for measurement only: a load that does not
+// verify its chunks must not be used.
 Result<LoadStats> Load(const ClientOptions& options, const ModelView& destination,
-                       transfer::DataPlane& plane, LoadTuning tuning = {});
+                       transfer::DataPlane& plane, ReceiveOptions receiving = {});
 
 }  // namespace netloader::internal

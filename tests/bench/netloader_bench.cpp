@@ -211,15 +211,15 @@ int RoleLoad(const RoleArgs& args) {
   }
   options.transport = Transport(args);
   options.window = args.window;
-  options.staged_receive = !args.direct;
   options.secret = Check(netloader::LoadOrCreateSecret(netloader::DefaultSecretPath()), "secret");
-  netloader::internal::LoadTuning tuning;
-  tuning.verify_chunks = args.verify;
+  netloader::ReceiveOptions receiving;
+  receiving.staged = !args.direct;
+  receiving.verify = args.verify;
   const double cpu_before = CpuSeconds();
-  auto stats = Check(
-      netloader::internal::Load(options, model.view(),
-                                *netloader::transfer::MakeMpiDataPlane(options.transport), tuning),
-      "load");
+  auto stats = Check(netloader::internal::Load(
+                         options, model.view(),
+                         *netloader::transfer::MakeMpiDataPlane(options.transport), receiving),
+                     "load");
   uint64_t pulled = 0;
   for (const netloader::SourceAttempt& a : stats.attempts) pulled += a.bytes;
   std::cout << json{{"seconds", stats.seconds},

@@ -52,12 +52,6 @@ struct ClientOptions : PeerOptions {
   // From Accept until Done the client sends a heartbeat this often over ZeroMQ (at most 1 s:
   // servers may give up after 2 s of silence); it must be below heartbeat_timeout.
   std::chrono::milliseconds heartbeat_interval{1000};
-  // Receive each chunk that coalesces several small tensors into a small reused ring (window x
-  // chunk size), verify it there and copy it into place, instead of receiving it straight into
-  // the destination (an MPI datatype scattering into many small tensors is slow: measured 19 %
-  // of raw MPI over TCP, BENCHMARKS.md). Chunks that are one contiguous span (slices of large
-  // tensors, or small tensors lying back to back) always land in place and are verified there.
-  bool staged_receive = true;
   // A delta load: the destination already holds an older copy of the model (the same layout,
   // e.g. the previous step's weights). Chunks whose bytes already match the source's digests are
   // kept, and only the others are pulled; every chunk of the result is verified either way.

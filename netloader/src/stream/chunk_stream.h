@@ -146,10 +146,13 @@ class SendPlan {
   uint64_t slot_bytes_ = 0;
 };
 
-// How a receiving end checks and lands the chunks.
+// How a receiving end checks and lands the chunks. The defaults are what a load uses; the others
+// exist for measurement (the benchmark's --direct and --no-verify rows).
 struct ReceiveOptions {
-  // Land chunks of several spans in a ring of window slots, verify them there and copy them
-  // into place (ClientOptions::staged_receive); otherwise receive them straight into the spans.
+  // Land each chunk that coalesces several small tensors in a small reused ring (window x chunk
+  // size), verify it there and copy it into place, instead of receiving it straight into the
+  // spans (an MPI datatype scattering into many small tensors is slow: measured 19 % of raw MPI
+  // over TCP, BENCHMARKS.md). Chunks of one contiguous span always land in place.
   bool staged = true;
   // Check every chunk's digest; false only for measurement (nothing is then verified).
   bool verify = true;
