@@ -19,8 +19,7 @@
 #include "netloader/src/control/auth.h"
 #include "netloader/src/protocol/wire.h"
 #include "netloader/src/stream/manifest.h"
-#include "server/server_internal.h"
-#include "transfer/mpi/runtime.h"
+#include "netloader/src/stream/relay_feed.h"
 #include "transfer/mpi/transport.h"
 
 namespace netloader {
@@ -507,9 +506,6 @@ class SharedLoad {
   std::mutex progress_mu_;
   std::mutex connect_mu_;
 };
-
-// Requests carry at most this many ranges each, well under a server's 64 KiB message limit.
-constexpr int kMaxRangesPerRequest = 2000;
 
 class Attempt {
  public:
@@ -1087,20 +1083,6 @@ Result<SourceStatus> QueryStatus(const std::string& endpoint, const std::string&
   out.clients_failed = in.clients_failed();
   out.redirected = in.redirected();
   return out;
-}
-
-Status InitializeTransport(const TransportOptions& options) {
-  if (options.rendezvous_uri.empty()) {
-    return Status(
-        StatusCode::kInvalidArgument,
-        "InitializeTransport needs a shared rendezvous (TransportOptions::rendezvous_uri)");
-  }
-  Result<std::shared_ptr<transfer::Transport>> transport = transfer::MakeMpiTransport(options);
-  return transport.ok() ? Status::Ok() : transport.status();
-}
-
-void PrepareMpiEnvironment(const TransportOptions& options) {
-  transfer::SetMpiTuningEnvironment(options);
 }
 
 Result<LoadStats> Load(const ClientOptions& options, const ModelView& destination) {

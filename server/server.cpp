@@ -7,14 +7,15 @@
 #include <thread>
 #include <zmq.hpp>
 
-#include "netloader/client.h"
 #include "netloader/fingerprint.h"
+#include "netloader/limits.h"
 #include "netloader/src/base/log.h"
 #include "netloader/src/control/auth.h"
 #include "netloader/src/model/selection.h"
 #include "netloader/src/protocol/registration.h"
 #include "netloader/src/protocol/wire.h"
 #include "netloader/src/stream/manifest.h"
+#include "netloader/src/stream/relay_feed.h"
 #include "server/server_internal.h"
 #include "transfer/mpi/transport.h"
 
@@ -202,7 +203,7 @@ class ServerImpl : public Server, public internal::RelayFeed {
     held_cv_.notify_all();
   }
   const ModelView& relayed_model() const override { return model_; }
-  bool relay() const { return relay_; }
+  bool relaying() const override { return relay_; }
 
  private:
   // Serves `manifest` over model_ from now on: a new content generation, whose sessions are the
@@ -943,11 +944,6 @@ Result<std::unique_ptr<Server>> StartServer(ServerOptions options, ModelView mod
   if (!status.ok()) return status;
   server->StartThread();
   return std::unique_ptr<Server>(std::move(server));
-}
-
-RelayFeed* RelayFeedOf(Server& server) {
-  auto* impl = dynamic_cast<ServerImpl*>(&server);
-  return impl != nullptr && impl->relay() ? impl : nullptr;
 }
 
 }  // namespace internal

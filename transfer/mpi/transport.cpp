@@ -264,3 +264,22 @@ Result<std::shared_ptr<Transport>> MakeMpiTransport(const TransportOptions& opti
 }
 
 }  // namespace netloader::transfer
+
+// The public entry points of netloader/transport.h.
+namespace netloader {
+
+Status InitializeTransport(const TransportOptions& options) {
+  if (options.rendezvous_uri.empty()) {
+    return Status(
+        StatusCode::kInvalidArgument,
+        "InitializeTransport needs a shared rendezvous (TransportOptions::rendezvous_uri)");
+  }
+  Result<std::shared_ptr<transfer::Transport>> transport = transfer::MakeMpiTransport(options);
+  return transport.ok() ? Status::Ok() : transport.status();
+}
+
+void PrepareMpiEnvironment(const TransportOptions& options) {
+  transfer::SetMpiTuningEnvironment(options);
+}
+
+}  // namespace netloader

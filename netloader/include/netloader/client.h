@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "netloader/export.h"
+#include "netloader/limits.h"
 #include "netloader/options.h"
 #include "netloader/status.h"
 #include "netloader/tensor.h"
@@ -17,13 +18,6 @@ namespace netloader {
 
 // Called on the loading thread after each verified chunk.
 using ProgressCallback = std::function<void(uint64_t bytes_done, uint64_t bytes_total)>;
-
-// The most bytes of tensor names or patterns one Register carries (a server reads up to 64 KiB):
-// about a thousand names of 60 characters (ClientOptions::tensors).
-inline constexpr size_t kMaxTensorPatternBytes = 60 << 10;
-
-// The most redirects one load follows (ClientOptions::sources).
-inline constexpr int kMaxRedirects = 16;
 
 // See ClientOptions::connect_hook.
 enum class ConnectEvent { kBefore, kAfter };

@@ -9,29 +9,11 @@
 #include <vector>
 
 #include "netloader/fingerprint.h"
+#include "netloader/limits.h"
 #include "netloader/src/stream/manifest.h"
 #include "proto/netloader.pb.h"
 
 namespace netloader {
-
-// Largest control message a server reads; Register and Done are a few hundred bytes (a partial
-// load's Register up to ~60 KiB of tensor names: kMaxTensorPatternBytes). Larger
-// ones up to kServerCutoffBytes get Reject{PROTOCOL_MISMATCH}; beyond that ZeroMQ closes the
-// connection (ZMQ_MAXMSGSIZE), which bounds what a peer can make the server buffer.
-inline constexpr size_t kMaxServerMessageBytes = 64 << 10;
-inline constexpr size_t kServerCutoffBytes = 256 << 10;
-// Largest message a client reads: an Accept carries the manifest (~100 B per tensor).
-inline constexpr size_t kMaxClientMessageBytes = 256 << 20;
-
-// Longest endpoint a Register's serve_endpoint or a Redirect's source may be.
-inline constexpr size_t kMaxEndpointBytes = 256;
-// Most sources one Redirect lists (a server names at most these of its relays).
-inline constexpr int kMaxRedirectSources = 16;
-
-// Clients send a heartbeat at least this often; servers give up on a silent session no sooner
-// than this (PROTOCOL.md, section 4.6).
-inline constexpr std::chrono::milliseconds kMaxHeartbeatInterval{1000};
-inline constexpr std::chrono::milliseconds kMinHeartbeatTimeout{2000};
 
 // Serializes `envelope` after stamping it with kProtocolVersion.
 std::string Encode(wire::Envelope& envelope);

@@ -12,16 +12,13 @@
 #include <string>
 #include <vector>
 
+#include "netloader/limits.h"
 #include "netloader/status.h"
 #include "netloader/tensor.h"
 #include "transfer/chunk_list.h"
 #include "transfer/transport.h"
 
 namespace netloader {
-
-// Largest chunk the data plane accepts (one MPI message; counts are int), and the smallest.
-inline constexpr uint64_t kMaxChunkBytes = 1ull << 30;
-inline constexpr uint64_t kMinChunkBytes = 4096;
 
 // A piece of one tensor that belongs to one chunk.
 struct ChunkPiece {
