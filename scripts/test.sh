@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs dependencies, builds, checks formatting and runs the whole test suite with ctest.
+# Installs dependencies, checks formatting and the layers, builds and runs the whole test suite with ctest.
 # Every test has a deadline (ctest TIMEOUT); tests that use MPI run one at a time.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,6 +11,7 @@ step() {
 }
 step "$root/scripts/install-deps.sh"
 step "$root/scripts/check-format.sh"
+step "$root/scripts/check-layers.sh"
 step "$root/scripts/build.sh"
 cd "${BUILD_DIR:-$root/build}"
 # mpirun refuses root without these; netloader itself never calls mpirun, but tests may.
