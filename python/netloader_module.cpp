@@ -414,20 +414,22 @@ py::dict StatusOf(const std::string& endpoint, const std::string& secret, double
 // a dict of the LoaderConfig fields (timeouts in seconds).
 py::dict ParseExtraConfig(const std::string& json_text, int world_size) {
   const LoaderConfig c = Take(ParseLoaderConfig(json_text, world_size));
+  auto seconds = [](std::chrono::milliseconds ms) { return ms.count() / 1000.0; };
   return py::dict(
       py::arg("sources") = c.sources, py::arg("listen_port") = c.listen_port,
       py::arg("listen_host") = c.listen_host, py::arg("serve") = c.serve,
-      py::arg("model_id") = c.model_id, py::arg("output_prefix") = c.output_prefix,
-      py::arg("register_timeout") = c.register_timeout_s,
-      py::arg("connect_timeout") = c.connect_timeout_s,
-      py::arg("stall_timeout") = c.stall_timeout_s,
-      py::arg("heartbeat_timeout") = c.heartbeat_timeout_s, py::arg("auth") = c.auth,
+      py::arg("model_id") = c.server.model_id, py::arg("output_prefix") = c.output_prefix,
+      py::arg("register_timeout") = seconds(c.client.register_timeout),
+      py::arg("connect_timeout") = seconds(c.server.connect_timeout),
+      py::arg("stall_timeout") = seconds(c.server.stall_timeout),
+      py::arg("heartbeat_timeout") = seconds(c.server.heartbeat_timeout), py::arg("auth") = c.auth,
       py::arg("secret_file") = c.secret_file.empty() ? DefaultSecretPath() : c.secret_file,
-      py::arg("max_clients") = c.max_clients, py::arg("fanout") = c.fanout,
-      py::arg("chunk_mib") = c.chunk_mib, py::arg("window") = c.window,
-      py::arg("stripe") = c.stripe, py::arg("delta_from") = c.delta_from,
-      py::arg("tensors") = c.tensors, py::arg("rendezvous") = c.rendezvous,
-      py::arg("interface") = c.interface);
+      py::arg("max_clients") = c.server.max_concurrent_transfers,
+      py::arg("fanout") = c.server.fanout, py::arg("chunk_mib") = c.server.chunk_bytes >> 20,
+      py::arg("window") = c.server.window, py::arg("stripe") = c.client.stripe,
+      py::arg("delta_from") = c.delta_from, py::arg("tensors") = c.tensors,
+      py::arg("rendezvous") = c.server.transport.rendezvous_uri,
+      py::arg("interface") = c.server.transport.interface);
 }
 
 }  // namespace

@@ -194,10 +194,10 @@ int main(int argc, char** argv) {
   ClientOptions options;
   cli::CommonFlags common;
   common.log_level = "warn";  // the summary line says what happened; the library's INFO repeats it
-  double register_timeout_s = options.register_timeout.count() / 1000.0;
-  double connect_timeout_s = options.connect_timeout.count() / 1000.0;
-  double stall_timeout_s = options.stall_timeout.count() / 1000.0;
-  double busy_timeout_s = options.busy_timeout.count() / 1000.0;
+  double register_timeout_s = cli::Seconds(options.register_timeout);
+  double connect_timeout_s = cli::Seconds(options.connect_timeout);
+  double stall_timeout_s = cli::Seconds(options.stall_timeout);
+  double busy_timeout_s = cli::Seconds(options.busy_timeout);
   app.add_option("--source", options.sources,
                  "Source endpoint (tcp://HOST:PORT); repeat for fallbacks, tried in order. A "
                  "source at its fan-out limit may redirect to instances loading from it");
@@ -311,9 +311,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "netloader-client: %s\n", applied.ToString().c_str());
       return cli::kExitUsage;
     }
-    return PrintStatus(status_endpoint, options.secret,
-                       std::chrono::milliseconds(static_cast<int64_t>(register_timeout_s * 1000)),
-                       common.json);
+    return PrintStatus(status_endpoint, options.secret, cli::Ms(register_timeout_s), common.json);
   }
   if (options.sources.empty() || model_path.empty()) {
     std::fprintf(stderr, "netloader-client: give --source and --model (or --status)\n%s",
@@ -327,16 +325,15 @@ int main(int argc, char** argv) {
   }
   const auto run_start = Clock::now();
   common.ApplyLogLevel();
-  auto ms = [](double s) { return std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); };
   Status applied = common.ApplyTo(options);
   if (!applied.ok()) {
     std::fprintf(stderr, "netloader-client: %s\n", applied.ToString().c_str());
     return cli::kExitUsage;
   }
-  options.register_timeout = ms(register_timeout_s);
-  options.connect_timeout = ms(connect_timeout_s);
-  options.stall_timeout = ms(stall_timeout_s);
-  options.busy_timeout = ms(busy_timeout_s);
+  options.register_timeout = cli::Ms(register_timeout_s);
+  options.connect_timeout = cli::Ms(connect_timeout_s);
+  options.stall_timeout = cli::Ms(stall_timeout_s);
+  options.busy_timeout = cli::Ms(busy_timeout_s);
   const bool relaying = !serve->empty();
   if (relaying && !options.tensors.empty()) {
     std::fprintf(stderr,

@@ -38,10 +38,6 @@ int64_t EpochMs() {
       .count();
 }
 
-std::chrono::milliseconds Ms(double seconds) {
-  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
-}
-
 // One line, written at once.
 void PrintLine(const nlohmann::json& j) {
   const std::string line = j.dump() + "\n";
@@ -168,7 +164,7 @@ int main(int argc, char** argv) {
       return 2;
     }
     loader = *parsed;
-    if (under_mpirun && loader.rendezvous.empty()) {
+    if (under_mpirun && loader.server.transport.rendezvous_uri.empty()) {
       std::fprintf(stderr,
                    "netloader-llama: under mpirun, --model-loader-extra-config needs RENDEZVOUS "
                    "(the file:PATH given to mpirun --ompi-server)\n");
@@ -186,9 +182,7 @@ int main(int argc, char** argv) {
     }
     secret = *read;
   }
-  netloader::TransportOptions transport;
-  transport.rendezvous_uri = loader.rendezvous;
-  transport.interface = loader.interface;
+  const netloader::TransportOptions& transport = loader.server.transport;
 
   // A single process leaves MPI to netloader; the ranks of an instance start it themselves.
   std::unique_ptr<llama::Comm> comm;
@@ -274,41 +268,16 @@ int main(int argc, char** argv) {
     if (!passed_turn) comm->PassTurn();
     passed_turn = true;
   };
-  netloader::ServerOptions server_options;
-  const int port = loader.listen_port == 0 ? 0 : loader.listen_port + rank;
-  server_options.listen = "tcp://" + loader.listen_host + ":" + std::to_string(port);
-  server_options.model_id = loader.model_id;
-  server_options.partition = partition;
-  server_options.max_concurrent_transfers = loader.max_clients;
-  server_options.fanout = loader.fanout;
-  server_options.chunk_bytes = static_cast<uint64_t>(loader.chunk_mib) << 20;
-  server_options.window = loader.window;
-  server_options.connect_timeout = Ms(loader.connect_timeout_s);
-  server_options.stall_timeout = Ms(loader.stall_timeout_s);
-  server_options.heartbeat_timeout = Ms(loader.heartbeat_timeout_s);
-  server_options.secret = secret;
-  server_options.transport = transport;
+  netloader::RankOptions rank_options = netloader::OptionsForRank(loader, rank, partition, secret);
+  const netloader::ServerOptions& server_options = rank_options.server;
   std::unique_ptr<netloader::Server> server;
   if (load_format == "netloader") {
-    auto it = loader.sources.find(rank);
-    if (it == loader.sources.end()) {
+    if (rank_options.client.sources.empty()) {
       fallback_reason = "no SOURCE for rank " + std::to_string(rank);
     } else if (!loader.tensors.empty() && partial.empty()) {
       fallback_reason = "TENSORS matches none of rank " + std::to_string(rank) + "'s tensors";
     } else {
-      netloader::ClientOptions options;
-      options.sources = it->second;
-      options.model_id = loader.model_id;
-      options.partition = partition;
-      options.window = loader.window;
-      options.stripe = loader.stripe;
-      options.register_timeout = Ms(loader.register_timeout_s);
-      options.connect_timeout = Ms(loader.connect_timeout_s);
-      options.stall_timeout = Ms(loader.stall_timeout_s);
-      options.heartbeat_timeout = Ms(loader.heartbeat_timeout_s);
-      options.secret = secret;
-      options.busy_timeout = Ms(std::max(60.0, loader.register_timeout_s));
-      options.transport = transport;
+      netloader::ClientOptions& options = rank_options.client;
       // Named exactly: the source may hold more tensors matching TENSORS than this rank (another
       // pipeline split, a whole model); this rank needs these.
       for (const std::string& name : partial) {
@@ -337,7 +306,7 @@ int main(int argc, char** argv) {
           std::this_thread::sleep_for(std::chrono::milliseconds(5));
         }
       };
-      if (loader.serve && partial.empty() && !transport.rendezvous_uri.empty()) {
+      if (rank_options.relay) {
         netloader::Result<std::unique_ptr<netloader::Server>> relay =
             netloader::Server::StartRelay(server_options, weights.view());
         if (!relay.ok()) return fail("serving failed: " + relay.status().ToString(), 5);

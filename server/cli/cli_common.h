@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "netloader/limits.h"
 #include "netloader/logging.h"
 #include "netloader/options.h"
 #include "netloader/secret.h"
@@ -92,6 +93,12 @@ inline constexpr const char* kNoAuthHelp =
     "Run without the shared secret: no authentication and no encryption, so anyone who reaches "
     "the port can pull the weights. For local tests; both sides must agree";
 
+// A flag's seconds as the options' milliseconds, and back (for a flag's default).
+inline std::chrono::milliseconds Ms(double seconds) {
+  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+}
+inline double Seconds(std::chrono::milliseconds ms) { return ms.count() / 1000.0; }
+
 // Flags both CLIs share, bound to the options they fill.
 struct CommonFlags {
   Partition partition;
@@ -100,7 +107,7 @@ struct CommonFlags {
   bool json = false;
   std::string secret_file = DefaultSecretPath();
   bool no_auth = false;
-  double heartbeat_timeout_s = 10;
+  double heartbeat_timeout_s = Seconds(PeerOptions().heartbeat_timeout);
   TransportOptions transport;
 
   void Add(CLI::App& app) {
@@ -131,7 +138,7 @@ struct CommonFlags {
            "--heartbeat-timeout", heartbeat_timeout_s,
            "Seconds without a heartbeat (one a second, from registration until the client's "
            "verdict) after which the other side is presumed dead and the transfer stops")
-        ->check(CLI::Range(2.0, 86400.0))
+        ->check(CLI::Range(Seconds(kMinHeartbeatTimeout), 86400.0))
         ->capture_default_str();
     auto* secret = app.add_option("--secret-file", secret_file, kSecretHelp)->capture_default_str();
     app.add_flag("--no-auth", no_auth, kNoAuthHelp)->excludes(secret);
@@ -147,8 +154,7 @@ struct CommonFlags {
     options.model_id = model_id;
     options.partition = partition;
     options.transport = transport;
-    options.heartbeat_timeout =
-        std::chrono::milliseconds(static_cast<int64_t>(heartbeat_timeout_s * 1000));
+    options.heartbeat_timeout = Ms(heartbeat_timeout_s);
     if (no_auth) return Status::Ok();
     Result<std::string> secret = LoadOrCreateSecret(secret_file);
     if (!secret.ok()) return secret.status();

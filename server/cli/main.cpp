@@ -28,8 +28,8 @@ int main(int argc, char** argv) {
   ServerOptions options;
   cli::CommonFlags common;
   uint64_t chunk_mib = options.chunk_bytes >> 20;
-  double connect_timeout_s = options.connect_timeout.count() / 1000.0;
-  double stall_timeout_s = options.stall_timeout.count() / 1000.0;
+  double connect_timeout_s = cli::Seconds(options.connect_timeout);
+  double stall_timeout_s = cli::Seconds(options.stall_timeout);
   app.add_option("--model", model_path, "Checkpoint to load and serve")->required();
   app.add_option("--listen", options.listen,
                  "ZeroMQ endpoint to bind; port 0 picks a free one (see --endpoint-file)")
@@ -65,9 +65,8 @@ int main(int argc, char** argv) {
     return cli::kExitUsage;
   }
   options.chunk_bytes = chunk_mib << 20;
-  options.connect_timeout =
-      std::chrono::milliseconds(static_cast<int64_t>(connect_timeout_s * 1000));
-  options.stall_timeout = std::chrono::milliseconds(static_cast<int64_t>(stall_timeout_s * 1000));
+  options.connect_timeout = cli::Ms(connect_timeout_s);
+  options.stall_timeout = cli::Ms(stall_timeout_s);
 
   // Before any thread starts, so they all inherit the mask and the main thread alone takes them.
   const sigset_t stop_signals = cli::BlockStopSignals();

@@ -25,10 +25,72 @@ TEST(LoaderConfigTest, NetloaderKeysAreReadAndHostPortBecomesAnEndpoint) {
             (std::vector<std::string>{"tcp://10.0.0.5:7001", "tcp://10.0.0.6:7001"}));
   EXPECT_EQ(config->sources.count(0), 0u);
   EXPECT_EQ(config->listen_port, 7000);
-  EXPECT_EQ(config->model_id, "org/llama@rev");
-  EXPECT_EQ(config->stall_timeout_s, 2.5);
+  EXPECT_EQ(config->server.model_id, "org/llama@rev");
+  EXPECT_EQ(config->client.model_id, "org/llama@rev");
+  EXPECT_EQ(config->server.stall_timeout, std::chrono::milliseconds(2500));
+  EXPECT_EQ(config->client.stall_timeout, std::chrono::milliseconds(2500));
   EXPECT_FALSE(config->serve);
   EXPECT_EQ(config->tensors, (std::vector<std::string>{"model.layers.*.mlp.*", "lm_head.weight"}));
+}
+
+TEST(LoaderConfigTest, DefaultsAreTheOptionsStructsOwn) {
+  auto config = ParseLoaderConfig("{}", 1);
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  const netloader::ServerOptions server;
+  const netloader::ClientOptions client;
+  EXPECT_EQ(config->server.max_concurrent_transfers, server.max_concurrent_transfers);
+  EXPECT_EQ(config->server.chunk_bytes, server.chunk_bytes);
+  EXPECT_EQ(config->server.fanout, server.fanout);
+  EXPECT_EQ(config->server.heartbeat_timeout, server.heartbeat_timeout);
+  EXPECT_EQ(config->client.register_timeout, client.register_timeout);
+  EXPECT_EQ(config->client.stripe, client.stripe);
+  EXPECT_EQ(config->client.window, client.window);
+  EXPECT_EQ(config->server.transport.interface, server.transport.interface);
+  // --help states the same defaults.
+  const std::string help = netloader::LoaderConfigHelp();
+  EXPECT_NE(help.find("REGISTER_TIMEOUT: seconds a source has to answer (default " +
+                      std::to_string(client.register_timeout.count() / 1000) + ")"),
+            std::string::npos)
+      << help;
+  EXPECT_NE(help.find("MAX_CLIENTS: instances served at once when serving (default " +
+                      std::to_string(server.max_concurrent_transfers) + ")"),
+            std::string::npos)
+      << help;
+}
+
+TEST(LoaderConfigTest, EachRanksOptionsComeFromOneMapping) {
+  auto config = ParseLoaderConfig(R"({
+      "SOURCE": [{"device_id": 1, "sources": ["10.0.0.5:7001"]}], "LISTEN_PORT": 7000,
+      "LISTEN_HOST": "10.0.0.9", "WINDOW": 8, "REGISTER_TIMEOUT": 90, "MAX_CLIENTS": 2,
+      "CHUNK_MIB": 4, "RENDEZVOUS": "file:/tmp/rv"})",
+                                  2);
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  const netloader::Partition partition{2, 1, 1, 0, "key"};
+  const netloader::RankOptions rank1 = netloader::OptionsForRank(*config, 1, partition, "s3cret");
+  EXPECT_EQ(rank1.server.listen, "tcp://10.0.0.9:7001");
+  EXPECT_EQ(rank1.client.sources, (std::vector<std::string>{"tcp://10.0.0.5:7001"}));
+  EXPECT_EQ(rank1.server.window, 8);
+  EXPECT_EQ(rank1.client.window, 8);
+  EXPECT_EQ(rank1.server.max_concurrent_transfers, 2);
+  EXPECT_EQ(rank1.server.chunk_bytes, 4u << 20);
+  EXPECT_EQ(rank1.client.busy_timeout, std::chrono::seconds(90))
+      << "a busy source is retried for at least the register deadline";
+  EXPECT_EQ(rank1.server.partition.tp_rank, 1);
+  EXPECT_EQ(rank1.client.partition.layout_key, "key");
+  EXPECT_EQ(rank1.server.secret, "s3cret");
+  EXPECT_EQ(rank1.client.transport.rendezvous_uri, "file:/tmp/rv");
+  EXPECT_TRUE(rank1.relay) << "SERVE (default) with a shared RENDEZVOUS relays";
+  const netloader::RankOptions rank0 = netloader::OptionsForRank(*config, 0, partition, "");
+  EXPECT_TRUE(rank0.client.sources.empty()) << "no SOURCE entry: rank 0 loads from disk";
+  EXPECT_EQ(netloader::OptionsForRank(*ParseLoaderConfig("{}", 1), 0, {}, "").server.listen,
+            "tcp://127.0.0.1:0");
+  EXPECT_FALSE(netloader::OptionsForRank(*ParseLoaderConfig("{}", 1), 0, {}, "").relay)
+      << "no shared rendezvous: serve only once loaded";
+  EXPECT_FALSE(
+      netloader::OptionsForRank(
+          *ParseLoaderConfig(R"({"RENDEZVOUS": "file:/x", "TENSORS": ["a"]})", 1), 0, {}, "")
+          .relay)
+      << "a partial load does not relay";
 }
 
 TEST(LoaderConfigTest, InlineKeysWinOverTheConfigFile) {
@@ -38,7 +100,7 @@ TEST(LoaderConfigTest, InlineKeysWinOverTheConfigFile) {
       R"({"CONFIG_FILE": ")" + (tmp / "c.json") + R"(", "LISTEN_PORT": 7000})", 1);
   ASSERT_TRUE(config.ok()) << config.status().ToString();
   EXPECT_EQ(config->listen_port, 7000);
-  EXPECT_EQ(config->model_id, "from-file");
+  EXPECT_EQ(config->client.model_id, "from-file");
 }
 
 TEST(LoaderConfigTest, EveryMistakeNamesTheKeyAndWhere) {

@@ -10,7 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "netloader/client.h"
 #include "netloader/export.h"
+#include "netloader/server.h"
 #include "netloader/status.h"
 
 namespace netloader {
@@ -22,23 +24,17 @@ struct LoaderConfig {
   int listen_port = 0;  // LISTEN_PORT: rank r serves on LISTEN_PORT + r; 0 picks a free port
   std::string listen_host = "127.0.0.1";  // LISTEN_HOST
   bool serve = true;                      // SERVE
-  std::string model_id;                   // MODEL
   std::string output_prefix;              // OUTPUT_PREFIX: writes <prefix><rank>.txt
-  double register_timeout_s = 10;         // REGISTER_TIMEOUT
-  double connect_timeout_s = 30;          // CONNECT_TIMEOUT
-  double stall_timeout_s = 30;            // STALL_TIMEOUT
-  double heartbeat_timeout_s = 10;        // HEARTBEAT_TIMEOUT
   bool auth = true;                       // AUTH
   std::string secret_file;                // SECRET_FILE; empty: DefaultSecretPath()
-  int max_clients = 4;                    // MAX_CLIENTS
-  int fanout = 1;                         // FANOUT (ServerOptions::fanout)
-  int chunk_mib = 1;                      // CHUNK_MIB
-  int window = 4;                         // WINDOW
-  int stripe = 1;                         // STRIPE
   std::string delta_from;                 // DELTA_FROM
   std::vector<std::string> tensors;       // TENSORS: name patterns; empty: every tensor
-  std::string rendezvous;                 // RENDEZVOUS
-  std::string interface = "lo";           // INTERFACE
+  // What every rank's server and load start from, with the options structs' own defaults. The
+  // keys set: both, MODEL (model_id), WINDOW, CONNECT_TIMEOUT, STALL_TIMEOUT, HEARTBEAT_TIMEOUT,
+  // RENDEZVOUS and INTERFACE (transport); the server, MAX_CLIENTS (max_concurrent_transfers),
+  // FANOUT and CHUNK_MIB (chunk_bytes); the load, REGISTER_TIMEOUT and STRIPE.
+  ServerOptions server;
+  ClientOptions client;
 };
 
 // Parses the JSON object given to --model-loader-extra-config for an instance of `world_size`
@@ -49,5 +45,21 @@ NETLOADER_EXPORT Result<LoaderConfig> ParseLoaderConfig(const std::string& json_
 
 // The keys, one line each, for --help.
 NETLOADER_EXPORT std::string LoaderConfigHelp();
+
+// One rank's options, as every engine derives them from its config (C++: netloader-llama;
+// Python: netloader.options_for_rank, which the PyTorch engine uses).
+struct RankOptions {
+  // Listens on LISTEN_HOST at LISTEN_PORT + rank (a free port when LISTEN_PORT is 0).
+  ServerOptions server;
+  // The rank's SOURCE entry (none: the rank loads from disk). A busy source is retried for at
+  // least the register deadline.
+  ClientOptions client;
+  // Serve while loading (Server::StartRelay, ClientOptions::relay): SERVE with a shared
+  // RENDEZVOUS (a relay starts MPI before it hears from its source) and no TENSORS (a relay
+  // serves the whole rank).
+  bool relay = false;
+};
+NETLOADER_EXPORT RankOptions OptionsForRank(const LoaderConfig& config, int rank,
+                                            const Partition& partition, const std::string& secret);
 
 }  // namespace netloader

@@ -2,11 +2,13 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "netloader/limits.h"
 #include "netloader/tensor.h"
 
 namespace netloader {
@@ -17,7 +19,7 @@ namespace {
 
 struct Key {
   const char* name;
-  const char* help;
+  std::string help;
   // Checks the value and stores it; returns "" or what is wrong with it.
   std::function<std::string(const Json&, LoaderConfig&, int world)> apply;
 };
@@ -30,13 +32,30 @@ std::string Integer(const Json& v, int low, int high, int* out) {
   return "";
 }
 
-std::string Seconds(const Json& v, double* out) {
+std::string Seconds(const Json& v, std::chrono::milliseconds* out) {
   if (!v.is_number() || !(v.get<double>() > 0) || v.get<double>() > 86400) {
     return "must be a number of seconds in (0, 86400]";
   }
-  *out = v.get<double>();
+  *out = std::chrono::milliseconds(static_cast<int64_t>(v.get<double>() * 1000));
   return "";
 }
+
+// Keys that set a field both the server and the load have.
+template <typename T, typename Parse>
+std::string Both(LoaderConfig& c, T PeerOptions::*field, Parse parse) {
+  T value{};
+  std::string error = parse(&value);
+  if (error.empty()) c.server.*field = c.client.*field = value;
+  return error;
+}
+
+// "(default N)" for a help line, N in seconds.
+std::string DefaultSeconds(std::chrono::milliseconds ms) {
+  std::ostringstream out;
+  out << "(default " << ms.count() / 1000.0 << ")";
+  return out.str();
+}
+std::string Default(int64_t value) { return "(default " + std::to_string(value) + ")"; }
 
 std::string Bool(const Json& v, bool* out) {
   if (!v.is_boolean()) return "must be true or false";
@@ -104,27 +123,47 @@ const std::vector<Key>& Keys() {
        [](const Json& v, LoaderConfig& c, int world) {
          return Integer(v, 1, 65536 - world, &c.listen_port);
        }},
-      {"LISTEN_HOST", "address to serve on (default 127.0.0.1)",
+      {"LISTEN_HOST", "address to serve on (default " + LoaderConfig().listen_host + ")",
        [](const Json& v, LoaderConfig& c, int) { return Text(v, false, &c.listen_host); }},
       {"SERVE", "serve the loaded weights to later instances (default true)",
        [](const Json& v, LoaderConfig& c, int) { return Bool(v, &c.serve); }},
       {"MODEL", "model id/revision in the fingerprint; sources must declare the same",
-       [](const Json& v, LoaderConfig& c, int) { return Text(v, true, &c.model_id); }},
+       [](const Json& v, LoaderConfig& c, int) {
+         return Both(c, &PeerOptions::model_id,
+                     [&](std::string* out) { return Text(v, true, out); });
+       }},
       {"OUTPUT_PREFIX", "rank r writes its serving endpoint to <OUTPUT_PREFIX>r.txt",
        [](const Json& v, LoaderConfig& c, int) { return Text(v, false, &c.output_prefix); }},
       {"CONFIG_FILE", "JSON file with these keys; keys given inline win over the file's",
        [](const Json&, LoaderConfig&, int) { return std::string(); }},
-      {"REGISTER_TIMEOUT", "seconds a source has to answer (default 10)",
-       [](const Json& v, LoaderConfig& c, int) { return Seconds(v, &c.register_timeout_s); }},
-      {"CONNECT_TIMEOUT", "seconds for the MPI connection to a source (default 30)",
-       [](const Json& v, LoaderConfig& c, int) { return Seconds(v, &c.connect_timeout_s); }},
-      {"STALL_TIMEOUT", "seconds without data before a transfer is abandoned (default 30)",
-       [](const Json& v, LoaderConfig& c, int) { return Seconds(v, &c.stall_timeout_s); }},
+      {"REGISTER_TIMEOUT",
+       "seconds a source has to answer " + DefaultSeconds(ClientOptions().register_timeout),
+       [](const Json& v, LoaderConfig& c, int) { return Seconds(v, &c.client.register_timeout); }},
+      {"CONNECT_TIMEOUT",
+       "seconds for the MPI connection to a source " +
+           DefaultSeconds(PeerOptions().connect_timeout),
+       [](const Json& v, LoaderConfig& c, int) {
+         return Both(c, &PeerOptions::connect_timeout,
+                     [&](std::chrono::milliseconds* out) { return Seconds(v, out); });
+       }},
+      {"STALL_TIMEOUT",
+       "seconds without data before a transfer is abandoned " +
+           DefaultSeconds(PeerOptions().stall_timeout),
+       [](const Json& v, LoaderConfig& c, int) {
+         return Both(c, &PeerOptions::stall_timeout,
+                     [&](std::chrono::milliseconds* out) { return Seconds(v, out); });
+       }},
       {"HEARTBEAT_TIMEOUT",
-       "seconds without a heartbeat after which a source or client is presumed dead (default 10)",
-       [](const Json& v, LoaderConfig& c, int) -> std::string {
-         std::string e = Seconds(v, &c.heartbeat_timeout_s);
-         return e.empty() && c.heartbeat_timeout_s < 2 ? "must be at least 2 seconds" : e;
+       "seconds without a heartbeat after which a source or client is presumed dead " +
+           DefaultSeconds(PeerOptions().heartbeat_timeout),
+       [](const Json& v, LoaderConfig& c, int) {
+         return Both(c, &PeerOptions::heartbeat_timeout, [&](std::chrono::milliseconds* out) {
+           std::string e = Seconds(v, out);
+           return e.empty() && *out < kMinHeartbeatTimeout
+                      ? "must be at least " + std::to_string(kMinHeartbeatTimeout.count() / 1000) +
+                            " seconds"
+                      : e;
+         });
        }},
       {"AUTH",
        "require and present the shared secret (default true); false only for local tests: anyone "
@@ -134,20 +173,33 @@ const std::vector<Key>& Keys() {
        "the shared secret, created if missing (default $NETLOADER_SECRET_FILE, else "
        "~/.config/netloader/secret)",
        [](const Json& v, LoaderConfig& c, int) { return Text(v, false, &c.secret_file); }},
-      {"MAX_CLIENTS", "instances served at once when serving (default 4)",
-       [](const Json& v, LoaderConfig& c, int) { return Integer(v, 1, 1024, &c.max_clients); }},
+      {"MAX_CLIENTS",
+       "instances served at once when serving " + Default(ServerOptions().max_concurrent_transfers),
+       [](const Json& v, LoaderConfig& c, int) {
+         return Integer(v, 1, 1024, &c.server.max_concurrent_transfers);
+       }},
       {"FANOUT",
        "instances streamed at once before newcomers are redirected to the instances loading from "
-       "this one (relay fan-out; default 1: a chain; 0: never redirect)",
-       [](const Json& v, LoaderConfig& c, int) { return Integer(v, 0, 1024, &c.fanout); }},
-      {"CHUNK_MIB", "MPI message size when serving, MiB (default 1)",
-       [](const Json& v, LoaderConfig& c, int) { return Integer(v, 1, 1024, &c.chunk_mib); }},
-      {"WINDOW", "MPI messages in flight per transfer (default 4)",
-       [](const Json& v, LoaderConfig& c, int) { return Integer(v, 1, 64, &c.window); }},
+       "this one (relay fan-out; 1: a chain; 0: never redirect) " +
+           Default(ServerOptions().fanout),
+       [](const Json& v, LoaderConfig& c, int) { return Integer(v, 0, 1024, &c.server.fanout); }},
+      {"CHUNK_MIB",
+       "MPI message size when serving, MiB " + Default(ServerOptions().chunk_bytes >> 20),
+       [](const Json& v, LoaderConfig& c, int) {
+         int mib = 0;
+         std::string e = Integer(v, 1, 1024, &mib);
+         if (e.empty()) c.server.chunk_bytes = static_cast<uint64_t>(mib) << 20;
+         return e;
+       }},
+      {"WINDOW", "MPI messages in flight per transfer " + Default(PeerOptions().window),
+       [](const Json& v, LoaderConfig& c, int) {
+         return Both(c, &PeerOptions::window, [&](int* out) { return Integer(v, 1, 64, out); });
+       }},
       {"STRIPE",
-       "load from up to this many of a rank's sources at once, disjoint chunks from each (default "
-       "1); needs RENDEZVOUS",
-       [](const Json& v, LoaderConfig& c, int) { return Integer(v, 1, 64, &c.stripe); }},
+       "load from up to this many of a rank's sources at once, disjoint chunks from each; needs "
+       "RENDEZVOUS " +
+           Default(ClientOptions().stripe),
+       [](const Json& v, LoaderConfig& c, int) { return Integer(v, 1, 64, &c.client.stripe); }},
       {"DELTA_FROM",
        "a directory holding an older copy of the checkpoint (same layout): each rank starts from "
        "its weights there and pulls from its sources only the chunks that differ",
@@ -171,9 +223,17 @@ const std::vector<Key>& Keys() {
       {"RENDEZVOUS",
        "MPI rendezvous shared by all instances (ompi-server URI or file:PATH); required under "
        "mpirun, which must be given the same with --ompi-server",
-       [](const Json& v, LoaderConfig& c, int) { return Text(v, false, &c.rendezvous); }},
-      {"INTERFACE", "network interface for MPI (default lo)",
-       [](const Json& v, LoaderConfig& c, int) { return Text(v, false, &c.interface); }},
+       [](const Json& v, LoaderConfig& c, int) {
+         std::string e = Text(v, false, &c.server.transport.rendezvous_uri);
+         c.client.transport.rendezvous_uri = c.server.transport.rendezvous_uri;
+         return e;
+       }},
+      {"INTERFACE", "network interface for MPI (default " + TransportOptions().interface + ")",
+       [](const Json& v, LoaderConfig& c, int) {
+         std::string e = Text(v, false, &c.server.transport.interface);
+         c.client.transport.interface = c.server.transport.interface;
+         return e;
+       }},
   };
   return keys;
 }
@@ -248,6 +308,25 @@ Result<LoaderConfig> ParseLoaderConfig(const std::string& json_text, int world_s
 std::string LoaderConfigHelp() {
   std::string out;
   for (const Key& k : Keys()) out += std::string("  ") + k.name + ": " + k.help + "\n";
+  return out;
+}
+
+RankOptions OptionsForRank(const LoaderConfig& config, int rank, const Partition& partition,
+                           const std::string& secret) {
+  RankOptions out{config.server, config.client, false};
+  const int port = config.listen_port == 0 ? 0 : config.listen_port + rank;
+  out.server.listen = "tcp://" + config.listen_host + ":" + std::to_string(port);
+  if (auto it = config.sources.find(rank); it != config.sources.end()) {
+    out.client.sources = it->second;
+  }
+  out.client.busy_timeout = std::max(out.client.busy_timeout, out.client.register_timeout);
+  for (PeerOptions* peer :
+       {static_cast<PeerOptions*>(&out.server), static_cast<PeerOptions*>(&out.client)}) {
+    peer->partition = partition;
+    peer->secret = secret;
+  }
+  out.relay =
+      config.serve && config.tensors.empty() && !config.server.transport.rendezvous_uri.empty();
   return out;
 }
 
