@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs dependencies, checks formatting and the layers, builds and runs the whole test suite with ctest.
+# Installs dependencies, checks formatting and the layers, builds, and runs the whole test suite
+# with ctest.
 # Every test has a deadline (ctest TIMEOUT); tests that use MPI run one at a time.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

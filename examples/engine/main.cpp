@@ -1,6 +1,6 @@
 // netloader-llama: an example inference engine (a Llama-architecture transformer on CPU) with a
-// vLLM-style --load-format=netloader flag. See README "The example engine" for the keys of
-// --model-loader-extra-config and for tensor/pipeline-parallel runs under mpirun.
+// vLLM-style --load-format=netloader flag. docs/usage.md, "The example engines", lists the keys
+// of --model-loader-extra-config and shows tensor/pipeline-parallel runs under mpirun.
 //
 // Each rank: read config.json and the checkpoint's headers; allocate its shard's buffers; fill
 // them from the same rank of a running instance (netloader) or, failing that for any reason, from
@@ -101,11 +101,11 @@ int main(int argc, char** argv) {
       "netloader-llama: an example inference engine. Loads a Llama-architecture safetensors\n"
       "checkpoint (float32, with config.json) from disk or from a running instance through\n"
       "netloader, decodes a prompt greedily on CPU and prints one JSON line per rank.\n"
-      "Tensor/pipeline parallel: run N = tp x pp ranks under mpirun (see README)."};
+      "Tensor/pipeline parallel: run N = tp x pp ranks under mpirun (see docs/usage.md)."};
   std::string model_dir, prompt = "Hello, netloader", load_format = "auto", extra_config;
   int max_tokens = 16;
   llama::Parallel parallel;
-  bool keep_running = false, decode_loop = false, corrupt = false;
+  bool keep_running = false, decode_loop = false;
   app.add_option("--model", model_dir, "Checkpoint directory: config.json and *.safetensors")
       ->required();
   app.add_option("--prompt", prompt, "Text to continue (byte tokens)")->capture_default_str();
@@ -135,14 +135,9 @@ int main(int argc, char** argv) {
                "\"serving\": transfers in progress})");
   std::string log_level = "info";
   netloader::cli::AddLogLevelOption(app, &log_level);
-  app.add_flag("--testing-corrupt-served-weights", corrupt,
-               "Fault tests only: flip one bit of the weights after serving starts")
-      ->group("");  // hidden
-  std::string hold_file;
-  app.add_option("--testing-hold-load", hold_file,
-                 "Tests only: after the first verified chunk, hold the load (up to 60 s) until "
-                 "this file exists, so that a transfer is known to be in progress meanwhile")
-      ->group("");  // hidden
+  netloader::cli::TestHooks testing;
+  testing.AddLoadHooks(app);
+  testing.AddCorruptHook(app);
   CLI11_PARSE(app, argc, argv);
   netloader::cli::ApplyLogLevel(log_level);
   if (load_format == "auto") load_format = extra_config.empty() ? "safetensors" : "netloader";
@@ -215,7 +210,8 @@ int main(int argc, char** argv) {
     comm = llama::MakeLocalComm();
   }
   // MPI start-up (~100-200 ms) overlaps the weight allocation below when the rendezvous is shared
-  // (README, "Performance"); Load waits for what is left of it. Ranks under mpirun started it.
+  // (docs/tuning.md, "MPI start-up"); Load waits for what is left of it. Ranks under mpirun started
+  // it.
   std::future<netloader::Status> transport_started;
   if (!under_mpirun && load_format == "netloader" && !transport.rendezvous_uri.empty()) {
     transport_started = std::async(std::launch::async, netloader::InitializeTransport, transport);
@@ -295,16 +291,8 @@ int main(int argc, char** argv) {
                        who.c_str(), older.ToString().c_str());
         }
       }
-      bool held = hold_file.empty();
-      options.progress = [&](uint64_t, uint64_t) {
-        if (held) return;
-        held = true;
-        std::fprintf(stderr, "%s: holding the load after its first chunk until %s exists\n",
-                     who.c_str(), hold_file.c_str());
-        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-        while (access(hold_file.c_str(), F_OK) != 0 && std::chrono::steady_clock::now() < until) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(5));
-        }
+      options.progress = [&](uint64_t done, uint64_t total) {
+        testing.HoldIfDue(who.c_str(), done, total);
       };
       if (rank_options.relay) {
         netloader::Result<std::unique_ptr<netloader::Server>> relay =
@@ -375,7 +363,7 @@ int main(int argc, char** argv) {
         return fail("cannot write OUTPUT_PREFIX file " + path, 7);
       }
     }
-    if (corrupt) weights.CorruptOneBit();
+    if (testing.corrupt_served_weights) weights.CorruptOneBit();
   }
 
   // Decode.

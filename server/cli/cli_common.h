@@ -14,6 +14,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 
 #include "netloader/limits.h"
 #include "netloader/logging.h"
@@ -25,7 +26,7 @@
 
 namespace netloader::cli {
 
-// Documented in both CLIs' --help and in the README.
+// Documented in both CLIs' --help and in docs/usage.md, "Exit codes".
 enum ExitCode {
   kExitOk = 0,
   kExitFailure = 1,      // internal error
@@ -264,6 +265,53 @@ inline nlohmann::json ServerSummary(Server& server) {
           {"unauthenticated", s.unauthenticated},
           {"bytes_sent", s.bytes_sent}};
 }
+
+// The hooks by which tests and the benchmark act at a known point of a load, behind hidden
+// --testing-* flags declared here once for every program that takes them. Nothing a user needs.
+struct TestHooks {
+  double hold_at_percent = -1;          // --testing-hold-at: hold the load once this share...
+  std::string hold_file;                // --testing-hold-file: ...is verified, until this exists
+  std::string start_file;               // --testing-start-file: start loading once this exists
+  bool corrupt_served_weights = false;  // --testing-corrupt-served-weights (the engine's)
+
+  // The hooks of a load: hold it at a share verified (a test kills a source meanwhile), and start
+  // it on a signal (the benchmark starts K instances at once, as K hosts would).
+  void AddLoadHooks(CLI::App& app) {
+    app.add_option("--testing-hold-at", hold_at_percent)->group("");
+    app.add_option("--testing-hold-file", hold_file)->group("");
+    app.add_option("--testing-start-file", start_file)->group("");
+  }
+  // Fault tests of an engine: flip one bit of the weights once they are served.
+  void AddCorruptHook(CLI::App& app) {
+    app.add_flag("--testing-corrupt-served-weights", corrupt_served_weights)->group("");
+  }
+
+  // In a load's progress callback: once `done` reaches the share, says so on stderr and waits
+  // (60 s at most) until the hold file exists. Only once per load.
+  void HoldIfDue(const char* who, uint64_t done, uint64_t total) {
+    if (hold_file.empty() || held_ || 100.0 * done < hold_at_percent * total) return;
+    held_ = true;
+    std::fprintf(stderr, "%s: holding the load at %llu of %llu bytes until %s exists\n", who,
+                 static_cast<unsigned long long>(done), static_cast<unsigned long long>(total),
+                 hold_file.c_str());
+    WaitForFile(hold_file, std::chrono::seconds(60));
+  }
+  // Before the load: says it is ready and waits (600 s at most) until the start file exists.
+  void WaitForStart(const char* who) const {
+    if (start_file.empty()) return;
+    std::fprintf(stderr, "%s: ready; waiting for %s\n", who, start_file.c_str());
+    WaitForFile(start_file, std::chrono::seconds(600));
+  }
+
+ private:
+  static void WaitForFile(const std::string& path, std::chrono::seconds limit) {
+    const auto until = std::chrono::steady_clock::now() + limit;
+    while (access(path.c_str(), F_OK) != 0 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  bool held_ = false;
+};
 
 // The fan-out flag both CLIs take (ServerOptions::fanout).
 inline void AddFanoutFlag(CLI::App& app, int& fanout) {

@@ -91,7 +91,7 @@ bool WaitUntilStreaming(Child& client) {
 
 // A netloader-client that holds its load once a tenth of the model is verified (until a file
 // that never appears): data has flowed both ways, so a kill lands mid-stream rather than while
-// UCX is still wiring up the connection (README, "Known gaps").
+// UCX is still wiring up the connection (docs/failure-and-security.md, "Known gaps").
 std::vector<std::string> HeldVictim(const std::string& endpoint, const std::string& model,
                                     const TempDir& tmp) {
   return {Bin("netloader-client"), "--source",   endpoint, "--model",           model,
@@ -464,7 +464,8 @@ TEST(MpiStartupTest, AUsersHwlocSettingIsKept) {
 TEST(CliTest, SharedRendezvousStartedSeparatelyServesAsTheMpiMeetingPoint) {
   TempDir tmp;
   MakeCheckpoint(tmp / "model", 20, 4, 1, 18);
-  // One rendezvous for every instance, as a deployment runs it (README: "Rendezvous").
+  // One rendezvous for every instance, as a deployment runs it (docs/usage.md, "How the MPI
+  // connection is made").
   testing::Rendezvous rendezvous(tmp);
   ASSERT_TRUE(rendezvous.ready()) << rendezvous.child().Stderr();
   const std::string spec = rendezvous.spec();

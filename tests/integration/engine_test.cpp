@@ -347,8 +347,9 @@ TEST(EngineTest, AnInstanceKeepsDecodingWhileItServesATransfer) {
       << "A never entered its decode loop: " << a.child().Stderr();
   EXPECT_EQ(tokens_decoded(true), 0) << "nothing is served yet";
   Child b(EngineArgv(1, "",
-                     {"--model", tmp / "model", "--testing-hold-load", tmp / "release",
-                      "--model-loader-extra-config", SourceConfig({{0, {a.endpoint(0)}}})}),
+                     {"--model", tmp / "model", "--testing-hold-at", "0", "--testing-hold-file",
+                      tmp / "release", "--model-loader-extra-config",
+                      SourceConfig({{0, {a.endpoint(0)}}})}),
           tmp / "b");
   ASSERT_TRUE(testing::WaitFor(
       [&] { return b.Stderr().find("holding the load") != std::string::npos; }, 60s))
@@ -509,7 +510,7 @@ TEST(EngineConfigFaultTest, BadExtraConfigStopsStartUpNamingTheKey) {
   }
 }
 
-// Relay fan-out with the engine (README, "A burst of instances"): three instances configured
+// Relay fan-out with the engine (docs/usage.md, "A burst of instances"): three instances configured
 // with one seed only. The first holds its load after one chunk, so that the others arrive while
 // it loads: the seed, at its fan-out limit, redirects the second to the first, which redirects
 // the third to the second. All three decode bit for bit as from disk, and each serves afterwards.
@@ -527,7 +528,8 @@ TEST(EngineTest, InstancesPointedAtOneSeedFormAChainAndDecodeExactlyAsFromDisk) 
     std::vector<std::string> args = {
         "--model",     tmp / "model",   "--load-format", "netloader", "--model-loader-extra-config",
         config.dump(), "--keep-running"};
-    if (hold) args.insert(args.end(), {"--testing-hold-load", tmp / "go"});
+    if (hold)
+      args.insert(args.end(), {"--testing-hold-at", "0", "--testing-hold-file", tmp / "go"});
     return std::make_unique<Child>(EngineArgv(1, "", args), tmp / name);
   };
   // How many sessions `endpoint` streams now (netloader-client --status).

@@ -35,8 +35,8 @@ using namespace std::chrono_literals;
 
 class ServerClientTest : public InprocTest {};
 
-// The fault matrix (README, "Failure behaviour and security"): suites named *FaultTest also carry
-// the ctest label `fault`.
+// The fault matrix (docs/testing.md; outcomes in docs/failure-and-security.md): suites named
+// *FaultTest also carry the ctest label `fault`.
 class ServerClientFaultTest : public ServerClientTest {};
 
 TEST_F(ServerClientTest, LoadsEveryByteAndReportsStatistics) {

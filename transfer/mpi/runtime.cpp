@@ -55,10 +55,10 @@ void FinalizeAtExit() {
 }
 
 // hwloc's PCI and I/O discovery reads every PCI device's configuration space through sysfs, and
-// on a VM each 4-byte read traps to the hypervisor: about 25 of MPI_Init's ~85 ms (machine E),
-// paid in this process and again in the orted daemon it forks (and in a private ompi-server).
-// MPI over TCP uses none of it. So, unless the user set HWLOC_COMPONENTS, it excludes that
-// discovery while this process starts MPI, and is removed again afterwards so that the host's
+// on a VM each 4-byte read traps to the hypervisor: about 25 of MPI_Init's ~85 ms (AMD EPYC,
+// AVX-512), paid in this process and again in the orted daemon it forks (and in a private
+// ompi-server). MPI over TCP uses none of it. So, unless the user set HWLOC_COMPONENTS, it excludes
+// that discovery while this process starts MPI, and is removed again afterwards so that the host's
 // own later uses of hwloc see the default.
 class HwlocWithoutIo {
  public:

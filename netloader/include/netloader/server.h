@@ -21,7 +21,7 @@ struct ServerOptions : PeerOptions {
   // Clients streamed at once; one more gets Busy with a retry hint.
   int max_concurrent_transfers = 4;
   // Bytes per MPI message. Small tensors are coalesced and large ones split to this size. 1 MiB
-  // measured faster than 4 MiB on every row of BENCHMARKS.md (session 9: a chunk then stays in
+  // measured faster than 4 MiB on every row of BENCHMARKS.md (2026-12-02: a chunk then stays in
   // a 2 MiB L2 to be hashed, and fewer bytes are in flight), and a relay forwards sooner
   // (DESIGN.md, "Relay fan-out").
   uint64_t chunk_bytes = 1ull << 20;

@@ -10,7 +10,7 @@
 
 namespace netloader {
 
-// How the MPI data plane is reached. See README "How the MPI connection is made".
+// How the MPI data plane is reached. See docs/usage.md, "How the MPI connection is made".
 struct TransportOptions {
   // The Open MPI rendezvous (an `ompi-server` URI, or "file:PATH" of the file it wrote) that
   // every peer of this process must share. Empty: a server starts a private ompi-server and
