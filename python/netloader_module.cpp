@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <deque>
 #include <future>
@@ -97,8 +98,23 @@ Partition ToPartition(const py::dict& p) {
   return partition;
 }
 
+// ToPartition's inverse: every field, as netloader.Server/load take `partition`.
+py::dict PartitionDict(const Partition& p) {
+  return py::dict(py::arg("tp_size") = p.tp_size, py::arg("tp_rank") = p.tp_rank,
+                  py::arg("pp_size") = p.pp_size, py::arg("pp_rank") = p.pp_rank,
+                  py::arg("layout_key") = p.layout_key);
+}
+
+// Seconds (Python's timeouts) to milliseconds, to the nearest: Seconds' values come back exact.
 std::chrono::milliseconds Ms(double seconds) {
-  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+  return std::chrono::milliseconds(std::llround(seconds * 1000));
+}
+
+double Seconds(std::chrono::milliseconds ms) { return static_cast<double>(ms.count()) / 1000.0; }
+
+// A string option the Python API leaves unset with None ("" in C++).
+py::object NoneIfEmpty(const std::string& s) {
+  return s.empty() ? py::object(py::none()) : py::object(py::str(s));
 }
 
 // The options both sides share, from keyword arguments already checked by __init__.py.
@@ -398,31 +414,26 @@ py::dict StatusOf(const std::string& endpoint, const std::string& secret, double
   const SourceStatus s = Take(std::move(asked));
   return py::dict(
       py::arg("state") = s.state, py::arg("failure") = s.failure, py::arg("model_id") = s.model_id,
-      py::arg("partition") = py::dict(
-          py::arg("tp_size") = s.partition.tp_size, py::arg("tp_rank") = s.partition.tp_rank,
-          py::arg("pp_size") = s.partition.pp_size, py::arg("pp_rank") = s.partition.pp_rank,
-          py::arg("layout_key") = s.partition.layout_key),
-      py::arg("table_digest") = s.table_digest, py::arg("bytes_total") = s.bytes_total,
-      py::arg("bytes_held") = s.bytes_held, py::arg("sessions") = s.sessions,
-      py::arg("max_sessions") = s.max_sessions, py::arg("fanout") = s.fanout,
-      py::arg("children") = s.children, py::arg("bytes_sent") = s.bytes_sent,
-      py::arg("clients_served") = s.clients_served, py::arg("clients_failed") = s.clients_failed,
-      py::arg("redirected") = s.redirected);
+      py::arg("partition") = PartitionDict(s.partition), py::arg("table_digest") = s.table_digest,
+      py::arg("bytes_total") = s.bytes_total, py::arg("bytes_held") = s.bytes_held,
+      py::arg("sessions") = s.sessions, py::arg("max_sessions") = s.max_sessions,
+      py::arg("fanout") = s.fanout, py::arg("children") = s.children,
+      py::arg("bytes_sent") = s.bytes_sent, py::arg("clients_served") = s.clients_served,
+      py::arg("clients_failed") = s.clients_failed, py::arg("redirected") = s.redirected);
 }
 
 // --model-loader-extra-config, parsed by the one parser every engine uses (loader_config.h), as
 // a dict of the LoaderConfig fields (timeouts in seconds).
 py::dict ParseExtraConfig(const std::string& json_text, int world_size) {
   const LoaderConfig c = Take(ParseLoaderConfig(json_text, world_size));
-  auto seconds = [](std::chrono::milliseconds ms) { return ms.count() / 1000.0; };
   return py::dict(
       py::arg("sources") = c.sources, py::arg("listen_port") = c.listen_port,
       py::arg("listen_host") = c.listen_host, py::arg("serve") = c.serve,
       py::arg("model_id") = c.server.model_id, py::arg("output_prefix") = c.output_prefix,
-      py::arg("register_timeout") = seconds(c.client.register_timeout),
-      py::arg("connect_timeout") = seconds(c.server.connect_timeout),
-      py::arg("stall_timeout") = seconds(c.server.stall_timeout),
-      py::arg("heartbeat_timeout") = seconds(c.server.heartbeat_timeout), py::arg("auth") = c.auth,
+      py::arg("register_timeout") = Seconds(c.client.register_timeout),
+      py::arg("connect_timeout") = Seconds(c.server.connect_timeout),
+      py::arg("stall_timeout") = Seconds(c.server.stall_timeout),
+      py::arg("heartbeat_timeout") = Seconds(c.server.heartbeat_timeout), py::arg("auth") = c.auth,
       py::arg("secret_file") = c.secret_file.empty() ? DefaultSecretPath() : c.secret_file,
       py::arg("max_clients") = c.server.max_concurrent_transfers,
       py::arg("fanout") = c.server.fanout, py::arg("chunk_mib") = c.server.chunk_bytes >> 20,
@@ -430,6 +441,42 @@ py::dict ParseExtraConfig(const std::string& json_text, int world_size) {
       py::arg("delta_from") = c.delta_from, py::arg("tensors") = c.tensors,
       py::arg("rendezvous") = c.server.transport.rendezvous_uri,
       py::arg("interface") = c.server.transport.interface);
+}
+
+// One rank's options from its --model-loader-extra-config (OptionsForRank, as netloader-llama
+// derives them): {"server": ..., "load": ..., "relay": bool}, the first two the keyword
+// arguments of netloader.Server and netloader.load (no secret: the engine passes its own).
+py::dict RankOptionsOf(const std::string& json_text, int world_size, int rank,
+                       const py::dict& partition) {
+  if (world_size < 1 || rank < 0 || rank >= world_size) {
+    Raise(Status(StatusCode::kInvalidArgument, "rank " + std::to_string(rank) +
+                                                   " of an instance of " +
+                                                   std::to_string(world_size) + " ranks"));
+  }
+  const LoaderConfig config = Take(ParseLoaderConfig(json_text, world_size));
+  const RankOptions o = OptionsForRank(config, rank, ToPartition(partition), "");
+  const ServerOptions& s = o.server;
+  const ClientOptions& c = o.client;
+  py::dict server(py::arg("listen") = s.listen, py::arg("model_id") = NoneIfEmpty(s.model_id),
+                  py::arg("partition") = PartitionDict(s.partition), py::arg("window") = s.window,
+                  py::arg("max_clients") = s.max_concurrent_transfers,
+                  py::arg("chunk_bytes") = s.chunk_bytes, py::arg("fanout") = s.fanout,
+                  py::arg("connect_timeout") = Seconds(s.connect_timeout),
+                  py::arg("stall_timeout") = Seconds(s.stall_timeout),
+                  py::arg("heartbeat_timeout") = Seconds(s.heartbeat_timeout),
+                  py::arg("rendezvous") = NoneIfEmpty(s.transport.rendezvous_uri),
+                  py::arg("interface") = s.transport.interface);
+  py::dict load(py::arg("sources") = c.sources, py::arg("model_id") = NoneIfEmpty(c.model_id),
+                py::arg("partition") = PartitionDict(c.partition), py::arg("window") = c.window,
+                py::arg("register_timeout") = Seconds(c.register_timeout),
+                py::arg("connect_timeout") = Seconds(c.connect_timeout),
+                py::arg("stall_timeout") = Seconds(c.stall_timeout),
+                py::arg("busy_timeout") = Seconds(c.busy_timeout),
+                py::arg("heartbeat_timeout") = Seconds(c.heartbeat_timeout),
+                py::arg("stripe") = c.stripe,
+                py::arg("rendezvous") = NoneIfEmpty(c.transport.rendezvous_uri),
+                py::arg("interface") = c.transport.interface);
+  return py::dict(py::arg("server") = server, py::arg("load") = load, py::arg("relay") = o.relay);
 }
 
 }  // namespace
@@ -534,6 +581,8 @@ PYBIND11_MODULE(_netloader, m) {
   });
   m.def("_status", &StatusOf, py::arg("endpoint"), py::arg("secret"), py::arg("timeout"));
   m.def("_parse_loader_config", &ParseExtraConfig, py::arg("json_text"), py::arg("world_size"));
+  m.def("_options_for_rank", &RankOptionsOf, py::arg("json_text"), py::arg("world_size"),
+        py::arg("rank"), py::arg("partition"));
   m.def("_loader_config_help", &LoaderConfigHelp);
   m.def("tensor_pattern_matches", &TensorPatternMatches, py::arg("pattern"), py::arg("name"),
         "Whether tensor `name` matches `pattern` as select= and TENSORS read it: '*' any run of "

@@ -377,23 +377,6 @@ def detokenize(tokens):
     return "".join(out)
 
 
-def peer_options(loader, secret, par):
-    """What netloader.load and netloader.Server both take from the extra config."""
-    return dict(model_id=loader["model_id"] or None, partition=par.partition(), secret=secret,
-                window=loader["window"], connect_timeout=loader["connect_timeout"],
-                stall_timeout=loader["stall_timeout"],
-                heartbeat_timeout=loader["heartbeat_timeout"],
-                rendezvous=loader["rendezvous"] or None, interface=loader["interface"])
-
-
-def start_server(weights, loader, secret, par, relay=False):
-    port = loader["listen_port"] + par.rank if loader["listen_port"] else 0
-    return netloader.Server(weights, f"tcp://{loader['listen_host']}:{port}",
-                            max_clients=loader["max_clients"], fanout=loader["fanout"],
-                            chunk_bytes=loader["chunk_mib"] << 20, relay=relay,
-                            **peer_options(loader, secret, par))
-
-
 class Turn:
     """The ranks connect to their sources one after another (rank r once rank r - 1 has),
     because Open MPI can wedge two connects between the same two mpirun jobs made at the same
@@ -426,11 +409,17 @@ def load_weights(args, loader, plan, weights, par, turn, report):
     server, fallback = None, None
     selected = []
     if loader is not None:
+        # This rank's server and load options and whether it relays, as netloader-llama derives
+        # them (the library's OptionsForRank); the secret is this engine's.
+        try:
+            options = netloader.options_for_rank(args.model_loader_extra_config, par.world,
+                                                 par.rank, par.partition())
+        except netloader.Error as e:  # parsed at start-up; only a CONFIG_FILE changed since
+            raise EngineError(str(e), 2) from e
         # TENSORS: the tensors of this rank a partial load fills; the others come from disk.
         selected = [n for n in weights
                     if any(netloader.tensor_pattern_matches(p, n) for p in loader["tensors"])]
-        sources = loader["sources"].get(par.rank)
-        if not sources:
+        if not options["load"]["sources"]:
             fallback = f"no SOURCE for rank {par.rank}"
         elif loader["tensors"] and not selected:
             fallback = f"TENSORS matches none of rank {par.rank}'s tensors"
@@ -443,19 +432,19 @@ def load_weights(args, loader, plan, weights, par, turn, report):
                 except EngineError as e:
                     print(f"{who}: WARN DELTA_FROM not used ({e}); loading every chunk",
                           file=sys.stderr)
-            if loader["serve"] and not loader["tensors"] and loader["rendezvous"]:
-                server = start_server(weights, loader, secret, par, relay=True)
+            if options["relay"]:
+                server = netloader.Server(weights, relay=True, secret=secret,
+                                          **options["server"])
                 report["relayed"] = True
                 print(f"{who}: relaying at {server.endpoint} while it loads", file=sys.stderr)
             try:
                 # Named exactly: the source may hold more tensors matching TENSORS than this rank
                 # (another pipeline split, a whole model); this rank needs these.
                 stats = netloader.load(
-                    weights, sources, register_timeout=loader["register_timeout"],
-                    busy_timeout=max(60.0, loader["register_timeout"]), stripe=loader["stripe"],
+                    weights, secret=secret,
                     select=[netloader.exact_tensor_pattern(n) for n in selected] or None,
                     destination_filled=filled, relay=server, connect_hook=turn.hook,
-                    **peer_options(loader, secret, par))
+                    **options["load"])
                 report.update(loaded_from=stats["source"], gbps=stats["gbps"],
                               bytes_pulled=sum(a["bytes"] for a in stats["attempts"]),
                               bytes_reused=stats["bytes_reused"], tensors_loaded=stats["tensors"])
@@ -475,7 +464,7 @@ def load_weights(args, loader, plan, weights, par, turn, report):
         read_shards(plan, weights, skip=set(selected))  # what the partial load left out
         report["tensors_from_disk"] = len(weights) - len(selected)
     if loader is not None and loader["serve"] and server is None:
-        server = start_server(weights, loader, secret, par)
+        server = netloader.Server(weights, secret=secret, **options["server"])
     return server
 
 

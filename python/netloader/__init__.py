@@ -69,7 +69,8 @@ def _stop_forwarding_logs():
 __all__ = [
     "load", "Server", "read_layout", "allocate", "load_from_disk", "initialize_transport",
     "prepare_mpi_environment",
-    "set_log_level", "status", "parse_loader_config", "loader_config_help", "tensor_pattern_matches",
+    "set_log_level", "status", "parse_loader_config", "options_for_rank", "loader_config_help",
+    "tensor_pattern_matches",
     "exact_tensor_pattern",
     "Error", "Busy",
     "Cancelled", "ChecksumMismatch", "FingerprintMismatch", "Internal", "InvalidArgument",
@@ -125,16 +126,20 @@ def _secret(secret):
     return secret
 
 
+def _partition(partition):
+    unknown = set(partition) - {"tp_size", "tp_rank", "pp_size", "pp_rank", "layout_key"}
+    if unknown:
+        raise ValueError(f"partition has unknown keys {sorted(unknown)}")
+    return dict(partition)
+
+
 def _peer_options(model_id, partition, secret, window, connect_timeout, stall_timeout,
                   heartbeat_timeout, rendezvous, interface):
     options = {"secret": _secret(secret)}
     if model_id is not None:
         options["model_id"] = model_id
     if partition is not None:
-        unknown = set(partition) - {"tp_size", "tp_rank", "pp_size", "pp_rank", "layout_key"}
-        if unknown:
-            raise ValueError(f"partition has unknown keys {sorted(unknown)}")
-        options["partition"] = dict(partition)
+        options["partition"] = _partition(partition)
     for key, value in (("window", window), ("connect_timeout", connect_timeout),
                        ("stall_timeout", stall_timeout),
                        ("heartbeat_timeout", heartbeat_timeout), ("rendezvous", rendezvous),
@@ -320,11 +325,44 @@ def parse_loader_config(extra_config, world_size=1):
     max_clients, fanout, chunk_mib, window, stripe, delta_from, tensors, rendezvous, interface.
     Raises netloader.InvalidArgument naming the key that is wrong (NotFound for a CONFIG_FILE
     that is not there)."""
+    return _netloader._parse_loader_config(_config_text(extra_config), int(world_size))
+
+
+def options_for_rank(extra_config, world_size, rank, partition):
+    """One rank's options from an engine's --model-loader-extra-config (text or a dict, as
+    parse_loader_config takes it), derived by the library itself exactly as netloader-llama
+    derives them (loader_config.h, OptionsForRank). `partition`: the rank's tp_size, tp_rank,
+    pp_size, pp_rank and layout_key (a dict; keys left out keep their defaults). Returns a dict:
+
+    * "server": the keyword arguments of Server: listen (LISTEN_HOST at LISTEN_PORT + rank, or a
+      free port), model_id, partition, window, max_clients, chunk_bytes, fanout, the timeouts in
+      seconds, rendezvous and interface;
+    * "load": the keyword arguments of load: sources (the rank's SOURCE entry; empty: load from
+      disk), model_id, partition, window, the timeouts in seconds (busy_timeout at least
+      register_timeout), stripe, rendezvous and interface;
+    * "relay": whether to serve while loading (Server(..., relay=True) passed as load's relay=):
+      SERVE with a RENDEZVOUS and no TENSORS.
+
+    model_id and rendezvous are None when unset. Neither holds a secret (pass secret= yourself)
+    nor load's select: a TENSORS load names this rank's matching tensors itself. Raises
+    netloader.InvalidArgument for a wrong key or a rank outside [0, world_size), as
+    parse_loader_config does.
+
+        rank = netloader.options_for_rank(extra_config, 2, 1, {"tp_size": 2, "tp_rank": 1})
+        stats = netloader.load(state_dict, secret=s, **rank["load"])  # if rank["load"]["sources"]
+        server = netloader.Server(state_dict, secret=s, **rank["server"])
+    """
+    return _netloader._options_for_rank(_config_text(extra_config), int(world_size), int(rank),
+                                        _partition(partition or {}))
+
+
+def _config_text(extra_config):
+    """An extra config as the C++ parser takes it: JSON text ("" meaning {})."""
     if isinstance(extra_config, dict):
         import json
 
         extra_config = json.dumps(extra_config)
-    return _netloader._parse_loader_config(extra_config or "{}", int(world_size))
+    return extra_config or "{}"
 
 
 def loader_config_help():

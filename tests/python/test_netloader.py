@@ -3,6 +3,7 @@ real safetensors files. Run by ctest (label `python`), one ctest entry per test 
 PYTHONPATH at the build tree's python/ and NETLOADER_BIN_DIR at its bin/."""
 
 import _thread
+import inspect
 import json
 import logging
 import os
@@ -382,3 +383,75 @@ def test_the_extra_config_parser_is_the_engines_own(tmp_path):
     assert "OUTPUT_PREFIX" in netloader.loader_config_help()
     assert netloader.tensor_pattern_matches("model.layers.*.mlp.*", "model.layers.3.mlp.up")
     assert not netloader.tensor_pattern_matches("lm_head.?", "lm_head.weight")
+
+
+def test_a_ranks_options_are_the_engines_own():
+    """options_for_rank: the library's OptionsForRank, as netloader-llama derives a rank's server
+    and load from the extra config, given as keyword arguments of Server and load."""
+    config = {"SOURCE": [{"device_id": 1, "sources": ["10.0.0.5:7001", "tcp://10.0.0.6:7001"]}],
+              "LISTEN_PORT": 7000, "LISTEN_HOST": "0.0.0.0", "MODEL": "org/llama@rev",
+              "REGISTER_TIMEOUT": 90, "STALL_TIMEOUT": 2.5, "WINDOW": 8, "STRIPE": 2,
+              "MAX_CLIENTS": 2, "CHUNK_MIB": 2, "FANOUT": 3, "RENDEZVOUS": "file:/tmp/rv",
+              "INTERFACE": "eth0"}
+    partition = {"tp_size": 2, "tp_rank": 1, "layout_key": "netloader-llama/test"}
+    rank = netloader.options_for_rank(config, 2, 1, partition)
+    server, load = rank["server"], rank["load"]
+    # Exactly keyword arguments of Server and load; the secret stays the caller's.
+    assert set(server) == {"listen", "model_id", "partition", "window", "max_clients",
+                           "chunk_bytes", "fanout", "connect_timeout", "stall_timeout",
+                           "heartbeat_timeout", "rendezvous", "interface"}
+    assert set(server) <= set(inspect.signature(netloader.Server).parameters)
+    assert set(load) == {"sources", "model_id", "partition", "window", "register_timeout",
+                         "connect_timeout", "stall_timeout", "busy_timeout", "heartbeat_timeout",
+                         "stripe", "rendezvous", "interface"}
+    assert set(load) <= set(inspect.signature(netloader.load).parameters)
+    assert server["listen"] == "tcp://0.0.0.0:7001"  # LISTEN_PORT + rank
+    assert load["sources"] == ["tcp://10.0.0.5:7001", "tcp://10.0.0.6:7001"]
+    assert load["register_timeout"] == 90.0 and load["busy_timeout"] >= load["register_timeout"]
+    whole = {"tp_size": 2, "tp_rank": 1, "pp_size": 1, "pp_rank": 0,
+             "layout_key": "netloader-llama/test"}
+    for options in (server, load):
+        assert options["partition"] == whole and options["model_id"] == "org/llama@rev"
+        assert options["window"] == 8 and options["stall_timeout"] == 2.5
+        assert options["rendezvous"] == "file:/tmp/rv" and options["interface"] == "eth0"
+    assert server["max_clients"] == 2 and server["chunk_bytes"] == 2 << 20
+    assert server["fanout"] == 3 and load["stripe"] == 2
+    assert rank["relay"] is True  # SERVE (default), a RENDEZVOUS, no TENSORS
+
+    first = netloader.options_for_rank(json.dumps(config), 2, 0, {"tp_size": 2})
+    assert first["server"]["listen"] == "tcp://0.0.0.0:7000" and first["load"]["sources"] == []
+    no_rendezvous = {key: value for key, value in config.items() if key != "RENDEZVOUS"}
+    for changed in (dict(config, TENSORS=["model.layers.*"]), no_rendezvous,
+                    dict(config, SERVE=False)):
+        assert netloader.options_for_rank(changed, 2, 1, partition)["relay"] is False, changed
+    assert netloader.options_for_rank(no_rendezvous, 2, 1, partition)["load"]["rendezvous"] is None
+
+    # The defaults are parse_loader_config's: one parser, one set of defaults.
+    parsed = netloader.parse_loader_config({})
+    default = netloader.options_for_rank({}, 1, 0, {})
+    server, load = default["server"], default["load"]
+    assert server["listen"] == f"tcp://{parsed['listen_host']}:0"  # no LISTEN_PORT: a free port
+    assert load["sources"] == [] and default["relay"] is False
+    for options in (server, load):
+        for key in ("window", "connect_timeout", "stall_timeout", "heartbeat_timeout",
+                    "interface"):
+            assert options[key] == parsed[key], key
+        assert options["model_id"] is None and parsed["model_id"] == ""
+        assert options["rendezvous"] is None and parsed["rendezvous"] == ""
+        assert options["partition"] == {"tp_size": 1, "tp_rank": 0, "pp_size": 1, "pp_rank": 0,
+                                        "layout_key": ""}
+        assert all(isinstance(options[k], float) for k in options if k.endswith("_timeout"))
+    assert server["max_clients"] == parsed["max_clients"]
+    assert server["fanout"] == parsed["fanout"]
+    assert server["chunk_bytes"] == parsed["chunk_mib"] << 20
+    assert load["register_timeout"] == parsed["register_timeout"]
+    assert load["stripe"] == parsed["stripe"]
+    assert load["busy_timeout"] >= load["register_timeout"]
+
+    for wrong, named in ((({"LISTEN_PORT": -1}, 2, 0), "LISTEN_PORT"),
+                         (({"SOURSE": []}, 1, 0), "SOURSE"),
+                         (({}, 2, 2), "rank 2"), (({}, 1, -1), "rank -1")):
+        with pytest.raises(netloader.InvalidArgument, match=named):
+            netloader.options_for_rank(*wrong, {})
+    with pytest.raises(ValueError, match="tp_sise"):
+        netloader.options_for_rank({}, 1, 0, {"tp_sise": 2})
