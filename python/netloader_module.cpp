@@ -4,10 +4,8 @@
 // or numpy arrays, so the memory is used where it lies: nothing is copied through Python. Every
 // blocking call releases the GIL.
 
-#include <fcntl.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -343,39 +341,12 @@ std::vector<py::tuple> ReadLayout(const std::string& path) {
 void LoadFromDisk(const std::string& path, const std::vector<TensorTuple>& tensors) {
   const ModelView view = ToView(tensors);
   const CheckpointLayout layout = Take(ReadCheckpointLayout(path));
-  size_t i = 0;
-  py::gil_scoped_release released;
-  for (const ShardLayout& shard : layout.shards) {
-    const int fd = open(shard.path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      py::gil_scoped_acquire held;
-      Raise(Status(StatusCode::kNotFound, "cannot open " + shard.path));
-    }
-    for (const TensorSpec& t : shard.tensors) {
-      const TensorView* dest = i < view.tensors.size() ? &view.tensors[i] : nullptr;
-      ++i;
-      if (dest == nullptr || dest->name != t.name || dest->size_bytes != t.size_bytes) {
-        close(fd);
-        py::gil_scoped_acquire held;
-        Raise(Status(StatusCode::kInvalidArgument,
-                     "tensor '" + t.name + "' of " + path + " is not the next tensor given (" +
-                         (dest ? "'" + dest->name + "'" : std::string("none")) +
-                         ") or has another size"));
-      }
-      uint64_t done = 0;
-      while (done < t.size_bytes) {
-        const ssize_t n = pread(fd, static_cast<char*>(dest->data) + done, t.size_bytes - done,
-                                static_cast<off_t>(t.file_offset + done));
-        if (n <= 0) {
-          close(fd);
-          py::gil_scoped_acquire held;
-          Raise(Status(StatusCode::kUnavailable, "reading '" + t.name + "' from " + shard.path));
-        }
-        done += static_cast<uint64_t>(n);
-      }
-    }
-    close(fd);
+  Status read;
+  {
+    py::gil_scoped_release released;
+    read = ReadTensors(layout, view);
   }
+  if (!read.ok()) Raise(read);
 }
 
 // One tensor's bytes in a HostModel, exposed through the buffer protocol; every block holds the

@@ -1,8 +1,6 @@
 #include "examples/engine/llama.h"
 
-#include <fcntl.h>
 #include <mpi.h>
-#include <unistd.h>
 #include <xxhash.h>
 
 #include <cmath>
@@ -98,23 +96,6 @@ void Rope(float* head, int dim, int position, float theta) {
     head[i] = a * c - b * s;
     head[i + half] = b * c + a * s;
   }
-}
-
-Status PreadAll(int fd, void* out, uint64_t bytes, uint64_t offset, const std::string& path) {
-  char* p = static_cast<char*>(out);
-  while (bytes > 0) {
-    const ssize_t n = pread(fd, p, bytes, static_cast<off_t>(offset));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      return Status(StatusCode::kUnavailable,
-                    "reading " + path + " at byte " + std::to_string(offset) + ": " +
-                        (n < 0 ? std::strerror(errno) : "file too short"));
-    }
-    p += n;
-    bytes -= static_cast<uint64_t>(n);
-    offset += static_cast<uint64_t>(n);
-  }
-  return Status::Ok();
 }
 
 }  // namespace
@@ -260,32 +241,41 @@ netloader::ModelView Weights::view() {
 }
 
 Status Weights::LoadFromDisk(const std::set<std::string>& except) {
-  std::map<std::string, int> fds;
-  Status status;
-  for (size_t i = 0; i < specs_.size() && status.ok(); ++i) {
+  // A whole tensor or a block of its rows is one run of bytes in its file: all of them are read
+  // in one ReadTensors call, as pieces of a layout that name those bytes. A block of columns is
+  // read as the whole tensor, one at a time, keeping each row's part.
+  netloader::CheckpointLayout pieces;
+  netloader::ModelView into;
+  std::vector<size_t> column_blocks;
+  for (size_t i = 0; i < specs_.size(); ++i) {
     const ShardSpec& s = specs_[i];
     if (except.count(s.full.name)) continue;
-    int& fd = fds[s.path];
-    if (fd == 0) fd = open(s.path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      status = Status(StatusCode::kUnavailable, "opening " + s.path + ": " + std::strerror(errno));
-      break;
+    if (s.split_dim >= 1) {
+      column_blocks.push_back(i);
+      continue;
     }
     const uint64_t row_bytes = s.full.shape.size() == 2 ? s.full.shape[1] * sizeof(float) : 0;
-    if (s.split_dim < 1) {  // whole, or a contiguous block of rows
-      status = PreadAll(fd, data_[i].data(), s.size_bytes(),
-                        s.full.file_offset + static_cast<uint64_t>(s.start) * row_bytes, s.path);
-    } else {  // a block of columns: read the whole tensor, keep each row's part
-      std::vector<float> whole(s.full.size_bytes / sizeof(float));
-      status = PreadAll(fd, whole.data(), s.full.size_bytes, s.full.file_offset, s.path);
-      const size_t cols = s.shape[1], full_cols = s.full.shape[1];
-      for (size_t r = 0; status.ok() && r < static_cast<size_t>(s.shape[0]); ++r) {
-        std::memcpy(&data_[i][r * cols], &whole[r * full_cols + s.start], cols * sizeof(float));
-      }
+    netloader::TensorSpec piece = s.full;
+    piece.size_bytes = s.size_bytes();
+    piece.file_offset += static_cast<uint64_t>(s.start) * row_bytes;
+    if (pieces.shards.empty() || pieces.shards.back().path != s.path) {
+      pieces.shards.push_back({s.path, {}, {}});
     }
+    pieces.shards.back().tensors.push_back(piece);
+    into.tensors.push_back({piece.name, piece.dtype, s.shape, data_[i].data(), piece.size_bytes});
   }
-  for (const auto& [path, fd] : fds) {
-    if (fd > 0) close(fd);
+  Status status = netloader::ReadTensors(pieces, into);
+  for (size_t i : column_blocks) {
+    if (!status.ok()) break;
+    const ShardSpec& s = specs_[i];
+    std::vector<float> whole(s.full.size_bytes / sizeof(float));
+    status = netloader::ReadTensors(
+        {{{s.path, {}, {s.full}}}},
+        {{{s.full.name, s.full.dtype, s.full.shape, whole.data(), s.full.size_bytes}}});
+    const size_t cols = s.shape[1], full_cols = s.full.shape[1];
+    for (size_t r = 0; status.ok() && r < static_cast<size_t>(s.shape[0]); ++r) {
+      std::memcpy(&data_[i][r * cols], &whole[r * full_cols + s.start], cols * sizeof(float));
+    }
   }
   return status;
 }

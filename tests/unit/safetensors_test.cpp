@@ -142,6 +142,37 @@ TEST(SafetensorsTest, ShardedCheckpointRoundTripsThroughIndex) {
   EXPECT_EQ(again->tensor_count(), 2u);
 }
 
+TEST(SafetensorsTest, ReadTensorsFillsAViewAndNamesWhatDoesNotMatch) {
+  TempDir dir;
+  std::vector<float> a(10, 1.5f), b(6, -2.0f);
+  const std::string path = dir / "m.safetensors";
+  ASSERT_TRUE(WriteSafetensors(path, {{"a", DType::kF32, {10}, a.data(), 40},
+                                      {"b", DType::kF32, {2, 3}, b.data(), 24}})
+                  .ok());
+  Result<CheckpointLayout> layout = ReadCheckpointLayout(path);
+  ASSERT_TRUE(layout.ok()) << layout.status().ToString();
+  std::vector<float> a2(10), b2(6);
+  ModelView view{
+      {{"a", DType::kF32, {10}, a2.data(), 40}, {"b", DType::kF32, {2, 3}, b2.data(), 24}}};
+  ASSERT_TRUE(ReadTensors(*layout, view).ok());
+  EXPECT_EQ(a2, a);
+  EXPECT_EQ(b2, b);
+  // A view in another order is refused, naming the tensor.
+  std::swap(view.tensors[0], view.tensors[1]);
+  Status swapped = ReadTensors(*layout, view);
+  EXPECT_EQ(swapped.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(swapped.message().find("tensor 'a' of " + path + " is not the next tensor given ('b')"),
+            std::string::npos)
+      << swapped.message();
+  // A file cut short is an error naming it, not a short read.
+  std::swap(view.tensors[0], view.tensors[1]);
+  const std::string whole = testing::ReadFile(path);
+  testing::WriteFile(path, whole.substr(0, whole.size() - 8));
+  Status cut = ReadTensors(*layout, view);
+  EXPECT_FALSE(cut.ok());
+  EXPECT_NE(cut.message().find(path), std::string::npos) << cut.message();
+}
+
 TEST(SafetensorsTest, IndexThatMapsATensorToTheWrongFileIsRejected) {
   TempDir dir;
   float x = 1;

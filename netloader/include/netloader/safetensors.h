@@ -97,6 +97,15 @@ class NETLOADER_EXPORT HostModel {
   size_t mapped_bytes_ = 0;
 };
 
+// Reads the bytes of every tensor of `layout` from its files into the tensor at the same place
+// in `view` (storage order: the i-th tensor of the layout's shards into view.tensors[i]), which
+// must have the same name and size. The one way netloader reads tensor data from disk (a
+// HostModel, the Python binding's load_from_disk, the example engine's shards); interrupted
+// reads are retried. Errors: InvalidArgument naming the first tensor that differs, NotFound (a
+// file cannot be opened), Unavailable or InvalidArgument (a read fails, or a file ends early),
+// each naming the file; `view`'s contents are then undefined.
+NETLOADER_EXPORT Status ReadTensors(const CheckpointLayout& layout, const ModelView& view);
+
 // Writes one safetensors file: 8-byte little-endian header length, a JSON header (metadata
 // first, then tensors in the given order) padded with spaces to 8 bytes, then the data in order.
 // Writes to a temporary name and renames, so a crash never leaves a half-written file.

@@ -419,17 +419,30 @@ Result<HostModel> HostModel::Allocate(const CheckpointLayout& layout) {
 Result<HostModel> HostModel::Load(const CheckpointLayout& layout) {
   Result<HostModel> model = Allocate(layout);
   if (!model.ok()) return model;
+  Status read = ReadTensors(layout, model->view_);
+  if (!read.ok()) return read;
+  return model;
+}
+
+Status ReadTensors(const CheckpointLayout& layout, const ModelView& view) {
   size_t index = 0;
   for (const ShardLayout& shard : layout.shards) {
     Fd fd(open(shard.path.c_str(), O_RDONLY | O_CLOEXEC));
     if (fd.get() < 0) return OpenFailed(shard.path);
     for (const TensorSpec& t : shard.tensors) {
-      const TensorView& dest = model->view_.tensors[index++];
-      Status read = PreadAll(fd.get(), dest.data, t.size_bytes, t.file_offset, shard.path);
+      const TensorView* dest = index < view.tensors.size() ? &view.tensors[index] : nullptr;
+      ++index;
+      if (dest == nullptr || dest->name != t.name || dest->size_bytes != t.size_bytes) {
+        return Status(
+            StatusCode::kInvalidArgument,
+            "tensor '" + t.name + "' of " + shard.path + " is not the next tensor given (" +
+                (dest ? "'" + dest->name + "'" : std::string("none")) + ") or has another size");
+      }
+      Status read = PreadAll(fd.get(), dest->data, t.size_bytes, t.file_offset, shard.path);
       if (!read.ok()) return read;
     }
   }
-  return model;
+  return Status::Ok();
 }
 
 Status WriteSafetensors(const std::string& path, const std::vector<TensorView>& tensors,
