@@ -124,9 +124,15 @@ Status Attempt::WaitBusy(const wire::Busy& busy, Clock::time_point busy_deadline
   const auto wait =
       std::chrono::milliseconds(std::clamp<uint32_t>(busy.retry_after_ms(), 10, 10000));
   if (Clock::now() + wait > busy_deadline) {
-    return Status(StatusCode::kBusy, "source stayed busy (" + std::to_string(busy.active()) +
-                                         " of " + std::to_string(busy.limit()) +
-                                         " slots in use) for " +
+    // A source with free slots says Busy while it cannot serve yet (a relay still waiting for
+    // its own source): say that rather than "0 of 4 slots in use".
+    const std::string why = busy.active() < busy.limit()
+                                ? "it is still loading and cannot serve yet, with " +
+                                      std::to_string(busy.active()) + " of " +
+                                      std::to_string(busy.limit()) + " slots in use"
+                                : std::to_string(busy.active()) + " of " +
+                                      std::to_string(busy.limit()) + " slots in use";
+    return Status(StatusCode::kBusy, "source stayed busy (" + why + ") for " +
                                          std::to_string(options_.busy_timeout.count()) + " ms");
   }
   Log().debug("{} is busy; retrying in {} ms", source_, wait.count());

@@ -131,8 +131,14 @@ void Session::Report(const std::string& who, std::unique_ptr<transfer::Channel>&
     return;
   }
   if (done && done->verified()) {
-    Log().info("served {}: {} bytes, {} tensors in {:.3f} s ({:.2f} GB/s), verified by client", who,
-               sent, stream_->view.tensors.size(), seconds, sent / seconds / 1e9);
+    // A striped client takes part of the stream from each source; say which part this was.
+    const uint64_t stream_bytes = stream_->view.total_bytes();
+    Log().info("served {}: {} bytes{} in {:.3f} s ({:.2f} GB/s), verified by client", who, sent,
+               sent == stream_bytes
+                   ? fmt::format(", {} tensors", stream_->view.tensors.size())
+                   : fmt::format(" of the {}-byte stream (the client loaded the rest elsewhere)",
+                                 stream_bytes),
+               seconds, seconds > 0 ? sent / seconds / 1e9 : 0.0);
     Finish(true, sent);
     channel.reset();  // collective disconnect: the client does the same after Done
     return;
@@ -152,7 +158,8 @@ void Session::Report(const std::string& who, std::unique_ptr<transfer::Channel>&
 std::string Session::DescribeAbort(const Status& status) {
   std::lock_guard<std::mutex> lock(mu_);
   if (status.code() == StatusCode::kCancelled && done_) {
-    return "the client gave up: " + done_->message();
+    return done_->message().empty() ? "the client gave up (it gave no reason)"
+                                    : "the client gave up: " + done_->message();
   }
   if (status.code() == StatusCode::kCancelled && !lost_.empty()) return lost_;
   return status.ToString();

@@ -129,6 +129,9 @@ TEST_F(RelayTest, ARelayServesWhatItVerifiedWhileItIsStillLoading) {
   Result<LoadStats> refused = internal::Load(impatient, early.view, *Plane(transport_));
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), StatusCode::kBusy) << refused.status().ToString();
+  EXPECT_NE(refused.status().message().find("it is still loading and cannot serve yet"),
+            std::string::npos)
+      << "free slots are not the reason: " << refused.status().message();
 
   Event downstream_started;
   ASSERT_NO_FATAL_FAILURE(LoadRelayHeldAtHalf(downstream_started));
