@@ -15,6 +15,41 @@
 
 using namespace netloader;
 
+namespace {
+
+// --model, read into memory, saying how long that took.
+Result<HostModel> LoadModel(const std::string& path) {
+  const auto start = std::chrono::steady_clock::now();
+  Result<CheckpointLayout> layout = ReadCheckpointLayout(path);
+  if (!layout.ok()) return layout.status();
+  Result<HostModel> model = HostModel::Load(*layout);
+  if (!model.ok()) return model.status();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "netloader-server: loaded %zu tensors (%s) from %s in %.2f s\n",
+               model->view().tensors.size(), cli::HumanBytes(model->view().total_bytes()).c_str(),
+               path.c_str(), seconds);
+  return model;
+}
+
+// A stopped server's counters: one line, or one JSON object with `json`.
+void PrintServed(Server& server, bool json) {
+  if (json) {
+    std::cout << cli::ServerSummary(server).dump() << std::endl;
+    return;
+  }
+  const ServerStats s = server.stats();
+  std::printf(
+      "served %llu clients (%llu failed, %llu refused, %llu redirected, %llu failed "
+      "authentication), %s sent\n",
+      static_cast<unsigned long long>(s.clients_served),
+      static_cast<unsigned long long>(s.clients_failed), static_cast<unsigned long long>(s.refused),
+      static_cast<unsigned long long>(s.redirected),
+      static_cast<unsigned long long>(s.unauthenticated), cli::HumanBytes(s.bytes_sent).c_str());
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   CLI::App app{
       "netloader-server: serve a model held in memory to netloader clients.\n"
@@ -71,22 +106,11 @@ int main(int argc, char** argv) {
   // Before any thread starts, so they all inherit the mask and the main thread alone takes them.
   const sigset_t stop_signals = cli::BlockStopSignals();
 
-  const auto load_start = std::chrono::steady_clock::now();
-  Result<CheckpointLayout> layout = ReadCheckpointLayout(model_path);
-  if (!layout.ok()) {
-    std::fprintf(stderr, "netloader-server: %s\n", layout.status().ToString().c_str());
-    return cli::kExitBadModel;
-  }
-  Result<HostModel> model = HostModel::Load(*layout);
+  Result<HostModel> model = LoadModel(model_path);
   if (!model.ok()) {
     std::fprintf(stderr, "netloader-server: %s\n", model.status().ToString().c_str());
     return cli::kExitBadModel;
   }
-  const double load_seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
-  std::fprintf(stderr, "netloader-server: loaded %zu tensors (%s) from %s in %.2f s\n",
-               model->view().tensors.size(), cli::HumanBytes(model->view().total_bytes()).c_str(),
-               model_path.c_str(), load_seconds);
 
   Result<std::unique_ptr<Server>> server = Server::Start(options, model->view());
   if (!server.ok()) {
@@ -101,17 +125,6 @@ int main(int argc, char** argv) {
   cli::WriteEndpointFile(endpoint_file, (*server)->endpoint());
   const std::string stopped_by = cli::ServeUntilStopped(**server, stop_signals);
   std::fprintf(stderr, "netloader-server: %s received, stopped\n", stopped_by.c_str());
-  const ServerStats s = (*server)->stats();
-  if (common.json) {
-    std::cout << cli::ServerSummary(**server).dump() << std::endl;
-  } else {
-    std::printf(
-        "served %llu clients (%llu failed, %llu refused, %llu redirected, %llu failed "
-        "authentication), %s sent\n",
-        static_cast<unsigned long long>(s.clients_served),
-        static_cast<unsigned long long>(s.clients_failed),
-        static_cast<unsigned long long>(s.refused), static_cast<unsigned long long>(s.redirected),
-        static_cast<unsigned long long>(s.unauthenticated), cli::HumanBytes(s.bytes_sent).c_str());
-  }
+  PrintServed(**server, common.json);
   return cli::kExitOk;
 }
