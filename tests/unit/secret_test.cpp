@@ -79,6 +79,54 @@ TEST(SecretTest, SomethingThatIsNotASecretIsRefusedNamingTheFile) {
   EXPECT_TRUE(ValidateSecret("").ok()) << "empty means no authentication";
 }
 
+// PROTOCOL.md, section 3: the key, then at most one line ending ("\n" or "\r\n", what editors
+// write), nothing else. Anything else is refused, naming the file and what follows the key.
+TEST(SecretTest, AcceptsExactlyOneTrailingLineEndingAndRefusesAnythingElse) {
+  TempDir tmp;
+  const std::string key = [&] {
+    Result<std::string> made = LoadOrCreateSecret(tmp / "made");
+    EXPECT_TRUE(made.ok()) << made.status().ToString();
+    return made.ok() ? *made : std::string(40, 'x');
+  }();
+  auto load = [&](const std::string& name, const std::string& text) {
+    const std::string path = tmp / name;
+    testing::WriteFile(path, text);
+    chmod(path.c_str(), 0600);
+    return LoadOrCreateSecret(path);
+  };
+  for (const std::string& ending : {std::string(), std::string("\n"), std::string("\r\n")}) {
+    Result<std::string> r = load("ok", key + ending);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(*r, key) << "the line ending is not part of the key";
+  }
+  struct Bad {
+    std::string text;
+    std::string says;  // what the message must name
+  };
+  const std::vector<Bad> bad = {
+      {key + "\n\n", "the key is followed by \"\\n\\n\", not by one line ending"},
+      {key + "\r\n\r\n", "the key is followed by \"\\r\\n\\r\\n\", not by one line ending"},
+      {key + "\r", "the key is followed by \"\\r\", not by one line ending"},
+      {key + "\n\r", "the key is followed by \"\\n\\r\", not by one line ending"},
+      {key + "\r\r\n", "the key is followed by \"\\r\\r\\n\", not by one line ending"},
+      {key + "\n" + key + "\n", "the key is followed by 42 bytes that are more than a line ending"},
+      {key + "\n" + std::string(200, 'k'), "followed by 201 bytes that are more than a line"},
+      {"", "it is empty"},
+      {"\n" + key, "its first line is empty"},
+      {key + " \n", "got 41 characters"},
+      {std::string(300, 'k'), "its first line is longer than 128 bytes"},
+  };
+  for (const Bad& b : bad) {
+    Result<std::string> r = load("bad", b.text);
+    ASSERT_FALSE(r.ok()) << b.says;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << b.says;
+    const std::string& message = r.status().message();
+    EXPECT_NE(message.find("secret file '" + (tmp / "bad") + "'"), std::string::npos) << message;
+    EXPECT_NE(message.find(b.says), std::string::npos) << message;
+    EXPECT_EQ(message.find(key), std::string::npos) << "the key is never quoted: " << message;
+  }
+}
+
 TEST(SecretTest, TheDefaultPathFollowsTheEnvironment) {
   const char* saved = std::getenv("NETLOADER_SECRET_FILE");
   const std::string restore = saved ? saved : "";

@@ -36,6 +36,44 @@ TEST(TensorPatternTest, WildcardsMatchWholeNames) {
   EXPECT_TRUE(TensorPatternMatches("back\\\\slash", "back\\slash"));
 }
 
+// PROTOCOL.md, section 4.2.1: '?' and '*' count characters, a character being one UTF-8 code
+// point (1 to 4 bytes), so that patterns over non-ASCII names select what a person reads.
+TEST(TensorPatternTest, AQuestionMarkMatchesOneUtf8CharacterNotOneByte) {
+  EXPECT_TRUE(TensorPatternMatches("层.?.权重", "层.0.权重"));
+  EXPECT_TRUE(TensorPatternMatches("?.0.??", "层.0.权重")) << "3-byte characters";
+  EXPECT_FALSE(TensorPatternMatches("?.0.?", "层.0.权重")) << "权重 is two characters";
+  EXPECT_FALSE(TensorPatternMatches("???.0.??????", "层.0.权重")) << "not one '?' per byte";
+  EXPECT_TRUE(TensorPatternMatches("?", "é"));
+  EXPECT_FALSE(TensorPatternMatches("??", "é")) << "é is one character of 2 bytes";
+  EXPECT_TRUE(TensorPatternMatches("caf?", "café"));
+  EXPECT_FALSE(TensorPatternMatches("caf??", "café"));
+  EXPECT_TRUE(TensorPatternMatches("?", "\xF0\x9F\x98\x80")) << "U+1F600, 4 bytes";
+  EXPECT_FALSE(TensorPatternMatches("??", "\xF0\x9F\x98\x80"));
+  // '*' takes whole characters too: a '?' after it never matches the tail of one.
+  EXPECT_FALSE(TensorPatternMatches("*??", "é"));
+  EXPECT_FALSE(TensorPatternMatches("*???", "éé"));
+  EXPECT_TRUE(TensorPatternMatches("*??", "éé"));
+  EXPECT_TRUE(TensorPatternMatches("layers.*.?", "layers.层.é"));
+  // Literal characters and escapes work on whole characters.
+  EXPECT_TRUE(TensorPatternMatches("\\é", "é"));
+  EXPECT_TRUE(TensorPatternMatches("\\层?", "层x"));
+  EXPECT_FALSE(TensorPatternMatches("é", "e"));
+  // A byte that starts no well-formed UTF-8 sequence is one character by itself: a lone
+  // continuation byte, a truncated sequence, an overlong form, a surrogate.
+  // (The names are built in pieces: "\xA9b" would be one hex escape.)
+  EXPECT_TRUE(TensorPatternMatches("a?b", std::string("a\xA9") + "b"));
+  EXPECT_TRUE(TensorPatternMatches("a??b", std::string("a\xC3\xC3") + "b"))
+      << "two truncated sequences";
+  EXPECT_TRUE(TensorPatternMatches("a??b", std::string("a\xE4\xB8") + "b"))
+      << "a 3-byte sequence cut short";
+  EXPECT_FALSE(TensorPatternMatches("a?b", std::string("a\xE4\xB8") + "b"));
+  EXPECT_TRUE(TensorPatternMatches("??", "\xC0\xAF")) << "overlong '/': two bytes, two characters";
+  EXPECT_TRUE(TensorPatternMatches("???", "\xED\xA0\x80")) << "a surrogate: three characters";
+  EXPECT_FALSE(TensorPatternMatches("\xC3?", "é"))
+      << "a pattern's lone lead byte is not the first half of the name's é";
+  EXPECT_TRUE(TensorPatternMatches("\xC3?", "\xC3x"));
+}
+
 TEST(TensorPatternTest, ExactPatternsMatchOnlyTheirNameAndBadPatternsAreNamed) {
   for (const std::string name : {"plain.weight", "odd*name", "q?", "back\\slash", "*?\\"}) {
     const std::string pattern = ExactTensorPattern(name);
@@ -63,6 +101,21 @@ std::vector<std::string> Names(const ModelView& model) {
   std::vector<std::string> names;
   for (const TensorView& t : model.tensors) names.push_back(t.name);
   return names;
+}
+
+// The selection a server makes from a client's patterns (MatchTensors) follows the same rule.
+TEST(SelectTensorsTest, SelectsNonAsciiNamesByCharacter) {
+  const ModelView model = Layout({"层.0.权重", "层.1.权重", "层.10.权重", "é", "ée"});
+  Result<ModelView> picked = SelectTensors(model, {"层.?.权重", "?"});
+  ASSERT_TRUE(picked.ok()) << picked.status().ToString();
+  EXPECT_EQ(Names(*picked), (std::vector<std::string>{"é", "层.0.权重", "层.1.权重"}))
+      << "in name order, bytewise";
+  EXPECT_EQ(MatchTensors(model, {"??????"}), (std::vector<size_t>{0, 1}))
+      << "层.0.权重 is 6 characters (12 bytes)";
+  EXPECT_EQ(MatchTensors(model, {"??"}), (std::vector<size_t>{4})) << "ée: 2 characters, 3 bytes";
+  std::vector<size_t> unmatched;
+  EXPECT_TRUE(MatchTensors(model, {"???"}, &unmatched).empty());
+  EXPECT_EQ(unmatched, (std::vector<size_t>{0}));
 }
 
 TEST(SelectTensorsTest, SelectsInNameOrderWhateverTheStorageOrderAndNamesAPatternMatchingNothing) {

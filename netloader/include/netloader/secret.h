@@ -20,8 +20,12 @@ NETLOADER_EXPORT std::string DefaultSecretPath();
 
 // Reads the secret at `path`, or, when no file is there, creates one with a fresh random key
 // (mode 0600, parent directories 0700). Concurrent callers on one host end up with the same
-// secret. Errors: PermissionDenied (group or others may read the file), InvalidArgument (not a
-// regular file, or not a secret), Unavailable (cannot read or create it); each names the path.
+// secret. The file holds the 40 characters of the key, optionally followed by exactly one line
+// ending, "\n" or "\r\n" (what editors write), and nothing else (PROTOCOL.md, section 3): an
+// empty file, a second line ending, a lone "\r", or anything else after the key is refused, not
+// trimmed. Errors: PermissionDenied (group or others may read the file), InvalidArgument (not a
+// regular file, or not exactly that; the message says what is wrong without quoting the file),
+// Unavailable (cannot read or create it); each names the path.
 NETLOADER_EXPORT Result<std::string> LoadOrCreateSecret(const std::string& path);
 
 // OK when `secret` is empty (no authentication) or a valid secret; InvalidArgument otherwise.

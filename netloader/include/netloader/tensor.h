@@ -54,7 +54,10 @@ NETLOADER_EXPORT Status ValidatePartition(const Partition& partition);
 // Tensor selection, for partial loads (ClientOptions::tensors; PROTOCOL.md, section 4.2.1). A
 // pattern matches a whole tensor name: '*' matches any run of characters ('.' included), '?'
 // any one character, a backslash makes the character after it literal; every other character
-// matches itself. A pattern without wildcards is an exact name.
+// matches itself. A pattern without wildcards is an exact name. A character is one UTF-8
+// encoded code point (1 to 4 bytes: "?" matches "é" and "层", "??" matches neither); in a name or
+// pattern that is not valid UTF-8, each byte that starts no well-formed sequence is a character
+// of its own.
 NETLOADER_EXPORT bool TensorPatternMatches(std::string_view pattern, std::string_view name);
 // Errors: InvalidArgument for an empty pattern, one longer than 1,024 bytes, or one ending in a
 // lone backslash.

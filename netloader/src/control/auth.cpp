@@ -3,10 +3,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string_view>
 #include <vector>
 
 namespace netloader {
@@ -60,6 +62,40 @@ Status CreateSecretFile(const std::string& path) {
   return Status::Ok();
 }
 
+// Checks a secret file's first bytes, `text`, of `size` in all: the key, then at most one line
+// ending, "\n" or "\r\n", as editors and CreateSecretFile write it. Anything else is refused
+// rather than trimmed, so that a stray second line, a key pasted twice or an empty file (an
+// empty secret would mean no authentication at all) is noticed. The messages never quote the
+// file's other bytes: they may be key material.
+Status ParseSecretFile(std::string_view text, uint64_t size) {
+  const std::string holds =
+      "it must hold a secret key, 40 characters of Z85 text, then at most one line ending (\\n "
+      "or \\r\\n)";
+  const auto invalid = [&](const std::string& what) {
+    return Status(StatusCode::kInvalidArgument, what + "; " + holds);
+  };
+  const bool more = size > text.size();  // beyond what was read
+  if (size == 0) return invalid("it is empty");
+  const size_t line_end = std::min(text.find_first_of("\r\n"), text.size());
+  if (line_end == 0) return invalid("its first line is empty");
+  if (line_end == text.size() && more) {
+    return invalid("its first line is longer than " + std::to_string(text.size()) + " bytes");
+  }
+  Status key = ValidateSecret(std::string(text.substr(0, line_end)));
+  if (!key.ok()) return key;
+  const std::string_view rest = text.substr(line_end);
+  if (!more && (rest.empty() || rest == "\n" || rest == "\r\n")) return Status::Ok();
+  // What follows the key: line endings alone are shown, other bytes only counted.
+  if (more || rest.find_first_not_of("\r\n") != std::string_view::npos) {
+    const uint64_t after = std::max<uint64_t>(size, text.size()) - kSecretChars;
+    return invalid("the key is followed by " + std::to_string(after) +
+                   " bytes that are more than a line ending");
+  }
+  std::string shown;
+  for (char c : rest) shown += c == '\n' ? "\\n" : "\\r";
+  return invalid("the key is followed by \"" + shown + "\", not by one line ending");
+}
+
 }  // namespace
 
 std::string DefaultSecretPath() {
@@ -106,13 +142,11 @@ Result<std::string> LoadOrCreateSecret(const std::string& path) {
   std::FILE* file = std::fopen(path.c_str(), "re");
   if (!file) return Status(StatusCode::kUnavailable, Errno("cannot read", path));
   char buffer[128] = {};
-  const size_t n = std::fread(buffer, 1, sizeof buffer - 1, file);
+  const size_t n = std::fread(buffer, 1, sizeof buffer, file);
   std::fclose(file);
-  std::string secret(buffer, n);
-  while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
-  Status valid = ValidateSecret(secret);
-  if (!valid.ok()) return valid.WithContext("secret file '" + path + "'");
-  return secret;
+  Status parsed = ParseSecretFile(std::string_view(buffer, n), static_cast<uint64_t>(info.st_size));
+  if (!parsed.ok()) return parsed.WithContext("secret file '" + path + "'");
+  return std::string(buffer, kSecretChars);
 }
 
 void MakeCurveServer(zmq::socket_t& socket, const std::string& secret) {

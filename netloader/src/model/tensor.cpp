@@ -65,28 +65,66 @@ Status ValidatePartition(const Partition& p) {
   return Status::Ok();
 }
 
+namespace {
+
+// The length in bytes of the character that starts at s[i]: a well-formed UTF-8 sequence
+// (Unicode 15, table 3-7: no overlong form, no surrogate, nothing above U+10FFFF), else 1. So a
+// name that is not valid UTF-8 still splits into characters, each stray byte one of them, and
+// '?' never stops inside a well-formed character.
+size_t CharLength(std::string_view s, size_t i) {
+  const auto at = [&](size_t k) -> unsigned {
+    return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0u;
+  };
+  const auto within = [](unsigned byte, unsigned lo, unsigned hi) {
+    return byte >= lo && byte <= hi;
+  };
+  const unsigned lead = at(0);
+  if (within(lead, 0xC2, 0xDF)) return within(at(1), 0x80, 0xBF) ? 2 : 1;
+  if (within(lead, 0xE0, 0xEF)) {
+    const unsigned lo = lead == 0xE0 ? 0xA0 : 0x80, hi = lead == 0xED ? 0x9F : 0xBF;
+    return within(at(1), lo, hi) && within(at(2), 0x80, 0xBF) ? 3 : 1;
+  }
+  if (within(lead, 0xF0, 0xF4)) {
+    const unsigned lo = lead == 0xF0 ? 0x90 : 0x80, hi = lead == 0xF4 ? 0x8F : 0xBF;
+    return within(at(1), lo, hi) && within(at(2), 0x80, 0xBF) && within(at(3), 0x80, 0xBF) ? 4 : 1;
+  }
+  return 1;  // ASCII, or a byte that starts no well-formed sequence
+}
+
+}  // namespace
+
 bool TensorPatternMatches(std::string_view pattern, std::string_view name) {
-  // Greedy matching with one backtrack point (the last '*'): linear in practice, and never
-  // worse than pattern x name.
+  // Pattern and name are walked a character at a time (CharLength), so that '?' and '*' count
+  // characters, not bytes: "?" matches "é" (2 bytes). Greedy matching with one backtrack point
+  // (the last '*'): linear in practice, and never worse than pattern x name.
   size_t p = 0, n = 0, star = std::string_view::npos, star_n = 0;
   while (n < name.size()) {
+    const size_t name_char = CharLength(name, n);
     if (p < pattern.size() && pattern[p] == '*') {
       star = p++;
       star_n = n;
       continue;
     }
+    if (p < pattern.size() && pattern[p] == '?') {
+      ++p;
+      n += name_char;
+      continue;
+    }
     if (p < pattern.size()) {
-      const bool escaped = pattern[p] == '\\' && p + 1 < pattern.size();
-      const char want = escaped ? pattern[p + 1] : pattern[p];
-      if ((!escaped && want == '?') || want == name[n]) {
-        p += escaped ? 2 : 1;
-        ++n;
+      // A backslash makes the whole character after it literal (a lone one at the end, which
+      // ValidateTensorPattern refuses, stands for itself).
+      const size_t literal = pattern[p] == '\\' && p + 1 < pattern.size() ? p + 1 : p;
+      const size_t length = CharLength(pattern, literal);
+      if (pattern.substr(literal, length) == name.substr(n, name_char)) {
+        p = literal + length;
+        n += name_char;
         continue;
       }
     }
     if (star == std::string_view::npos) return false;
     p = star + 1;
-    n = ++star_n;
+    star_n += CharLength(name, star_n);  // the '*' takes one more character
+    n = star_n;
   }
   while (p < pattern.size() && pattern[p] == '*') ++p;
   return p == pattern.size();

@@ -75,20 +75,37 @@ void ToWire(const std::vector<size_t>& chunks, wire::Request* out) {
 }
 
 Result<std::vector<size_t>> FromWire(const wire::Request& in, size_t chunk_count) {
+  const auto invalid = [](const std::string& what) {
+    return Status(StatusCode::kInvalidArgument, what);
+  };
+  // "the 7 chunks of the stream (0 to 6)": the valid indices, for the messages below.
+  const std::string stream = chunk_count == 0 ? std::string("the stream, which has no chunks")
+                                              : "the " + std::to_string(chunk_count) +
+                                                    " chunks of the stream (0 to " +
+                                                    std::to_string(chunk_count - 1) + ")";
   if (in.ranges().empty()) {
-    return Status(StatusCode::kInvalidArgument, "a Request must name at least one chunk");
+    return invalid("the Request has no range; it must name at least one chunk of " + stream);
   }
   std::vector<size_t> chunks;
-  for (const wire::ChunkRange& range : in.ranges()) {
-    if (range.count() == 0 || range.first() >= chunk_count ||
-        range.count() > chunk_count - range.first() ||
-        chunks.size() + range.count() > chunk_count) {
-      return Status(StatusCode::kInvalidArgument,
-                    "Request range [" + std::to_string(range.first()) + ", +" +
-                        std::to_string(range.count()) + ") is empty, outside the " +
-                        std::to_string(chunk_count) +
-                        " chunks, or makes the Request longer "
-                        "than the stream");
+  for (int i = 0; i < in.ranges_size(); ++i) {
+    const wire::ChunkRange& range = in.ranges(i);
+    const std::string named = "Request range " + std::to_string(i) + " {first " +
+                              std::to_string(range.first()) + ", count " +
+                              std::to_string(range.count()) + "}";
+    if (range.count() == 0) return invalid(named + " is empty (count 0)");
+    if (range.first() >= chunk_count) return invalid(named + " starts outside " + stream);
+    if (range.count() > chunk_count - range.first()) {
+      // The range's last chunk, first + count - 1 (saturating: count is the peer's).
+      const uint64_t last =
+          range.first() + std::min<uint64_t>(range.count() - 1, UINT64_MAX - range.first());
+      return invalid(named + " reaches chunk " + std::to_string(last) + ", outside " + stream);
+    }
+    if (range.count() > chunk_count - chunks.size()) {
+      return invalid(named + " brings the Request to " +
+                     std::to_string(chunks.size() + range.count()) + " chunks, more than the " +
+                     std::to_string(chunk_count) +
+                     " the stream has (a Request may name a chunk twice, but not more chunks "
+                     "in all than the stream has)");
     }
     for (uint64_t c = range.first(); c < range.first() + range.count(); ++c) chunks.push_back(c);
   }

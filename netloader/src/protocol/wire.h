@@ -51,8 +51,11 @@ Result<Manifest> FromWire(const wire::Manifest& in);
 
 // A list of chunk indices as a Request's ranges (runs of consecutive chunks become one range).
 void ToWire(const std::vector<size_t>& chunks, wire::Request* out);
-// The chunks a Request names, in order. Errors: InvalidArgument (no range, an empty range, one
-// outside [0, chunk_count), or more chunks in all than the stream has).
+// The chunks a Request names, in order (PROTOCOL.md, section 4.5): ranges need not ascend and
+// may name a chunk again. Errors: InvalidArgument naming the one problem found, with its values:
+// the Request has no range; a range is empty (count 0), starts at or past `chunk_count`, or
+// reaches past it; or the ranges so far name more chunks in all than `chunk_count`. A stream of
+// no chunks therefore has no valid Request.
 Result<std::vector<size_t>> FromWire(const wire::Request& in, size_t chunk_count);
 
 wire::RejectCode ToRejectCode(StatusCode code);
