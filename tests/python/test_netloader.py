@@ -383,6 +383,10 @@ def test_the_extra_config_parser_is_the_engines_own(tmp_path):
     assert "OUTPUT_PREFIX" in netloader.loader_config_help()
     assert netloader.tensor_pattern_matches("model.layers.*.mlp.*", "model.layers.3.mlp.up")
     assert not netloader.tensor_pattern_matches("lm_head.?", "lm_head.weight")
+    # '?' is one character, not one byte, for names beyond ASCII too (PROTOCOL.md 4.2.1).
+    assert netloader.tensor_pattern_matches("层.?.权重", "层.0.权重")
+    assert netloader.tensor_pattern_matches("?", "é")
+    assert not netloader.tensor_pattern_matches("??", "é")
 
 
 def test_a_ranks_options_are_the_engines_own():
