@@ -71,9 +71,6 @@ void ClientFlags::Add(CLI::App& app) {
                  "the others). The sources must hold the same weights and share --rendezvous")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
-  app.add_option("--window", options.window, "MPI receives in flight")
-      ->check(CLI::Range(1, 64))
-      ->capture_default_str();
   app.add_option("--register-timeout", register_timeout_s,
                  "Seconds a source has to answer registration")
       ->check(CLI::PositiveNumber)
@@ -82,13 +79,6 @@ void ClientFlags::Add(CLI::App& app) {
                  "Seconds to keep retrying a busy source before trying the next")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  app.add_option("--connect-timeout", connect_timeout_s, "Seconds for the MPI connection")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  app.add_option("--stall-timeout", stall_timeout_s,
-                 "Seconds without a chunk after which the transfer fails")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
   testing.AddLoadHooks(app);
   common.log_level = "warn";  // the summary line says what happened; the library's INFO repeats it
   common.Add(app);
@@ -96,17 +86,12 @@ void ClientFlags::Add(CLI::App& app) {
 
 Status ClientFlags::Apply() {
   options.register_timeout = Ms(register_timeout_s);
-  options.connect_timeout = Ms(connect_timeout_s);
-  options.stall_timeout = Ms(stall_timeout_s);
   options.busy_timeout = Ms(busy_timeout_s);
   Status applied = common.ApplyTo(options);
   if (!applied.ok() || !relaying()) return applied;
-  // The relay serves with the load's stream settings.
+  // The relay serves with the load's stream settings (the common flags).
   applied = common.ApplyTo(serving);
   serving.chunk_bytes = serve_chunk_mib << 20;
-  serving.window = options.window;
-  serving.stall_timeout = options.stall_timeout;
-  serving.connect_timeout = options.connect_timeout;
   return applied;
 }
 

@@ -37,8 +37,6 @@ struct ClientFlags {
 
  private:
   double register_timeout_s = Seconds(ClientOptions().register_timeout);
-  double connect_timeout_s = Seconds(ClientOptions().connect_timeout);
-  double stall_timeout_s = Seconds(ClientOptions().stall_timeout);
   double busy_timeout_s = Seconds(ClientOptions().busy_timeout);
   uint64_t serve_chunk_mib = ServerOptions().chunk_bytes >> 20;
   CLI::Option* status_flag_ = nullptr;

@@ -109,6 +109,9 @@ struct CommonFlags {
   std::string secret_file = DefaultSecretPath();
   bool no_auth = false;
   double heartbeat_timeout_s = Seconds(PeerOptions().heartbeat_timeout);
+  int window = PeerOptions().window;
+  double connect_timeout_s = Seconds(PeerOptions().connect_timeout);
+  double stall_timeout_s = Seconds(PeerOptions().stall_timeout);
   TransportOptions transport;
 
   void Add(CLI::App& app) {
@@ -141,6 +144,17 @@ struct CommonFlags {
            "verdict) after which the other side is presumed dead and the transfer stops")
         ->check(CLI::Range(Seconds(kMinHeartbeatTimeout), 86400.0))
         ->capture_default_str();
+    app.add_option("--window", window, "MPI messages in flight per transfer")
+        ->check(CLI::Range(1, 64))
+        ->capture_default_str();
+    app.add_option("--connect-timeout", connect_timeout_s,
+                   "Seconds for the MPI connection once a client is accepted")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+    app.add_option("--stall-timeout", stall_timeout_s,
+                   "Seconds without progress after which a transfer is abandoned")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
     auto* secret = app.add_option("--secret-file", secret_file, kSecretHelp)->capture_default_str();
     app.add_flag("--no-auth", no_auth, kNoAuthHelp)->excludes(secret);
     AddLogLevelOption(app, &log_level);
@@ -156,6 +170,9 @@ struct CommonFlags {
     options.partition = partition;
     options.transport = transport;
     options.heartbeat_timeout = Ms(heartbeat_timeout_s);
+    options.window = window;
+    options.connect_timeout = Ms(connect_timeout_s);
+    options.stall_timeout = Ms(stall_timeout_s);
     if (no_auth) return Status::Ok();
     Result<std::string> secret = LoadOrCreateSecret(secret_file);
     if (!secret.ok()) return secret.status();

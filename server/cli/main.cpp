@@ -63,8 +63,6 @@ int main(int argc, char** argv) {
   ServerOptions options;
   cli::CommonFlags common;
   uint64_t chunk_mib = options.chunk_bytes >> 20;
-  double connect_timeout_s = cli::Seconds(options.connect_timeout);
-  double stall_timeout_s = cli::Seconds(options.stall_timeout);
   app.add_option("--model", model_path, "Checkpoint to load and serve")->required();
   app.add_option("--listen", options.listen,
                  "ZeroMQ endpoint to bind; port 0 picks a free one (see --endpoint-file)")
@@ -78,17 +76,6 @@ int main(int argc, char** argv) {
   app.add_option("--chunk-mib", chunk_mib, "MPI message size in MiB")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
-  app.add_option("--window", options.window, "MPI messages in flight per client")
-      ->check(CLI::Range(1, 64))
-      ->capture_default_str();
-  app.add_option("--connect-timeout", connect_timeout_s,
-                 "Seconds an accepted client has to connect over MPI")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  app.add_option("--stall-timeout", stall_timeout_s,
-                 "Seconds without progress after which a transfer is abandoned")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
   cli::AddFanoutFlag(app, options.fanout);
   common.Add(app);
   CLI11_PARSE(app, argc, argv);
@@ -100,8 +87,6 @@ int main(int argc, char** argv) {
     return cli::kExitUsage;
   }
   options.chunk_bytes = chunk_mib << 20;
-  options.connect_timeout = cli::Ms(connect_timeout_s);
-  options.stall_timeout = cli::Ms(stall_timeout_s);
 
   // Before any thread starts, so they all inherit the mask and the main thread alone takes them.
   const sigset_t stop_signals = cli::BlockStopSignals();
