@@ -11,7 +11,8 @@
 #include <string>
 #include <zmq.hpp>
 
-#include "netloader/src/control/auth.h"
+#include "netloader/src/control/curve.h"
+#include "netloader/src/control/socket_monitor.h"
 #include "netloader/src/protocol/wire.h"
 #include "netloader/status.h"
 

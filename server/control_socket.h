@@ -13,7 +13,8 @@
 
 #include "netloader/fingerprint.h"
 #include "netloader/server.h"
-#include "netloader/src/control/auth.h"
+#include "netloader/src/control/curve.h"
+#include "netloader/src/control/socket_monitor.h"
 #include "netloader/src/protocol/wire.h"
 #include "netloader/status.h"
 #include "netloader/tensor.h"

@@ -1,8 +1,12 @@
-#include "netloader/src/control/auth.h"
+// The shared secret's file and key checks (netloader/secret.h): reading, validating and creating
+// it. libzmq makes and checks the keys; no socket is opened here.
+
+#include "netloader/secret.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <zmq.h>
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
@@ -18,14 +22,6 @@ constexpr size_t kSecretChars = 40;  // Z85 of a 32-byte CURVE key
 
 std::string Errno(const std::string& what, const std::string& path) {
   return what + " '" + path + "': " + std::strerror(errno);
-}
-
-std::string PublicKeyOf(const std::string& secret) {
-  char public_key[kSecretChars + 1] = {};
-  if (zmq_curve_public(public_key, secret.c_str()) != 0) {
-    throw zmq::error_t();  // libzmq without CURVE: ValidateSecret reports it first
-  }
-  return public_key;
 }
 
 // Creates every missing directory above `path`, mode 0700.
@@ -147,85 +143,6 @@ Result<std::string> LoadOrCreateSecret(const std::string& path) {
   Status parsed = ParseSecretFile(std::string_view(buffer, n), static_cast<uint64_t>(info.st_size));
   if (!parsed.ok()) return parsed.WithContext("secret file '" + path + "'");
   return std::string(buffer, kSecretChars);
-}
-
-void MakeCurveServer(zmq::socket_t& socket, const std::string& secret) {
-  socket.set(zmq::sockopt::curve_server, 1);
-  socket.set(zmq::sockopt::curve_secretkey, secret);
-}
-
-void MakeCurveClient(zmq::socket_t& socket, const std::string& secret) {
-  const std::string public_key = PublicKeyOf(secret);
-  socket.set(zmq::sockopt::curve_serverkey, public_key);
-  socket.set(zmq::sockopt::curve_publickey, public_key);
-  socket.set(zmq::sockopt::curve_secretkey, secret);
-}
-
-ZapHandler::ZapHandler(zmq::context_t& context, const std::string& secret)
-    : socket_(context, zmq::socket_type::rep), allowed_key_(32, '\0') {
-  zmq_z85_decode(reinterpret_cast<uint8_t*>(allowed_key_.data()), PublicKeyOf(secret).c_str());
-  socket_.set(zmq::sockopt::linger, 0);
-  socket_.bind("inproc://zeromq.zap.01");  // the endpoint libzmq asks, per context
-}
-
-bool ZapHandler::AnswerOne(std::optional<std::string>* refused) {
-  // Request frames (ZMQ RFC 27): version, request id, domain, address, identity, mechanism,
-  // then the mechanism's credentials (CURVE: the client's 32-byte public key).
-  std::vector<zmq::message_t> frames;
-  do {
-    zmq::message_t frame;
-    if (!socket_.recv(frame, zmq::recv_flags::dontwait)) break;
-    frames.push_back(std::move(frame));
-  } while (frames.back().more());
-  if (frames.empty()) return false;
-  const bool allowed = frames.size() == 7 && frames[5].to_string() == "CURVE" &&
-                       frames[6].to_string() == allowed_key_;
-  const std::string request_id = frames.size() > 1 ? frames[1].to_string() : "";
-  socket_.send(zmq::str_buffer("1.0"), zmq::send_flags::sndmore);
-  socket_.send(zmq::buffer(request_id), zmq::send_flags::sndmore);
-  socket_.send(zmq::buffer(std::string(allowed ? "200" : "400")), zmq::send_flags::sndmore);
-  socket_.send(zmq::buffer(std::string(allowed ? "OK" : "unknown key")), zmq::send_flags::sndmore);
-  socket_.send(zmq::str_buffer(""), zmq::send_flags::sndmore);  // user id
-  socket_.send(zmq::str_buffer(""));                            // metadata
-  if (!allowed) *refused = frames.size() > 3 ? frames[3].to_string() : std::string("?");
-  return true;
-}
-
-SocketMonitor::SocketMonitor(zmq::context_t& context, zmq::socket_t& watched,
-                             const std::string& name, int events)
-    : socket_(context, zmq::socket_type::pair) {
-  const std::string endpoint = "inproc://netloader-monitor-" + name;
-  if (zmq_socket_monitor(watched.handle(), endpoint.c_str(), events) != 0) throw zmq::error_t();
-  socket_.set(zmq::sockopt::linger, 0);
-  socket_.connect(endpoint);
-}
-
-std::optional<SocketMonitor::Event> SocketMonitor::Read() {
-  zmq::message_t head, address;
-  if (!socket_.recv(head, zmq::recv_flags::dontwait)) return std::nullopt;
-  if (head.more()) (void)socket_.recv(address, zmq::recv_flags::none);
-  Event event{0, 0};
-  if (head.size() >= 6) {
-    std::memcpy(&event.id, head.data(), 2);
-    std::memcpy(&event.value, static_cast<const char*>(head.data()) + 2, 4);
-  }
-  return event;
-}
-
-std::string DescribeHandshakeFailure(const SocketMonitor::Event& event, bool we_authenticate) {
-  if (!we_authenticate) {
-    return "the peer uses a shared secret and this side runs without one (--no-auth)";
-  }
-  if (event.id == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
-      event.value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
-    return "the peer runs without a shared secret (--no-auth) and this side requires one";
-  }
-  if (event.id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
-    return "the peer's key was refused: it does not hold this side's shared secret";
-  }
-  // Often all a side learns: the other hung up during the handshake.
-  return "the peer does not hold this side's shared secret (it holds another, or runs with "
-         "--no-auth)";
 }
 
 }  // namespace netloader
