@@ -1,89 +1,25 @@
 #pragma once
 
-// A model's bytes as a stream of chunks (PROTOCOL.md, section 6): how they are cut (ChunkPlan),
-// the spans of memory each covers, the staging of chunks that are several spans, their digests,
-// and the two ends of a stream: SendPlan, which a server drives, and ReceivePlan, which a client
-// drives. The data plane underneath is any transfer::Channel.
+// The two ends of a model's stream of chunks (PROTOCOL.md, section 6): SendPlan, which a server
+// drives, and ReceivePlan, which a client drives, with the staging ring that chunks of several
+// spans pass through. How the chunks are cut is chunk_plan.h; what a client holds, byte_ranges.h.
+// The data plane underneath is any transfer::Channel.
 
 #include <cstdint>
 #include <functional>
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "netloader/limits.h"
+#include "netloader/src/stream/byte_ranges.h"
+#include "netloader/src/stream/chunk_plan.h"
 #include "netloader/status.h"
 #include "netloader/tensor.h"
 #include "transfer/chunk_list.h"
 #include "transfer/transport.h"
 
 namespace netloader {
-
-// A piece of one tensor that belongs to one chunk.
-struct ChunkPiece {
-  uint32_t tensor = 0;
-  uint64_t offset = 0;
-  uint64_t length = 0;
-};
-
-// How a model's bytes are cut into messages. Tensors of chunk_bytes or more are split into
-// chunk_bytes slices; runs of smaller tensors are coalesced into chunks of at most chunk_bytes;
-// zero-byte tensors carry no data. Both sides compute it from the tensor sizes alone.
-class ChunkPlan {
- public:
-  static ChunkPlan Make(const std::vector<uint64_t>& tensor_sizes, uint64_t chunk_bytes);
-
-  size_t size() const { return starts_.size(); }
-  const ChunkPiece* pieces(size_t chunk) const { return pieces_.data() + starts_[chunk]; }
-  size_t piece_count(size_t chunk) const {
-    return (chunk + 1 < starts_.size() ? starts_[chunk + 1] : pieces_.size()) - starts_[chunk];
-  }
-  // The chunks as memory spans over `model`'s tensors.
-  transfer::ChunkList Spans(const ModelView& model) const;
-  // "name[, name...]" of the tensors a chunk touches, for error messages.
-  std::string TensorNames(size_t chunk, const ModelView& model) const;
-
- private:
-  std::vector<ChunkPiece> pieces_;
-  std::vector<size_t> starts_;
-};
-
-std::vector<uint64_t> TensorSizes(const ModelView& model);
-
-// XXH3-64 over one chunk's spans, in order.
-uint64_t ChunkDigest(const transfer::ChunkList& chunks, size_t chunk);
-
-// Copies `bytes` bytes from `staged` into the spans in order while hashing them (XXH3-64, as
-// ChunkDigest would), in cache-sized blocks so each byte is read once from cache. Returns the
-// digest, or 0 without hashing when `hash` is false.
-uint64_t CopyAndDigest(const char* staged, const transfer::Span* spans, size_t span_count,
-                       bool hash);
-
-// XXH3-64 over a list of digests, each as 8 bytes little-endian (the whole-model digest).
-uint64_t DigestOfDigests(const std::vector<uint64_t>& digests);
-
-// Byte ranges of a model's stream (its tensors' bytes concatenated in storage order, which the
-// chunks cut in order) merged into disjoint intervals: what a client holds verified, kept across
-// sources so that a load resumes where a failed source stopped.
-class ByteRanges {
- public:
-  void Add(uint64_t begin, uint64_t end);
-  bool Covers(uint64_t begin, uint64_t end) const;
-  // Whether any byte of [begin, end) is in a range.
-  bool Intersects(uint64_t begin, uint64_t end) const;
-  void Remove(uint64_t begin, uint64_t end);
-  uint64_t bytes() const;
-  void Clear() { ranges_.clear(); }
-  // Calls f(begin, end) for each range, in order.
-  template <typename F>
-  void ForEach(F f) const {
-    for (const auto& [begin, end] : ranges_) f(begin, end);
-  }
-
- private:
-  std::map<uint64_t, uint64_t> ranges_;  // begin -> end; disjoint and not touching
-};
 
 // A small reused buffer of `slots` chunk-sized slots that messages are staged through: chunk i
 // uses slot i % slots. Pre-faulted huge-page memory (host_memory.h), unmapped on destruction.
