@@ -8,3 +8,15 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <xxh_x86dispatch.h>
 #endif
+
+#include <memory>
+
+namespace netloader {
+
+// An XXH3 streaming state, freed with its owner.
+struct Xxh3StateDeleter {
+  void operator()(XXH3_state_t* s) const { XXH3_freeState(s); }
+};
+using Xxh3State = std::unique_ptr<XXH3_state_t, Xxh3StateDeleter>;
+
+}  // namespace netloader

@@ -21,7 +21,8 @@ void UpdateU64(XXH3_state_t* state, uint64_t value) {
 
 std::string TableDigest(const ModelView& model) {
   // Length-prefixed fields in a fixed byte order, so that no two tables share an encoding.
-  XXH3_state_t* state = XXH3_createState();
+  const Xxh3State owned(XXH3_createState());
+  XXH3_state_t* state = owned.get();
   XXH3_128bits_reset(state);
   UpdateU64(state, model.tensors.size());
   for (const TensorView& t : model.tensors) {
@@ -35,7 +36,6 @@ std::string TableDigest(const ModelView& model) {
     UpdateU64(state, t.size_bytes);
   }
   const XXH128_hash_t hash = XXH3_128bits_digest(state);
-  XXH3_freeState(state);
   char hex[33];
   std::snprintf(hex, sizeof hex, "%016llx%016llx", static_cast<unsigned long long>(hash.high64),
                 static_cast<unsigned long long>(hash.low64));

@@ -7,15 +7,6 @@
 #include "netloader/src/base/xxh3.h"
 
 namespace netloader {
-namespace {
-
-struct StateDeleter {
-  void operator()(XXH3_state_t* s) const { XXH3_freeState(s); }
-};
-using State = std::unique_ptr<XXH3_state_t, StateDeleter>;
-
-}  // namespace
-
 ChunkPlan ChunkPlan::Make(const std::vector<uint64_t>& sizes, uint64_t chunk_bytes) {
   ChunkPlan plan;
   uint64_t group_bytes = 0;
@@ -82,7 +73,7 @@ uint64_t ChunkDigest(const transfer::ChunkList& chunks, size_t chunk) {
   const size_t n = chunks.span_count(chunk);
   const transfer::Span* spans = chunks.spans(chunk);
   if (n == 1) return XXH3_64bits(spans[0].data, spans[0].size);
-  State state(XXH3_createState());
+  Xxh3State state(XXH3_createState());
   XXH3_64bits_reset(state.get());
   for (size_t s = 0; s < n; ++s) XXH3_64bits_update(state.get(), spans[s].data, spans[s].size);
   return XXH3_64bits_digest(state.get());
@@ -91,7 +82,7 @@ uint64_t ChunkDigest(const transfer::ChunkList& chunks, size_t chunk) {
 uint64_t CopyAndDigest(const char* staged, const transfer::Span* spans, size_t span_count,
                        bool hash) {
   constexpr size_t kBlock = 128 << 10;  // fits L2 with room: hash and copy read it from cache
-  State state(hash ? XXH3_createState() : nullptr);
+  Xxh3State state(hash ? XXH3_createState() : nullptr);
   if (hash) XXH3_64bits_reset(state.get());
   for (size_t s = 0; s < span_count; ++s) {
     char* out = static_cast<char*>(spans[s].data);

@@ -8,15 +8,6 @@
 #include "netloader/src/base/xxh3.h"
 
 namespace netloader {
-namespace {
-
-struct StateDeleter {
-  void operator()(XXH3_state_t* s) const { XXH3_freeState(s); }
-};
-using State = std::unique_ptr<XXH3_state_t, StateDeleter>;
-
-}  // namespace
-
 Manifest BuildManifest(const ModelView& model, uint64_t chunk_bytes) {
   Manifest manifest;
   manifest.table_digest = TableDigest(model);
@@ -26,8 +17,8 @@ Manifest BuildManifest(const ModelView& model, uint64_t chunk_bytes) {
   const ChunkPlan plan = ChunkPlan::Make(TensorSizes(model), chunk_bytes);
   // One pass over memory feeding two digests: the chunk's and the current tensor's. Pieces come
   // in storage order, so each tensor's bytes are contiguous in the walk.
-  State chunk_state(XXH3_createState());
-  State tensor_state(XXH3_createState());
+  Xxh3State chunk_state(XXH3_createState());
+  Xxh3State tensor_state(XXH3_createState());
   for (size_t c = 0; c < plan.size(); ++c) {
     XXH3_64bits_reset(chunk_state.get());
     for (size_t p = 0; p < plan.piece_count(c); ++p) {
