@@ -85,6 +85,23 @@ void Session::Serve(const ServerOptions& options, RingPool& rings, RelayState* r
   Report(who, *channel, std::move(streamed), seconds, options);
 }
 
+// A client may wait between Requests as long as it is heard from: a striped client that has
+// nothing left to claim waits for its other sources, and only its Done follows. So the wait
+// ends `done_timeout` after the later of its start and the client's last heartbeat; a client
+// that fell silent is given up on that long after its last word.
+void Session::WaitForRequestOrDone(std::unique_lock<std::mutex>& lock,
+                                   std::chrono::milliseconds done_timeout) {
+  const auto ready = [&] { return !requests_.empty() || done_.has_value() || abort_.load(); };
+  const auto since = Clock::now();
+  while (true) {
+    const auto heard = Clock::time_point(std::chrono::milliseconds(last_heard_ms_.load()));
+    const auto deadline = std::max(since, heard) + done_timeout;
+    if (cv_.wait_until(lock, deadline, ready)) return;
+    const auto heard_now = Clock::time_point(std::chrono::milliseconds(last_heard_ms_.load()));
+    if (Clock::now() >= std::max(since, heard_now) + done_timeout) return;
+  }
+}
+
 // Streams each Request's chunks as it comes, until the client's Done (or its silence).
 Session::Streamed Session::StreamRequests(transfer::Channel& channel, const ServerOptions& options,
                                           StagingRing* ring, RelayState* relay) {
@@ -96,8 +113,7 @@ Session::Streamed Session::StreamRequests(transfer::Channel& channel, const Serv
   Streamed out;
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
-    cv_.wait_until(lock, Clock::now() + options.done_timeout,
-                   [&] { return !requests_.empty() || done_.has_value() || abort_.load(); });
+    WaitForRequestOrDone(lock, options.done_timeout);
     if (requests_.empty() || abort_.load()) break;
     const std::vector<size_t> chunks = std::move(requests_.front());
     requests_.pop_front();
@@ -147,8 +163,8 @@ void Session::Report(const std::string& who, std::unique_ptr<transfer::Channel>&
     Log().warn("client {} rejected the transfer at chunk {}: {}", who, done->failed_chunk(),
                done->message());
   } else {
-    Log().warn("client {} sent no {} within {} ms {}", who, streamed.requests ? "Done" : "Request",
-               options.done_timeout.count(),
+    Log().warn("client {} sent no {} and was not heard from for {} ms {}", who,
+               streamed.requests ? "Done" : "Request", options.done_timeout.count(),
                streamed.requests ? "after the last chunk it asked for" : "after it connected");
   }
   channel->Abandon();

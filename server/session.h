@@ -92,6 +92,10 @@ class Session {
   void Serve(const ServerOptions& options, RingPool& rings, RelayState* relay);
   Streamed StreamRequests(transfer::Channel& channel, const ServerOptions& options,
                           StagingRing* ring, RelayState* relay);
+  // Until a Request or the Done is queued, the session is aborted, or nothing was heard from
+  // the client for `done_timeout`. Called with mu_ held (through `lock`).
+  void WaitForRequestOrDone(std::unique_lock<std::mutex>& lock,
+                            std::chrono::milliseconds done_timeout);
   void Report(const std::string& who, std::unique_ptr<transfer::Channel>& channel,
               Streamed streamed, double seconds, const ServerOptions& options);
   // Why the stream stopped with `status`, for a person: the client's own reason, or why the

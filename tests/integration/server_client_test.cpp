@@ -616,6 +616,43 @@ Result<wire::Envelope> RegisterRaw(const std::string& endpoint, const ModelView&
 // Protocol version 3: a Request naming chunks the stream does not have is refused naming the
 // range and ends its session; a version-3 client (no partial loads) is refused naming both
 // versions.
+// A client that is heard from keeps its session between Requests, however long: a striped client
+// with nothing left to claim waits for its other sources (PROTOCOL.md, section 4.6). One that
+// falls silent is given up on after the done timeout.
+TEST_F(ServerClientFaultTest, HeartbeatsKeepASessionWaitingForRequestsAndSilenceEndsIt) {
+  OwnedModel source(10, seed_, true);
+  LogCapture log;
+  ServerOptions options = SmallChunks();
+  // Long enough that a heartbeat every 100 ms never misses it on a loaded machine.
+  options.done_timeout = 2s;
+  auto server = internal::StartServer(options, source.view, Plane(transport_));
+  ASSERT_TRUE(server.ok());
+  const std::string endpoint = (*server)->endpoint();
+  Result<wire::Envelope> accepted = RegisterRaw(endpoint, source.view);
+  ASSERT_TRUE(accepted.ok() && accepted->has_accept()) << accepted.status().ToString();
+  const uint64_t session = accepted->accept().session_id();
+  Result<std::unique_ptr<transfer::Channel>> channel = transport_->Connect(
+      accepted->accept().mpi_port(), std::chrono::steady_clock::now() + 5s, nullptr);
+  ASSERT_TRUE(channel.ok()) << channel.status().ToString();
+  wire::Envelope beat;
+  beat.mutable_heartbeat()->set_session_id(session);
+  // Three done timeouts without a Request, a heartbeat every 100 ms: the session stays.
+  for (const auto until = std::chrono::steady_clock::now() + 6s;
+       std::chrono::steady_clock::now() < until;) {
+    Result<wire::Envelope> answer = RawExchange(endpoint, Encode(beat));
+    ASSERT_TRUE(answer.ok() && answer->has_heartbeat())
+        << "a session heard from was ended: " << log.All();
+    std::this_thread::sleep_for(100ms);
+  }
+  // Silent: it ends, and the log says why.
+  ASSERT_TRUE(testing::WaitFor([&] { return log.Saw("was not heard from for 2000 ms"); }, 20s))
+      << log.All();
+  Result<wire::Envelope> gone = RawExchange(endpoint, Encode(beat));
+  ASSERT_TRUE(gone.ok() && gone->has_reject());
+  EXPECT_NE(gone->reject().reason().find("not active"), std::string::npos);
+  (*channel)->Abandon();
+}
+
 TEST_F(ServerClientFaultTest, ABadRequestEndsItsSessionAndAVersion4ClientIsRefusedByName) {
   OwnedModel source(10, seed_, true);
   LogCapture log;
