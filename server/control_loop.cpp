@@ -160,6 +160,7 @@ void ControlLoop::Admit(const std::string& identity, const std::string& client,
   Result<std::unique_ptr<transfer::Listener>> listener = transport_.Listen();
   if (!listener.ok()) {
     Log().error("cannot open an MPI port for client {}: {}", client, listener.status().ToString());
+    stats_.Update([](ServerStats& s) { s.refused++; });
     socket_->SendReject(identity, StatusCode::kUnavailable,
                         "server cannot open an MPI port: " + listener.status().message());
     return;
