@@ -29,7 +29,8 @@ std::shared_ptr<const Stream> RelayState::Selected(const std::vector<size_t>& se
   std::lock_guard<std::mutex> lock(mu_);
   if (std::shared_ptr<const Stream> cached = selections_.Find(selected)) return cached;
   const auto start = Clock::now();
-  auto stream = std::make_shared<const Stream>(std::move(view), chunk_bytes_,
+  // Cut as the whole stream is (a relay's is its source's), which SubsetManifest assumes.
+  auto stream = std::make_shared<const Stream>(std::move(view), manifest_.chunk_bytes,
                                                SubsetManifest(model_, manifest_, selected));
   Log().debug("stream of {} selected tensors ({} chunks) made in {:.3f} s",
               stream->view.tensors.size(), stream->plan.size(), SecondsSince(start));

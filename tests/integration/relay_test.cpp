@@ -306,6 +306,38 @@ TEST_F(RelayFaultTest,
 // ClientOptions::cancel, set while the client waits on a relay for chunks the relay does not
 // hold yet: the load ends with Cancelled, without waiting out a deadline, and no further source
 // is tried (the seed, listed next, serves nobody but the relay).
+// A relay serves its source's stream, whatever its own chunk_bytes; a partial load from it once
+// it is loaded is cut at that stream's chunk size too, as its manifest is.
+TEST_F(RelayTest, APartialLoadFromALoadedRelayIsCutAtItsSourcesChunkSize) {
+  OwnedModel source(40, seed_, true);
+  auto seed = internal::StartServer(Patient(), source.view, Plane(transport_));  // 64 KiB chunks
+  ASSERT_TRUE(seed.ok()) << seed.status().ToString();
+  seed_server = std::move(*seed);
+  ServerOptions relay_options = Patient();
+  relay_options.chunk_bytes = 256 << 10;
+  relayed.emplace(source.EmptyLike());
+  auto started = internal::StartServer(relay_options, relayed->view, Plane(transport_), true);
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  relay = std::move(*started);
+  ClientOptions whole = PatientClient({seed_server->endpoint()});
+  whole.relay = relay.get();
+  Result<LoadStats> relay_loaded = internal::Load(whole, relayed->view, *Plane(transport_));
+  ASSERT_TRUE(relay_loaded.ok()) << relay_loaded.status().ToString();
+
+  OwnedModel dest = source.EmptyLike();
+  ClientOptions partial = PatientClient({relay->endpoint()});
+  partial.tensors = {"layer.1*"};
+  Result<LoadStats> stats = internal::Load(partial, dest.view, *Plane(transport_));
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  size_t selected = 0;
+  for (size_t i = 0; i < source.storage.size(); ++i) {
+    if (!TensorPatternMatches("layer.1*", source.view.tensors[i].name)) continue;
+    ++selected;
+    EXPECT_EQ(dest.storage[i], source.storage[i]) << source.view.tensors[i].name;
+  }
+  EXPECT_EQ(stats->tensors, selected);
+}
+
 TEST_F(RelayTest, ACancelledLoadEndsAtOnceAndTriesNoFurtherSource) {
   OwnedModel source(120, seed_, true);
   ASSERT_NO_FATAL_FAILURE(StartSeedAndRelay(source));
