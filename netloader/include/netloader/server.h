@@ -25,8 +25,9 @@ struct ServerOptions : PeerOptions {
   // a 2 MiB L2 to be hashed, and fewer bytes are in flight), and a relay forwards sooner
   // (DESIGN.md, "Relay fan-out").
   uint64_t chunk_bytes = 1ull << 20;
-  // After Accept and after the chunks of each Request were sent, how long to wait for the
-  // client's next Request or its Done before logging it as lost.
+  // After Accept and after the chunks of each Request were sent, how long the client may be
+  // silent (no Heartbeat, no Request) before its session is given up as lost; a client that
+  // keeps beating may wait for its next Request or its Done as long as it likes.
   std::chrono::milliseconds done_timeout{30000};
   // How long a Busy client is told to wait before retrying.
   std::chrono::milliseconds busy_retry_hint{500};
