@@ -9,7 +9,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <cmath>
 #include <condition_variable>
 #include <deque>
 #include <future>
@@ -103,13 +102,6 @@ py::dict PartitionDict(const Partition& p) {
                   py::arg("layout_key") = p.layout_key);
 }
 
-// Seconds (Python's timeouts) to milliseconds, to the nearest: Seconds' values come back exact.
-std::chrono::milliseconds Ms(double seconds) {
-  return std::chrono::milliseconds(std::llround(seconds * 1000));
-}
-
-double Seconds(std::chrono::milliseconds ms) { return static_cast<double>(ms.count()) / 1000.0; }
-
 // A string option the Python API leaves unset with None ("" in C++).
 py::object NoneIfEmpty(const std::string& s) {
   return s.empty() ? py::object(py::none()) : py::object(py::str(s));
@@ -121,10 +113,11 @@ void ApplyPeer(const py::dict& o, PeerOptions& options) {
   if (o.contains("partition")) options.partition = ToPartition(o["partition"].cast<py::dict>());
   if (o.contains("window")) options.window = o["window"].cast<int>();
   if (o.contains("connect_timeout"))
-    options.connect_timeout = Ms(o["connect_timeout"].cast<double>());
-  if (o.contains("stall_timeout")) options.stall_timeout = Ms(o["stall_timeout"].cast<double>());
+    options.connect_timeout = FromSeconds(o["connect_timeout"].cast<double>());
+  if (o.contains("stall_timeout"))
+    options.stall_timeout = FromSeconds(o["stall_timeout"].cast<double>());
   if (o.contains("heartbeat_timeout")) {
-    options.heartbeat_timeout = Ms(o["heartbeat_timeout"].cast<double>());
+    options.heartbeat_timeout = FromSeconds(o["heartbeat_timeout"].cast<double>());
   }
   if (o.contains("secret")) options.secret = o["secret"].cast<std::string>();
   if (o.contains("rendezvous"))
@@ -296,9 +289,10 @@ py::dict PyLoad(const std::vector<TensorTuple>& tensors, const std::vector<std::
   ApplyPeer(o, options);
   options.sources = sources;
   if (o.contains("register_timeout")) {
-    options.register_timeout = Ms(o["register_timeout"].cast<double>());
+    options.register_timeout = FromSeconds(o["register_timeout"].cast<double>());
   }
-  if (o.contains("busy_timeout")) options.busy_timeout = Ms(o["busy_timeout"].cast<double>());
+  if (o.contains("busy_timeout"))
+    options.busy_timeout = FromSeconds(o["busy_timeout"].cast<double>());
   if (o.contains("stripe")) options.stripe = o["stripe"].cast<int>();
   if (o.contains("tensors")) options.tensors = o["tensors"].cast<std::vector<std::string>>();
   if (o.contains("destination_filled")) {
@@ -380,7 +374,7 @@ py::dict StatusOf(const std::string& endpoint, const std::string& secret, double
   Result<SourceStatus> asked = Status(StatusCode::kInternal, "not run");
   {
     py::gil_scoped_release released;
-    asked = QueryStatus(endpoint, secret, Ms(timeout));
+    asked = QueryStatus(endpoint, secret, FromSeconds(timeout));
   }
   const SourceStatus s = Take(std::move(asked));
   return py::dict(
@@ -401,10 +395,11 @@ py::dict ParseExtraConfig(const std::string& json_text, int world_size) {
       py::arg("sources") = c.sources, py::arg("listen_port") = c.listen_port,
       py::arg("listen_host") = c.listen_host, py::arg("serve") = c.serve,
       py::arg("model_id") = c.server.model_id, py::arg("output_prefix") = c.output_prefix,
-      py::arg("register_timeout") = Seconds(c.client.register_timeout),
-      py::arg("connect_timeout") = Seconds(c.server.connect_timeout),
-      py::arg("stall_timeout") = Seconds(c.server.stall_timeout),
-      py::arg("heartbeat_timeout") = Seconds(c.server.heartbeat_timeout), py::arg("auth") = c.auth,
+      py::arg("register_timeout") = ToSeconds(c.client.register_timeout),
+      py::arg("connect_timeout") = ToSeconds(c.server.connect_timeout),
+      py::arg("stall_timeout") = ToSeconds(c.server.stall_timeout),
+      py::arg("heartbeat_timeout") = ToSeconds(c.server.heartbeat_timeout),
+      py::arg("auth") = c.auth,
       py::arg("secret_file") = c.secret_file.empty() ? DefaultSecretPath() : c.secret_file,
       py::arg("max_clients") = c.server.max_concurrent_transfers,
       py::arg("fanout") = c.server.fanout, py::arg("chunk_mib") = c.server.chunk_bytes >> 20,
@@ -432,18 +427,18 @@ py::dict RankOptionsOf(const std::string& json_text, int world_size, int rank,
                   py::arg("partition") = PartitionDict(s.partition), py::arg("window") = s.window,
                   py::arg("max_clients") = s.max_concurrent_transfers,
                   py::arg("chunk_bytes") = s.chunk_bytes, py::arg("fanout") = s.fanout,
-                  py::arg("connect_timeout") = Seconds(s.connect_timeout),
-                  py::arg("stall_timeout") = Seconds(s.stall_timeout),
-                  py::arg("heartbeat_timeout") = Seconds(s.heartbeat_timeout),
+                  py::arg("connect_timeout") = ToSeconds(s.connect_timeout),
+                  py::arg("stall_timeout") = ToSeconds(s.stall_timeout),
+                  py::arg("heartbeat_timeout") = ToSeconds(s.heartbeat_timeout),
                   py::arg("rendezvous") = NoneIfEmpty(s.transport.rendezvous_uri),
                   py::arg("interface") = s.transport.interface);
   py::dict load(py::arg("sources") = c.sources, py::arg("model_id") = NoneIfEmpty(c.model_id),
                 py::arg("partition") = PartitionDict(c.partition), py::arg("window") = c.window,
-                py::arg("register_timeout") = Seconds(c.register_timeout),
-                py::arg("connect_timeout") = Seconds(c.connect_timeout),
-                py::arg("stall_timeout") = Seconds(c.stall_timeout),
-                py::arg("busy_timeout") = Seconds(c.busy_timeout),
-                py::arg("heartbeat_timeout") = Seconds(c.heartbeat_timeout),
+                py::arg("register_timeout") = ToSeconds(c.register_timeout),
+                py::arg("connect_timeout") = ToSeconds(c.connect_timeout),
+                py::arg("stall_timeout") = ToSeconds(c.stall_timeout),
+                py::arg("busy_timeout") = ToSeconds(c.busy_timeout),
+                py::arg("heartbeat_timeout") = ToSeconds(c.heartbeat_timeout),
                 py::arg("stripe") = c.stripe,
                 py::arg("rendezvous") = NoneIfEmpty(c.transport.rendezvous_uri),
                 py::arg("interface") = c.transport.interface);

@@ -1,6 +1,6 @@
 #pragma once
 
-// The bulk data plane's interface. Implementations: MPI between processes (mpi_transport.h) and
+// The bulk data plane's interface. Implementations: MPI between processes (transfer/mpi/) and
 // in-process memory for tests, with fault injection (tests/support/inproc_transport.h). Knows
 // nothing of ZeroMQ or protobuf.
 

@@ -85,8 +85,8 @@ void ClientFlags::Add(CLI::App& app) {
 }
 
 Status ClientFlags::Apply() {
-  options.register_timeout = Ms(register_timeout_s);
-  options.busy_timeout = Ms(busy_timeout_s);
+  options.register_timeout = FromSeconds(register_timeout_s);
+  options.busy_timeout = FromSeconds(busy_timeout_s);
   Status applied = common.ApplyTo(options);
   if (!applied.ok() || !relaying()) return applied;
   // The relay serves with the load's stream settings (the common flags).

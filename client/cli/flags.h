@@ -36,8 +36,8 @@ struct ClientFlags {
   Status Apply();
 
  private:
-  double register_timeout_s = Seconds(ClientOptions().register_timeout);
-  double busy_timeout_s = Seconds(ClientOptions().busy_timeout);
+  double register_timeout_s = ToSeconds(ClientOptions().register_timeout);
+  double busy_timeout_s = ToSeconds(ClientOptions().busy_timeout);
   uint64_t serve_chunk_mib = ServerOptions().chunk_bytes >> 20;
   CLI::Option* status_flag_ = nullptr;
   CLI::Option* serve_flag_ = nullptr;

@@ -94,12 +94,6 @@ inline constexpr const char* kNoAuthHelp =
     "Run without the shared secret: no authentication and no encryption, so anyone who reaches "
     "the port can pull the weights. For local tests; both sides must agree";
 
-// A flag's seconds as the options' milliseconds, and back (for a flag's default).
-inline std::chrono::milliseconds Ms(double seconds) {
-  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
-}
-inline double Seconds(std::chrono::milliseconds ms) { return ms.count() / 1000.0; }
-
 // Flags both CLIs share, bound to the options they fill.
 struct CommonFlags {
   Partition partition;
@@ -108,10 +102,10 @@ struct CommonFlags {
   bool json = false;
   std::string secret_file = DefaultSecretPath();
   bool no_auth = false;
-  double heartbeat_timeout_s = Seconds(PeerOptions().heartbeat_timeout);
+  double heartbeat_timeout_s = ToSeconds(PeerOptions().heartbeat_timeout);
   int window = PeerOptions().window;
-  double connect_timeout_s = Seconds(PeerOptions().connect_timeout);
-  double stall_timeout_s = Seconds(PeerOptions().stall_timeout);
+  double connect_timeout_s = ToSeconds(PeerOptions().connect_timeout);
+  double stall_timeout_s = ToSeconds(PeerOptions().stall_timeout);
   TransportOptions transport;
 
   void Add(CLI::App& app) {
@@ -142,7 +136,7 @@ struct CommonFlags {
            "--heartbeat-timeout", heartbeat_timeout_s,
            "Seconds without a heartbeat (one a second, from registration until the client's "
            "verdict) after which the other side is presumed dead and the transfer stops")
-        ->check(CLI::Range(Seconds(kMinHeartbeatTimeout), 86400.0))
+        ->check(CLI::Range(ToSeconds(kMinHeartbeatTimeout), 86400.0))
         ->capture_default_str();
     app.add_option("--window", window, "MPI messages in flight per transfer")
         ->check(CLI::Range(1, 64))
@@ -169,10 +163,10 @@ struct CommonFlags {
     options.model_id = model_id;
     options.partition = partition;
     options.transport = transport;
-    options.heartbeat_timeout = Ms(heartbeat_timeout_s);
+    options.heartbeat_timeout = FromSeconds(heartbeat_timeout_s);
     options.window = window;
-    options.connect_timeout = Ms(connect_timeout_s);
-    options.stall_timeout = Ms(stall_timeout_s);
+    options.connect_timeout = FromSeconds(connect_timeout_s);
+    options.stall_timeout = FromSeconds(stall_timeout_s);
     if (no_auth) return Status::Ok();
     Result<std::string> secret = LoadOrCreateSecret(secret_file);
     if (!secret.ok()) return secret.status();

@@ -4,12 +4,22 @@
 // the deadlines of a transfer and the shared secret. ServerOptions and ClientOptions extend it.
 
 #include <chrono>
+#include <cmath>
 #include <string>
 
 #include "netloader/tensor.h"
 #include "netloader/transport.h"
 
 namespace netloader {
+
+// Seconds, as command lines, engine configs and Python give deadlines, as the options'
+// milliseconds (to the nearest, so that a value survives the round trip), and back.
+inline std::chrono::milliseconds FromSeconds(double seconds) {
+  return std::chrono::milliseconds(std::llround(seconds * 1000));
+}
+inline double ToSeconds(std::chrono::milliseconds ms) {
+  return static_cast<double>(ms.count()) / 1000.0;
+}
 
 struct PeerOptions {
   // Model id/revision (Fingerprint::model_id), e.g. "org/name@rev". A server declares it; a

@@ -36,7 +36,7 @@ std::string Seconds(const Json& v, std::chrono::milliseconds* out) {
   if (!v.is_number() || !(v.get<double>() > 0) || v.get<double>() > 86400) {
     return "must be a number of seconds in (0, 86400]";
   }
-  *out = std::chrono::milliseconds(static_cast<int64_t>(v.get<double>() * 1000));
+  *out = FromSeconds(v.get<double>());
   return "";
 }
 
@@ -52,7 +52,7 @@ std::string Both(LoaderConfig& c, T PeerOptions::*field, Parse parse) {
 // "(default N)" for a help line, N in seconds.
 std::string DefaultSeconds(std::chrono::milliseconds ms) {
   std::ostringstream out;
-  out << "(default " << ms.count() / 1000.0 << ")";
+  out << "(default " << ToSeconds(ms) << ")";
   return out.str();
 }
 std::string Default(int64_t value) { return "(default " + std::to_string(value) + ")"; }
