@@ -18,8 +18,9 @@ ControlLoop::ControlLoop(const ServerOptions& options, const ModelView& model,
       rings_(rings),
       stats_(stats),
       socket_(std::move(socket)),
-      policy_(Registrar(MakeFingerprint(model_, options_.model_id, options_.partition),
-                        transport_.rendezvous(), options_.max_concurrent_transfers),
+      policy_(Registrar(
+                  MakeFingerprint(model_, options_.model_id, options_.partition),
+                  [this] { return transport_.rendezvous(); }, options_.max_concurrent_transfers),
               options_.fanout, options_.busy_retry_hint) {}
 
 void ControlLoop::Start() {
@@ -175,7 +176,7 @@ void ControlLoop::Admit(const std::string& identity, const std::string& client,
   wire::Accept* accept = reply.mutable_accept();
   accept->set_session_id(session->id());
   accept->set_mpi_port(session->port());
-  accept->set_rendezvous_uri(transport_.rendezvous());
+  accept->set_rendezvous_uri(session->rendezvous());
   if (!socket_->Send(identity, reply, session->stream().accept_manifest_bytes)) {
     policy_.Close(session->id(), "");
     return;

@@ -106,15 +106,15 @@ Result<std::unique_ptr<Server>> StartServer(ServerOptions options, ModelView mod
                                             bool relay) {
   Status status = ValidateOptions(options);
   if (status.ok()) status = ValidateModelView(model);
-  if (status.ok() && relay && options.transport.rendezvous_uri.empty() &&
-      plane->bound_rendezvous().empty()) {
+  if (status.ok() && relay && plane->one_rendezvous_per_process() &&
+      options.transport.rendezvous_uri.empty() && plane->bound_rendezvous().empty()) {
     status = Status(StatusCode::kInvalidArgument,
                     "a relay needs the shared MPI rendezvous of the instances it loads from and "
                     "serves (TransportOptions::rendezvous_uri): it starts MPI before it hears "
                     "from its source, so it cannot adopt the source's own");
   }
   if (!status.ok()) return status;
-  Result<std::shared_ptr<transfer::Transport>> transport = plane->Start("");
+  Result<std::shared_ptr<transfer::Transport>> transport = plane->StartServing();
   if (!transport.ok()) return transport.status();
   std::optional<Manifest> manifest;
   if (!relay) {

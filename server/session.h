@@ -52,6 +52,7 @@ class Session {
   const std::string& serve_endpoint() const { return serve_endpoint_; }
   // The MPI port the client connects to (Accept.mpi_port).
   const std::string& port() const { return listener_->address(); }
+  std::string rendezvous() const { return listener_->rendezvous(); }
 
   // Starts the session's thread. `relay`: set on a relay, whose chunks are each sent only once
   // its own load verified them. `options`, `rings` and `relay` must outlive the thread.

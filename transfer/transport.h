@@ -1,8 +1,8 @@
 #pragma once
 
-// The bulk data plane's interface. Implementations: MPI between processes (transfer/mpi/) and
-// in-process memory for tests, with fault injection (tests/support/inproc_transport.h). Knows
-// nothing of ZeroMQ or protobuf.
+// The bulk data plane's interface. Implementations: MPI in helper processes (transfer/helper/),
+// MPI inside this process (transfer/mpi/, which the helpers run), and in-process memory for tests,
+// with fault injection (tests/support/inproc_transport.h). Knows nothing of ZeroMQ or protobuf.
 
 #include <atomic>
 #include <chrono>
@@ -58,6 +58,8 @@ class Listener {
   virtual ~Listener() = default;
   // What the peer passes to Transport::Connect.
   virtual const std::string& address() const = 0;
+  // The rendezvous the peer must use to reach address() (the MPI rendezvous URI).
+  virtual std::string rendezvous() const = 0;
   // Waits for the peer until `deadline` (Timeout) or until `cancel` becomes true (Cancelled).
   // May be called once.
   virtual Result<std::unique_ptr<Channel>> Accept(Clock::time_point deadline,
@@ -90,9 +92,14 @@ class DataPlane {
   // The rendezvous this process is bound to; empty while the runtime has not started (a client
   // then adopts the one its source names).
   virtual std::string bound_rendezvous() const = 0;
+  // Whether all of this process's peers must share one rendezvous (MPI inside this process);
+  // false when each source and server gets a runtime of its own (MPI in helper processes).
+  virtual bool one_rendezvous_per_process() const { return true; }
   // Starts the runtime if it has not started, bound to `peer_rendezvous` when that is not empty
-  // (the one a source named), and returns a transport over it.
+  // (the one a source named), and returns a transport over it, for connecting to that source.
   virtual Result<std::shared_ptr<Transport>> Start(const std::string& peer_rendezvous) = 0;
+  // A transport for a server to listen on.
+  virtual Result<std::shared_ptr<Transport>> StartServing() { return Start(""); }
 };
 
 }  // namespace netloader::transfer

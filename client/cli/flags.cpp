@@ -45,8 +45,7 @@ void ClientFlags::Add(CLI::App& app) {
       "--serve", serving.listen,
       "Serve the model while loading it and afterwards, at this ZeroMQ endpoint "
       "(tcp://ADDRESS:PORT, an address the other instances reach; port 0 picks one, see "
-      "--serve-endpoint-file). Needs the other instances' --rendezvous, and the whole model "
-      "(not --tensors)");
+      "--serve-endpoint-file). Needs the whole model (not --tensors)");
   app.add_option("--serve-endpoint-file", serve_endpoint_file,
                  "With --serve: write the bound endpoint to this file once serving")
       ->needs(serve_flag_);
@@ -68,7 +67,7 @@ void ClientFlags::Add(CLI::App& app) {
   app.add_option("--stripe", options.stripe,
                  "Pull from up to this many --source at once, disjoint chunks from each, handed "
                  "out a few at a time (a slower source sends fewer; a failed one's chunks go to "
-                 "the others). The sources must hold the same weights and share --rendezvous")
+                 "the others). The sources must hold the same weights")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
   app.add_option("--register-timeout", register_timeout_s,

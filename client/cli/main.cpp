@@ -69,8 +69,8 @@ class ClientRun {
   int Prepare() {
     // A relay takes the stop signals only once it serves a loaded model; until then they wait.
     if (flags_.relaying()) stop_signals_ = cli::BlockStopSignals();
-    // MPI start-up (~140 ms) need not wait for the source when the rendezvous is shared: it runs
-    // while the destination is allocated and faulted in; Load waits for what is left of it.
+    // MPI start-up (~140 ms, in a helper process) need not wait for the source when the
+    // rendezvous is shared: it runs while the destination is allocated and faulted in.
     if (!options_.transport.rendezvous_uri.empty()) {
       transport_started_ = std::async(std::launch::async, InitializeTransport, options_.transport);
     }

@@ -128,7 +128,12 @@ struct CommonFlags {
                    "Any further layout both sides must share (e.g. an expert placement)");
     app.add_option("--rendezvous", transport.rendezvous_uri,
                    "MPI rendezvous: an ompi-server URI or file:PATH of the file `ompi-server -r` "
-                   "wrote. Default: the server starts a private one and clients adopt it");
+                   "wrote. Optional: by default a server's MPI helper starts a private one and "
+                   "each client reaches each source through a helper bound to that source's");
+    app.add_flag("--in-process-mpi", transport.in_process_mpi,
+                 "Run MPI inside this process instead of in netloader-mpi-helper processes "
+                 "(then every peer must share one --rendezvous; a crash in MPI takes this "
+                 "process down)");
     app.add_option("--interface", transport.interface,
                    "Network interface MPI uses (lo for one host)")
         ->capture_default_str();

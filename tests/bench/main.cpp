@@ -27,6 +27,9 @@ using netloader::bench::RoleArgs;
 // The orchestrator's flags, as --help lists them.
 void AddBenchFlags(CLI::App& app, Options& o, double& chunk_mib) {
   app.add_flag("--quick", o.quick, "Small model, 2 repetitions: a smoke run under a minute");
+  app.add_flag("--in-process-mpi", o.in_process_mpi,
+               "Run MPI inside each measured process (TransportOptions::in_process_mpi), not in "
+               "netloader-mpi-helper processes, to compare the two");
   app.add_flag("--focus", o.focus,
                "Measure only raw MPI and netloader with MPI pre-started (for tuning runs)");
   app.add_option("--size-mib", o.size_mib, "Model size in MiB")->capture_default_str();
@@ -122,6 +125,7 @@ int main(int argc, char** argv) {
   role.chunk_bytes = o.chunk_bytes;
   role.window = o.window;
   role.verify = !no_verify;
+  role.in_process_mpi = o.in_process_mpi;
 
   netloader::SetLogLevel(netloader::LogLevel::kWarn);
   if (!role.role.empty()) return netloader::bench::PlayRole(role);

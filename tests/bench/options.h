@@ -31,6 +31,7 @@ struct Options {
   std::vector<std::string> modes = {"relay", "direct", "storage"};
   int tree_fanout = ServerOptions{}.fanout;  // relay mode: every server's --fanout
   bool size_given = false;
+  bool in_process_mpi = false;  // every role's MPI inside its process, not in helpers
 };
 
 }  // namespace netloader::bench

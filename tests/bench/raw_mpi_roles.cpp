@@ -77,6 +77,13 @@ std::vector<std::array<char, MPI_MAX_PORT_NAME>> OpenPorts(const std::string& po
   return ports;
 }
 
+// Raw MPI runs in this process, whatever netloader's rows use.
+TransportOptions InProcess(const RoleArgs& args) {
+  TransportOptions options = Transport(args);
+  options.in_process_mpi = true;
+  return options;
+}
+
 }  // namespace
 
 int RoleRawSend(const RoleArgs& args) {
@@ -85,7 +92,7 @@ int RoleRawSend(const RoleArgs& args) {
   auto layout = Check(ReadCheckpointLayout(args.models.at(0)), "layout");
   auto model = Check(HostModel::Load(layout), "load");  // a server's memory use
   char* data = ReadContiguous(layout.shards[0].path, ranges, bytes);
-  Check(InitializeTransport(Transport(args)), "MPI");
+  Check(InitializeTransport(InProcess(args)), "MPI");
   auto ports = OpenPorts(args.port_file, args.peers);
   std::vector<MPI_Comm> comms(args.peers);
   for (int p = 0; p < args.peers; ++p) {
@@ -107,7 +114,7 @@ int RoleRawRecv(const RoleArgs& args) {
   char* data = static_cast<char*>(MapHostMemory(std::max<uint64_t>(bytes, 1)));
   const std::string port = testing::WaitForLine(args.port_file, 60s);
   if (port.empty()) Die("no port from raw-send");
-  Check(InitializeTransport(Transport(args)), "MPI");
+  Check(InitializeTransport(InProcess(args)), "MPI");
   PopulateForWrite(data, std::max<uint64_t>(bytes, 1));  // as netloader's client does
   MPI_Comm comm;
   const auto connect_start = Clock::now();

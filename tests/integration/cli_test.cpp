@@ -10,6 +10,7 @@
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -409,27 +410,37 @@ TEST(CliTest, HelpExplainsEveryFlagAndTheExitCodes) {
   }
 }
 
-// The environment a child of process `pid` whose command is `comm` was started with, each entry
-// between two '\n'; empty when `pid` has no such child.
-std::string ChildEnvironment(pid_t pid, const std::string& comm) {
+// A child of process `pid` whose command is `comm` (as /proc shows it: at most 15 characters);
+// -1 when it has none.
+pid_t ChildPid(pid_t pid, const std::string& comm) {
   namespace fs = std::filesystem;
   const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
-  for (const auto& task : fs::directory_iterator(tasks)) {
+  std::error_code error;
+  for (const auto& task : fs::directory_iterator(tasks, error)) {
     std::istringstream children(testing::ReadFile(task.path() / "children"));
     for (pid_t child; children >> child;) {
-      const std::string proc = "/proc/" + std::to_string(child);
-      if (testing::ReadFile(proc + "/comm") != comm + "\n") continue;
-      std::string env = testing::ReadFile(proc + "/environ");
-      std::replace(env.begin(), env.end(), '\0', '\n');
-      return "\n" + env;
+      if (testing::ReadFile("/proc/" + std::to_string(child) + "/comm") == comm + "\n") {
+        return child;
+      }
     }
   }
-  return "";
+  return -1;
+}
+
+// The environment the orted daemon of the MPI helper of process `pid` was started with, each
+// entry between two '\n'; empty when there is none (yet).
+std::string HelpersOrtedEnvironment(pid_t pid) {
+  const pid_t helper = ChildPid(pid, "netloader-mpi-h");
+  const pid_t orted = helper < 0 ? -1 : ChildPid(helper, "orted");
+  if (orted < 0) return "";
+  std::string env = testing::ReadFile("/proc/" + std::to_string(orted) + "/environ");
+  std::replace(env.begin(), env.end(), '\0', '\n');
+  return "\n" + env;
 }
 
 // MPI start-up leaves out hwloc's PCI and I/O discovery, which on a VM costs ~25 ms in MPI_Init
-// and again in the orted daemon it forks (DESIGN.md), and leaves this process's environment as
-// it found it for the host's own uses of hwloc.
+// and again in the orted daemon it forks (DESIGN.md); MPI starts in a helper process, so this
+// process's own environment and MPI are untouched.
 TEST(MpiStartupTest, SkipsHwlocIoDiscoveryInItsDaemonAndLeavesTheEnvironmentAsItWas) {
   TempDir tmp;
   testing::Rendezvous rendezvous(tmp);
@@ -437,11 +448,16 @@ TEST(MpiStartupTest, SkipsHwlocIoDiscoveryInItsDaemonAndLeavesTheEnvironmentAsIt
   unsetenv("HWLOC_COMPONENTS");
   TransportOptions options;
   options.rendezvous_uri = rendezvous.spec();
-  const Status started = InitializeTransport(options);
+  const Status started = InitializeTransport(options);  // a helper, pre-started into the pool
   ASSERT_TRUE(started.ok()) << started.ToString();
   EXPECT_EQ(std::getenv("HWLOC_COMPONENTS"), nullptr);
-  const std::string orted = ChildEnvironment(getpid(), "orted");
-  ASSERT_FALSE(orted.empty()) << "MPI_Init forks an orted daemon";
+  // MPI_Init loads Open MPI's PMIx component; a host that never initialised MPI has none.
+  EXPECT_EQ(testing::ReadFile("/proc/self/maps").find("pmix"), std::string::npos)
+      << "MPI runs in the helper, never in the host";
+  std::string orted;
+  ASSERT_TRUE(
+      testing::WaitFor([&] { return !(orted = HelpersOrtedEnvironment(getpid())).empty(); }, 30s))
+      << "the helper's MPI_Init forks an orted daemon";
   EXPECT_NE(orted.find("\nHWLOC_COMPONENTS=-pci,-linuxio\n"), std::string::npos) << orted;
 }
 
@@ -451,13 +467,13 @@ TEST(MpiStartupTest, AUsersHwlocSettingIsKept) {
   MakeCheckpoint(tmp / "model", 4, 1, 1, 3);
   testing::Rendezvous rendezvous(tmp);
   ASSERT_TRUE(rendezvous.ready()) << rendezvous.child().Stderr();
-  setenv("HWLOC_COMPONENTS", "-gl", 1);  // inherited by the server
+  setenv("HWLOC_COMPONENTS", "-gl", 1);  // inherited by the server and its helper
   ServerProcess server(tmp, tmp / "model", {"--rendezvous", rendezvous.spec()});
   unsetenv("HWLOC_COMPONENTS");
   ASSERT_FALSE(server.endpoint().empty()) << server.child().Stderr();
   std::string orted;
   ASSERT_TRUE(testing::WaitFor(
-      [&] { return !(orted = ChildEnvironment(server.child().pid(), "orted")).empty(); }, 30s));
+      [&] { return !(orted = HelpersOrtedEnvironment(server.child().pid())).empty(); }, 30s));
   EXPECT_NE(orted.find("\nHWLOC_COMPONENTS=-gl\n"), std::string::npos) << orted;
 }
 
@@ -525,16 +541,12 @@ TEST(CliFaultTest, ServerKilledMidTransferFailsTheClientWithinItsDeadlineAndNoth
   EXPECT_FALSE(std::filesystem::exists(tmp / "out/model.safetensors")) << "nothing written";
 }
 
-// Two netloader-server processes holding one checkpoint, on one shared rendezvous (a client
-// reaches several sources only through one: its MPI is bound to it).
+// Two netloader-server processes holding one checkpoint, each with a private rendezvous of its
+// own: a client reaches each through an MPI helper bound to that source's.
 struct TwoSources {
   explicit TwoSources(const std::string& model) {
-    rendezvous = std::make_unique<testing::Rendezvous>(tmp);
-    if (!rendezvous->ready()) return;
-    a = std::make_unique<ServerProcess>(
-        tmp_a, model, std::vector<std::string>{"--rendezvous", rendezvous->spec()});
-    b = std::make_unique<ServerProcess>(
-        tmp_b, model, std::vector<std::string>{"--rendezvous", rendezvous->spec()});
+    a = std::make_unique<ServerProcess>(tmp_a, model);
+    b = std::make_unique<ServerProcess>(tmp_b, model);
   }
   bool ready() const { return a && b && !a->endpoint().empty() && !b->endpoint().empty(); }
   // Once `client` holds its load (--testing-hold-at ... --testing-hold-file go), SIGKILLs source
@@ -553,8 +565,8 @@ struct TwoSources {
     EXPECT_TRUE(summary.is_object()) << client.Stdout();
     return code == 0 && summary.is_object() ? summary : nlohmann::json(nullptr);
   }
-  // netloader-client loading `model` into `out` from a, then b, through the shared rendezvous,
-  // printing its JSON summary; then `extra`.
+  // netloader-client loading `model` into `out` from a, then b, printing its JSON summary; then
+  // `extra`.
   std::vector<std::string> Client(const std::string& model, const std::string& out,
                                   const std::vector<std::string>& extra) const {
     std::vector<std::string> argv = {Bin("netloader-client"),
@@ -566,22 +578,19 @@ struct TwoSources {
                                      model,
                                      "--output",
                                      out,
-                                     "--rendezvous",
-                                     rendezvous->spec(),
                                      "--json"};
     argv.insert(argv.end(), extra.begin(), extra.end());
     return argv;
   }
 
-  TempDir tmp, tmp_a, tmp_b;
-  std::unique_ptr<testing::Rendezvous> rendezvous;
+  TempDir tmp_a, tmp_b;
   std::unique_ptr<ServerProcess> a, b;
 };
 
 // Resume: a source killed at half a load costs only the chunks it had in flight. The client
 // holds the load once half is verified, the test kills the first source, and the client then
-// asks the second one only for the chunks it does not hold. (A client reaches several sources
-// through one shared rendezvous: its MPI is bound to one.)
+// asks the second one only for the chunks it does not hold. The two sources share no
+// rendezvous.
 TEST(CliFaultTest, ASourceKilledAtHalfCostsOnlyTheChunksInFlightTheNextOneSendsTheRest) {
   TempDir tmp;
   MakeCheckpoint(tmp / "model", 40, 64, 1, 37);
@@ -915,6 +924,121 @@ TEST(CliFaultTest, ADeadRendezvousMakesTheServerRefuseNewClientsNamingIt) {
   EXPECT_NE(server.child().Stdout().find("served 1 clients (0 failed, 1 refused"),
             std::string::npos)
       << server.child().Stdout();
+}
+
+// Runs netloader-client loads from `endpoint` until one verifies or `within` passes: a holder
+// whose MPI helper died refuses (Unavailable) until its new helper is up. The time it took, or
+// nullopt.
+std::optional<std::chrono::milliseconds> ServedAgainWithin(const TempDir& tmp,
+                                                           const std::string& endpoint,
+                                                           const std::string& model,
+                                                           std::chrono::seconds within) {
+  const auto start = std::chrono::steady_clock::now();
+  for (int attempt = 0; attempt < 100 && std::chrono::steady_clock::now() - start < within;
+       ++attempt) {
+    ClientRun run = RunClient(tmp, "again-" + std::to_string(attempt),
+                              {"--source", endpoint, "--model", model, "--verify-only"});
+    if (run.exit_code == 0) {
+      return std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::steady_clock::now() - start);
+    }
+    std::this_thread::sleep_for(200ms);  // between attempts only; nothing waits on it
+  }
+  return std::nullopt;
+}
+
+// MPI lives in a helper process, never in the host: a server's helper that crashes (SIGKILL,
+// SIGSEGV) mid-transfer fails only that transfer, with nothing reported loaded; the host keeps
+// running and serves the next client through a new helper within seconds.
+TEST(HelperFaultTest, AServersHelperKilledMidTransferCostsOnlyThatLoadAndANewOneServes) {
+  for (int signal : {SIGKILL, SIGSEGV}) {
+    SCOPED_TRACE(strsignal(signal));
+    TempDir tmp;
+    MakeCheckpoint(tmp / "model", 40, 16, 1, 53);
+    ServerProcess server(tmp, tmp / "model");
+    ASSERT_FALSE(server.endpoint().empty()) << server.child().Stderr();
+    std::vector<std::string> victim_argv = HeldVictim(server.endpoint(), tmp / "model", tmp);
+    victim_argv.push_back("--json");
+    Child victim(victim_argv, tmp / "victim");
+    ASSERT_TRUE(WaitUntilHeld(victim)) << victim.Stderr();
+    const pid_t helper = ChildPid(server.child().pid(), "netloader-mpi-h");
+    ASSERT_GT(helper, 0) << "the server runs its MPI in a helper";
+    ASSERT_EQ(kill(helper, signal), 0);
+    testing::WriteFile(tmp / "never", "");  // release the victim into a dead peer
+    EXPECT_NE(victim.Wait(120s), 0) << victim.Stderr();
+    const nlohmann::json summary = LastJsonLine(victim.Stdout());
+    EXPECT_TRUE(summary.is_object() && summary.value("ok", true) == false) << victim.Stdout();
+    EXPECT_TRUE(server.child().Running()) << "the host survives its helper";
+    const auto again = ServedAgainWithin(tmp, server.endpoint(), tmp / "model", 30s);
+    ASSERT_TRUE(again.has_value()) << server.child().Stderr();
+    EXPECT_NE(ChildPid(server.child().pid(), "netloader-mpi-h"), helper);
+    EXPECT_EQ(server.Stop(), 0) << server.child().Stderr();
+  }
+}
+
+// A client's helper that crashes mid-transfer costs the load nothing it verified: the load
+// resumes from the next source through a new helper, byte-identical.
+TEST(HelperFaultTest, AClientsHelperKilledMidTransferResumesFromTheNextSource) {
+  for (int signal : {SIGKILL, SIGSEGV}) {
+    SCOPED_TRACE(strsignal(signal));
+    TempDir tmp;
+    MakeCheckpoint(tmp / "model", 40, 64, 1, 59);
+    TwoSources sources(tmp / "model");
+    ASSERT_TRUE(sources.ready());
+    Child client(sources.Client(tmp / "model", tmp / "out",
+                                {"--window", "2", "--testing-hold-at", "50", "--testing-hold-file",
+                                 tmp / "go"}),
+                 tmp / "client");
+    ASSERT_TRUE(WaitUntilHeld(client)) << client.Stderr();
+    const pid_t helper = ChildPid(client.pid(), "netloader-mpi-h");
+    ASSERT_GT(helper, 0) << "the client runs its MPI in a helper";
+    ASSERT_EQ(kill(helper, signal), 0);
+    testing::WriteFile(tmp / "go", "");
+    ASSERT_EQ(client.Wait(120s), 0) << client.Stderr();
+    const nlohmann::json summary = LastJsonLine(client.Stdout());
+    ASSERT_TRUE(summary.is_object()) << client.Stdout();
+    ASSERT_EQ(summary["attempts"].size(), 2u) << summary.dump();
+    EXPECT_NE(summary["attempts"][0]["status"], "OK");
+    EXPECT_NE(summary["attempts"][0]["status"].get<std::string>().find("MPI helper"),
+              std::string::npos)
+        << summary.dump();
+    EXPECT_EQ(summary["attempts"][1]["status"], "OK");
+    EXPECT_EQ(summary["attempts"][0]["bytes"].get<uint64_t>() +
+                  summary["attempts"][1]["bytes"].get<uint64_t>(),
+              summary["bytes"].get<uint64_t>())
+        << "what the first source delivered and verified was kept";
+    ExpectSameCheckpoint(tmp / "model", tmp / "out");
+    EXPECT_TRUE(sources.a->child().Running()) << "the source is unharmed";
+  }
+}
+
+// A shared rendezvous killed and started again (a new URI in the same file): the holder refuses
+// meanwhile, naming it, and serves again through the new one without its host restarting.
+TEST(HelperFaultTest, ARestartedSharedRendezvousServesAgainWithoutRestartingTheHost) {
+  TempDir tmp, first, second;
+  MakeCheckpoint(tmp / "model", 20, 4, 1, 61);
+  auto rendezvous = std::make_unique<testing::Rendezvous>(first);
+  ASSERT_TRUE(rendezvous->ready()) << rendezvous->child().Stderr();
+  const std::string spec = "file:" + tmp / "rendezvous.uri";
+  std::filesystem::copy_file(first / "rendezvous.uri", tmp / "rendezvous.uri");
+  ServerProcess server(tmp, tmp / "model", {"--rendezvous", spec});
+  ASSERT_FALSE(server.endpoint().empty()) << server.child().Stderr();
+  ASSERT_TRUE(ServedAgainWithin(tmp, server.endpoint(), tmp / "model", 30s).has_value());
+
+  rendezvous->child().Signal(SIGKILL);
+  ASSERT_EQ(rendezvous->child().Wait(30s), 128 + SIGKILL);
+  ClientRun refused = RunClient(
+      tmp, "refused", {"--source", server.endpoint(), "--model", tmp / "model", "--verify-only"});
+  EXPECT_EQ(refused.exit_code, 5) << refused.stderr_text;
+  EXPECT_NE(refused.stderr_text.find("rendezvous"), std::string::npos) << refused.stderr_text;
+
+  rendezvous = std::make_unique<testing::Rendezvous>(second);
+  ASSERT_TRUE(rendezvous->ready()) << rendezvous->child().Stderr();
+  std::filesystem::copy_file(second / "rendezvous.uri", tmp / "rendezvous.uri",
+                             std::filesystem::copy_options::overwrite_existing);
+  EXPECT_TRUE(ServedAgainWithin(tmp, server.endpoint(), tmp / "model", 30s).has_value())
+      << server.child().Stderr();
+  EXPECT_TRUE(server.child().Running());
 }
 
 // A (netloader-server) -> B (an embedding engine: loads from A, then serves) -> C (client).

@@ -146,6 +146,7 @@ class InprocListener : public Listener {
     r.pending.erase(address_);
   }
   const std::string& address() const override { return address_; }
+  std::string rendezvous() const override { return "inproc"; }
   Result<std::unique_ptr<Channel>> Accept(Clock::time_point deadline,
                                           const std::atomic<bool>* cancel) override {
     Registry& r = GlobalRegistry();

@@ -18,7 +18,8 @@ RegisterRequest Request() { return {Served(), "", {}}; }
 Status Healthy() { return Status::Ok(); }
 
 TEST(RegistrarTest, AcceptsMatchingClientUpToTheLimitThenSaysBusy) {
-  Registrar r(Served(), "uri-1", 2);
+  Registrar r(
+      Served(), [] { return std::string("uri-1"); }, 2);
   EXPECT_EQ(r.Decide(Request(), Healthy).kind, Admission::Kind::kAccept);
   const uint64_t a = r.Open();
   const uint64_t b = r.Open();
@@ -31,7 +32,8 @@ TEST(RegistrarTest, AcceptsMatchingClientUpToTheLimitThenSaysBusy) {
 }
 
 TEST(RegistrarTest, RejectsClientWithDifferentTensorParallelSize) {
-  Registrar r(Served(), "uri-1", 4);
+  Registrar r(
+      Served(), [] { return std::string("uri-1"); }, 4);
   RegisterRequest request = Request();
   request.fingerprint.partition.tp_size = 4;
   Admission a = r.Decide(request, Healthy);
@@ -43,7 +45,8 @@ TEST(RegistrarTest, RejectsClientWithDifferentTensorParallelSize) {
 }
 
 TEST(RegistrarTest, FingerprintIsCheckedBeforeCapacity) {
-  Registrar r(Served(), "uri-1", 1);
+  Registrar r(
+      Served(), [] { return std::string("uri-1"); }, 1);
   (void)r.Open();
   RegisterRequest request = Request();
   request.fingerprint.table_digest = "other";
@@ -51,7 +54,8 @@ TEST(RegistrarTest, FingerprintIsCheckedBeforeCapacity) {
 }
 
 TEST(RegistrarTest, RejectsClientBoundToAnotherRendezvous) {
-  Registrar r(Served(), "uri-1", 4);
+  Registrar r(
+      Served(), [] { return std::string("uri-1"); }, 4);
   RegisterRequest request = Request();
   request.rendezvous_uri = "uri-2";
   Admission a = r.Decide(request, Healthy);
@@ -64,7 +68,8 @@ TEST(RegistrarTest, RejectsClientBoundToAnotherRendezvous) {
 }
 
 TEST(RegistrarTest, RefusesWithTheReasonWhenTheTransportIsDown) {
-  Registrar r(Served(), "uri-1", 4);
+  Registrar r(
+      Served(), [] { return std::string("uri-1"); }, 4);
   Admission a =
       r.Decide(Request(), [] { return Status(StatusCode::kUnavailable, "ompi-server exited"); });
   EXPECT_EQ(a.kind, Admission::Kind::kReject);
@@ -74,7 +79,8 @@ TEST(RegistrarTest, RefusesWithTheReasonWhenTheTransportIsDown) {
 
 // Health may cost a network probe: asked only for a request that would otherwise be admitted.
 TEST(RegistrarTest, AsksTransportHealthOnlyWhenTheFingerprintAndRendezvousMatch) {
-  Registrar r(Served(), "uri-1", 2);
+  Registrar r(
+      Served(), [] { return std::string("uri-1"); }, 2);
   int asked = 0;
   auto health = [&] {
     ++asked;
@@ -95,7 +101,8 @@ TEST(RegistrarTest, AsksTransportHealthOnlyWhenTheFingerprintAndRendezvousMatch)
 // pipeline stage may load from a source with another pipeline split; tensor-parallel shards hold
 // other bytes under the same names, so their split still must match.
 TEST(RegistrarTest, APartialLoadIsMatchedOnTheSelectionAndIgnoresOnlyThePipelineSplit) {
-  Registrar r(Served(), "uri-1", 4);
+  Registrar r(
+      Served(), [] { return std::string("uri-1"); }, 4);
   RegisterRequest request = Request();
   request.fingerprint.table_digest = "selected";
   request.fingerprint.partition.pp_size = 2;

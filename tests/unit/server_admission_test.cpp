@@ -33,7 +33,9 @@ Registration Partial() {
 
 AdmissionPolicy Policy(int max_sessions, int fanout,
                        milliseconds busy_retry_hint = milliseconds(500)) {
-  return AdmissionPolicy(Registrar(Served(), "uri-1", max_sessions), fanout, busy_retry_hint);
+  return AdmissionPolicy(Registrar(
+                             Served(), [] { return std::string("uri-1"); }, max_sessions),
+                         fanout, busy_retry_hint);
 }
 
 const Holding kComplete{true, true, ""};

@@ -7,6 +7,7 @@
 #include <deque>
 #include <vector>
 
+#include "transfer/helper/transport.h"
 #include "transfer/mpi/call_with_deadline.h"
 #include "transfer/mpi/progress.h"
 #include "transfer/mpi/rendezvous.h"
@@ -160,6 +161,7 @@ class MpiListener : public Listener {
     NotePortClosed();
   }
   const std::string& address() const override { return port_; }
+  std::string rendezvous() const override { return CurrentMpiRendezvous(); }
 
   Result<std::unique_ptr<Channel>> Accept(Clock::time_point deadline,
                                           const std::atomic<bool>* cancel) override {
@@ -244,7 +246,10 @@ class MpiDataPlane : public DataPlane {
 }  // namespace
 
 std::shared_ptr<DataPlane> MakeMpiDataPlane(const TransportOptions& options) {
-  return std::make_shared<MpiDataPlane>(options);
+  int host_runs_mpi = 0;
+  MPI_Initialized(&host_runs_mpi);
+  if (options.in_process_mpi || host_runs_mpi) return std::make_shared<MpiDataPlane>(options);
+  return helper::MakeHelperDataPlane(options);
 }
 
 Result<std::shared_ptr<Transport>> MakeMpiTransport(const TransportOptions& options,
@@ -274,6 +279,9 @@ Status InitializeTransport(const TransportOptions& options) {
         StatusCode::kInvalidArgument,
         "InitializeTransport needs a shared rendezvous (TransportOptions::rendezvous_uri)");
   }
+  int host_runs_mpi = 0;
+  MPI_Initialized(&host_runs_mpi);
+  if (!options.in_process_mpi && !host_runs_mpi) return transfer::helper::PrestartHelper(options);
   Result<std::shared_ptr<transfer::Transport>> transport = transfer::MakeMpiTransport(options);
   return transport.ok() ? Status::Ok() : transport.status();
 }

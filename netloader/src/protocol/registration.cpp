@@ -2,10 +2,8 @@
 
 namespace netloader {
 
-Registrar::Registrar(Fingerprint served, std::string rendezvous_uri, int max_sessions)
-    : served_(std::move(served)),
-      rendezvous_uri_(std::move(rendezvous_uri)),
-      max_sessions_(max_sessions) {}
+Registrar::Registrar(Fingerprint served, std::function<std::string()> rendezvous, int max_sessions)
+    : served_(std::move(served)), rendezvous_(std::move(rendezvous)), max_sessions_(max_sessions) {}
 
 Admission Registrar::Decide(const RegisterRequest& request,
                             const std::function<Status()>& transport_health) const {
@@ -20,10 +18,10 @@ Admission Registrar::Decide(const RegisterRequest& request,
     admission.reason = "fingerprint differs: " + DescribeDiffs(admission.diffs);
     return admission;
   }
-  if (!request.rendezvous_uri.empty() && request.rendezvous_uri != rendezvous_uri_) {
+  if (!request.rendezvous_uri.empty() && request.rendezvous_uri != rendezvous_()) {
     admission.kind = Admission::Kind::kReject;
     admission.code = StatusCode::kUnavailable;
-    admission.diffs.push_back({"rendezvous_uri", rendezvous_uri_, request.rendezvous_uri});
+    admission.diffs.push_back({"rendezvous_uri", rendezvous_(), request.rendezvous_uri});
     admission.reason =
         "the client's MPI is bound to another rendezvous: " + DescribeDiffs(admission.diffs);
     return admission;

@@ -34,7 +34,9 @@ struct Admission {
 // Decides on Register requests and tracks admitted sessions. Not thread-safe: one owner.
 class Registrar {
  public:
-  Registrar(Fingerprint served, std::string rendezvous_uri, int max_sessions);
+  // `rendezvous` tells the server's current rendezvous (it changes when a new MPI helper takes
+  // over with a private one).
+  Registrar(Fingerprint served, std::function<std::string()> rendezvous, int max_sessions);
 
   // Checks in order: fingerprint (every field), rendezvous, transport health, capacity.
   // `transport_health` is asked only when the first two pass (it may probe the network).
@@ -51,7 +53,7 @@ class Registrar {
 
  private:
   Fingerprint served_;
-  std::string rendezvous_uri_;
+  std::function<std::string()> rendezvous_;
   int max_sessions_;
   std::set<uint64_t> sessions_;
   std::mt19937_64 ids_{std::random_device{}()};
