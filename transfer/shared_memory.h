@@ -1,8 +1,8 @@
 #pragma once
 
-// Memory that a data-plane helper process can map too: every region netloader allocates for
-// tensors and staging rings is a memfd, registered here so that a helper can be handed the file
-// and move bytes straight into or out of it (DESIGN.md, "MPI in helper processes").
+// Memory that a data-plane helper process can map too: memfd regions, registered here by address
+// so that a helper can be handed the file and move bytes straight into or out of it (DESIGN.md,
+// "MPI in helper processes"). The helpers' staging rings live in such regions; so may tensors.
 
 #include <cstddef>
 #include <cstdint>

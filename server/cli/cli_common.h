@@ -128,12 +128,13 @@ struct CommonFlags {
                    "Any further layout both sides must share (e.g. an expert placement)");
     app.add_option("--rendezvous", transport.rendezvous_uri,
                    "MPI rendezvous: an ompi-server URI or file:PATH of the file `ompi-server -r` "
-                   "wrote. Optional: by default a server's MPI helper starts a private one and "
-                   "each client reaches each source through a helper bound to that source's");
-    app.add_flag("--in-process-mpi", transport.in_process_mpi,
-                 "Run MPI inside this process instead of in netloader-mpi-helper processes "
-                 "(then every peer must share one --rendezvous; a crash in MPI takes this "
-                 "process down)");
+                   "wrote. Default: the server starts a private one and clients adopt it; with "
+                   "--mpi-helpers each source may have its own");
+    app.add_flag("--mpi-helpers", transport.mpi_helpers,
+                 "Run MPI in netloader-mpi-helper processes, never in this one: no shared "
+                 "--rendezvous needed (each source and server gets its own), a crash in MPI "
+                 "costs only the transfers it carried, memory stays flat. Loads run at ~2/3 "
+                 "of the in-process speed on 2-core VMs");
     app.add_option("--interface", transport.interface,
                    "Network interface MPI uses (lo for one host)")
         ->capture_default_str();

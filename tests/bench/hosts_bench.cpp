@@ -56,7 +56,7 @@ int HostsBench::Run() {
   model_ = PrepareModel(o_.checkpoint, ws_.dir() + "/model",
                         static_cast<uint64_t>(o_.size_mib * (1 << 20)), o_.tensors, 7);
   rendezvous_ = ws_.StartRendezvous(hosts_->bridge());
-  command_ = {ws_.self(), rendezvous_->spec(), o_.chunk_bytes, o_.window, "nlv", o_.in_process_mpi};
+  command_ = {ws_.self(), rendezvous_->spec(), o_.chunk_bytes, o_.window, "nlv", o_.mpi_helpers};
   std::vector<ServeRole> servers = StartServers();
   const uint64_t bytes = FileDataBytes(model_);
   std::fprintf(stderr, "hosts: 3 sources at %d Mbit/s, a client at %d Mbit/s; model %s\n",

@@ -108,7 +108,7 @@ void LocalBench::Prepare() {
 
 void LocalBench::StartServer() {
   rendezvous_ = ws_.StartRendezvous("lo");
-  command_ = {ws_.self(), rendezvous_->spec(), o_.chunk_bytes, o_.window, "", o_.in_process_mpi};
+  command_ = {ws_.self(), rendezvous_->spec(), o_.chunk_bytes, o_.window, "", o_.mpi_helpers};
   std::vector<std::string> models = {big_};
   models.insert(models.end(), tiny_.begin(), tiny_.end());
   server_ = StartServeRole(command_, ws_.dir(), models, {}, "server");

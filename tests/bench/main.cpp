@@ -27,9 +27,10 @@ using netloader::bench::RoleArgs;
 // The orchestrator's flags, as --help lists them.
 void AddBenchFlags(CLI::App& app, Options& o, double& chunk_mib) {
   app.add_flag("--quick", o.quick, "Small model, 2 repetitions: a smoke run under a minute");
-  app.add_flag("--in-process-mpi", o.in_process_mpi,
-               "Run MPI inside each measured process (TransportOptions::in_process_mpi), not in "
-               "netloader-mpi-helper processes, to compare the two");
+  app.add_flag("--mpi-helpers", o.mpi_helpers,
+               "Run netloader's MPI in netloader-mpi-helper processes "
+               "(TransportOptions::mpi_helpers), to compare with MPI in process; raw MPI "
+               "always runs in process");
   app.add_flag("--focus", o.focus,
                "Measure only raw MPI and netloader with MPI pre-started (for tuning runs)");
   app.add_option("--size-mib", o.size_mib, "Model size in MiB")->capture_default_str();
@@ -125,7 +126,7 @@ int main(int argc, char** argv) {
   role.chunk_bytes = o.chunk_bytes;
   role.window = o.window;
   role.verify = !no_verify;
-  role.in_process_mpi = o.in_process_mpi;
+  role.mpi_helpers = o.mpi_helpers;
 
   netloader::SetLogLevel(netloader::LogLevel::kWarn);
   if (!role.role.empty()) return netloader::bench::PlayRole(role);

@@ -31,7 +31,7 @@ struct Options {
   std::vector<std::string> modes = {"relay", "direct", "storage"};
   int tree_fanout = ServerOptions{}.fanout;  // relay mode: every server's --fanout
   bool size_given = false;
-  bool in_process_mpi = false;  // every role's MPI inside its process, not in helpers
+  bool mpi_helpers = false;  // netloader's MPI in helper processes (TransportOptions)
 };
 
 }  // namespace netloader::bench

@@ -80,7 +80,7 @@ std::vector<std::array<char, MPI_MAX_PORT_NAME>> OpenPorts(const std::string& po
 // Raw MPI runs in this process, whatever netloader's rows use.
 TransportOptions InProcess(const RoleArgs& args) {
   TransportOptions options = Transport(args);
-  options.in_process_mpi = true;
+  options.mpi_helpers = false;
   return options;
 }
 

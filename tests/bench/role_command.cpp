@@ -24,7 +24,7 @@ std::vector<std::string> RoleCommand::Argv(const std::string& role) const {
   argv.insert(argv.end(),
               {"--chunk-mib", ChunkMibArgument(chunk_bytes), "--window", std::to_string(window)});
   if (!interface.empty()) argv.insert(argv.end(), {"--interface", interface});
-  if (in_process_mpi) argv.push_back("--in-process-mpi");
+  if (mpi_helpers) argv.push_back("--mpi-helpers");
   return argv;
 }
 

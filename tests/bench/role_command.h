@@ -25,8 +25,8 @@ struct RoleCommand {
   std::string rendezvous;  // --rendezvous: the run's MPI rendezvous; empty: none given
   uint64_t chunk_bytes = 0;
   int window = 0;
-  std::string interface;        // --interface when set (simulated hosts); the roles' default: "lo"
-  bool in_process_mpi = false;  // --in-process-mpi
+  std::string interface;     // --interface when set (simulated hosts); the roles' default: "lo"
+  bool mpi_helpers = false;  // --mpi-helpers
 
   // `self --role ROLE` and the settings above.
   std::vector<std::string> Argv(const std::string& role) const;

@@ -34,7 +34,7 @@ TransportOptions Transport(const RoleArgs& args) {
   TransportOptions options;
   options.rendezvous_uri = args.rendezvous;
   options.interface = args.interface;
-  options.in_process_mpi = args.in_process_mpi;
+  options.mpi_helpers = args.mpi_helpers;
   return options;
 }
 

@@ -40,7 +40,7 @@ struct RoleArgs {
   std::string delta_from;           // an older copy to start from (the delta row)
   std::vector<std::string> select;  // tensor patterns of a partial load (the partial row)
   std::string start_file;           // storage-read: begin once this file exists
-  bool in_process_mpi = false;      // TransportOptions::in_process_mpi
+  bool mpi_helpers = false;         // TransportOptions::mpi_helpers
 };
 
 // Plays args.role: serve, load, disk (here), raw-send, raw-recv (raw_mpi_roles.h),

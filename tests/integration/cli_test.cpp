@@ -410,37 +410,27 @@ TEST(CliTest, HelpExplainsEveryFlagAndTheExitCodes) {
   }
 }
 
-// A child of process `pid` whose command is `comm` (as /proc shows it: at most 15 characters);
-// -1 when it has none.
-pid_t ChildPid(pid_t pid, const std::string& comm) {
+// The environment a child of process `pid` whose command is `comm` was started with, each entry
+// between two '\n'; empty when `pid` has no such child.
+std::string ChildEnvironment(pid_t pid, const std::string& comm) {
   namespace fs = std::filesystem;
   const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
-  std::error_code error;
-  for (const auto& task : fs::directory_iterator(tasks, error)) {
+  for (const auto& task : fs::directory_iterator(tasks)) {
     std::istringstream children(testing::ReadFile(task.path() / "children"));
     for (pid_t child; children >> child;) {
-      if (testing::ReadFile("/proc/" + std::to_string(child) + "/comm") == comm + "\n") {
-        return child;
-      }
+      const std::string proc = "/proc/" + std::to_string(child);
+      if (testing::ReadFile(proc + "/comm") != comm + "\n") continue;
+      std::string env = testing::ReadFile(proc + "/environ");
+      std::replace(env.begin(), env.end(), '\0', '\n');
+      return "\n" + env;
     }
   }
-  return -1;
-}
-
-// The environment the orted daemon of the MPI helper of process `pid` was started with, each
-// entry between two '\n'; empty when there is none (yet).
-std::string HelpersOrtedEnvironment(pid_t pid) {
-  const pid_t helper = ChildPid(pid, "netloader-mpi-h");
-  const pid_t orted = helper < 0 ? -1 : ChildPid(helper, "orted");
-  if (orted < 0) return "";
-  std::string env = testing::ReadFile("/proc/" + std::to_string(orted) + "/environ");
-  std::replace(env.begin(), env.end(), '\0', '\n');
-  return "\n" + env;
+  return "";
 }
 
 // MPI start-up leaves out hwloc's PCI and I/O discovery, which on a VM costs ~25 ms in MPI_Init
-// and again in the orted daemon it forks (DESIGN.md); MPI starts in a helper process, so this
-// process's own environment and MPI are untouched.
+// and again in the orted daemon it forks (DESIGN.md), and leaves this process's environment as
+// it found it for the host's own uses of hwloc.
 TEST(MpiStartupTest, SkipsHwlocIoDiscoveryInItsDaemonAndLeavesTheEnvironmentAsItWas) {
   TempDir tmp;
   testing::Rendezvous rendezvous(tmp);
@@ -448,16 +438,11 @@ TEST(MpiStartupTest, SkipsHwlocIoDiscoveryInItsDaemonAndLeavesTheEnvironmentAsIt
   unsetenv("HWLOC_COMPONENTS");
   TransportOptions options;
   options.rendezvous_uri = rendezvous.spec();
-  const Status started = InitializeTransport(options);  // a helper, pre-started into the pool
+  const Status started = InitializeTransport(options);
   ASSERT_TRUE(started.ok()) << started.ToString();
   EXPECT_EQ(std::getenv("HWLOC_COMPONENTS"), nullptr);
-  // MPI_Init loads Open MPI's PMIx component; a host that never initialised MPI has none.
-  EXPECT_EQ(testing::ReadFile("/proc/self/maps").find("pmix"), std::string::npos)
-      << "MPI runs in the helper, never in the host";
-  std::string orted;
-  ASSERT_TRUE(
-      testing::WaitFor([&] { return !(orted = HelpersOrtedEnvironment(getpid())).empty(); }, 30s))
-      << "the helper's MPI_Init forks an orted daemon";
+  const std::string orted = ChildEnvironment(getpid(), "orted");
+  ASSERT_FALSE(orted.empty()) << "MPI_Init forks an orted daemon";
   EXPECT_NE(orted.find("\nHWLOC_COMPONENTS=-pci,-linuxio\n"), std::string::npos) << orted;
 }
 
@@ -467,13 +452,13 @@ TEST(MpiStartupTest, AUsersHwlocSettingIsKept) {
   MakeCheckpoint(tmp / "model", 4, 1, 1, 3);
   testing::Rendezvous rendezvous(tmp);
   ASSERT_TRUE(rendezvous.ready()) << rendezvous.child().Stderr();
-  setenv("HWLOC_COMPONENTS", "-gl", 1);  // inherited by the server and its helper
+  setenv("HWLOC_COMPONENTS", "-gl", 1);  // inherited by the server
   ServerProcess server(tmp, tmp / "model", {"--rendezvous", rendezvous.spec()});
   unsetenv("HWLOC_COMPONENTS");
   ASSERT_FALSE(server.endpoint().empty()) << server.child().Stderr();
   std::string orted;
   ASSERT_TRUE(testing::WaitFor(
-      [&] { return !(orted = HelpersOrtedEnvironment(server.child().pid())).empty(); }, 30s));
+      [&] { return !(orted = ChildEnvironment(server.child().pid(), "orted")).empty(); }, 30s));
   EXPECT_NE(orted.find("\nHWLOC_COMPONENTS=-gl\n"), std::string::npos) << orted;
 }
 
@@ -485,7 +470,7 @@ TEST(CliTest, SharedRendezvousStartedSeparatelyServesAsTheMpiMeetingPoint) {
   testing::Rendezvous rendezvous(tmp);
   ASSERT_TRUE(rendezvous.ready()) << rendezvous.child().Stderr();
   const std::string spec = rendezvous.spec();
-  ServerProcess server(tmp, tmp / "model", {"--rendezvous", spec});
+  ServerProcess server(tmp, tmp / "model", {"--rendezvous", spec, "--mpi-helpers"});
   ASSERT_FALSE(server.endpoint().empty()) << server.child().Stderr();
   EXPECT_NE(server.child().Stderr().find(testing::ReadFile(tmp / "rendezvous.uri").substr(0, 10)),
             std::string::npos)
@@ -542,11 +527,11 @@ TEST(CliFaultTest, ServerKilledMidTransferFailsTheClientWithinItsDeadlineAndNoth
 }
 
 // Two netloader-server processes holding one checkpoint, each with a private rendezvous of its
-// own: a client reaches each through an MPI helper bound to that source's.
+// own (--mpi-helpers): a client reaches each through an MPI helper bound to that source's.
 struct TwoSources {
   explicit TwoSources(const std::string& model) {
-    a = std::make_unique<ServerProcess>(tmp_a, model);
-    b = std::make_unique<ServerProcess>(tmp_b, model);
+    a = std::make_unique<ServerProcess>(tmp_a, model, std::vector<std::string>{"--mpi-helpers"});
+    b = std::make_unique<ServerProcess>(tmp_b, model, std::vector<std::string>{"--mpi-helpers"});
   }
   bool ready() const { return a && b && !a->endpoint().empty() && !b->endpoint().empty(); }
   // Once `client` holds its load (--testing-hold-at ... --testing-hold-file go), SIGKILLs source
@@ -578,6 +563,7 @@ struct TwoSources {
                                      model,
                                      "--output",
                                      out,
+                                     "--mpi-helpers",
                                      "--json"};
     argv.insert(argv.end(), extra.begin(), extra.end());
     return argv;
@@ -926,6 +912,23 @@ TEST(CliFaultTest, ADeadRendezvousMakesTheServerRefuseNewClientsNamingIt) {
       << server.child().Stdout();
 }
 
+// A child of process `pid` whose command is `comm` (as /proc shows it: at most 15 characters);
+// -1 when it has none.
+pid_t ChildPid(pid_t pid, const std::string& comm) {
+  namespace fs = std::filesystem;
+  const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
+  std::error_code error;
+  for (const auto& task : fs::directory_iterator(tasks, error)) {
+    std::istringstream children(testing::ReadFile(task.path() / "children"));
+    for (pid_t child; children >> child;) {
+      if (testing::ReadFile("/proc/" + std::to_string(child) + "/comm") == comm + "\n") {
+        return child;
+      }
+    }
+  }
+  return -1;
+}
+
 // Runs netloader-client loads from `endpoint` until one verifies or `within` passes: a holder
 // whose MPI helper died refuses (Unavailable) until its new helper is up. The time it took, or
 // nullopt.
@@ -947,15 +950,15 @@ std::optional<std::chrono::milliseconds> ServedAgainWithin(const TempDir& tmp,
   return std::nullopt;
 }
 
-// MPI lives in a helper process, never in the host: a server's helper that crashes (SIGKILL,
-// SIGSEGV) mid-transfer fails only that transfer, with nothing reported loaded; the host keeps
-// running and serves the next client through a new helper within seconds.
+// With --mpi-helpers MPI lives in a helper process, never in the host: a server's helper that
+// crashes (SIGKILL, SIGSEGV) mid-transfer fails only that transfer, with nothing reported loaded;
+// the host keeps running and serves the next client through a new helper within seconds.
 TEST(HelperFaultTest, AServersHelperKilledMidTransferCostsOnlyThatLoadAndANewOneServes) {
   for (int signal : {SIGKILL, SIGSEGV}) {
     SCOPED_TRACE(strsignal(signal));
     TempDir tmp;
     MakeCheckpoint(tmp / "model", 40, 16, 1, 53);
-    ServerProcess server(tmp, tmp / "model");
+    ServerProcess server(tmp, tmp / "model", {"--mpi-helpers"});
     ASSERT_FALSE(server.endpoint().empty()) << server.child().Stderr();
     std::vector<std::string> victim_argv = HeldVictim(server.endpoint(), tmp / "model", tmp);
     victim_argv.push_back("--json");
@@ -1021,7 +1024,7 @@ TEST(HelperFaultTest, ARestartedSharedRendezvousServesAgainWithoutRestartingTheH
   ASSERT_TRUE(rendezvous->ready()) << rendezvous->child().Stderr();
   const std::string spec = "file:" + tmp / "rendezvous.uri";
   std::filesystem::copy_file(first / "rendezvous.uri", tmp / "rendezvous.uri");
-  ServerProcess server(tmp, tmp / "model", {"--rendezvous", spec});
+  ServerProcess server(tmp, tmp / "model", {"--rendezvous", spec, "--mpi-helpers"});
   ASSERT_FALSE(server.endpoint().empty()) << server.child().Stderr();
   ASSERT_TRUE(ServedAgainWithin(tmp, server.endpoint(), tmp / "model", 30s).has_value());
 

@@ -180,6 +180,7 @@ int main(int argc, char** argv) {
   }
   netloader::ServerOptions options;
   options.max_concurrent_transfers = o.limit;
+  options.transport.mpi_helpers = true;  // what keeps the server flat
   options.busy_retry_hint = 100ms;
   options.secret = *secret;
   auto server = netloader::Server::Start(options, model->view());

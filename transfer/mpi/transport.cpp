@@ -248,8 +248,8 @@ class MpiDataPlane : public DataPlane {
 std::shared_ptr<DataPlane> MakeMpiDataPlane(const TransportOptions& options) {
   int host_runs_mpi = 0;
   MPI_Initialized(&host_runs_mpi);
-  if (options.in_process_mpi || host_runs_mpi) return std::make_shared<MpiDataPlane>(options);
-  return helper::MakeHelperDataPlane(options);
+  if (options.mpi_helpers && !host_runs_mpi) return helper::MakeHelperDataPlane(options);
+  return std::make_shared<MpiDataPlane>(options);
 }
 
 Result<std::shared_ptr<Transport>> MakeMpiTransport(const TransportOptions& options,
@@ -281,7 +281,7 @@ Status InitializeTransport(const TransportOptions& options) {
   }
   int host_runs_mpi = 0;
   MPI_Initialized(&host_runs_mpi);
-  if (!options.in_process_mpi && !host_runs_mpi) return transfer::helper::PrestartHelper(options);
+  if (options.mpi_helpers && !host_runs_mpi) return transfer::helper::PrestartHelper(options);
   Result<std::shared_ptr<transfer::Transport>> transport = transfer::MakeMpiTransport(options);
   return transport.ok() ? Status::Ok() : transport.status();
 }

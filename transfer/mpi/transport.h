@@ -16,9 +16,9 @@ namespace netloader::transfer {
 Result<std::shared_ptr<Transport>> MakeMpiTransport(const TransportOptions& options,
                                                     const std::string& rendezvous_uri = "");
 
-// The MPI data plane configured by `options`: in helper processes (helper/transport.h), unless
-// options.in_process_mpi is set or the host initialised MPI itself; then in this process, where
-// Start is MakeMpiTransport.
+// The MPI data plane configured by `options`: in helper processes (helper/transport.h) when
+// options.mpi_helpers is set and the host has not initialised MPI itself; else in this process,
+// where Start is MakeMpiTransport.
 std::shared_ptr<DataPlane> MakeMpiDataPlane(const TransportOptions& options);
 
 }  // namespace netloader::transfer

@@ -23,12 +23,12 @@ struct TransportOptions {
   std::string ompi_server = "ompi-server";
   // Deadline for a private rendezvous to start and for MPI to initialise.
   std::chrono::milliseconds startup_timeout{20000};
-  // Run MPI inside this process, as netloader did before it had helper processes: every peer
-  // must then share one rendezvous, and MPI's failures can reach the host. By default MPI runs
-  // in netloader-mpi-helper processes that netloader starts, restarts and recycles itself
-  // (docs/usage.md, "How the MPI connection is made"). A host that initialised MPI itself
-  // always gets MPI in process.
-  bool in_process_mpi = false;
+  // Run MPI in netloader-mpi-helper processes that netloader starts, restarts and recycles
+  // itself, never in this process (docs/usage.md, "How the MPI connection is made"): no shared
+  // rendezvous is needed, a crash in MPI costs only the transfers it carried, and a server's
+  // memory stays flat. Off by default for now: on 2-core VMs a load runs at ~2/3 of the speed of
+  // MPI in process (BENCHMARKS.md). Ignored by a host that initialised MPI itself.
+  bool mpi_helpers = false;
 };
 
 // Initialises the MPI data plane now, so that a later Load or Server::Start does not pay for it.

@@ -3,24 +3,44 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "transfer/shared_memory.h"
+#include <cstdint>
 
 namespace netloader {
 namespace {
 
 constexpr size_t kHugePage = 2 << 20;
 
+// Maps `bytes` starting on a `align` boundary: over-maps, then unmaps the ends.
+void* MapAligned(size_t bytes, size_t align) {
+  const size_t padded = bytes + align;
+  void* raw = mmap(nullptr, padded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  const auto start = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = (start + align - 1) & ~(align - 1);
+  if (aligned > start) munmap(raw, aligned - start);
+  const uintptr_t end = aligned + bytes;
+  if (start + padded > end) munmap(reinterpret_cast<void*>(end), start + padded - end);
+  return reinterpret_cast<void*>(aligned);
+}
+
 }  // namespace
 
 void* MapHostMemory(size_t bytes) {
   if (bytes == 0) return nullptr;
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  void* memory = transfer::MapSharedMemory(bytes, bytes < kHugePage ? page : kHugePage);
+  if (bytes < kHugePage) {
+    void* memory = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    return memory == MAP_FAILED ? nullptr : memory;
+  }
+  void* memory = MapAligned(bytes, kHugePage);
   if (memory == nullptr) return nullptr;
-  if (bytes >= kHugePage) (void)madvise(memory, bytes, MADV_HUGEPAGE);  // where shmem THP is on
+  (void)madvise(memory, bytes, MADV_HUGEPAGE);  // best effort: THP may be off
   // Fault every page in by writing to it, rather than with MADV_POPULATE_WRITE: that holds the
-  // process's memory-map lock while it runs, so threads mapping memory meanwhile would wait for
-  // it; a fault takes only the lock of its own mapping (Linux 6.4+).
+  // process's memory-map lock while it runs, so MPI starting on another thread meanwhile (which
+  // maps and protects memory thousands of times) would wait for it; a fault takes only the
+  // lock of its own mapping (Linux 6.4+). With huge pages one write in 512 faults and it is as
+  // fast; without, measured 0.39 s per GiB against 0.30.
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   for (size_t at = 0; at < bytes; at += page) static_cast<volatile char*>(memory)[at] = 0;
   return memory;
 }
@@ -32,6 +52,8 @@ bool PopulateForWrite(void* memory, size_t bytes) {
   return madvise(memory, bytes, MADV_POPULATE_WRITE) == 0;
 }
 
-void UnmapHostMemory(void* memory, size_t bytes) { transfer::UnmapSharedMemory(memory, bytes); }
+void UnmapHostMemory(void* memory, size_t bytes) {
+  if (memory != nullptr) munmap(memory, bytes);
+}
 
 }  // namespace netloader
