@@ -1044,6 +1044,36 @@ TEST(HelperFaultTest, ARestartedSharedRendezvousServesAgainWithoutRestartingTheH
   EXPECT_TRUE(server.child().Running());
 }
 
+// A relay chain with no shared rendezvous: A serves with a private one, B loads from A and
+// serves while it loads (--serve), C loads from B while B is still held mid-load; every process
+// runs its MPI in helpers. C gets every byte, and B sent it what B had verified.
+TEST(HelperTest, ARelayServesWhileItLoadsWithNoSharedRendezvous) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 60, 32, 1, 67);
+  ServerProcess a(tmp, tmp / "model", {"--mpi-helpers"});
+  ASSERT_FALSE(a.endpoint().empty()) << a.child().Stderr();
+  Child b(
+      {Bin("netloader-client"), "--source", a.endpoint(), "--model", tmp / "model", "--verify-only",
+       "--serve", "tcp://127.0.0.1:0", "--serve-endpoint-file", tmp / "b-endpoint", "--mpi-helpers",
+       "--testing-hold-at", "10", "--testing-hold-file", tmp / "go"},
+      tmp / "b");
+  ASSERT_TRUE(WaitUntilHeld(b)) << b.Stderr();
+  const std::string b_endpoint = testing::WaitForLine(tmp / "b-endpoint", 60s);
+  ASSERT_FALSE(b_endpoint.empty()) << b.Stderr();
+  Child c({Bin("netloader-client"), "--json", "--source", b_endpoint, "--model", tmp / "model",
+           "--output", tmp / "out", "--mpi-helpers"},
+          tmp / "c");
+  ASSERT_TRUE(testing::WaitFor([&] { return ChildPid(c.pid(), "netloader-mpi-h") > 0; }, 60s))
+      << "C reached B over MPI while B was held: " << c.Stderr();
+  testing::WriteFile(tmp / "go", "");
+  ASSERT_EQ(c.Wait(120s), 0) << c.Stderr();
+  const nlohmann::json summary = LastJsonLine(c.Stdout());
+  EXPECT_EQ(summary["source"], b_endpoint) << c.Stdout();
+  ExpectSameCheckpoint(tmp / "model", tmp / "out");
+  b.Signal(SIGTERM);
+  EXPECT_EQ(b.Wait(20s), 0) << b.Stderr();
+}
+
 // A (netloader-server) -> B (an embedding engine: loads from A, then serves) -> C (client).
 TEST(ChainTest, ALoadedInstanceServesTheNextOneAndTheBytesSurviveTwoHops) {
   TempDir tmp;
