@@ -6,8 +6,8 @@
 // resident memory, less the staging rings it keeps for reuse (ServerStats::staging_bytes,
 // bounded by its options), may grow by at most --rss-margin KiB over the whole run. Open MPI
 // keeps ~31 KiB per connected client until MPI_Finalize (DESIGN.md); that lives in the MPI
-// helper, which the server replaces every 100 sessions, so the helpers' private memory is
-// bounded too (--helper-growth). Prints one JSON report; exit 0 only when every load was
+// helper, which the server replaces every 100 sessions, so the helpers' memory is bounded too
+// (--helper-growth). Prints one JSON report; exit 0 only when every load was
 // verified and nothing grew. CI runs it briefly (ctest label `soak`); run it longer by hand:
 //   build/bin/netloader-soak --loads 2000 --bursts 20
 
@@ -43,7 +43,7 @@ struct Resources {
   int threads = 0;
   int fds = 0;
   int helpers = 0;         // MPI helper processes of this process
-  int64_t helper_kib = 0;  // their resident memory, less what they map of this process's
+  int64_t helper_kib = 0;  // their resident memory
   int64_t own_kib() const { return rss_kib - staging_kib; }
   nlohmann::json Json() const {
     return {{"rss_kib", rss_kib}, {"staging_kib", staging_kib}, {"threads", threads},
@@ -74,8 +74,9 @@ Resources Sample(const netloader::Server& server) {
     for (std::string child; children >> child;) {
       if (netloader::testing::ReadFile("/proc/" + child + "/comm") != "netloader-mpi-h\n") continue;
       ++r.helpers;
-      // Private memory only: the shared model pages it maps are the server's, counted there.
-      r.helper_kib += StatusField("RssAnon", child) + StatusField("RssFile", child);
+      // All of it, shared memory included: a staging ring a helper kept mapped after its
+      // channel ended would show here.
+      r.helper_kib += StatusField("VmRSS", child);
     }
   }
   return r;
@@ -158,7 +159,7 @@ int main(int argc, char** argv) {
                  "KiB per load the server may gain besides (for experiments)")
       ->capture_default_str();
   app.add_option("--helper-growth", o.helper_growth_kib,
-                 "KiB of private memory the MPI helpers may gain over the first idle sample")
+                 "KiB of resident memory the MPI helpers may gain over the first idle sample")
       ->capture_default_str();
   app.add_option("--json", json_path, "Also write the report here");
   CLI11_PARSE(app, argc, argv);

@@ -22,9 +22,9 @@ enum class Op : uint8_t {
   kFailed,
   // host -> helper on the main socket.
   kHealth,  // -> kStatus
-  kMap,     // id, size + the region's memfd -> kStatus
   kOpen,    // + one end of a new channel socket; no reply
   // host -> helper on a channel socket.
+  kMap,      // id, size + the region's memfd -> kStatus; unmapped when the channel ends
   kListen,   // -> kPort or kStatus (failed)
   kAccept,   // timeout ms -> kStatus
   kConnect,  // address, timeout ms -> kStatus

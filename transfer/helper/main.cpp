@@ -26,9 +26,15 @@ namespace {
 
 constexpr auto kForever = std::chrono::hours(24 * 365);
 
-// The host's regions this helper has mapped, by id.
+// The host's regions a channel has mapped, by id; unmapped with it.
 class Regions {
  public:
+  Regions() = default;
+  Regions(const Regions&) = delete;
+  Regions& operator=(const Regions&) = delete;
+  ~Regions() {
+    for (auto& [id, region] : regions_) munmap(region.base, region.size);
+  }
   Status Map(uint64_t id, uint64_t size, int fd) {
     // Populated: the host has faulted the pages in already, so this only fills in page tables,
     // which the kernel would otherwise do one 4 KiB fault at a time mid-transfer.
@@ -70,14 +76,24 @@ Message StatusMessage(Op op, const Status& status) {
 // One listener or channel: what the host asks on its own socket, in order.
 class ChannelServer {
  public:
-  ChannelServer(Link link, std::shared_ptr<Transport> transport, Regions& regions)
-      : link_(std::move(link)), transport_(std::move(transport)), regions_(regions) {}
+  ChannelServer(Link link, std::shared_ptr<Transport> transport)
+      : link_(std::move(link)), transport_(std::move(transport)) {}
 
   void Run() {
     std::thread watcher([this] { WatchHangUp(); });
     while (true) {
-      Result<Message> message = link_.Receive(Clock::now() + kForever, nullptr);
+      int passed = -1;
+      Result<Message> message = link_.Receive(Clock::now() + kForever, nullptr, &passed);
       if (!message.ok()) break;
+      if (message->op() == Op::kMap) {
+        const uint64_t id = message->U64();
+        const uint64_t size = message->U64();
+        Status mapped = passed >= 0 ? regions_.Map(id, size, passed)
+                                    : Status(StatusCode::kInternal, "no region passed");
+        if (!Reply(StatusMessage(Op::kStatus, mapped))) break;
+        continue;
+      }
+      if (passed >= 0) close(passed);
       if (!Handle(*message)) break;
     }
     finished_ = true;
@@ -183,7 +199,7 @@ class ChannelServer {
 
   Link link_;
   std::shared_ptr<Transport> transport_;
-  Regions& regions_;
+  Regions regions_;  // declared before channel_, so unmapped after it is gone
   std::atomic<bool> hung_up_{false};
   std::atomic<bool> finished_{false};
   std::unique_ptr<Listener> listener_;
@@ -217,7 +233,6 @@ int Run(int argc, char** argv) {
   Message ready(Op::kReady);
   ready.Str((*transport)->rendezvous());
   if (!host.Send(ready).ok()) return 1;
-  Regions regions;
   std::atomic<int> channels{0};
   while (true) {
     int passed = -1;
@@ -227,19 +242,11 @@ int Run(int argc, char** argv) {
       case Op::kHealth:
         (void)host.Send(StatusMessage(Op::kStatus, (*transport)->health()));
         break;
-      case Op::kMap: {
-        const uint64_t id = message->U64();
-        const uint64_t size = message->U64();
-        Status mapped = passed >= 0 ? regions.Map(id, size, passed)
-                                    : Status(StatusCode::kInternal, "no region passed");
-        (void)host.Send(StatusMessage(Op::kStatus, mapped));
-        break;
-      }
       case Op::kOpen:
         if (passed < 0) break;
         channels++;
-        std::thread([&channels, &regions, link = Link(passed), t = *transport]() mutable {
-          ChannelServer(std::move(link), std::move(t), regions).Run();
+        std::thread([&channels, link = Link(passed), t = *transport]() mutable {
+          ChannelServer(std::move(link), std::move(t)).Run();
           channels--;
         }).detach();
         break;

@@ -207,19 +207,6 @@ Status Process::Health() {
   return Request(Message(Op::kHealth), -1);
 }
 
-Status Process::Map(const std::vector<SharedRegion>& regions) {
-  std::lock_guard<std::mutex> lock(mu_);
-  for (const SharedRegion& region : regions) {
-    if (mapped_.count(region.id)) continue;
-    Message map(Op::kMap);
-    map.U64(region.id).U64(region.size);
-    Status status = Request(map, region.fd);
-    if (!status.ok()) return status;
-    mapped_.insert(region.id);
-  }
-  return Status::Ok();
-}
-
 Result<Link> Process::Open() {
   Result<std::pair<Link, Link>> pair = LinkPair();
   if (!pair.ok()) return pair.status();

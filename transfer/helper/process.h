@@ -7,14 +7,12 @@
 
 #include <memory>
 #include <mutex>
-#include <set>
 #include <string>
 #include <vector>
 
 #include "netloader/status.h"
 #include "netloader/transport.h"
 #include "transfer/helper/link.h"
-#include "transfer/shared_memory.h"
 
 namespace netloader::transfer::helper {
 
@@ -46,8 +44,6 @@ class Process {
   // The helper's own view of its MPI (its MpiHealth). A helper that does not answer within
   // kAnswerTimeout is killed. Errors: Unavailable.
   Status Health();
-  // Makes sure the helper has mapped every region in `regions`.
-  Status Map(const std::vector<SharedRegion>& regions);
   // A new socket to a thread of its own in the helper, for one listener or channel.
   Result<Link> Open();
   // SIGKILLs the helper and reaps it: nothing it was doing continues.
@@ -61,12 +57,11 @@ class Process {
   Status Request(const Message& request, int pass_fd);  // on main_, with mu_ held
   void ReapLocked(bool block);
 
-  std::mutex mu_;  // guards main_, mapped_, exited_, ended_
+  std::mutex mu_;  // guards main_, exited_, ended_
   Link main_;
   pid_t pid_ = -1;
   bool exited_ = false;
   std::string ended_;  // how it ended, once it has
-  std::set<uint64_t> mapped_;
   std::string rendezvous_;
   std::string spec_;
 };

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "transfer/helper/process.h"
@@ -166,6 +167,24 @@ class HelperChannel : public Channel {
     return table;
   }
 
+  // Makes sure the helper has mapped `regions` for this channel (it unmaps them when the channel
+  // ends, so that nothing a long-lived helper maps outlives the channel that needed it).
+  Status Map(const std::vector<SharedRegion>& regions) {
+    for (const SharedRegion& region : regions) {
+      if (mapped_.count(region.id)) continue;
+      Message map(Op::kMap);
+      map.U64(region.id).U64(region.size);
+      Status status = link_.Send(map, region.fd);
+      Result<Message> reply =
+          status.ok() ? link_.Receive(Clock::now() + kAnswerTimeout) : Result<Message>(status);
+      if (!reply.ok()) return reply.status();
+      status = reply->GetStatus();
+      if (!status.ok()) return status;
+      mapped_.insert(region.id);
+    }
+    return Status::Ok();
+  }
+
   // Copies chunk i between its spans and its staging slot.
   void Copy(const ChunkList& chunks, size_t i, size_t window, bool to_slot) {
     char* slot = staging_.slot(i, window);
@@ -216,7 +235,7 @@ class HelperChannel : public Channel {
     if (staging_.bytes() > 0) {
       table->regions.push_back(*FindSharedRegion(staging_.memory(), staging_.bytes()));
     }
-    Status status = process_->Map(table->regions);
+    Status status = Map(table->regions);
     if (status.ok()) status = link_.Send(table->message);
     if (!status.ok()) return Fail(Lost(status, verb), sending);
     auto go = [&](size_t j) -> Status {
@@ -264,6 +283,7 @@ class HelperChannel : public Channel {
   std::shared_ptr<Process> process_;
   Link link_;
   Staging staging_;
+  std::set<uint64_t> mapped_;  // regions the helper has mapped for this channel
   bool abandoned_ = false;
   bool broken_ = false;  // a stream failed; the socket is shut down
 };
