@@ -72,13 +72,21 @@ Status Message::GetStatus() {
 
 Link::~Link() {
   if (fd_ >= 0) close(fd_);
+  for (int fd : fds_) close(fd);
 }
 
 Link& Link::operator=(Link&& other) noexcept {
   if (this != &other) {
     if (fd_ >= 0) close(fd_);
+    for (int fd : fds_) close(fd);
     fd_ = other.fd_;
     other.fd_ = -1;
+    in_ = std::move(other.in_);
+    in_at_ = other.in_at_;
+    fds_ = std::move(other.fds_);
+    other.in_.clear();
+    other.in_at_ = 0;
+    other.fds_.clear();
   }
   return *this;
 }
@@ -134,77 +142,87 @@ Status Link::Send(const Message& message, int pass_fd) {
   return Status::Ok();
 }
 
+bool Link::TakeFrame(Message* message) {
+  const size_t available = in_.size() - in_at_;
+  if (available < kHeader) return false;
+  uint32_t size;
+  std::memcpy(&size, in_.data() + in_at_, 4);
+  if (available < kHeader + size) return false;
+  message->set(static_cast<Op>(in_[in_at_ + 4]), in_.substr(in_at_ + kHeader, size));
+  in_at_ += kHeader + size;
+  if (in_at_ == in_.size()) {
+    in_.clear();
+    in_at_ = 0;
+  }
+  return true;
+}
+
+Status Link::ReadSome(bool* would_block) {
+  char buffer[64 << 10];
+  iovec iov{buffer, sizeof(buffer)};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(4 * sizeof(int))] = {};
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  const ssize_t n = recvmsg(fd_, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  *would_block = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
+  if (n < 0) return *would_block ? Status::Ok() : Errno("reading from the MPI helper");
+  if (n == 0) return Status(StatusCode::kUnavailable, "the MPI helper closed its socket");
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      fds_.push_back(fd);
+    }
+  }
+  in_.append(buffer, static_cast<size_t>(n));
+  return Status::Ok();
+}
+
 Result<Message> Link::Receive(Clock::time_point deadline, const std::atomic<bool>* cancel,
                               int* received_fd) {
   if (fd_ < 0) return Status(StatusCode::kUnavailable, "the helper link is closed");
-  std::string frame;
-  size_t want = kHeader;
-  bool have_header = false;
-  char buffer[kHeader];
-  size_t got = 0;
   while (true) {
-    if (cancel != nullptr && cancel->load()) return Status(StatusCode::kCancelled, "cancelled");
-    const auto now = Clock::now();
-    if (now >= deadline)
-      return Status(StatusCode::kTimeout, "the MPI helper did not answer in time");
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
-    pollfd p{fd_, POLLIN, 0};
-    const int timeout = static_cast<int>(std::min<int64_t>(left.count() + 1, cancel ? 20 : 1000));
-    const int ready = poll(&p, 1, timeout);
-    if (ready < 0) {
-      if (errno == EINTR) continue;
-      return Errno("waiting for the MPI helper");
-    }
-    if (ready == 0) continue;
-    ssize_t n;
-    if (!have_header) {
-      iovec iov{buffer + got, want - got};
-      msghdr msg{};
-      msg.msg_iov = &iov;
-      msg.msg_iovlen = 1;
-      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-      msg.msg_control = control;
-      msg.msg_controllen = sizeof(control);
-      n = recvmsg(fd_, &msg, MSG_CMSG_CLOEXEC);
-      if (n > 0) {
-        for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-          if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-            int fd;
-            std::memcpy(&fd, CMSG_DATA(c), sizeof(int));
-            if (received_fd != nullptr && *received_fd < 0) {
-              *received_fd = fd;
-            } else {
-              close(fd);
-            }
-          }
+    Message message;
+    if (TakeFrame(&message)) {
+      // Only these carry a descriptor; they are never sent back to back with one another
+      // without a reply between, so descriptors pair with them in order.
+      if ((message.op() == Op::kOpen || message.op() == Op::kMap) && !fds_.empty()) {
+        if (received_fd != nullptr) {
+          *received_fd = fds_.front();
+        } else {
+          close(fds_.front());
         }
+        fds_.pop_front();
       }
-    } else {
-      n = read(fd_, frame.data() + got, want - got);
+      return message;
     }
-    if (n < 0) {
-      if (errno == EINTR || errno == EAGAIN) continue;
-      return Errno("reading from the MPI helper");
-    }
-    if (n == 0) return Status(StatusCode::kUnavailable, "the MPI helper closed its socket");
-    got += static_cast<size_t>(n);
-    if (got < want) continue;
-    if (!have_header) {
+    if (in_.size() - in_at_ >= kHeader) {
       uint32_t size;
-      std::memcpy(&size, buffer, 4);
+      std::memcpy(&size, in_.data() + in_at_, 4);
       if (size > kMaxBody) {
         return Status(StatusCode::kProtocolMismatch,
                       "a helper message of " + std::to_string(size) + " bytes");
       }
-      have_header = true;
-      frame.resize(size);
-      want = size;
-      got = 0;
-      if (want > 0) continue;
     }
-    Message message;
-    message.set(static_cast<Op>(buffer[4]), std::move(frame));
-    return message;
+    // Read without waiting first: mid-stream the next message is usually there already.
+    bool would_block = false;
+    Status read = ReadSome(&would_block);
+    if (!read.ok()) return read;
+    if (!would_block) continue;
+    if (cancel != nullptr && cancel->load()) return Status(StatusCode::kCancelled, "cancelled");
+    const auto now = Clock::now();
+    if (now >= deadline) {
+      return Status(StatusCode::kTimeout, "the MPI helper did not answer in time");
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
+    pollfd p{fd_, POLLIN, 0};
+    const int timeout = static_cast<int>(std::min<int64_t>(left.count() + 1, cancel ? 20 : 1000));
+    if (poll(&p, 1, timeout) < 0 && errno != EINTR) return Errno("waiting for the MPI helper");
   }
 }
 

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <string>
 
 #include "netloader/status.h"
@@ -76,7 +77,7 @@ class Link {
  public:
   explicit Link(int fd = -1) : fd_(fd) {}
   ~Link();
-  Link(Link&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
+  Link(Link&& other) noexcept { *this = std::move(other); }
   Link& operator=(Link&& other) noexcept;
   Link(const Link&) = delete;
   Link& operator=(const Link&) = delete;
@@ -87,15 +88,22 @@ class Link {
   // Sends `message`, with `pass_fd` attached when it is not -1. Unavailable once the peer is gone.
   Status Send(const Message& message, int pass_fd = -1);
   // Waits for the next message until `deadline` (Timeout) or `cancel` (Cancelled, checked every
-  // 20 ms). A passed descriptor lands in *received_fd (the caller owns it). Unavailable when the
-  // peer closed its end or died.
+  // 20 ms). The descriptor passed with a kOpen or kMap lands in *received_fd (the caller owns
+  // it). Unavailable when the peer closed its end or died. Reads ahead: messages that arrived
+  // together cost one system call.
   Result<Message> Receive(Clock::time_point deadline, const std::atomic<bool>* cancel = nullptr,
                           int* received_fd = nullptr);
   // Stops both directions: the peer's reads see end of file.
   void Shutdown();
 
  private:
-  int fd_;
+  bool TakeFrame(Message* message);    // the next whole message read ahead, if there is one
+  Status ReadSome(bool* would_block);  // reads what has arrived, without waiting
+
+  int fd_ = -1;
+  std::string in_;  // bytes read ahead, from in_at_ on
+  size_t in_at_ = 0;
+  std::deque<int> fds_;  // descriptors read ahead, for the next kOpen or kMap
 };
 
 // A connected pair of stream sockets, both close-on-exec. Errors: Unavailable.

@@ -4,13 +4,17 @@
 
 namespace netloader {
 
-// Private anonymous memory for tensors and staging rings, with every page present and writable
-// before it is returned. Regions of 2 MiB or more are 2 MiB-aligned and asked for transparent
-// huge pages (MADV_HUGEPAGE; the kernel may still use 4 KiB pages). On these VMs that is what
-// makes fresh memory cheap: the first kernel write into a fresh 4 KiB page runs at ~0.7 GB/s,
-// into a huge page at ~18 GB/s (DESIGN.md, "Fresh buffers"). Returns nullptr with errno set on
+// Memory for tensors and staging rings, with every page present and writable before it is
+// returned. Regions of 2 MiB or more are 2 MiB-aligned and asked for transparent huge pages
+// (MADV_HUGEPAGE; the kernel may still use 4 KiB pages). On these VMs that is what makes fresh
+// memory cheap: the first kernel write into a fresh 4 KiB page runs at ~0.7 GB/s, into a huge
+// page at ~18 GB/s (DESIGN.md, "Fresh buffers"). The memory is a registered memfd that an MPI
+// helper process can map (transfer/shared_memory.h) when `shared` is set, or when the kernel
+// gives shared memory huge pages (shmem_enabled advise, always or within_size), where that
+// costs nothing; else private anonymous memory, since shared 4 KiB pages cost a helper 70-75 ms
+// per GiB to map (DESIGN.md, "MPI in helper processes"). Returns nullptr with errno set on
 // failure. Release with UnmapHostMemory(memory, bytes).
-void* MapHostMemory(size_t bytes);
+void* MapHostMemory(size_t bytes, bool shared = false);
 void UnmapHostMemory(void* memory, size_t bytes);
 
 // Makes every page of [memory, memory + bytes) present and writable in one call

@@ -46,7 +46,9 @@ StagingRing::~StagingRing() { UnmapHostMemory(data_, slots_ * slot_bytes_); }
 
 Status StagingRing::Allocate(size_t slots, size_t slot_bytes) {
   const size_t bytes = slots * slot_bytes;
-  void* memory = MapHostMemory(bytes);
+  // Shared, so that an MPI helper moves chunks straight into or out of it: a ring is small and
+  // reused, so its 4 KiB pages cost nothing worth avoiding.
+  void* memory = MapHostMemory(bytes, /*shared=*/true);
   if (memory == nullptr) {
     return Status(StatusCode::kUnavailable,
                   "cannot allocate a " + std::to_string(bytes) + "-byte staging ring");
