@@ -1015,6 +1015,46 @@ TEST(HelperFaultTest, AClientsHelperKilledMidTransferResumesFromTheNextSource) {
   }
 }
 
+// 100 clients SIGKILLed at points spread from their start through the MPI handshake and the
+// transfer: the server (its MPI in a helper) never wedges and never keeps a session, and serves
+// a whole load afterwards. A helper that MPI aborts (UCX's wire-up assertion) is replaced.
+TEST(HelperFaultTest, AHundredClientsKilledAnywhereLeaveTheServerServing) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 40, 32, 1, 71);
+  ServerProcess server(tmp, tmp / "model", {"--mpi-helpers", "--heartbeat-timeout", "2"});
+  ASSERT_FALSE(server.endpoint().empty()) << server.child().Stderr();
+  // How long a whole load takes here: the kill points spread over it.
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_EQ(RunClient(tmp, "timing",
+                      {"--source", server.endpoint(), "--model", tmp / "model", "--verify-only"})
+                .exit_code,
+            0);
+  const auto whole = std::chrono::steady_clock::now() - start;
+  constexpr int kKills = 100;
+  for (int i = 0; i < kKills; ++i) {
+    Child victim({Bin("netloader-client"), "--source", server.endpoint(), "--model", tmp / "model",
+                  "--verify-only"},
+                 tmp / ("victim-" + std::to_string(i % 4)));
+    // A kill point, not a wait for something: spread evenly over one load's duration.
+    std::this_thread::sleep_for(whole * i / kKills);
+    victim.Signal(SIGKILL);
+    victim.Wait(30s);
+  }
+  EXPECT_TRUE(server.child().Running()) << server.child().Stderr();
+  ASSERT_TRUE(ServedAgainWithin(tmp, server.endpoint(), tmp / "model", 60s).has_value())
+      << server.child().Stderr();
+  // Every killed client's session ends (at the heartbeat deadline at the latest).
+  nlohmann::json status;
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        ClientRun run = RunClient(tmp, "status", {"--status", server.endpoint()});
+        status = run.summary;
+        return run.exit_code == 0 && status.is_object() && status["sessions"] == 0;
+      },
+      60s))
+      << status.dump();
+}
+
 // A shared rendezvous killed and started again (a new URI in the same file): the holder refuses
 // meanwhile, naming it, and serves again through the new one without its host restarting.
 TEST(HelperFaultTest, ARestartedSharedRendezvousServesAgainWithoutRestartingTheHost) {
