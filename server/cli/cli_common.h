@@ -133,7 +133,7 @@ struct CommonFlags {
     app.add_flag("--mpi-helpers", transport.mpi_helpers,
                  "Run MPI in netloader-mpi-helper processes, never in this one: no shared "
                  "--rendezvous needed (each source and server gets its own), a crash in MPI "
-                 "costs only the transfers it carried, memory stays flat. Loads run at ~2/3 "
+                 "costs only the transfers it carried, memory stays flat. Loads run at 2/3 to 3/4 "
                  "of the in-process speed on 2-core VMs");
     app.add_option("--interface", transport.interface,
                    "Network interface MPI uses (lo for one host)")

@@ -26,8 +26,8 @@ struct TransportOptions {
   // Run MPI in netloader-mpi-helper processes that netloader starts, restarts and recycles
   // itself, never in this process (docs/usage.md, "How the MPI connection is made"): no shared
   // rendezvous is needed, a crash in MPI costs only the transfers it carried, and a server's
-  // memory stays flat. Off by default for now: on 2-core VMs a load runs at ~2/3 of the speed of
-  // MPI in process (BENCHMARKS.md). Ignored by a host that initialised MPI itself.
+  // memory stays flat. Off by default for now: on 2-core VMs a load runs at 2/3 to 3/4 of the speed
+  // of MPI in process (BENCHMARKS.md). Ignored by a host that initialised MPI itself.
   bool mpi_helpers = false;
 };
 
