@@ -1021,7 +1021,7 @@ TEST(HelperFaultTest, AClientsHelperKilledMidTransferResumesFromTheNextSource) {
 TEST(HelperFaultTest, AHundredClientsKilledAnywhereLeaveTheServerServing) {
   TempDir tmp;
   MakeCheckpoint(tmp / "model", 40, 32, 1, 71);
-  ServerProcess server(tmp, tmp / "model", {"--mpi-helpers", "--heartbeat-timeout", "2"});
+  ServerProcess server(tmp, tmp / "model", {"--mpi-helpers"});
   ASSERT_FALSE(server.endpoint().empty()) << server.child().Stderr();
   // How long a whole load takes here: the kill points spread over it.
   const auto start = std::chrono::steady_clock::now();
