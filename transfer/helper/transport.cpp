@@ -340,7 +340,7 @@ class HelperTransport : public Transport {
     std::shared_ptr<Process> process = Current();
     Status status = process->Health();
     if (status.ok() || !serving_) return status;
-    const_cast<HelperTransport*>(this)->Replace(process);
+    Replace(process);
     return Status(StatusCode::kUnavailable, status.message() + "; a new MPI helper is starting");
   }
 
@@ -398,8 +398,9 @@ class HelperTransport : public Transport {
     return alive.ok() ? why : alive;
   }
 
-  // Starts a new helper in the background to take over from `old` (a server's only).
-  void Replace(const std::shared_ptr<Process>& old) {
+  // Starts a new helper in the background to take over from `old` (a server's only). Const: a
+  // health check that finds the helper gone starts its successor.
+  void Replace(const std::shared_ptr<Process>& old) const {
     std::lock_guard<std::mutex> lock(mu_);
     if (!serving_ || stopping_ || replacing_ || current_ != old) return;
     if (Clock::now() - last_replace_ < std::chrono::seconds(1)) return;
@@ -417,11 +418,11 @@ class HelperTransport : public Transport {
   const TransportOptions options_;
   const bool serving_;
   mutable std::mutex mu_;  // guards the fields below
-  std::shared_ptr<Process> current_;
-  bool replacing_ = false;
+  mutable std::shared_ptr<Process> current_;
+  mutable bool replacing_ = false;
   bool stopping_ = false;
-  Clock::time_point last_replace_{};
-  std::thread replacer_;
+  mutable Clock::time_point last_replace_{};
+  mutable std::thread replacer_;
 };
 
 class HelperDataPlane : public DataPlane {
