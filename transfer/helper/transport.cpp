@@ -130,39 +130,47 @@ class HelperChannel : public Channel {
     table.message.U64(static_cast<uint64_t>(options.stall_timeout.count()))
         .U64(sending ? 1 : 0)
         .U64(window);
+    // Each span's region, looked up once; a chunk with a span outside them all is staged.
+    std::vector<std::optional<SharedRegion>> found;
     table.staged.resize(chunks.size());
     size_t slot_bytes = 0;
     for (size_t i = 0; i < chunks.size(); ++i) {
       const Span* spans = chunks.spans(i);
       for (size_t s = 0; s < chunks.span_count(i); ++s) {
-        if (!FindSharedRegion(spans[s].data, spans[s].size)) table.staged[i] = true;
+        found.push_back(FindSharedRegion(spans[s].data, spans[s].size));
+        if (!found.back()) table.staged[i] = true;
       }
       if (table.staged[i]) slot_bytes = std::max<size_t>(slot_bytes, chunks.bytes(i));
     }
+    std::optional<SharedRegion> ring;
     if (slot_bytes > 0) {
       Status reserved = staging_.Reserve(window, slot_bytes);
       if (!reserved.ok()) return reserved;
+      ring = FindSharedRegion(staging_.memory(), staging_.bytes());
     }
-    auto add = [&](const void* data, size_t size) {
-      std::optional<SharedRegion> region = FindSharedRegion(data, size);
-      table.message.U64(region->id)
-          .U64(static_cast<uint64_t>(static_cast<const char*>(data) - region->base))
+    auto add = [&](const SharedRegion& region, const void* data, size_t size) {
+      table.message.U64(region.id)
+          .U64(static_cast<uint64_t>(static_cast<const char*>(data) - region.base))
           .U64(size);
       if (std::none_of(table.regions.begin(), table.regions.end(),
-                       [&](const SharedRegion& r) { return r.id == region->id; })) {
-        table.regions.push_back(*region);
+                       [&](const SharedRegion& r) { return r.id == region.id; })) {
+        table.regions.push_back(region);
       }
     };
     table.message.U64(chunks.size());
+    size_t span = 0;  // position in `found`
     for (size_t i = 0; i < chunks.size(); ++i) {
+      const Span* spans = chunks.spans(i);
       if (table.staged[i]) {
         table.message.U64(1);
-        add(staging_.slot(i, window), chunks.bytes(i));
+        add(*ring, staging_.slot(i, window), chunks.bytes(i));
+        span += chunks.span_count(i);
         continue;
       }
       table.message.U64(chunks.span_count(i));
-      const Span* spans = chunks.spans(i);
-      for (size_t s = 0; s < chunks.span_count(i); ++s) add(spans[s].data, spans[s].size);
+      for (size_t s = 0; s < chunks.span_count(i); ++s) {
+        add(*found[span++], spans[s].data, spans[s].size);
+      }
     }
     return table;
   }
@@ -232,9 +240,6 @@ class HelperChannel : public Channel {
     const size_t window = static_cast<size_t>(std::max(1, options.window));
     Result<Table> table = BuildTable(chunks, options, window, sending);
     if (!table.ok()) return table.status();
-    if (staging_.bytes() > 0) {
-      table->regions.push_back(*FindSharedRegion(staging_.memory(), staging_.bytes()));
-    }
     Status status = Map(table->regions);
     if (status.ok()) status = link_.Send(table->message);
     if (!status.ok()) return Fail(Lost(status, verb), sending);

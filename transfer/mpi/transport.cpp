@@ -243,12 +243,17 @@ class MpiDataPlane : public DataPlane {
   const TransportOptions options_;
 };
 
+// Whether `options` put MPI in helper processes: asked for, and the host runs no MPI of its own.
+bool UseHelpers(const TransportOptions& options) {
+  int host_runs_mpi = 0;
+  MPI_Initialized(&host_runs_mpi);
+  return options.mpi_helpers && !host_runs_mpi;
+}
+
 }  // namespace
 
 std::shared_ptr<DataPlane> MakeMpiDataPlane(const TransportOptions& options) {
-  int host_runs_mpi = 0;
-  MPI_Initialized(&host_runs_mpi);
-  if (options.mpi_helpers && !host_runs_mpi) return helper::MakeHelperDataPlane(options);
+  if (UseHelpers(options)) return helper::MakeHelperDataPlane(options);
   return std::make_shared<MpiDataPlane>(options);
 }
 
@@ -279,9 +284,7 @@ Status InitializeTransport(const TransportOptions& options) {
         StatusCode::kInvalidArgument,
         "InitializeTransport needs a shared rendezvous (TransportOptions::rendezvous_uri)");
   }
-  int host_runs_mpi = 0;
-  MPI_Initialized(&host_runs_mpi);
-  if (options.mpi_helpers && !host_runs_mpi) return transfer::helper::PrestartHelper(options);
+  if (transfer::UseHelpers(options)) return transfer::helper::PrestartHelper(options);
   Result<std::shared_ptr<transfer::Transport>> transport = transfer::MakeMpiTransport(options);
   return transport.ok() ? Status::Ok() : transport.status();
 }
