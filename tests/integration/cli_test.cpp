@@ -410,22 +410,20 @@ TEST(CliTest, HelpExplainsEveryFlagAndTheExitCodes) {
   }
 }
 
+// A child of process `pid` whose command is `comm`; -1 when it has none.
+pid_t ChildPid(pid_t pid, const std::string& comm) {
+  const std::vector<pid_t> children = testing::ChildrenNamed(pid, comm);
+  return children.empty() ? -1 : children.front();
+}
+
 // The environment a child of process `pid` whose command is `comm` was started with, each entry
 // between two '\n'; empty when `pid` has no such child.
 std::string ChildEnvironment(pid_t pid, const std::string& comm) {
-  namespace fs = std::filesystem;
-  const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
-  for (const auto& task : fs::directory_iterator(tasks)) {
-    std::istringstream children(testing::ReadFile(task.path() / "children"));
-    for (pid_t child; children >> child;) {
-      const std::string proc = "/proc/" + std::to_string(child);
-      if (testing::ReadFile(proc + "/comm") != comm + "\n") continue;
-      std::string env = testing::ReadFile(proc + "/environ");
-      std::replace(env.begin(), env.end(), '\0', '\n');
-      return "\n" + env;
-    }
-  }
-  return "";
+  const pid_t child = ChildPid(pid, comm);
+  if (child < 0) return "";
+  std::string env = testing::ReadFile("/proc/" + std::to_string(child) + "/environ");
+  std::replace(env.begin(), env.end(), '\0', '\n');
+  return "\n" + env;
 }
 
 // MPI start-up leaves out hwloc's PCI and I/O discovery, which on a VM costs ~25 ms in MPI_Init
@@ -910,23 +908,6 @@ TEST(CliFaultTest, ADeadRendezvousMakesTheServerRefuseNewClientsNamingIt) {
   EXPECT_NE(server.child().Stdout().find("served 1 clients (0 failed, 1 refused"),
             std::string::npos)
       << server.child().Stdout();
-}
-
-// A child of process `pid` whose command is `comm` (as /proc shows it: at most 15 characters);
-// -1 when it has none.
-pid_t ChildPid(pid_t pid, const std::string& comm) {
-  namespace fs = std::filesystem;
-  const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
-  std::error_code error;
-  for (const auto& task : fs::directory_iterator(tasks, error)) {
-    std::istringstream children(testing::ReadFile(task.path() / "children"));
-    for (pid_t child; children >> child;) {
-      if (testing::ReadFile("/proc/" + std::to_string(child) + "/comm") == comm + "\n") {
-        return child;
-      }
-    }
-  }
-  return -1;
 }
 
 // Runs netloader-client loads from `endpoint` until one verifies or `within` passes: a holder

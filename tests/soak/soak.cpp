@@ -17,7 +17,6 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -69,15 +68,11 @@ Resources Sample(const netloader::Server& server) {
     closedir(dir);
     --r.fds;  // the directory's own descriptor
   }
-  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
-    std::ifstream children(task.path() / "children");
-    for (std::string child; children >> child;) {
-      if (netloader::testing::ReadFile("/proc/" + child + "/comm") != "netloader-mpi-h\n") continue;
-      ++r.helpers;
-      // All of it, shared memory included: a staging ring a helper kept mapped after its
-      // channel ended would show here.
-      r.helper_kib += StatusField("VmRSS", child);
-    }
+  for (pid_t helper : netloader::testing::ChildrenNamed(getpid(), "netloader-mpi-h")) {
+    ++r.helpers;
+    // All of it, shared memory included: a staging ring a helper kept mapped after its channel
+    // ended would show here.
+    r.helper_kib += StatusField("VmRSS", std::to_string(helper));
   }
   return r;
 }

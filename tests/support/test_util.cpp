@@ -307,6 +307,21 @@ std::vector<nlohmann::json> JsonLines(const std::string& text) {
   return out;
 }
 
+std::vector<pid_t> ChildrenNamed(pid_t pid, const std::string& comm) {
+  std::vector<pid_t> found;
+  std::error_code error;  // a process that has exited has no tasks left: none found
+  const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
+  for (const auto& task : std::filesystem::directory_iterator(tasks, error)) {
+    std::istringstream children(ReadFile(task.path() / "children"));
+    for (pid_t child; children >> child;) {
+      if (ReadFile("/proc/" + std::to_string(child) + "/comm") == comm + "\n") {
+        found.push_back(child);
+      }
+    }
+  }
+  return found;
+}
+
 std::string BinDir() { return NETLOADER_BIN_DIR; }
 
 }  // namespace netloader::testing

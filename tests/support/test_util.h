@@ -139,6 +139,10 @@ class MuteListener {
 // Every line of `text` that parses as a JSON object, in order (MPI may print its own lines).
 std::vector<nlohmann::json> JsonLines(const std::string& text);
 
+// The children of process `pid` whose command is `comm` (as /proc shows it: at most 15
+// characters), such as its MPI helpers ("netloader-mpi-h").
+std::vector<pid_t> ChildrenNamed(pid_t pid, const std::string& comm);
+
 // Directory of the build's executables (set by CMake).
 std::string BinDir();
 
