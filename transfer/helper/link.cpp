@@ -116,13 +116,25 @@ Status Link::Send(const Message& message, int pass_fd) {
     cmsg->cmsg_len = CMSG_LEN(sizeof(int));
     std::memcpy(CMSG_DATA(cmsg), &pass_fd, sizeof(int));
   }
+  const Clock::time_point deadline = Clock::now() + kAnswerTimeout;
   size_t total = kHeader + body.size();
   size_t sent = 0;
   while (sent < total) {
-    ssize_t n = sendmsg(fd_, &msg, MSG_NOSIGNAL);
+    ssize_t n = sendmsg(fd_, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EINTR) continue;
-      return Errno("sending to the MPI helper");
+      if (errno != EAGAIN && errno != EWOULDBLOCK) return Errno("sending to the MPI helper");
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0) {
+        return Status(StatusCode::kTimeout, "the MPI helper took no message for " +
+                                                std::to_string(kAnswerTimeout.count()) + " s");
+      }
+      pollfd p{fd_, POLLOUT, 0};
+      if (poll(&p, 1, static_cast<int>(left.count()) + 1) < 0 && errno != EINTR) {
+        return Errno("waiting to send to the MPI helper");
+      }
+      continue;
     }
     sent += static_cast<size_t>(n);
     // Continue after a partial send without the descriptor (it went with the first byte).

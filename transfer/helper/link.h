@@ -17,6 +17,10 @@ namespace netloader::transfer::helper {
 
 using Clock = std::chrono::steady_clock;
 
+// How long the other process may take to answer a request, or to make room for a message sent
+// to it, before it counts as wedged.
+inline constexpr std::chrono::seconds kAnswerTimeout{5};
+
 enum class Op : uint8_t {
   // helper -> host on the main socket, once: MPI is up (rendezvous URI) or failed (status).
   kReady = 1,
@@ -85,7 +89,8 @@ class Link {
   bool valid() const { return fd_ >= 0; }
   int fd() const { return fd_; }
 
-  // Sends `message`, with `pass_fd` attached when it is not -1. Unavailable once the peer is gone.
+  // Sends `message`, with `pass_fd` attached when it is not -1. Unavailable once the peer is gone;
+  // Timeout when it has not made room for the message within kAnswerTimeout (it is wedged).
   Status Send(const Message& message, int pass_fd = -1);
   // Waits for the next message until `deadline` (Timeout) or `cancel` (Cancelled, checked every
   // 20 ms). The descriptor passed with a kOpen or kMap lands in *received_fd (the caller owns

@@ -177,8 +177,8 @@ void Process::Kill() {
 
 Status Process::Request(const Message& request, int pass_fd) {
   Status sent = main_.Send(request, pass_fd);
-  if (!sent.ok()) return sent;
-  Result<Message> reply = main_.Receive(Clock::now() + kAnswerTimeout);
+  Result<Message> reply =
+      sent.ok() ? main_.Receive(Clock::now() + kAnswerTimeout) : Result<Message>(sent);
   if (!reply.ok()) {
     if (reply.status().code() == StatusCode::kTimeout) {
       kill(pid_, SIGKILL);  // wedged: a new one takes over
@@ -213,7 +213,8 @@ Result<Link> Process::Open() {
   std::lock_guard<std::mutex> lock(mu_);
   Status sent = main_.Send(Message(Op::kOpen), pair->second.fd());
   if (!sent.ok()) {
-    ReapLocked(false);
+    if (sent.code() == StatusCode::kTimeout) kill(pid_, SIGKILL);  // wedged
+    ReapLocked(sent.code() == StatusCode::kTimeout);
     if (exited_) {
       return Status(StatusCode::kUnavailable,
                     "the MPI helper (pid " + std::to_string(pid_) + ") " + ended_);

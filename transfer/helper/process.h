@@ -16,9 +16,6 @@
 
 namespace netloader::transfer::helper {
 
-// How long a helper may take to answer a request on its main socket before it counts as wedged.
-inline constexpr std::chrono::seconds kAnswerTimeout{5};
-
 // The helper executable: $NETLOADER_MPI_HELPER, else netloader-mpi-helper next to the library
 // (or executable) netloader is linked into, in ../libexec or ../bin beside it, else on PATH.
 std::string HelperExecutable();
