@@ -43,6 +43,9 @@ Result<SourceStatus> QueryStatus(const std::string& endpoint, const std::string&
     case wire::ServerStatus::FAILED:
       out.state = "failed";
       break;
+    case wire::ServerStatus::UNAVAILABLE:
+      out.state = "unavailable";
+      break;
     default:
       out.state = "unknown";
   }

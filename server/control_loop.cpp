@@ -259,6 +259,15 @@ void ControlLoop::HandleStatus(const std::string& identity) {
                                                : wire::ServerStatus::WAITING);
   status->set_bytes_held(content.complete ? model_.total_bytes() : content.bytes_held);
   status->set_failure(content.failure);
+  // "Serving" only when a new client could connect now: the same check an admission makes.
+  if (status->state() == wire::ServerStatus::SERVING ||
+      status->state() == wire::ServerStatus::LOADING) {
+    const Status plane = transport_.health();
+    if (!plane.ok()) {
+      status->set_state(wire::ServerStatus::UNAVAILABLE);
+      status->set_failure(plane.message());
+    }
+  }
   wire::Fingerprint fingerprint;
   ToWire(
       Fingerprint{kProtocolVersion, options_.model_id, content_.table_digest(), options_.partition},

@@ -134,7 +134,7 @@ def _partition(partition):
 
 
 def _peer_options(model_id, partition, secret, window, connect_timeout, stall_timeout,
-                  heartbeat_timeout, rendezvous, interface):
+                  heartbeat_timeout, rendezvous, interface, mpi_helpers):
     options = {"secret": _secret(secret)}
     if model_id is not None:
         options["model_id"] = model_id
@@ -146,19 +146,26 @@ def _peer_options(model_id, partition, secret, window, connect_timeout, stall_ti
                        ("interface", interface)):
         if value is not None:
             options[key] = value
+    if mpi_helpers is not None:
+        options["mpi_helpers"] = bool(mpi_helpers)
     return options
 
 
 def load(tensors, sources, *, model_id=None, partition=None, secret=None, window=None,
          register_timeout=None, connect_timeout=None, stall_timeout=None, busy_timeout=None,
          heartbeat_timeout=None, stripe=None, select=None, destination_filled=False,
-         rendezvous=None, interface=None, cancel=None, relay=None, connect_hook=None):
+         rendezvous=None, interface=None, mpi_helpers=None, cancel=None, relay=None,
+         connect_hook=None):
     """Fills `tensors` in place from the first of `sources` that holds the same model.
 
     Every chunk is verified against the source's XXH3 digests before this returns; on failure
     it raises a netloader.Error subclass and the tensors' contents are undefined. Timeouts are
     in seconds. `select`: tensor name patterns of a partial load. Returns the load's statistics
     as a dict (bytes, seconds, gbps, source, attempts, ...). The GIL is released meanwhile.
+
+    `mpi_helpers=True`: MPI runs in helper processes, never in this one (a crash in MPI costs
+    this load only, and sources with private rendezvous can be striped and resumed across);
+    ignored where this process already runs MPI (under mpirun). Default False.
 
     `relay`: a netloader.Server started with relay=True over these same tensors, which serves
     each chunk to other instances as soon as this load verified it (a burst of instances then
@@ -177,7 +184,7 @@ def load(tensors, sources, *, model_id=None, partition=None, secret=None, window
     if isinstance(sources, str):
         sources = [sources]
     options = _peer_options(model_id, partition, secret, window, connect_timeout, stall_timeout,
-                            heartbeat_timeout, rendezvous, interface)
+                            heartbeat_timeout, rendezvous, interface, mpi_helpers)
     for key, value in (("register_timeout", register_timeout), ("busy_timeout", busy_timeout),
                        ("stripe", stripe)):
         if value is not None:
@@ -201,17 +208,19 @@ class Server:
 
     A context manager: ``with netloader.Server(state_dict) as server: ... server.endpoint``.
     `relay=True`: serves while `tensors` are being loaded by ``load(tensors, ..., relay=this)``,
-    each chunk once that load verified it; needs `rendezvous` (the one every instance shares).
+    each chunk once that load verified it; needs `rendezvous` (the one every instance shares)
+    or mpi_helpers=True. `mpi_helpers=True`: MPI runs in a helper process (see load()).
     Should that load fail and the tensors be filled otherwise (from disk), call mark_loaded().
     """
 
     def __init__(self, tensors, listen="tcp://127.0.0.1:0", *, model_id=None, partition=None,
                  secret=None, window=None, max_clients=None, chunk_bytes=None, fanout=None,
                  connect_timeout=None, stall_timeout=None, heartbeat_timeout=None,
-                 rendezvous=None, interface=None, relay=False):
+                 rendezvous=None, interface=None, mpi_helpers=None, relay=False):
         self._tensors = tensors  # keeps the memory alive as long as it is served
         options = _peer_options(model_id, partition, secret, window, connect_timeout,
-                                stall_timeout, heartbeat_timeout, rendezvous, interface)
+                                stall_timeout, heartbeat_timeout, rendezvous, interface,
+                                mpi_helpers)
         options["listen"] = listen
         for key, value in (("max_clients", max_clients), ("chunk_bytes", chunk_bytes),
                            ("fanout", fanout)):
@@ -293,10 +302,11 @@ def allocate(layout, framework="torch"):
     return out
 
 
-def initialize_transport(rendezvous, interface=None):
+def initialize_transport(rendezvous, interface=None, mpi_helpers=False):
     """Starts MPI now (~0.1-0.3 s) on the shared `rendezvous`, e.g. on a thread while the model's
-    memory is allocated, instead of inside the first load or server."""
-    _netloader._initialize_transport(rendezvous, interface or "")
+    memory is allocated, instead of inside the first load or server; with mpi_helpers=True, in a
+    helper process that the next load on that rendezvous takes."""
+    _netloader._initialize_transport(rendezvous, interface or "", bool(mpi_helpers))
 
 
 def prepare_mpi_environment(rendezvous=None, interface=None):
@@ -310,7 +320,8 @@ def prepare_mpi_environment(rendezvous=None, interface=None):
 
 def status(endpoint, *, secret=None, timeout=10.0):
     """What the server (or relay) at `endpoint` is doing, without a session: a dict with state
-    ("serving", "loading", "waiting" or "failed", with failure), model_id, partition,
+    ("serving", "loading", "waiting", "failed" or "unavailable", the last two with failure:
+    why; "unavailable" holds bytes but cannot take a client now), model_id, partition,
     table_digest, bytes_total, bytes_held, sessions, max_sessions, fanout, children (the relays
     streaming from it), bytes_sent, clients_served, clients_failed and redirected. Raises
     Unavailable (nothing listens there), PermissionDenied (another secret) or Timeout."""
@@ -322,7 +333,8 @@ def parse_loader_config(extra_config, world_size=1):
     instance of `world_size` ranks, with the same keys and strict rules as netloader-llama: one
     C++ parser serves both. Returns a dict: sources (rank -> endpoints), listen_port,
     listen_host, serve, model_id, output_prefix, the timeouts in seconds, auth, secret_file,
-    max_clients, fanout, chunk_mib, window, stripe, delta_from, tensors, rendezvous, interface.
+    max_clients, fanout, chunk_mib, window, stripe, delta_from, tensors, rendezvous, interface,
+    mpi_helpers.
     Raises netloader.InvalidArgument naming the key that is wrong (NotFound for a CONFIG_FILE
     that is not there)."""
     return _netloader._parse_loader_config(_config_text(extra_config), int(world_size))
@@ -336,12 +348,12 @@ def options_for_rank(extra_config, world_size, rank, partition):
 
     * "server": the keyword arguments of Server: listen (LISTEN_HOST at LISTEN_PORT + rank, or a
       free port), model_id, partition, window, max_clients, chunk_bytes, fanout, the timeouts in
-      seconds, rendezvous and interface;
+      seconds, rendezvous, interface and mpi_helpers;
     * "load": the keyword arguments of load: sources (the rank's SOURCE entry; empty: load from
       disk), model_id, partition, window, the timeouts in seconds (busy_timeout at least
-      register_timeout), stripe, rendezvous and interface;
+      register_timeout), stripe, rendezvous, interface and mpi_helpers;
     * "relay": whether to serve while loading (Server(..., relay=True) passed as load's relay=):
-      SERVE with a RENDEZVOUS and no TENSORS.
+      SERVE with a RENDEZVOUS or MPI_HELPERS, and no TENSORS.
 
     model_id and rendezvous are None when unset. Neither holds a secret (pass secret= yourself)
     nor load's select: a TENSORS load names this rank's matching tensors itself. Raises

@@ -904,6 +904,13 @@ TEST(CliFaultTest, ADeadRendezvousMakesTheServerRefuseNewClientsNamingIt) {
   EXPECT_EQ(after.exit_code, 5) << after.stderr_text;
   EXPECT_NE(after.stderr_text.find("rendezvous"), std::string::npos) << after.stderr_text;
   EXPECT_NE(after.stderr_text.find("does not answer"), std::string::npos) << after.stderr_text;
+  // Its status says so, rather than "serving".
+  ClientRun status = RunClient(tmp, "status", {"--status", server.endpoint()});
+  ASSERT_EQ(status.exit_code, 0) << status.stderr_text;
+  EXPECT_EQ(status.summary["state"], "unavailable") << status.summary.dump();
+  EXPECT_NE(status.summary["failure"].get<std::string>().find("rendezvous"), std::string::npos)
+      << status.summary.dump();
+  EXPECT_EQ(status.summary["bytes_held"], status.summary["bytes_total"]);
   EXPECT_EQ(server.Stop(), 0) << "the server itself is unharmed";
   EXPECT_NE(server.child().Stdout().find("served 1 clients (0 failed, 1 refused"),
             std::string::npos)
@@ -1055,6 +1062,8 @@ TEST(HelperFaultTest, ARestartedSharedRendezvousServesAgainWithoutRestartingTheH
       tmp, "refused", {"--source", server.endpoint(), "--model", tmp / "model", "--verify-only"});
   EXPECT_EQ(refused.exit_code, 5) << refused.stderr_text;
   EXPECT_NE(refused.stderr_text.find("rendezvous"), std::string::npos) << refused.stderr_text;
+  ClientRun status = RunClient(tmp, "status", {"--status", server.endpoint()});
+  EXPECT_EQ(status.summary["state"], "unavailable") << status.summary.dump();
 
   rendezvous = std::make_unique<testing::Rendezvous>(second);
   ASSERT_TRUE(rendezvous->ready()) << rendezvous->child().Stderr();
@@ -1062,6 +1071,8 @@ TEST(HelperFaultTest, ARestartedSharedRendezvousServesAgainWithoutRestartingTheH
                              std::filesystem::copy_options::overwrite_existing);
   EXPECT_TRUE(ServedAgainWithin(tmp, server.endpoint(), tmp / "model", 30s).has_value())
       << server.child().Stderr();
+  status = RunClient(tmp, "status", {"--status", server.endpoint()});
+  EXPECT_EQ(status.summary["state"], "serving") << status.summary.dump();
   EXPECT_TRUE(server.child().Running());
 }
 

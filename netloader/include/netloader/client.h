@@ -139,9 +139,11 @@ NETLOADER_EXPORT Status VerifyModel(const ModelView& model, const LoadStats& sta
 // What a server is doing (QueryStatus): the facts its redirects are decided on.
 struct SourceStatus {
   // "waiting" (a relay whose own load has no source yet), "loading" (a relay serving what it
-  // verified), "serving" (holds every byte) or "failed" (a relay whose own load failed).
+  // verified), "serving" (holds every byte), "failed" (a relay whose own load failed) or
+  // "unavailable" (holds bytes_held, but a new client cannot connect now: its MPI data plane is
+  // down, failure says why).
   std::string state;
-  std::string failure;  // with "failed": why
+  std::string failure;  // with "failed" or "unavailable": why
   std::string model_id;
   Partition partition;
   std::string table_digest;
