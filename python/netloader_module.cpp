@@ -123,6 +123,7 @@ void ApplyPeer(const py::dict& o, PeerOptions& options) {
   if (o.contains("rendezvous"))
     options.transport.rendezvous_uri = o["rendezvous"].cast<std::string>();
   if (o.contains("interface")) options.transport.interface = o["interface"].cast<std::string>();
+  if (o.contains("mpi_helpers")) options.transport.mpi_helpers = o["mpi_helpers"].cast<bool>();
 }
 
 py::dict StatsToDict(const LoadStats& s) {
@@ -406,7 +407,8 @@ py::dict ParseExtraConfig(const std::string& json_text, int world_size) {
       py::arg("window") = c.server.window, py::arg("stripe") = c.client.stripe,
       py::arg("delta_from") = c.delta_from, py::arg("tensors") = c.tensors,
       py::arg("rendezvous") = c.server.transport.rendezvous_uri,
-      py::arg("interface") = c.server.transport.interface);
+      py::arg("interface") = c.server.transport.interface,
+      py::arg("mpi_helpers") = c.server.transport.mpi_helpers);
 }
 
 // One rank's options from its --model-loader-extra-config (OptionsForRank, as netloader-llama
@@ -431,7 +433,8 @@ py::dict RankOptionsOf(const std::string& json_text, int world_size, int rank,
                   py::arg("stall_timeout") = ToSeconds(s.stall_timeout),
                   py::arg("heartbeat_timeout") = ToSeconds(s.heartbeat_timeout),
                   py::arg("rendezvous") = NoneIfEmpty(s.transport.rendezvous_uri),
-                  py::arg("interface") = s.transport.interface);
+                  py::arg("interface") = s.transport.interface,
+                  py::arg("mpi_helpers") = s.transport.mpi_helpers);
   py::dict load(py::arg("sources") = c.sources, py::arg("model_id") = NoneIfEmpty(c.model_id),
                 py::arg("partition") = PartitionDict(c.partition), py::arg("window") = c.window,
                 py::arg("register_timeout") = ToSeconds(c.register_timeout),
@@ -441,7 +444,8 @@ py::dict RankOptionsOf(const std::string& json_text, int world_size, int rank,
                 py::arg("heartbeat_timeout") = ToSeconds(c.heartbeat_timeout),
                 py::arg("stripe") = c.stripe,
                 py::arg("rendezvous") = NoneIfEmpty(c.transport.rendezvous_uri),
-                py::arg("interface") = c.transport.interface);
+                py::arg("interface") = c.transport.interface,
+                py::arg("mpi_helpers") = c.transport.mpi_helpers);
   return py::dict(py::arg("server") = server, py::arg("load") = load, py::arg("relay") = o.relay);
 }
 
@@ -534,17 +538,19 @@ PYBIND11_MODULE(_netloader, m) {
           if (!interface.empty()) options.interface = interface;
           PrepareMpiEnvironment(options);
         });
-  m.def("_initialize_transport", [](const std::string& rendezvous, const std::string& interface) {
-    TransportOptions options;
-    options.rendezvous_uri = rendezvous;
-    if (!interface.empty()) options.interface = interface;
-    Status status;
-    {
-      py::gil_scoped_release released;
-      status = InitializeTransport(options);
-    }
-    if (!status.ok()) Raise(status);
-  });
+  m.def("_initialize_transport",
+        [](const std::string& rendezvous, const std::string& interface, bool mpi_helpers) {
+          TransportOptions options;
+          options.rendezvous_uri = rendezvous;
+          if (!interface.empty()) options.interface = interface;
+          options.mpi_helpers = mpi_helpers;
+          Status status;
+          {
+            py::gil_scoped_release released;
+            status = InitializeTransport(options);
+          }
+          if (!status.ok()) Raise(status);
+        });
   m.def("_status", &StatusOf, py::arg("endpoint"), py::arg("secret"), py::arg("timeout"));
   m.def("_parse_loader_config", &ParseExtraConfig, py::arg("json_text"), py::arg("world_size"));
   m.def("_options_for_rank", &RankOptionsOf, py::arg("json_text"), py::arg("world_size"),

@@ -569,7 +569,8 @@ def run(args, loader, par, comm):
     started = None
     if loader is not None and loader["rendezvous"] and isinstance(comm, LocalComm):
         started = threading.Thread(target=netloader.initialize_transport,
-                                   args=(loader["rendezvous"], loader["interface"]))
+                                   args=(loader["rendezvous"], loader["interface"],
+                                         loader["mpi_helpers"]))
         started.start()
     # Huge pages, faulted in: what a load fills fastest.
     weights = netloader.allocate([{"name": s["name"], "dtype": "F32", "shape": s["shape"]}

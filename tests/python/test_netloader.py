@@ -95,6 +95,44 @@ def test_a_state_dict_loads_in_place_from_a_cpp_server_byte_identical(model, tmp
         assert state_dict[name].data_ptr() == addresses[name], f"{name} was not filled in place"
 
 
+def helper_children():
+    """The pids of this process's MPI helpers (netloader-mpi-helper, comm truncated to 15)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        if ppid == os.getpid() and comm == "netloader-mpi-h":
+            found.append(int(entry))
+    return found
+
+
+def test_mpi_helpers_keep_mpi_out_of_this_process(model):
+    """mpi_helpers=True: a Python server and a Python load each run MPI in a helper process of
+    their own, on private rendezvous: the copy is byte-identical, and this interpreter never
+    initialised MPI (mpi4py, on the same libmpi, says so)."""
+    import mpi4py
+    mpi4py.rc.initialize = False
+    from mpi4py import MPI
+
+    source = from_disk(model)
+    with netloader.Server(source, mpi_helpers=True) as server:
+        tensors = empty_like_layout(model)
+        stats = netloader.load(tensors, server.endpoint, mpi_helpers=True)
+        helpers = helper_children()
+    assert stats["bytes"] > 0
+    for name, tensor in source.items():
+        assert torch.equal(tensors[name], tensor), name
+    assert len(helpers) >= 2, "one helper serves, one loads"
+    assert not MPI.Is_initialized()
+
+
 def test_numpy_arrays_load_too(model, tmp_path, rendezvous):
     layout = netloader.read_layout(str(model))
     arrays = {t["name"]: numpy.empty(t["shape"], dtype=numpy.float32) for t in layout}
@@ -403,11 +441,11 @@ def test_a_ranks_options_are_the_engines_own():
     # Exactly keyword arguments of Server and load; the secret stays the caller's.
     assert set(server) == {"listen", "model_id", "partition", "window", "max_clients",
                            "chunk_bytes", "fanout", "connect_timeout", "stall_timeout",
-                           "heartbeat_timeout", "rendezvous", "interface"}
+                           "heartbeat_timeout", "rendezvous", "interface", "mpi_helpers"}
     assert set(server) <= set(inspect.signature(netloader.Server).parameters)
     assert set(load) == {"sources", "model_id", "partition", "window", "register_timeout",
                          "connect_timeout", "stall_timeout", "busy_timeout", "heartbeat_timeout",
-                         "stripe", "rendezvous", "interface"}
+                         "stripe", "rendezvous", "interface", "mpi_helpers"}
     assert set(load) <= set(inspect.signature(netloader.load).parameters)
     assert server["listen"] == "tcp://0.0.0.0:7001"  # LISTEN_PORT + rank
     assert load["sources"] == ["tcp://10.0.0.5:7001", "tcp://10.0.0.6:7001"]
@@ -429,6 +467,11 @@ def test_a_ranks_options_are_the_engines_own():
                     dict(config, SERVE=False)):
         assert netloader.options_for_rank(changed, 2, 1, partition)["relay"] is False, changed
     assert netloader.options_for_rank(no_rendezvous, 2, 1, partition)["load"]["rendezvous"] is None
+    # MPI in helpers: a relay needs no shared rendezvous.
+    helpers = netloader.options_for_rank(dict(no_rendezvous, MPI_HELPERS=True), 2, 1, partition)
+    assert helpers["relay"] is True
+    assert helpers["server"]["mpi_helpers"] is True and helpers["load"]["mpi_helpers"] is True
+    assert rank["server"]["mpi_helpers"] is False  # the default
 
     # The defaults are parse_loader_config's: one parser, one set of defaults.
     parsed = netloader.parse_loader_config({})

@@ -91,6 +91,11 @@ TEST(LoaderConfigTest, EachRanksOptionsComeFromOneMapping) {
           *ParseLoaderConfig(R"({"RENDEZVOUS": "file:/x", "TENSORS": ["a"]})", 1), 0, {}, "")
           .relay)
       << "a partial load does not relay";
+  const netloader::RankOptions helpers =
+      netloader::OptionsForRank(*ParseLoaderConfig(R"({"MPI_HELPERS": true})", 1), 0, {}, "");
+  EXPECT_TRUE(helpers.relay) << "MPI in helpers: a relay needs no shared rendezvous";
+  EXPECT_TRUE(helpers.server.transport.mpi_helpers);
+  EXPECT_TRUE(helpers.client.transport.mpi_helpers);
 }
 
 TEST(LoaderConfigTest, InlineKeysWinOverTheConfigFile) {

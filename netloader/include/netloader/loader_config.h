@@ -31,8 +31,9 @@ struct LoaderConfig {
   std::vector<std::string> tensors;       // TENSORS: name patterns; empty: every tensor
   // What every rank's server and load start from, with the options structs' own defaults. The
   // keys set: both, MODEL (model_id), WINDOW, CONNECT_TIMEOUT, STALL_TIMEOUT, HEARTBEAT_TIMEOUT,
-  // RENDEZVOUS and INTERFACE (transport); the server, MAX_CLIENTS (max_concurrent_transfers),
-  // FANOUT and CHUNK_MIB (chunk_bytes); the load, REGISTER_TIMEOUT and STRIPE.
+  // RENDEZVOUS, MPI_HELPERS and INTERFACE (transport); the server, MAX_CLIENTS
+  // (max_concurrent_transfers), FANOUT and CHUNK_MIB (chunk_bytes); the load, REGISTER_TIMEOUT and
+  // STRIPE.
   ServerOptions server;
   ClientOptions client;
 };
@@ -55,8 +56,9 @@ struct RankOptions {
   // least the register deadline.
   ClientOptions client;
   // Serve while loading (Server::StartRelay, ClientOptions::relay): SERVE with a shared
-  // RENDEZVOUS (a relay starts MPI before it hears from its source) and no TENSORS (a relay
-  // serves the whole rank).
+  // RENDEZVOUS (a relay starts MPI before it hears from its source) or MPI_HELPERS (its server
+  // and its load each run MPI in a helper of their own), and no TENSORS (a relay serves the
+  // whole rank).
   bool relay = false;
 };
 NETLOADER_EXPORT RankOptions OptionsForRank(const LoaderConfig& config, int rank,

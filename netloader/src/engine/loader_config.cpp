@@ -197,7 +197,7 @@ const std::vector<Key>& Keys() {
        }},
       {"STRIPE",
        "load from up to this many of a rank's sources at once, disjoint chunks from each; needs "
-       "RENDEZVOUS " +
+       "RENDEZVOUS or MPI_HELPERS " +
            Default(ClientOptions().stripe),
        [](const Json& v, LoaderConfig& c, int) { return Integer(v, 1, 64, &c.client.stripe); }},
       {"DELTA_FROM",
@@ -226,6 +226,14 @@ const std::vector<Key>& Keys() {
        [](const Json& v, LoaderConfig& c, int) {
          std::string e = Text(v, false, &c.server.transport.rendezvous_uri);
          c.client.transport.rendezvous_uri = c.server.transport.rendezvous_uri;
+         return e;
+       }},
+      {"MPI_HELPERS",
+       "run MPI in helper processes, never in the engine (default false); then no RENDEZVOUS is "
+       "needed to relay or stripe; under mpirun MPI stays in the engine",
+       [](const Json& v, LoaderConfig& c, int) {
+         std::string e = Bool(v, &c.server.transport.mpi_helpers);
+         c.client.transport.mpi_helpers = c.server.transport.mpi_helpers;
          return e;
        }},
       {"INTERFACE", "network interface for MPI (default " + TransportOptions().interface + ")",
@@ -326,7 +334,8 @@ RankOptions OptionsForRank(const LoaderConfig& config, int rank, const Partition
     peer->secret = secret;
   }
   out.relay =
-      config.serve && config.tensors.empty() && !config.server.transport.rendezvous_uri.empty();
+      config.serve && config.tensors.empty() &&
+      (!config.server.transport.rendezvous_uri.empty() || config.server.transport.mpi_helpers);
   return out;
 }
 
