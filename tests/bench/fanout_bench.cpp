@@ -39,6 +39,7 @@ class FanoutBench {
   uint64_t TxBytes(int host);
   std::vector<std::string> SeedArgv(const std::string& mode, int k,
                                     const std::string& endpoint_file) const;
+  void AddMpiArguments(std::vector<std::string>* argv) const;
   std::string StartSeed(const std::string& mode, int k);
   std::vector<std::string> InstanceArgv(const std::string& mode, int i, const std::string& seed,
                                         const std::string& go) const;
@@ -76,7 +77,8 @@ int FanoutBench::Run() {
                         static_cast<uint64_t>((o_.size_given ? o_.size_mib : 256) * (1 << 20)),
                         o_.size_given ? o_.tensors : 300, 11);
   bytes_ = FileDataBytes(model_);
-  rendezvous_ = ws_.StartRendezvous(hosts_->bridge());
+  // With MPI in helpers every server has a private rendezvous: none is shared.
+  if (!o_.mpi_helpers) rendezvous_ = ws_.StartRendezvous(hosts_->bridge());
   std::vector<int> ks;
   for (int k = 1; k <= o_.max_k; k *= 2) ks.push_back(k);
   std::fprintf(stderr, "fan-out: %d hosts at %d Mbit/s each; model %s; K = 1..%d\n", o_.max_k + 1,
@@ -109,27 +111,36 @@ std::vector<std::string> FanoutBench::SeedArgv(const std::string& mode, int k,
     return {ws_.self(), "--role", "storage-serve",   "--model",    model_,
             "--listen", address,  "--endpoint-file", endpoint_file};
   }
-  return {bin_ + "/netloader-server",
-          "--model",
-          model_,
-          "--listen",
-          "tcp://" + address + ":7000",
-          "--endpoint-file",
-          endpoint_file,
-          "--rendezvous",
-          rendezvous_->spec(),
-          "--interface",
-          "nlv",
-          "--log-level",
-          "warn",
-          "--max-clients",
-          std::to_string(std::max(4, k)),
-          "--fanout",
-          mode == "relay" ? std::to_string(o_.tree_fanout) : "0",
-          "--chunk-mib",
-          ChunkMibArgument(o_.chunk_bytes),
-          "--window",
-          std::to_string(o_.window)};
+  std::vector<std::string> argv = {bin_ + "/netloader-server",
+                                   "--model",
+                                   model_,
+                                   "--listen",
+                                   "tcp://" + address + ":7000",
+                                   "--endpoint-file",
+                                   endpoint_file,
+                                   "--interface",
+                                   "nlv",
+                                   "--log-level",
+                                   "warn",
+                                   "--max-clients",
+                                   std::to_string(std::max(4, k)),
+                                   "--fanout",
+                                   mode == "relay" ? std::to_string(o_.tree_fanout) : "0",
+                                   "--chunk-mib",
+                                   ChunkMibArgument(o_.chunk_bytes),
+                                   "--window",
+                                   std::to_string(o_.window)};
+  AddMpiArguments(&argv);
+  return argv;
+}
+
+// A shared rendezvous, or MPI in helpers with a private one each.
+void FanoutBench::AddMpiArguments(std::vector<std::string>* argv) const {
+  if (o_.mpi_helpers) {
+    argv->push_back("--mpi-helpers");
+  } else {
+    argv->insert(argv->end(), {"--rendezvous", rendezvous_->spec()});
+  }
 }
 
 // The seed on host 0; waits until it listens.
@@ -158,8 +169,6 @@ std::vector<std::string> FanoutBench::InstanceArgv(const std::string& mode, int 
                                    "--source",
                                    seed,
                                    "--verify-only",
-                                   "--rendezvous",
-                                   rendezvous_->spec(),
                                    "--interface",
                                    "nlv",
                                    "--json",
@@ -169,6 +178,7 @@ std::vector<std::string> FanoutBench::InstanceArgv(const std::string& mode, int 
                                    go,
                                    "--window",
                                    std::to_string(o_.window)};
+  AddMpiArguments(&argv);
   if (mode == "relay") {
     argv.insert(argv.end(), {"--serve", "tcp://" + hosts_->address(i) + ":7000", "--fanout",
                              std::to_string(o_.tree_fanout)});

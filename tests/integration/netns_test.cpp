@@ -1,8 +1,8 @@
 // Several hosts, simulated honestly: each "host" is a network namespace on a bridge whose one
 // NIC is capped by tc tbf in both directions (scripts/netns-hosts.sh). Servers and clients run
 // inside them as separate processes, over real ZeroMQ and real MPI through the capped links,
-// with the shared rendezvous on the bridge. Needs root (CAP_NET_ADMIN): skipped, saying so,
-// where namespaces cannot be made.
+// with the shared rendezvous on the bridge (or, with --mpi-helpers, none). Needs root
+// (CAP_NET_ADMIN): skipped, saying so, where namespaces cannot be made.
 
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -209,6 +209,97 @@ TEST_F(NetnsFaultTest, AClientBehindARelayThatDiesMidLoadResumesFromTheSeed) {
 
 TEST_F(NetnsFaultTest, AClientBehindARelayThatFreezesMidLoadResumesFromTheSeed) {
   RelayFailsMidLoad(SIGSTOP);
+}
+
+// A burst across five hosts with no shared rendezvous: every process runs its MPI in helpers,
+// each server on a private rendezvous (--mpi-helpers). A seed with --fanout 1 on a capped host,
+// and four instances configured with the seed only, each serving while it loads (K = 4
+// relays). The first is held at a quarter until the seed has redirected the other three, so
+// that they start while it loads (events, not timing). Every instance ends byte-identical and
+// the seed sends about one copy.
+TEST(NetnsBurstTest, FourRelaysWithNoSharedRendezvousGetEveryByteAndTheSeedSendsAboutOneCopy) {
+  constexpr int kRelays = 4;
+  TempDir tmp;
+  Hosts hosts({"200mbit", "1gbit", "1gbit", "1gbit", "1gbit"});
+  if (!hosts.ok()) GTEST_SKIP() << "network namespaces cannot be made here: " << hosts.why();
+  Child gen({Bin("netloader-make-checkpoint"), "--output", tmp / "model", "--tensors", "40",
+             "--size-mib", "48", "--seed", "67"},
+            tmp / "gen");
+  ASSERT_EQ(gen.Wait(60s), 0) << gen.Stderr();
+  auto endpoint = [&](int host) { return "tcp://" + hosts.address(host) + ":7000"; };
+  Child seed(hosts.On(0, {Bin("netloader-server"), "--model", tmp / "model", "--listen",
+                          endpoint(0), "--chunk-mib", "1", "--fanout", "1", "--interface", "nlv",
+                          "--mpi-helpers", "--endpoint-file", tmp / "endpoint0"}),
+             tmp / "seed");
+  ASSERT_FALSE(testing::WaitForLine(tmp / "endpoint0", 30s).empty()) << seed.Stderr();
+  auto status = [&]() {
+    Child query(hosts.On(1, {Bin("netloader-client"), "--status", endpoint(0), "--json"}),
+                tmp / "status");
+    const int code = query.Wait(30s);
+    std::vector<nlohmann::json> lines = testing::JsonLines(query.Stdout());
+    return code == 0 && !lines.empty() ? lines.back() : nlohmann::json::object();
+  };
+  std::vector<std::unique_ptr<Child>> relays;
+  auto start_relay = [&](int host, std::vector<std::string> extra) {
+    std::vector<std::string> argv = {Bin("netloader-client"),
+                                     "--model",
+                                     tmp / "model",
+                                     "--source",
+                                     endpoint(0),
+                                     "--serve",
+                                     endpoint(host),
+                                     "--output",
+                                     tmp / ("out" + std::to_string(host)),
+                                     "--interface",
+                                     "nlv",
+                                     "--mpi-helpers",
+                                     "--json"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    relays.push_back(
+        std::make_unique<Child>(hosts.On(host, argv), tmp / ("relay" + std::to_string(host))));
+  };
+  start_relay(1, {"--testing-hold-at", "25", "--testing-hold-file", tmp / "go"});
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return relays[0]->Stderr().find("holding the load") != std::string::npos; }, 60s))
+      << relays[0]->Stderr();
+  for (int host = 2; host <= kRelays; ++host) start_relay(host, {});
+  nlohmann::json at_seed;
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        at_seed = status();
+        return at_seed.value("redirected", 0) >= kRelays - 1;
+      },
+      60s))
+      << "the seed, at its fan-out, sends the others on: " << at_seed.dump();
+  testing::WriteFile(tmp / "go", "");
+  // A relay prints its summary once its own load is verified, then serves until stopped.
+  uint64_t bytes = 0;  // the model's
+  for (int i = 0; i < kRelays; ++i) {
+    Child& relay = *relays[i];
+    nlohmann::json summary;
+    EXPECT_TRUE(testing::WaitFor(
+        [&] {
+          for (const nlohmann::json& line : testing::JsonLines(relay.Stdout())) {
+            if (line.contains("ok")) summary = line;
+          }
+          return !summary.is_null() || !relay.Running();
+        },
+        120s));
+    EXPECT_EQ(summary.value("ok", false), true) << relay.Stdout() << relay.Stderr();
+    bytes = std::max(bytes, summary.value("bytes", uint64_t{0}));
+    testing::ExpectSameCheckpoint(tmp / "model", tmp / ("out" + std::to_string(i + 1)));
+  }
+  at_seed = status();
+  ASSERT_GT(bytes, 0u);
+  EXPECT_GE(at_seed.value("bytes_sent", uint64_t{0}), bytes) << at_seed.dump();
+  EXPECT_LE(at_seed.value("bytes_sent", uint64_t{0}), bytes + bytes / 10)
+      << "the seed sent about one copy for " << kRelays << " instances: " << at_seed.dump();
+  for (auto& relay : relays) {
+    relay->Signal(SIGTERM);
+    EXPECT_EQ(relay->Wait(60s), 0) << relay->Stderr();
+  }
+  seed.Signal(SIGTERM);
+  EXPECT_EQ(seed.Wait(60s), 0) << seed.Stderr();
 }
 
 }  // namespace
