@@ -1,6 +1,9 @@
 // Load (netloader/client.h): validates the options, then runs attempts on sources as the
 // source schedule hands them out, up to ClientOptions::stripe at once, over one ledger.
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <thread>
 #include <unordered_map>
 
@@ -13,6 +16,7 @@
 #include "netloader/secret.h"
 #include "netloader/src/base/log.h"
 #include "netloader/src/base/xxh3.h"
+#include "netloader/src/registry/discovery.h"
 #include "netloader/src/stream/relay_feed.h"
 #include "transfer/mpi/transport.h"
 
@@ -53,7 +57,9 @@ Status CheckRelay(internal::RelayFeed* relay, const ClientOptions& options,
 }
 
 Status ValidateOptions(const ClientOptions& options) {
-  if (options.sources.empty()) return Status(StatusCode::kInvalidArgument, "no sources given");
+  if (options.sources.empty() && options.registry.empty()) {
+    return Status(StatusCode::kInvalidArgument, "no sources given, and no registry to find them");
+  }
   for (const std::string& s : options.sources) {
     if (s.empty()) return Status(StatusCode::kInvalidArgument, "a source endpoint is empty");
   }
@@ -113,6 +119,53 @@ void RunSources(const internal::LoadContext& load, internal::SourceSchedule& sch
   }
 }
 
+// The sources to try, in order: the holders the registry lists, best first, then
+// ClientOptions::sources. Without a registry answer, the given sources alone (with a warning);
+// Unavailable when there are none.
+Result<std::vector<std::string>> Sources(const ClientOptions& options,
+                                         const Fingerprint& fingerprint, const Server* relay) {
+  if (options.registry.empty()) return options.sources;
+  registry::Wanted wanted;
+  wanted.model_id = options.model_id;
+  wanted.partition = options.partition;
+  wanted.whole_model = options.tensors.empty();
+  wanted.table_digest = wanted.whole_model ? fingerprint.table_digest : "";
+  wanted.topology = options.topology;
+  if (relay != nullptr) {
+    wanted.self = relay->endpoint();
+    wanted.identity = wanted.self;
+  } else {
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    wanted.identity = std::string(host) + ":" + std::to_string(getpid());
+  }
+  const auto deadline =
+      Clock::now() + std::min<Clock::duration>(options.register_timeout, std::chrono::seconds(5));
+  Result<std::vector<std::string>> found = registry::Discover(options.registry, wanted, deadline);
+  if (!found.ok()) {
+    if (options.sources.empty()) return found.status().WithContext("no source");
+    Log().warn("registry: {}; loading from the {} sources given", found.status().message(),
+               options.sources.size());
+    return options.sources;
+  }
+  std::vector<std::string> sources = *found;
+  for (const std::string& s : options.sources) {
+    if (std::find(sources.begin(), sources.end(), s) == sources.end()) sources.push_back(s);
+  }
+  if (sources.empty()) {
+    return Status(StatusCode::kUnavailable,
+                  "no source: the registry at " + options.registry + " lists no holder of " +
+                      (options.model_id.empty() ? "this model" : "model " + options.model_id) +
+                      " (tp " + std::to_string(options.partition.tp_rank) + "/" +
+                      std::to_string(options.partition.tp_size) + ", pp " +
+                      std::to_string(options.partition.pp_rank) + "/" +
+                      std::to_string(options.partition.pp_size) + ") that can serve now");
+  }
+  Log().info("registry: {} of {} sources from {}; trying {} first", found->size(), sources.size(),
+             options.registry, sources.front());
+  return sources;
+}
+
 void LogLoaded(const LoadStats& stats) {
   std::string delivered_by;
   for (const SourceAttempt& a : stats.attempts) {
@@ -150,16 +203,17 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
     if (!status.ok()) return status;
   }
   const auto start = Clock::now();
+  Result<std::vector<std::string>> sources = Sources(options, fingerprint, options.relay);
+  if (!sources.ok()) return sources.status();
   EarlyStart early(plane, options.transport);
   LoadLedger ledger(destination.total_bytes(), options.stripe, options.progress, relay);
   std::mutex connect_mu;
   const LoadContext load{options, destination, fingerprint, patterns,  plane,
                          early,   ledger,      receiving,   connect_mu};
-  SourceSchedule schedule(options.sources);
+  SourceSchedule schedule(*sources);
   // Up to `stripe` sources at once, each on a thread of its own.
   std::vector<std::thread> striped;
-  for (int i = 1; i < std::min<int>(options.stripe, static_cast<int>(options.sources.size()));
-       ++i) {
+  for (int i = 1; i < std::min<int>(options.stripe, static_cast<int>(sources->size())); ++i) {
     striped.emplace_back([&] { RunSources(load, schedule); });
   }
   RunSources(load, schedule);

@@ -124,6 +124,8 @@ void ApplyPeer(const py::dict& o, PeerOptions& options) {
     options.transport.rendezvous_uri = o["rendezvous"].cast<std::string>();
   if (o.contains("interface")) options.transport.interface = o["interface"].cast<std::string>();
   if (o.contains("mpi_helpers")) options.transport.mpi_helpers = o["mpi_helpers"].cast<bool>();
+  if (o.contains("registry")) options.registry = o["registry"].cast<std::string>();
+  if (o.contains("topology")) options.topology = o["topology"].cast<std::string>();
 }
 
 py::dict StatsToDict(const LoadStats& s) {
@@ -154,6 +156,9 @@ class PyServer {
     if (o.contains("max_clients")) options.max_concurrent_transfers = o["max_clients"].cast<int>();
     if (o.contains("chunk_bytes")) options.chunk_bytes = o["chunk_bytes"].cast<uint64_t>();
     if (o.contains("fanout")) options.fanout = o["fanout"].cast<int>();
+    if (o.contains("registry_ttl")) {
+      options.registry_ttl = std::chrono::seconds(o["registry_ttl"].cast<int>());
+    }
     Result<std::unique_ptr<Server>> started = Status(StatusCode::kInternal, "not run");
     {
       py::gil_scoped_release released;
@@ -408,7 +413,9 @@ py::dict ParseExtraConfig(const std::string& json_text, int world_size) {
       py::arg("delta_from") = c.delta_from, py::arg("tensors") = c.tensors,
       py::arg("rendezvous") = c.server.transport.rendezvous_uri,
       py::arg("interface") = c.server.transport.interface,
-      py::arg("mpi_helpers") = c.server.transport.mpi_helpers);
+      py::arg("mpi_helpers") = c.server.transport.mpi_helpers,
+      py::arg("registry") = NoneIfEmpty(c.server.registry),
+      py::arg("topology") = NoneIfEmpty(c.server.topology));
 }
 
 // One rank's options from its --model-loader-extra-config (OptionsForRank, as netloader-llama
@@ -425,27 +432,29 @@ py::dict RankOptionsOf(const std::string& json_text, int world_size, int rank,
   const RankOptions o = OptionsForRank(config, rank, ToPartition(partition), "");
   const ServerOptions& s = o.server;
   const ClientOptions& c = o.client;
-  py::dict server(py::arg("listen") = s.listen, py::arg("model_id") = NoneIfEmpty(s.model_id),
-                  py::arg("partition") = PartitionDict(s.partition), py::arg("window") = s.window,
-                  py::arg("max_clients") = s.max_concurrent_transfers,
-                  py::arg("chunk_bytes") = s.chunk_bytes, py::arg("fanout") = s.fanout,
-                  py::arg("connect_timeout") = ToSeconds(s.connect_timeout),
-                  py::arg("stall_timeout") = ToSeconds(s.stall_timeout),
-                  py::arg("heartbeat_timeout") = ToSeconds(s.heartbeat_timeout),
-                  py::arg("rendezvous") = NoneIfEmpty(s.transport.rendezvous_uri),
-                  py::arg("interface") = s.transport.interface,
-                  py::arg("mpi_helpers") = s.transport.mpi_helpers);
-  py::dict load(py::arg("sources") = c.sources, py::arg("model_id") = NoneIfEmpty(c.model_id),
-                py::arg("partition") = PartitionDict(c.partition), py::arg("window") = c.window,
-                py::arg("register_timeout") = ToSeconds(c.register_timeout),
-                py::arg("connect_timeout") = ToSeconds(c.connect_timeout),
-                py::arg("stall_timeout") = ToSeconds(c.stall_timeout),
-                py::arg("busy_timeout") = ToSeconds(c.busy_timeout),
-                py::arg("heartbeat_timeout") = ToSeconds(c.heartbeat_timeout),
-                py::arg("stripe") = c.stripe,
-                py::arg("rendezvous") = NoneIfEmpty(c.transport.rendezvous_uri),
-                py::arg("interface") = c.transport.interface,
-                py::arg("mpi_helpers") = c.transport.mpi_helpers);
+  py::dict server(
+      py::arg("listen") = s.listen, py::arg("model_id") = NoneIfEmpty(s.model_id),
+      py::arg("partition") = PartitionDict(s.partition), py::arg("window") = s.window,
+      py::arg("max_clients") = s.max_concurrent_transfers, py::arg("chunk_bytes") = s.chunk_bytes,
+      py::arg("fanout") = s.fanout, py::arg("connect_timeout") = ToSeconds(s.connect_timeout),
+      py::arg("stall_timeout") = ToSeconds(s.stall_timeout),
+      py::arg("heartbeat_timeout") = ToSeconds(s.heartbeat_timeout),
+      py::arg("rendezvous") = NoneIfEmpty(s.transport.rendezvous_uri),
+      py::arg("interface") = s.transport.interface,
+      py::arg("mpi_helpers") = s.transport.mpi_helpers,
+      py::arg("registry") = NoneIfEmpty(s.registry), py::arg("topology") = NoneIfEmpty(s.topology));
+  py::dict load(
+      py::arg("sources") = c.sources, py::arg("model_id") = NoneIfEmpty(c.model_id),
+      py::arg("partition") = PartitionDict(c.partition), py::arg("window") = c.window,
+      py::arg("register_timeout") = ToSeconds(c.register_timeout),
+      py::arg("connect_timeout") = ToSeconds(c.connect_timeout),
+      py::arg("stall_timeout") = ToSeconds(c.stall_timeout),
+      py::arg("busy_timeout") = ToSeconds(c.busy_timeout),
+      py::arg("heartbeat_timeout") = ToSeconds(c.heartbeat_timeout), py::arg("stripe") = c.stripe,
+      py::arg("rendezvous") = NoneIfEmpty(c.transport.rendezvous_uri),
+      py::arg("interface") = c.transport.interface,
+      py::arg("mpi_helpers") = c.transport.mpi_helpers,
+      py::arg("registry") = NoneIfEmpty(c.registry), py::arg("topology") = NoneIfEmpty(c.topology));
   return py::dict(py::arg("server") = server, py::arg("load") = load, py::arg("relay") = o.relay);
 }
 

@@ -13,6 +13,7 @@ packages=(
   libgtest-dev libgmock-dev
   libcli11-dev nlohmann-json3-dev
   procps iproute2 clang-format
+  etcd-server
   clang libclang-rt-14-dev
   python3-dev python3-pybind11 python3-numpy python3-pytest python3-torch python3-mpi4py
 )

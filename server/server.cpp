@@ -5,13 +5,17 @@
 // relay holds; with StreamCache in stream.h), RingPool (staging rings), StatsCounter
 // (ServerStats).
 
+#include <algorithm>
+#include <chrono>
 #include <memory>
+#include <mutex>
 #include <optional>
 
 #include "netloader/limits.h"
 #include "netloader/secret.h"
 #include "netloader/src/base/clock.h"
 #include "netloader/src/base/log.h"
+#include "netloader/src/registry/publisher.h"
 #include "netloader/src/stream/manifest.h"
 #include "netloader/src/stream/relay_feed.h"
 #include "server/control_loop.h"
@@ -44,12 +48,44 @@ class ServerImpl final : public Server, public internal::RelayFeed {
     control_.Start();
   }
 
+  // Publishes this server in the registry (PeerOptions::registry), once it serves.
+  Status Publish() {
+    if (options_.registry.empty()) return Status::Ok();
+    const std::string& at = endpoint();
+    if (at.find("://0.0.0.0:") != std::string::npos || at.find("://*:") != std::string::npos ||
+        at.find("://[::]:") != std::string::npos) {
+      return Status(StatusCode::kInvalidArgument,
+                    "a server in a registry must listen on an address its clients can reach, not "
+                    "on every interface (" +
+                        at + ")");
+    }
+    // Later processes get larger generations, so a record left by a dead one loses.
+    const uint64_t generation =
+        static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                  std::chrono::system_clock::now().time_since_epoch())
+                                  .count());
+    Result<std::unique_ptr<registry::Publisher>> publisher =
+        registry::Publisher::Start(options_.registry, options_.registry_ttl,
+                                   [this, generation] { return Record(generation); });
+    if (!publisher.ok()) return publisher.status();
+    std::lock_guard<std::mutex> lock(publisher_mu_);
+    publisher_ = std::move(*publisher);
+    return Status::Ok();
+  }
+
   ~ServerImpl() override { Stop(); }
 
   std::string endpoint() const override { return control_.endpoint(); }
   std::string rendezvous_uri() const override { return transport_->rendezvous(); }
   ServerStats stats() const override { return stats_.Get(); }
-  void Stop() override { control_.Stop(); }
+  void Stop() override {
+    {
+      // First out of the registry, so that no new client is sent here.
+      std::lock_guard<std::mutex> lock(publisher_mu_);
+      if (publisher_) publisher_->Stop();
+    }
+    control_.Stop();
+  }
   Status MarkLoaded() override { return content_.MarkLoaded(); }
 
   // internal::RelayFeed, for a Load filling this relay's model (ClientOptions::relay).
@@ -62,6 +98,28 @@ class ServerImpl final : public Server, public internal::RelayFeed {
  private:
   // Declared in the order they depend on each other: the control loop, which runs the sessions
   // that use the rest, is destroyed first (after Stop).
+  // What this server publishes now: the facts a client chooses its sources by.
+  registry::Record Record(uint64_t generation) const {
+    const serving::RelayState::Snapshot content = content_.Now();
+    const ServerStats stats = stats_.Get();
+    registry::Record r;
+    r.endpoint = endpoint();
+    r.generation = generation;
+    r.model_id = options_.model_id;
+    r.partition = options_.partition;
+    r.table_digest = content_.table_digest();
+    r.bytes_total = model_.total_bytes();
+    r.bytes_held = content.complete ? r.bytes_total : content.bytes_held;
+    r.state = content.complete           ? "ready"
+              : !content.failure.empty() ? "failed"
+              : content.whole            ? "loading"
+                                         : "waiting";
+    if ((content.complete || content.whole) && !transport_->health().ok()) r.state = "unavailable";
+    r.free_slots = std::max(0, options_.max_concurrent_transfers - stats.active_transfers);
+    r.topology = options_.topology;
+    return r;
+  }
+
   const ServerOptions options_;
   const ModelView model_;
   const std::shared_ptr<transfer::Transport> transport_;
@@ -69,6 +127,8 @@ class ServerImpl final : public Server, public internal::RelayFeed {
   serving::RelayState content_;
   serving::RingPool rings_;
   serving::ControlLoop control_;
+  std::mutex publisher_mu_;
+  std::unique_ptr<registry::Publisher> publisher_;  // guarded by publisher_mu_
 };
 
 Status ValidateOptions(const ServerOptions& options) {
@@ -126,9 +186,12 @@ Result<std::unique_ptr<Server>> StartServer(ServerOptions options, ModelView mod
   }
   Result<std::unique_ptr<serving::ControlSocket>> socket = serving::ControlSocket::Bind(options);
   if (!socket.ok()) return socket.status();
-  return std::unique_ptr<Server>(
+  auto server =
       std::make_unique<ServerImpl>(std::move(options), std::move(model), std::move(*transport),
-                                   std::move(*socket), std::move(manifest)));
+                                   std::move(*socket), std::move(manifest));
+  status = server->Publish();
+  if (!status.ok()) return status.WithContext("PeerOptions::registry");
+  return std::unique_ptr<Server>(std::move(server));
 }
 
 }  // namespace internal

@@ -61,6 +61,7 @@ void ClientFlags::Add(CLI::App& app) {
       ->capture_default_str()
       ->needs(serve_flag_);
   AddFanoutFlag(app, serving.fanout);
+  AddRegistryTtlFlag(app, serving.registry_ttl);
   app.add_flag("--skip-output-check", skip_output_check,
                "Do not read --output back to check it against the source's per-tensor digests");
   output->excludes(verify);

@@ -264,8 +264,10 @@ int main(int argc, char** argv) {
   flags.Add(app);
   CLI11_PARSE(app, argc, argv);
   const bool status = flags.status();
-  if (!status && (flags.options.sources.empty() || flags.model_path.empty())) {
-    std::fprintf(stderr, "netloader-client: give --source and --model (or --status)\n%s",
+  if (!status && ((flags.options.sources.empty() && flags.common.registry.empty()) ||
+                  flags.model_path.empty())) {
+    std::fprintf(stderr,
+                 "netloader-client: give --model and --source or --registry (or --status)\n%s",
                  app.help().c_str());
     return cli::kExitUsage;
   }

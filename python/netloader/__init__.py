@@ -134,7 +134,7 @@ def _partition(partition):
 
 
 def _peer_options(model_id, partition, secret, window, connect_timeout, stall_timeout,
-                  heartbeat_timeout, rendezvous, interface, mpi_helpers):
+                  heartbeat_timeout, rendezvous, interface, mpi_helpers, registry, topology):
     options = {"secret": _secret(secret)}
     if model_id is not None:
         options["model_id"] = model_id
@@ -143,7 +143,7 @@ def _peer_options(model_id, partition, secret, window, connect_timeout, stall_ti
     for key, value in (("window", window), ("connect_timeout", connect_timeout),
                        ("stall_timeout", stall_timeout),
                        ("heartbeat_timeout", heartbeat_timeout), ("rendezvous", rendezvous),
-                       ("interface", interface)):
+                       ("interface", interface), ("registry", registry), ("topology", topology)):
         if value is not None:
             options[key] = value
     if mpi_helpers is not None:
@@ -154,8 +154,8 @@ def _peer_options(model_id, partition, secret, window, connect_timeout, stall_ti
 def load(tensors, sources, *, model_id=None, partition=None, secret=None, window=None,
          register_timeout=None, connect_timeout=None, stall_timeout=None, busy_timeout=None,
          heartbeat_timeout=None, stripe=None, select=None, destination_filled=False,
-         rendezvous=None, interface=None, mpi_helpers=None, cancel=None, relay=None,
-         connect_hook=None):
+         rendezvous=None, interface=None, mpi_helpers=None, registry=None, topology=None,
+         cancel=None, relay=None, connect_hook=None):
     """Fills `tensors` in place from the first of `sources` that holds the same model.
 
     Every chunk is verified against the source's XXH3 digests before this returns; on failure
@@ -166,6 +166,10 @@ def load(tensors, sources, *, model_id=None, partition=None, secret=None, window
     `mpi_helpers=True`: MPI runs in helper processes, never in this one (a crash in MPI costs
     this load only, and sources with private rendezvous can be striped and resumed across);
     ignored where this process already runs MPI (under mpirun). Default False.
+
+    `registry`: an etcd client URL ("http://HOST:PORT[/PREFIX]") where the fleet's servers
+    publish themselves: the load finds its sources there, best first (ready, a free slot, the
+    same `topology` label), before `sources`, which may then be empty.
 
     `relay`: a netloader.Server started with relay=True over these same tensors, which serves
     each chunk to other instances as soon as this load verified it (a burst of instances then
@@ -184,7 +188,8 @@ def load(tensors, sources, *, model_id=None, partition=None, secret=None, window
     if isinstance(sources, str):
         sources = [sources]
     options = _peer_options(model_id, partition, secret, window, connect_timeout, stall_timeout,
-                            heartbeat_timeout, rendezvous, interface, mpi_helpers)
+                            heartbeat_timeout, rendezvous, interface, mpi_helpers, registry,
+                            topology)
     for key, value in (("register_timeout", register_timeout), ("busy_timeout", busy_timeout),
                        ("stripe", stripe)):
         if value is not None:
@@ -210,20 +215,23 @@ class Server:
     `relay=True`: serves while `tensors` are being loaded by ``load(tensors, ..., relay=this)``,
     each chunk once that load verified it; needs `rendezvous` (the one every instance shares)
     or mpi_helpers=True. `mpi_helpers=True`: MPI runs in a helper process (see load()).
+    `registry`: an etcd client URL where the server publishes itself while it serves (with its
+    `topology` label), under a lease of `registry_ttl` seconds.
     Should that load fail and the tensors be filled otherwise (from disk), call mark_loaded().
     """
 
     def __init__(self, tensors, listen="tcp://127.0.0.1:0", *, model_id=None, partition=None,
                  secret=None, window=None, max_clients=None, chunk_bytes=None, fanout=None,
                  connect_timeout=None, stall_timeout=None, heartbeat_timeout=None,
-                 rendezvous=None, interface=None, mpi_helpers=None, relay=False):
+                 rendezvous=None, interface=None, mpi_helpers=None, registry=None,
+                 topology=None, registry_ttl=None, relay=False):
         self._tensors = tensors  # keeps the memory alive as long as it is served
         options = _peer_options(model_id, partition, secret, window, connect_timeout,
                                 stall_timeout, heartbeat_timeout, rendezvous, interface,
-                                mpi_helpers)
+                                mpi_helpers, registry, topology)
         options["listen"] = listen
         for key, value in (("max_clients", max_clients), ("chunk_bytes", chunk_bytes),
-                           ("fanout", fanout)):
+                           ("fanout", fanout), ("registry_ttl", registry_ttl)):
             if value is not None:
                 options[key] = value
         try:
@@ -334,7 +342,7 @@ def parse_loader_config(extra_config, world_size=1):
     C++ parser serves both. Returns a dict: sources (rank -> endpoints), listen_port,
     listen_host, serve, model_id, output_prefix, the timeouts in seconds, auth, secret_file,
     max_clients, fanout, chunk_mib, window, stripe, delta_from, tensors, rendezvous, interface,
-    mpi_helpers.
+    mpi_helpers, registry, topology.
     Raises netloader.InvalidArgument naming the key that is wrong (NotFound for a CONFIG_FILE
     that is not there)."""
     return _netloader._parse_loader_config(_config_text(extra_config), int(world_size))
@@ -348,14 +356,14 @@ def options_for_rank(extra_config, world_size, rank, partition):
 
     * "server": the keyword arguments of Server: listen (LISTEN_HOST at LISTEN_PORT + rank, or a
       free port), model_id, partition, window, max_clients, chunk_bytes, fanout, the timeouts in
-      seconds, rendezvous, interface and mpi_helpers;
+      seconds, rendezvous, interface, mpi_helpers, registry and topology;
     * "load": the keyword arguments of load: sources (the rank's SOURCE entry; empty: load from
       disk), model_id, partition, window, the timeouts in seconds (busy_timeout at least
-      register_timeout), stripe, rendezvous, interface and mpi_helpers;
+      register_timeout), stripe, rendezvous, interface, mpi_helpers, registry and topology;
     * "relay": whether to serve while loading (Server(..., relay=True) passed as load's relay=):
       SERVE with a RENDEZVOUS or MPI_HELPERS, and no TENSORS.
 
-    model_id and rendezvous are None when unset. Neither holds a secret (pass secret= yourself)
+    model_id, rendezvous, registry and topology are None when unset. Neither holds a secret (pass secret= yourself)
     nor load's select: a TENSORS load names this rank's matching tensors itself. Raises
     netloader.InvalidArgument for a wrong key or a rank outside [0, world_size), as
     parse_loader_config does.

@@ -107,6 +107,8 @@ struct CommonFlags {
   double connect_timeout_s = ToSeconds(PeerOptions().connect_timeout);
   double stall_timeout_s = ToSeconds(PeerOptions().stall_timeout);
   TransportOptions transport;
+  std::string registry;
+  std::string topology;
 
   void Add(CLI::App& app) {
     app.add_option("--model-id", model_id,
@@ -135,6 +137,17 @@ struct CommonFlags {
                  "--rendezvous needed (each source and server gets its own), a crash in MPI "
                  "costs only the transfers it carried, memory stays flat. Loads run at 2/3 to 3/4 "
                  "of the in-process speed on 2-core VMs");
+    app.add_option("--registry", registry,
+                   "etcd client URL (http://HOST:PORT[/PREFIX]) of the fleet's registry: a "
+                   "server publishes itself there while it serves; a client finds its sources "
+                   "there (ready holders of its model and partition with a free slot, its "
+                   "--topology first), before any --source. Without etcd, a client uses --source "
+                   "and a server serves unlisted, retrying")
+        ->type_name("URL");
+    app.add_option("--topology", topology,
+                   "A label such as a rack or zone: a server publishes it, a client prefers "
+                   "holders that share it")
+        ->type_name("LABEL");
     app.add_option("--interface", transport.interface,
                    "Network interface MPI uses (lo for one host)")
         ->capture_default_str();
@@ -169,6 +182,8 @@ struct CommonFlags {
     options.model_id = model_id;
     options.partition = partition;
     options.transport = transport;
+    options.registry = registry;
+    options.topology = topology;
     options.heartbeat_timeout = FromSeconds(heartbeat_timeout_s);
     options.window = window;
     options.connect_timeout = FromSeconds(connect_timeout_s);
@@ -339,6 +354,16 @@ inline void AddFanoutFlag(CLI::App& app, int& fanout) {
                  "link rate; 0 never redirects")
       ->check(CLI::Range(0, 1024))
       ->capture_default_str();
+}
+
+// A server's (or relay's) registry lease, ServerOptions::registry_ttl.
+inline void AddRegistryTtlFlag(CLI::App& app, std::chrono::seconds& ttl) {
+  app.add_option_function<int>(
+         "--registry-ttl", [&ttl](int seconds) { ttl = std::chrono::seconds(seconds); },
+         "With --registry: seconds after which a server that died or froze drops out of it "
+         "(its lease; renewed every third of it). Default " +
+             std::to_string(ServerOptions().registry_ttl.count()))
+      ->check(CLI::Range(2, 3600));
 }
 
 }  // namespace netloader::cli

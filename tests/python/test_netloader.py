@@ -133,6 +133,44 @@ def test_mpi_helpers_keep_mpi_out_of_this_process(model):
     assert not MPI.Is_initialized()
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_load_finds_its_source_in_the_registry(model, tmp_path):
+    """registry=: a Python server publishes itself in a real etcd (started here on free
+    loopback ports), and a Python load given no sources finds it there, byte-identical."""
+    client_url, peer_url = (f"http://127.0.0.1:{free_port()}" for _ in range(2))
+    etcd = subprocess.Popen(
+        ["etcd", "--name", "r", "--data-dir", str(tmp_path / "etcd"), "--listen-client-urls",
+         client_url, "--advertise-client-urls", client_url, "--listen-peer-urls", peer_url,
+         "--initial-advertise-peer-urls", peer_url, "--initial-cluster", f"r={peer_url}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        source = from_disk(model)
+        # MPI in helpers: one process cannot connect to itself over MPI.
+        with netloader.Server(source, registry=client_url, registry_ttl=2,
+                              model_id="org/llama@1", mpi_helpers=True) as server:
+            tensors = empty_like_layout(model)
+            deadline = time.monotonic() + 30
+            while True:  # until etcd is up and the server's record is there
+                try:
+                    stats = netloader.load(tensors, [], registry=client_url,
+                                           model_id="org/llama@1", mpi_helpers=True)
+                    break
+                except netloader.Unavailable:
+                    assert time.monotonic() < deadline, "the server never appeared in etcd"
+                    time.sleep(0.2)
+            assert stats["source"] == server.endpoint
+        for name, tensor in source.items():
+            assert torch.equal(tensors[name], tensor), name
+    finally:
+        etcd.kill()
+        etcd.wait(timeout=30)
+
+
 def test_numpy_arrays_load_too(model, tmp_path, rendezvous):
     layout = netloader.read_layout(str(model))
     arrays = {t["name"]: numpy.empty(t["shape"], dtype=numpy.float32) for t in layout}
@@ -441,11 +479,13 @@ def test_a_ranks_options_are_the_engines_own():
     # Exactly keyword arguments of Server and load; the secret stays the caller's.
     assert set(server) == {"listen", "model_id", "partition", "window", "max_clients",
                            "chunk_bytes", "fanout", "connect_timeout", "stall_timeout",
-                           "heartbeat_timeout", "rendezvous", "interface", "mpi_helpers"}
+                           "heartbeat_timeout", "rendezvous", "interface", "mpi_helpers",
+                           "registry", "topology"}
     assert set(server) <= set(inspect.signature(netloader.Server).parameters)
     assert set(load) == {"sources", "model_id", "partition", "window", "register_timeout",
                          "connect_timeout", "stall_timeout", "busy_timeout", "heartbeat_timeout",
-                         "stripe", "rendezvous", "interface", "mpi_helpers"}
+                         "stripe", "rendezvous", "interface", "mpi_helpers", "registry",
+                         "topology"}
     assert set(load) <= set(inspect.signature(netloader.load).parameters)
     assert server["listen"] == "tcp://0.0.0.0:7001"  # LISTEN_PORT + rank
     assert load["sources"] == ["tcp://10.0.0.5:7001", "tcp://10.0.0.6:7001"]
@@ -472,6 +512,12 @@ def test_a_ranks_options_are_the_engines_own():
     assert helpers["relay"] is True
     assert helpers["server"]["mpi_helpers"] is True and helpers["load"]["mpi_helpers"] is True
     assert rank["server"]["mpi_helpers"] is False  # the default
+    fleet = netloader.options_for_rank(dict(config, REGISTRY="http://10.0.0.2:2379/a",
+                                            TOPOLOGY="rack-1"), 2, 1, partition)
+    for side in ("server", "load"):
+        assert fleet[side]["registry"] == "http://10.0.0.2:2379/a", side
+        assert fleet[side]["topology"] == "rack-1", side
+    assert rank["load"]["registry"] is None
 
     # The defaults are parse_loader_config's: one parser, one set of defaults.
     parsed = netloader.parse_loader_config({})

@@ -241,6 +241,68 @@ Rendezvous::Rendezvous(const TempDir& dir, const std::string& interface)
              dir / "ompi-server"),
       ready_(!WaitForLine(path_, std::chrono::seconds(20)).empty()) {}
 
+namespace {
+
+// A port on 127.0.0.1 that was free a moment ago.
+int FreeLoopbackPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(address);
+  int port = 0;
+  if (fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0) {
+    port = ntohs(address.sin_port);
+  }
+  if (fd >= 0) close(fd);
+  return port;
+}
+
+}  // namespace
+
+EtcdServer::EtcdServer(const TempDir& dir) : dir_(dir.path()) {}
+
+EtcdServer::~EtcdServer() { Kill(); }
+
+bool EtcdServer::Start(bool fresh) {
+  Kill();
+  // A port taken between its probe and etcd's bind makes etcd exit: try new ones, a few times.
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    if (client_port_ == 0 || attempt > 0) {
+      client_port_ = FreeLoopbackPort();
+      peer_port_ = FreeLoopbackPort();
+    }
+    const std::string data = dir_ + "/etcd-data";
+    if (fresh) std::filesystem::remove_all(data);
+    const std::string peer = "http://127.0.0.1:" + std::to_string(peer_port_);
+    ++starts_;
+    child_ = std::make_unique<Child>(
+        std::vector<std::string>{"/usr/bin/env", "etcd", "--name", "registry", "--data-dir", data,
+                                 "--listen-client-urls", url(), "--advertise-client-urls", url(),
+                                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                                 "--initial-cluster", "registry=" + peer},
+        dir_ + "/etcd-" + std::to_string(starts_));
+    const bool ready = WaitFor(
+        [&] {
+          return !child_->Running() ||
+                 child_->Stderr().find("ready to serve client requests") != std::string::npos;
+        },
+        std::chrono::seconds(20));
+    if (ready && child_->Running()) return true;
+    Kill();
+  }
+  return false;
+}
+
+void EtcdServer::Kill() {
+  if (!child_) return;
+  child_->Signal(SIGKILL);
+  child_->Wait(std::chrono::seconds(30));
+}
+
+std::string EtcdServer::Log() const { return child_ ? child_->Stderr() : ""; }
+
 Hosts::Hosts(const std::vector<std::string>& rates) : name_("nlt" + std::to_string(getpid())) {
   Script({"sweep"});
   std::vector<std::string> up = {"up", name_};

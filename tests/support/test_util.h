@@ -8,6 +8,7 @@
 #include <chrono>
 #include <functional>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -93,6 +94,29 @@ class Rendezvous {
   std::string path_;
   Child child_;
   bool ready_;
+};
+
+// An etcd member as a fleet's registry runs one (Debian's etcd-server): a cluster of one on two
+// free loopback ports, its data in `dir`. Killed on destruction.
+class EtcdServer {
+ public:
+  explicit EtcdServer(const TempDir& dir);
+  ~EtcdServer();
+  EtcdServer(const EtcdServer&) = delete;
+  EtcdServer& operator=(const EtcdServer&) = delete;
+  // Starts it (again, on the same ports; `fresh`: with empty data, as a replaced member);
+  // true once it serves client requests, within 20 s.
+  bool Start(bool fresh = false);
+  void Kill();  // SIGKILL, and waits for it
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(client_port_); }
+  std::string Log() const;  // its output so far
+
+ private:
+  std::string dir_;
+  int client_port_ = 0;
+  int peer_port_ = 0;
+  int starts_ = 0;
+  std::unique_ptr<Child> child_;
 };
 
 // Simulated hosts (scripts/netns-hosts.sh): network namespaces on a bridge, host i with a NIC

@@ -31,9 +31,9 @@ struct LoaderConfig {
   std::vector<std::string> tensors;       // TENSORS: name patterns; empty: every tensor
   // What every rank's server and load start from, with the options structs' own defaults. The
   // keys set: both, MODEL (model_id), WINDOW, CONNECT_TIMEOUT, STALL_TIMEOUT, HEARTBEAT_TIMEOUT,
-  // RENDEZVOUS, MPI_HELPERS and INTERFACE (transport); the server, MAX_CLIENTS
-  // (max_concurrent_transfers), FANOUT and CHUNK_MIB (chunk_bytes); the load, REGISTER_TIMEOUT and
-  // STRIPE.
+  // RENDEZVOUS, MPI_HELPERS and INTERFACE (transport), REGISTRY and TOPOLOGY; the server,
+  // MAX_CLIENTS (max_concurrent_transfers), FANOUT and CHUNK_MIB (chunk_bytes); the load,
+  // REGISTER_TIMEOUT and STRIPE.
   ServerOptions server;
   ClientOptions client;
 };

@@ -42,6 +42,14 @@ struct PeerOptions {
   // either way fails the attempt at once with PermissionDenied.
   std::string secret;
   TransportOptions transport;
+  // The registry (DESIGN.md, "The registry"): an etcd client URL, "http://HOST:PORT", optionally
+  // with a path that keeps this fleet's records apart ("http://etcd:2379/fleet-a"; default
+  // prefix /netloader/). A server publishes itself there while it serves; a client finds its
+  // sources there, best first, before ClientOptions::sources. Empty: none.
+  std::string registry;
+  // A label such as a rack or a zone: a server publishes it, a client prefers holders with its
+  // own. Empty: none.
+  std::string topology;
 };
 
 }  // namespace netloader

@@ -38,6 +38,9 @@ struct ServerOptions : PeerOptions {
   // receives at the full rate, and K instances load in about the time of one. 0: never redirect
   // (clients up to max_concurrent_transfers share this server's link).
   int fanout = 1;
+  // With PeerOptions::registry: the lease of this server's record. A server that died or froze
+  // drops out of the registry within this time; it renews the lease every third of it.
+  std::chrono::seconds registry_ttl{10};
 };
 
 // Counters a host may poll. A session's outcome is counted, and it stops counting as active, in

@@ -236,6 +236,20 @@ const std::vector<Key>& Keys() {
          c.client.transport.mpi_helpers = c.server.transport.mpi_helpers;
          return e;
        }},
+      {"REGISTRY",
+       "etcd client URL (http://HOST:PORT[/PREFIX]) of the fleet's registry: each rank's server "
+       "publishes itself there, each rank's load finds its sources there before its SOURCE",
+       [](const Json& v, LoaderConfig& c, int) {
+         std::string e = Text(v, false, &c.server.registry);
+         c.client.registry = c.server.registry;
+         return e;
+       }},
+      {"TOPOLOGY", "a label (rack, zone) the servers publish and the loads prefer among holders",
+       [](const Json& v, LoaderConfig& c, int) {
+         std::string e = Text(v, false, &c.server.topology);
+         c.client.topology = c.server.topology;
+         return e;
+       }},
       {"INTERFACE", "network interface for MPI (default " + TransportOptions().interface + ")",
        [](const Json& v, LoaderConfig& c, int) {
          std::string e = Text(v, false, &c.server.transport.interface);

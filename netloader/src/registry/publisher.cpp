@@ -1,0 +1,103 @@
+#include "netloader/src/registry/publisher.h"
+
+#include "netloader/src/base/log.h"
+
+namespace netloader::registry {
+namespace {
+
+constexpr std::chrono::seconds kCallTimeout{2};  // one etcd call, at most
+
+}  // namespace
+
+Result<std::unique_ptr<Publisher>> Publisher::Start(const std::string& url,
+                                                    std::chrono::seconds ttl,
+                                                    std::function<Record()> snapshot) {
+  Result<Etcd> etcd = Etcd::Parse(url);
+  if (!etcd.ok()) return etcd.status();
+  if (ttl < std::chrono::seconds(2)) {
+    return Status(StatusCode::kInvalidArgument,
+                  "registry TTL must be at least 2 s, got " + std::to_string(ttl.count()));
+  }
+  return std::unique_ptr<Publisher>(new Publisher(std::move(*etcd), ttl, std::move(snapshot)));
+}
+
+Publisher::Publisher(Etcd etcd, std::chrono::seconds ttl, std::function<Record()> snapshot)
+    : etcd_(std::move(etcd)), ttl_(ttl), snapshot_(std::move(snapshot)) {
+  thread_ = std::thread([this] { Run(); });
+}
+
+Publisher::~Publisher() { Stop(); }
+
+void Publisher::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+  if (lease_ != 0) (void)etcd_.Revoke(lease_, Clock::now() + std::chrono::seconds(1));
+}
+
+void Publisher::Run() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    lock.unlock();
+    Reached(Round());
+    lock.lock();
+    wake_.wait_for(lock, kPublishTick, [this] { return stopping_; });
+  }
+}
+
+Status Publisher::Round() {
+  if (lease_ == 0) {
+    Result<int64_t> lease =
+        etcd_.Grant(static_cast<int>(ttl_.count()), Clock::now() + kCallTimeout);
+    if (!lease.ok()) return lease.status();
+    lease_ = *lease;
+    published_.clear();
+    renew_at_ = Clock::now() + ttl_ / 3;
+  }
+  const Record record = snapshot_();
+  const std::string value = ToJson(record);
+  if (value != published_) {
+    Status put =
+        etcd_.Put(RecordKey(etcd_.prefix(), record), value, lease_, Clock::now() + kCallTimeout);
+    if (put.code() == StatusCode::kNotFound) {  // the lease expired while etcd was away
+      Log().warn("registry: the lease at {} expired; publishing {} again", etcd_.url(),
+                 record.endpoint);
+      lease_ = 0;
+      return Status::Ok();
+    }
+    if (!put.ok()) return put;
+    if (published_.empty()) {
+      Log().info("registry: {} published at {} ({} s lease)", record.endpoint, etcd_.url(),
+                 ttl_.count());
+    }
+    published_ = value;
+  }
+  if (Clock::now() >= renew_at_) {
+    Result<int64_t> left = etcd_.KeepAlive(lease_, Clock::now() + kCallTimeout);
+    if (!left.ok()) return left.status();
+    if (*left == 0) {
+      Log().warn("registry: the lease at {} expired; publishing {} again", etcd_.url(),
+                 record.endpoint);
+      lease_ = 0;
+      return Status::Ok();
+    }
+    renew_at_ = Clock::now() + ttl_ / 3;
+  }
+  return Status::Ok();
+}
+
+void Publisher::Reached(const Status& status) {
+  if (!status.ok() && reachable_) {
+    Log().warn("registry: {}; still serving, not listed, retrying every {} ms", status.message(),
+               kPublishTick.count());
+  } else if (status.ok() && !reachable_) {
+    Log().info("registry: etcd at {} reachable again", etcd_.url());
+  }
+  reachable_ = status.ok();
+}
+
+}  // namespace netloader::registry
