@@ -16,6 +16,7 @@
 #include "netloader/secret.h"
 #include "netloader/src/base/log.h"
 #include "netloader/src/base/xxh3.h"
+#include "netloader/src/metrics/metrics.h"
 #include "netloader/src/registry/discovery.h"
 #include "netloader/src/stream/relay_feed.h"
 #include "transfer/mpi/transport.h"
@@ -204,7 +205,10 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
   }
   const auto start = Clock::now();
   Result<std::vector<std::string>> sources = Sources(options, fingerprint, options.relay);
-  if (!sources.ok()) return sources.status();
+  if (!sources.ok()) {
+    metrics::LoadEnded(sources.status(), 0, 0, 0, 0);
+    return sources.status();
+  }
   EarlyStart early(plane, options.transport);
   LoadLedger ledger(destination.total_bytes(), options.stripe, options.progress, relay);
   std::mutex connect_mu;
@@ -220,12 +224,18 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
   for (std::thread& t : striped) t.join();
   Result<LoadStats> outcome = schedule.Outcome(IsCancelled(options.cancel));
   ledger.Ended(outcome.ok() ? Status::Ok() : outcome.status());
-  if (!outcome.ok()) return outcome.status();
+  metrics::BytesReceived(ledger.received_bytes());
+  if (!outcome.ok()) {
+    metrics::LoadEnded(outcome.status(), 0, 0, 0, 0);
+    return outcome.status();
+  }
   LoadStats stats = std::move(*outcome);
   stats.bytes_received = ledger.received_bytes();
   stats.bytes_reused = ledger.reused_bytes();
   stats.seconds = SecondsSince(start);
   stats.gbps = stats.bytes / stats.seconds / 1e9;
+  metrics::LoadEnded(Status::Ok(), stats.seconds, stats.register_seconds, stats.transport_seconds,
+                     stats.transfer_seconds);
   LogLoaded(stats);
   return stats;
 }

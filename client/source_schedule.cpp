@@ -4,6 +4,7 @@
 
 #include "client/cancel.h"
 #include "netloader/src/base/log.h"
+#include "netloader/src/metrics/metrics.h"
 
 namespace netloader::internal {
 
@@ -40,6 +41,7 @@ void SourceSchedule::Failed(const Turn& turn, const Status& status, uint64_t byt
     }
     sources_.insert(untried, fresh.begin(), fresh.end());
     ++redirects_;
+    metrics::RedirectFollowed();
     return;
   }
   Log().warn("source {} failed: {}", turn.source, status.ToString());

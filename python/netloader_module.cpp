@@ -24,6 +24,7 @@
 #include "netloader/fingerprint.h"
 #include "netloader/loader_config.h"
 #include "netloader/logging.h"
+#include "netloader/metrics.h"
 #include "netloader/safetensors.h"
 #include "netloader/secret.h"
 #include "netloader/server.h"
@@ -400,6 +401,8 @@ py::dict ParseExtraConfig(const std::string& json_text, int world_size) {
   return py::dict(
       py::arg("sources") = c.sources, py::arg("listen_port") = c.listen_port,
       py::arg("listen_host") = c.listen_host, py::arg("serve") = c.serve,
+      py::arg("metrics_port") =
+          c.metrics_port < 0 ? py::object(py::none()) : py::object(py::int_(c.metrics_port)),
       py::arg("model_id") = c.server.model_id, py::arg("output_prefix") = c.output_prefix,
       py::arg("register_timeout") = ToSeconds(c.client.register_timeout),
       py::arg("connect_timeout") = ToSeconds(c.server.connect_timeout),
@@ -455,7 +458,8 @@ py::dict RankOptionsOf(const std::string& json_text, int world_size, int rank,
       py::arg("interface") = c.transport.interface,
       py::arg("mpi_helpers") = c.transport.mpi_helpers,
       py::arg("registry") = NoneIfEmpty(c.registry), py::arg("topology") = NoneIfEmpty(c.topology));
-  return py::dict(py::arg("server") = server, py::arg("load") = load, py::arg("relay") = o.relay);
+  return py::dict(py::arg("server") = server, py::arg("load") = load, py::arg("relay") = o.relay,
+                  py::arg("metrics_listen") = NoneIfEmpty(o.metrics_listen));
 }
 
 }  // namespace
@@ -560,6 +564,8 @@ PYBIND11_MODULE(_netloader, m) {
           }
           if (!status.ok()) Raise(status);
         });
+  m.def("_serve_metrics", [](const std::string& listen) { return Take(ServeMetrics(listen)); });
+  m.def("_count_fallback", [](const std::string& reason) { CountFallback(reason); });
   m.def("_status", &StatusOf, py::arg("endpoint"), py::arg("secret"), py::arg("timeout"));
   m.def("_parse_loader_config", &ParseExtraConfig, py::arg("json_text"), py::arg("world_size"));
   m.def("_options_for_rank", &RankOptionsOf, py::arg("json_text"), py::arg("world_size"),

@@ -11,6 +11,7 @@
 #     (the example engine, the benchmark);
 #   - ZeroMQ only in netloader/src/control/, client/, server/ and tests;
 #   - protobuf's generated header only in netloader/src/protocol/;
+#   - prometheus-cpp only in netloader/src/metrics/;
 #   - examples/ and python/ use the public API (plus server/cli/cli_common.h, the CLIs' shared
 #     flags), never the core, transfer/ or the library code of client/ and server/.
 # Usage: scripts/check-layers.sh [ROOT]   (ROOT defaults to this checkout)
@@ -76,6 +77,9 @@ forbid "MPI only in transfer/mpi/ (and the MPI programs: examples/engine/, tests
 mapfile -t not_zmq < <(not_in all control | grep -vE '^(client/|server/|tests/)')
 forbid "ZeroMQ only in netloader/src/control/, client/, server/ and tests" 'zmq' \
   "${not_zmq[@]}"
+mapfile -t metrics_dir < <(sources netloader/src/metrics)
+mapfile -t not_prometheus < <(not_in all metrics_dir)
+forbid "prometheus-cpp only in netloader/src/metrics/" 'prometheus/' "${not_prometheus[@]}"
 mapfile -t not_protobuf < <(not_in all protocol)
 forbid "protobuf's generated code only in netloader/src/protocol/" \
   'proto/netloader\.pb\.h|google/protobuf' "${not_protobuf[@]}"

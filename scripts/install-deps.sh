@@ -13,9 +13,10 @@ packages=(
   libgtest-dev libgmock-dev
   libcli11-dev nlohmann-json3-dev
   procps iproute2 clang-format
-  etcd-server
+  etcd-server prometheus-cpp-dev prometheus
   clang libclang-rt-14-dev
   python3-dev python3-pybind11 python3-numpy python3-pytest python3-torch python3-mpi4py
+  python3-prometheus-client
 )
 
 missing=()

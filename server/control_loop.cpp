@@ -4,6 +4,7 @@
 #include "netloader/limits.h"
 #include "netloader/src/base/clock.h"
 #include "netloader/src/base/log.h"
+#include "netloader/src/metrics/metrics.h"
 #include "netloader/src/model/selection.h"
 
 namespace netloader::serving {
@@ -144,6 +145,7 @@ void ControlLoop::HandleRegister(const std::string& identity, const wire::Regist
       Log().info("client {} redirected to {} (fan-out limit {} reached)", client,
                  decision.relays[0], options_.fanout);
       stats_.Update([](ServerStats& s) { s.redirected++; });
+      metrics::RedirectSent();
       wire::Envelope reply;
       for (const std::string& relay : decision.relays) reply.mutable_redirect()->add_sources(relay);
       socket_->Send(identity, reply);
@@ -189,6 +191,7 @@ void ControlLoop::Admit(const std::string& identity, const std::string& client,
              policy_.active(), policy_.limit());
   session->Start(options_, rings_, content_.relay() ? &content_ : nullptr);
   const uint64_t id = session->id();
+  if (!session->serve_endpoint().empty()) metrics::RelayChildren(+1);
   sessions_[id] = std::move(session);
   CountSessions();
 }
@@ -324,6 +327,10 @@ ControlLoop::Sessions::iterator ControlLoop::Retire(Sessions::iterator it) {
     s.bytes_sent += session.bytes_sent();
     s.active_transfers = policy_.active();
   });
+  metrics::SessionEnded(session.served());
+  metrics::BytesSent(content_.relay() ? metrics::Role::kRelay : metrics::Role::kServer,
+                     session.bytes_sent());
+  if (!session.serve_endpoint().empty()) metrics::RelayChildren(-1);
   return sessions_.erase(it);
 }
 

@@ -278,6 +278,7 @@ int main(int argc, char** argv) {
   }
   flags.common.ApplyLogLevel();
   Status applied = flags.Apply();
+  if (applied.ok() && !status) applied = flags.common.StartMetrics("netloader-client");
   if (!applied.ok()) {
     std::fprintf(stderr, "netloader-client: %s\n", applied.ToString().c_str());
     return cli::kExitUsage;

@@ -27,6 +27,7 @@
 #include "examples/engine/llama.h"
 #include "netloader/client.h"
 #include "netloader/loader_config.h"
+#include "netloader/metrics.h"
 #include "netloader/secret.h"
 #include "netloader/server.h"
 #include "server/cli/cli_common.h"
@@ -242,6 +243,12 @@ class Instance {
     const netloader::Partition partition{parallel_.tp_size, parallel_.tp_rank, parallel_.pp_size,
                                          parallel_.pp_rank, llama::kLayoutKey};
     rank_options_ = netloader::OptionsForRank(loader_, rank_, partition, secret_);
+    if (!rank_options_.metrics_listen.empty()) {
+      netloader::Result<std::string> metrics =
+          netloader::ServeMetrics(rank_options_.metrics_listen);
+      if (!metrics.ok()) return Fail("METRICS_PORT: " + metrics.status().ToString(), 2);
+      std::fprintf(stderr, "%s: metrics at http://%s/metrics\n", who_.c_str(), metrics->c_str());
+    }
     // TENSORS: the tensors of this rank a partial load fills; the others come from disk.
     for (const netloader::TensorView& t : weights_->view().tensors) {
       for (const std::string& pattern : loader_.tensors) {
@@ -289,12 +296,14 @@ class Instance {
   // not. A relay (serving while it loads) starts here.
   int LoadFromPeers(std::string* loaded_from, std::string* fallback_reason) {
     netloader::ClientOptions& options = rank_options_.client;
-    if (options.sources.empty()) {
+    if (options.sources.empty() && options.registry.empty()) {
       *fallback_reason = "no SOURCE for rank " + std::to_string(rank_);
+      netloader::CountFallback("no_source");
       return 0;
     }
     if (!loader_.tensors.empty() && partial_.empty()) {
       *fallback_reason = "TENSORS matches none of rank " + std::to_string(rank_) + "'s tensors";
+      netloader::CountFallback("no_tensors");
       return 0;
     }
     // Named exactly: the source may hold more tensors matching TENSORS than this rank (another
@@ -330,6 +339,7 @@ class Instance {
     netloader::Result<netloader::LoadStats> stats = netloader::Load(options, weights_->view());
     if (!stats.ok()) {
       *fallback_reason = stats.status().ToString();
+      netloader::CountFallback(netloader::StatusCodeName(stats.status().code()));
       return 0;
     }
     *loaded_from = stats->source;

@@ -419,10 +419,18 @@ def load_weights(args, loader, plan, weights, par, turn, report):
         # TENSORS: the tensors of this rank a partial load fills; the others come from disk.
         selected = [n for n in weights
                     if any(netloader.tensor_pattern_matches(p, n) for p in loader["tensors"])]
-        if not options["load"]["sources"]:
+        if options["metrics_listen"]:
+            try:
+                at = netloader.serve_metrics(options["metrics_listen"])
+            except netloader.Error as e:
+                raise EngineError(f"METRICS_PORT: {e}", 2) from e
+            print(f"{who}: metrics at http://{at}/metrics", file=sys.stderr)
+        if not options["load"]["sources"] and not options["load"]["registry"]:
             fallback = f"no SOURCE for rank {par.rank}"
+            netloader.count_fallback("no_source")
         elif loader["tensors"] and not selected:
             fallback = f"TENSORS matches none of rank {par.rank}'s tensors"
+            netloader.count_fallback("no_tensors")
         else:
             filled = False
             if loader["delta_from"]:
@@ -450,6 +458,7 @@ def load_weights(args, loader, plan, weights, par, turn, report):
                               bytes_reused=stats["bytes_reused"], tensors_loaded=stats["tensors"])
             except netloader.Error as e:
                 fallback = f"{type(e).__name__}: {e}"
+                netloader.count_fallback(type(e).__name__)
     turn.pass_on()  # the next rank must not wait for this one's disk
     if "loaded_from" not in report:
         if fallback:

@@ -68,7 +68,7 @@ def _stop_forwarding_logs():
 
 __all__ = [
     "load", "Server", "read_layout", "allocate", "load_from_disk", "initialize_transport",
-    "prepare_mpi_environment",
+    "prepare_mpi_environment", "serve_metrics", "count_fallback",
     "set_log_level", "status", "parse_loader_config", "options_for_rank", "loader_config_help",
     "tensor_pattern_matches",
     "exact_tensor_pattern",
@@ -336,11 +336,27 @@ def status(endpoint, *, secret=None, timeout=10.0):
     return _netloader._status(endpoint, _secret(secret), float(timeout))
 
 
+def serve_metrics(listen):
+    """Serves this process's netloader metrics (Prometheus text format) at
+    http://LISTEN/metrics, LISTEN being "HOST:PORT" (port 0 picks a free one); returns the
+    bound "HOST:PORT". One endpoint per process: calling again with the same LISTEN (or port 0)
+    returns it; another raises InvalidArgument. Raises Unavailable when it cannot bind. The
+    metrics count every server, relay and load of the process (docs/usage.md, "Metrics")."""
+    return _netloader._serve_metrics(str(listen))
+
+
+def count_fallback(reason):
+    """Counts an engine load that fell back to disk in netloader_fallbacks_total{reason}:
+    "no_source", "no_tensors", or the failed load's exception class name ("Unavailable",
+    "Timeout", ...); anything else counts as "other"."""
+    _netloader._count_fallback(str(reason))
+
+
 def parse_loader_config(extra_config, world_size=1):
     """Parses an engine's --model-loader-extra-config (a JSON object, as text, or a dict) for an
     instance of `world_size` ranks, with the same keys and strict rules as netloader-llama: one
     C++ parser serves both. Returns a dict: sources (rank -> endpoints), listen_port,
-    listen_host, serve, model_id, output_prefix, the timeouts in seconds, auth, secret_file,
+    listen_host, metrics_port (None when unset), serve, model_id, output_prefix, the timeouts in seconds, auth, secret_file,
     max_clients, fanout, chunk_mib, window, stripe, delta_from, tensors, rendezvous, interface,
     mpi_helpers, registry, topology.
     Raises netloader.InvalidArgument naming the key that is wrong (NotFound for a CONFIG_FILE
@@ -360,6 +376,7 @@ def options_for_rank(extra_config, world_size, rank, partition):
     * "load": the keyword arguments of load: sources (the rank's SOURCE entry; empty: load from
       disk), model_id, partition, window, the timeouts in seconds (busy_timeout at least
       register_timeout), stripe, rendezvous, interface, mpi_helpers, registry and topology;
+    * "metrics_listen": where the rank serves its metrics (serve_metrics), or None;
     * "relay": whether to serve while loading (Server(..., relay=True) passed as load's relay=):
       SERVE with a RENDEZVOUS or MPI_HELPERS, and no TENSORS.
 

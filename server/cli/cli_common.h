@@ -18,6 +18,7 @@
 
 #include "netloader/limits.h"
 #include "netloader/logging.h"
+#include "netloader/metrics.h"
 #include "netloader/options.h"
 #include "netloader/secret.h"
 #include "netloader/server.h"
@@ -109,6 +110,7 @@ struct CommonFlags {
   TransportOptions transport;
   std::string registry;
   std::string topology;
+  std::string metrics_listen;
 
   void Add(CLI::App& app) {
     app.add_option("--model-id", model_id,
@@ -148,6 +150,11 @@ struct CommonFlags {
                    "A label such as a rack or zone: a server publishes it, a client prefers "
                    "holders that share it")
         ->type_name("LABEL");
+    app.add_option("--metrics-listen", metrics_listen,
+                   "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; the "
+                   "address is logged): bytes sent and received, loads and sessions by result, "
+                   "load durations, verification failures, redirects, registry calls")
+        ->type_name("HOST:PORT");
     app.add_option("--interface", transport.interface,
                    "Network interface MPI uses (lo for one host)")
         ->capture_default_str();
@@ -175,6 +182,15 @@ struct CommonFlags {
   }
 
   void ApplyLogLevel() const { netloader::cli::ApplyLogLevel(log_level); }
+
+  // Serves the metrics if --metrics-listen asks for them, saying where on stderr.
+  Status StartMetrics(const char* program) const {
+    if (metrics_listen.empty()) return Status::Ok();
+    Result<std::string> at = ServeMetrics(metrics_listen);
+    if (!at.ok()) return at.status().WithContext("--metrics-listen");
+    std::fprintf(stderr, "%s: metrics at http://%s/metrics\n", program, at->c_str());
+    return Status::Ok();
+  }
 
   // Copies these flags into ServerOptions or ClientOptions, reading (or creating) the secret
   // file. Errors: the secret file's, naming it.

@@ -83,6 +83,7 @@ int main(int argc, char** argv) {
   common.ApplyLogLevel();
 
   Status applied = common.ApplyTo(options);
+  if (applied.ok()) applied = common.StartMetrics("netloader-server");
   if (!applied.ok()) {
     std::fprintf(stderr, "netloader-server: %s\n", applied.ToString().c_str());
     return cli::kExitUsage;

@@ -171,6 +171,34 @@ def test_a_load_finds_its_source_in_the_registry(model, tmp_path):
         etcd.wait(timeout=30)
 
 
+def test_metrics_count_a_python_load_and_parse_as_prometheus(model):
+    """serve_metrics: the process's metrics over HTTP, as Prometheus' own Python parser reads
+    them, counting a load this process made."""
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+
+    at = netloader.serve_metrics("127.0.0.1:0")
+    assert netloader.serve_metrics("127.0.0.1:0") == at  # one endpoint per process
+    with pytest.raises(netloader.InvalidArgument):
+        netloader.serve_metrics("127.0.0.1:1")
+    source = from_disk(model)
+    with netloader.Server(source, mpi_helpers=True) as server:
+        tensors = empty_like_layout(model)
+        stats = netloader.load(tensors, server.endpoint, mpi_helpers=True)
+    netloader.count_fallback("Timeout")
+    netloader.count_fallback("something else")
+    with urllib.request.urlopen(f"http://{at}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    assert samples[("netloader_received_bytes_total", ())] == stats["bytes"]
+    assert samples[("netloader_loads_total", (("result", "OK"),))] == 1
+    assert samples[("netloader_fallbacks_total", (("reason", "Timeout"),))] == 1
+    assert samples[("netloader_fallbacks_total", (("reason", "other"),))] == 1
+
+
 def test_numpy_arrays_load_too(model, tmp_path, rendezvous):
     layout = netloader.read_layout(str(model))
     arrays = {t["name"]: numpy.empty(t["shape"], dtype=numpy.float32) for t in layout}

@@ -261,6 +261,52 @@ int FreeLoopbackPort() {
 
 }  // namespace
 
+std::string HttpGet(const std::string& url, std::chrono::milliseconds timeout) {
+  const std::string scheme = "http://";
+  if (url.compare(0, scheme.size(), scheme) != 0) return "";
+  const std::string rest = url.substr(scheme.size());
+  const size_t slash = rest.find('/');
+  const std::string authority = rest.substr(0, slash);
+  const std::string path = slash == std::string::npos ? "/" : rest.substr(slash);
+  const size_t colon = authority.rfind(':');
+  if (colon == std::string::npos) return "";
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(std::stoi(authority.substr(colon + 1))));
+  if (inet_pton(AF_INET, authority.substr(0, colon).c_str(), &address.sin_addr) != 1) return "";
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return "";
+  timeval tv{static_cast<time_t>(timeout.count() / 1000),
+             static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  std::string answer;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0) {
+    const std::string request =
+        "GET " + path + " HTTP/1.1\r\nHost: " + authority + "\r\nConnection: close\r\n\r\n";
+    if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
+        static_cast<ssize_t>(request.size())) {
+      char buffer[16384];
+      ssize_t n;
+      while ((n = recv(fd, buffer, sizeof(buffer), 0)) > 0) answer.append(buffer, n);
+    }
+  }
+  close(fd);
+  const size_t body = answer.find("\r\n\r\n");
+  if (answer.compare(0, 12, "HTTP/1.1 200") != 0 || body == std::string::npos) return "";
+  std::string text = answer.substr(body + 4);
+  if (answer.substr(0, body).find("chunked") == std::string::npos) return text;
+  std::string plain;  // Transfer-Encoding: chunked
+  for (size_t at = 0;;) {
+    const size_t eol = text.find("\r\n", at);
+    if (eol == std::string::npos) return "";
+    const size_t size = std::stoul(text.substr(at, eol - at), nullptr, 16);
+    if (size == 0) return plain;
+    plain += text.substr(eol + 2, size);
+    at = eol + 2 + size + 2;
+  }
+}
+
 EtcdServer::EtcdServer(const TempDir& dir) : dir_(dir.path()) {}
 
 EtcdServer::~EtcdServer() { Kill(); }

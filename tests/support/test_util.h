@@ -119,6 +119,10 @@ class EtcdServer {
   std::unique_ptr<Child> child_;
 };
 
+// The body of an HTTP GET of `url` ("http://HOST:PORT/PATH", HOST an IPv4 address) answered
+// 200 within `timeout`; "" otherwise.
+std::string HttpGet(const std::string& url, std::chrono::milliseconds timeout);
+
 // Simulated hosts (scripts/netns-hosts.sh): network namespaces on a bridge, host i with a NIC
 // ("nlv") capped at rates[i] in both directions. Removed on destruction; sets left behind by a
 // test process that was killed are removed by the next one (and by the netns tests' cleanup).

@@ -23,12 +23,13 @@ struct LoaderConfig {
   std::map<int, std::vector<std::string>> sources;
   int listen_port = 0;  // LISTEN_PORT: rank r serves on LISTEN_PORT + r; 0 picks a free port
   std::string listen_host = "127.0.0.1";  // LISTEN_HOST
-  bool serve = true;                      // SERVE
-  std::string output_prefix;              // OUTPUT_PREFIX: writes <prefix><rank>.txt
-  bool auth = true;                       // AUTH
-  std::string secret_file;                // SECRET_FILE; empty: DefaultSecretPath()
-  std::string delta_from;                 // DELTA_FROM
-  std::vector<std::string> tensors;       // TENSORS: name patterns; empty: every tensor
+  int metrics_port = -1;  // METRICS_PORT: rank r's metrics on METRICS_PORT + r; 0: free; -1: none
+  bool serve = true;      // SERVE
+  std::string output_prefix;         // OUTPUT_PREFIX: writes <prefix><rank>.txt
+  bool auth = true;                  // AUTH
+  std::string secret_file;           // SECRET_FILE; empty: DefaultSecretPath()
+  std::string delta_from;            // DELTA_FROM
+  std::vector<std::string> tensors;  // TENSORS: name patterns; empty: every tensor
   // What every rank's server and load start from, with the options structs' own defaults. The
   // keys set: both, MODEL (model_id), WINDOW, CONNECT_TIMEOUT, STALL_TIMEOUT, HEARTBEAT_TIMEOUT,
   // RENDEZVOUS, MPI_HELPERS and INTERFACE (transport), REGISTRY and TOPOLOGY; the server,
@@ -60,6 +61,8 @@ struct RankOptions {
   // and its load each run MPI in a helper of their own), and no TENSORS (a relay serves the
   // whole rank).
   bool relay = false;
+  // Where the rank serves its Prometheus metrics (ServeMetrics), "HOST:PORT"; empty: nowhere.
+  std::string metrics_listen;
 };
 NETLOADER_EXPORT RankOptions OptionsForRank(const LoaderConfig& config, int rank,
                                             const Partition& partition, const std::string& secret);

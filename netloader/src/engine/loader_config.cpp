@@ -123,6 +123,12 @@ const std::vector<Key>& Keys() {
        [](const Json& v, LoaderConfig& c, int world) {
          return Integer(v, 1, 65536 - world, &c.listen_port);
        }},
+      {"METRICS_PORT",
+       "rank r serves Prometheus metrics at http://LISTEN_HOST:(METRICS_PORT + r)/metrics (0: a "
+       "free port, logged; default: none)",
+       [](const Json& v, LoaderConfig& c, int world) {
+         return Integer(v, 0, 65536 - world, &c.metrics_port);
+       }},
       {"LISTEN_HOST", "address to serve on (default " + LoaderConfig().listen_host + ")",
        [](const Json& v, LoaderConfig& c, int) { return Text(v, false, &c.listen_host); }},
       {"SERVE", "serve the loaded weights to later instances (default true)",
@@ -335,7 +341,7 @@ std::string LoaderConfigHelp() {
 
 RankOptions OptionsForRank(const LoaderConfig& config, int rank, const Partition& partition,
                            const std::string& secret) {
-  RankOptions out{config.server, config.client, false};
+  RankOptions out{config.server, config.client, false, ""};
   const int port = config.listen_port == 0 ? 0 : config.listen_port + rank;
   out.server.listen = "tcp://" + config.listen_host + ":" + std::to_string(port);
   if (auto it = config.sources.find(rank); it != config.sources.end()) {
@@ -346,6 +352,10 @@ RankOptions OptionsForRank(const LoaderConfig& config, int rank, const Partition
        {static_cast<PeerOptions*>(&out.server), static_cast<PeerOptions*>(&out.client)}) {
     peer->partition = partition;
     peer->secret = secret;
+  }
+  if (config.metrics_port >= 0) {
+    out.metrics_listen = config.listen_host + ":" +
+                         std::to_string(config.metrics_port == 0 ? 0 : config.metrics_port + rank);
   }
   out.relay =
       config.serve && config.tensors.empty() &&

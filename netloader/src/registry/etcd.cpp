@@ -11,6 +11,8 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "netloader/src/metrics/metrics.h"
+
 namespace netloader::registry {
 namespace {
 
@@ -173,6 +175,14 @@ Result<Etcd> Etcd::Parse(const std::string& url) {
 
 Result<std::string> Etcd::Call(const std::string& path, const std::string& body,
                                Clock::time_point deadline) const {
+  Result<std::string> answer = Exchange(path, body, deadline);
+  // "/v3/lease/keepalive" -> "keepalive": the operation, for the metric.
+  metrics::RegistryCall(path.substr(path.rfind('/') + 1).c_str(), answer.ok());
+  return answer;
+}
+
+Result<std::string> Etcd::Exchange(const std::string& path, const std::string& body,
+                                   Clock::time_point deadline) const {
   const std::string where = "etcd at " + url_;
   addrinfo hints{};
   hints.ai_socktype = SOCK_STREAM;

@@ -46,8 +46,11 @@ class Etcd {
  private:
   // POSTs `body` (JSON) to `path` and returns the JSON answer's text. Errors: Unavailable (no
   // connection, or etcd answered an error: its message), Timeout.
+  // Counted in netloader_registry_operations_total.
   Result<std::string> Call(const std::string& path, const std::string& body,
                            Clock::time_point deadline) const;
+  Result<std::string> Exchange(const std::string& path, const std::string& body,
+                               Clock::time_point deadline) const;
 
   std::string url_;
   std::string host_;

@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "netloader/src/base/host_memory.h"
+#include "netloader/src/metrics/metrics.h"
 
 namespace netloader {
 namespace {
@@ -172,6 +173,7 @@ Status ReceivePlan::Receive(transfer::Channel& channel, const transfer::StreamOp
     }
     if (digest != chunk_digests_[c]) {
       failed_chunk_ = static_cast<int64_t>(c);
+      metrics::ChunkVerificationFailed();
       return Status(StatusCode::kChecksumMismatch, "chunk " + std::to_string(c) + " (" +
                                                        plan_.TensorNames(c, *destination_) +
                                                        ") does not match the source's digest");
