@@ -16,6 +16,7 @@
 #include "tests/bench/checkpoints.h"
 #include "tests/bench/fatal.h"
 #include "tests/bench/local_report.h"
+#include "tests/bench/machine.h"
 #include "tests/bench/role_command.h"
 #include "tests/bench/samples.h"
 #include "tests/bench/usage.h"
@@ -36,6 +37,7 @@ class LocalBench {
   int Run();
 
  private:
+  int RunDisk();
   using Rows = std::vector<std::pair<std::string, std::function<json()>>>;
 
   void Prepare();
@@ -50,7 +52,7 @@ class LocalBench {
             const LoadKind& kind);
   json Concurrent(int k);
   json RawStreams(int k);
-  json Disk(bool cold);
+  json Disk(const std::string& role, bool cold);
   static json Aggregate(std::vector<std::unique_ptr<Child>>& children, const std::string& what);
   json RunChild(const std::vector<std::string>& argv, const std::string& name) const;
   void StopServer();
@@ -71,6 +73,7 @@ class LocalBench {
 };
 
 int LocalBench::Run() {
+  if (o_.disk) return RunDisk();
   Prepare();
   StartServer();
   std::vector<std::pair<uint64_t, uint64_t>> tensors;
@@ -91,6 +94,42 @@ int LocalBench::Run() {
   }
   StopServer();
   return ReportLocal(o_, samples_, run);
+}
+
+// --disk: the four disk rows alone, and how netloader's disk load compares with cat and dd.
+int LocalBench::RunDisk() {
+  big_ = PrepareModel(o_.checkpoint, ws_.dir() + "/model",
+                      static_cast<uint64_t>(o_.size_mib * (1 << 20)), o_.tensors, 7);
+  command_ = {ws_.self(), "", o_.chunk_bytes, o_.window, "", false};
+  const uint64_t bytes = FileDataBytes(big_);
+  std::fprintf(stderr, "model: %s (%s); %d repetitions\n", big_.c_str(), Human(bytes).c_str(),
+               o_.reps);
+  const json machine = MachineRecord(o_.chunk_bytes);
+  RunRotated({{"disk_warm", [this] { return Disk("disk", false); }},
+              {"cat_warm", [this] { return Disk("disk-cat", false); }},
+              {"disk_cold", [this] { return Disk("disk", true); }},
+              {"dd_cold", [this] { return Disk("disk-dd", true); }}});
+  PrintMachine(machine);
+  json out = {{"machine", machine}, {"bytes", bytes}, {"results", json::object()}};
+  std::printf("\n%-30s %9s %9s %9s\n", "disk (GB/s)", "median", "min", "max");
+  for (const auto& [row, label] :
+       std::vector<std::pair<std::string, std::string>>{{"disk_warm", "netloader, page cache"},
+                                                        {"cat_warm", "cat, page cache"},
+                                                        {"disk_cold", "netloader, cold"},
+                                                        {"dd_cold", "dd bs=4M, cold"}}) {
+    const Samples::Stat s = samples_.Of(row, "gbps");
+    std::printf("%-30s %9.2f %9.2f %9.2f\n", label.c_str(), s.median, s.min, s.max);
+    out["results"][row] = {{"gbps_median", s.median}, {"samples", samples_.All(row)}};
+  }
+  const double vs_cat = samples_.PairedRatio("disk_warm", "cat_warm");
+  const double vs_dd = samples_.PairedRatio("disk_cold", "dd_cold");
+  std::printf(
+      "netloader's disk load: %.0f%% of cat's rate (page cache), %.0f%% of dd's (cold); "
+      "paired medians\n",
+      100 * vs_cat, 100 * vs_dd);
+  out["summary"] = {{"disk_warm_vs_cat", vs_cat}, {"disk_cold_vs_dd", vs_dd}};
+  WriteReport(o_.json_path, out);
+  return 0;
 }
 
 void LocalBench::Prepare() {
@@ -136,8 +175,10 @@ LocalBench::Rows LocalBench::LoadRows() {
     rows.push_back({"netloader", load(end_to_end)});
     rows.push_back({"netloader_overlap", load(overlap)});
     rows.push_back({"netloader_adopt", load(adopt)});
-    rows.push_back({"disk_warm", [this] { return Disk(false); }});
-    rows.push_back({"disk_cold", [this] { return Disk(true); }});
+    rows.push_back({"disk_warm", [this] { return Disk("disk", false); }});
+    rows.push_back({"disk_cold", [this] { return Disk("disk", true); }});
+    rows.push_back({"cat_warm", [this] { return Disk("disk-cat", false); }});
+    rows.push_back({"dd_cold", [this] { return Disk("disk-dd", true); }});
   }
   return rows;
 }
@@ -265,11 +306,12 @@ json LocalBench::RawStreams(int k) {
   return result;
 }
 
-json LocalBench::Disk(bool cold) {
-  std::vector<std::string> argv = command_.Argv("disk");
+// A read of the checkpoint by `role` (roles.cpp: netloader's, or cat's or dd's), warm or cold.
+json LocalBench::Disk(const std::string& role, bool cold) {
+  std::vector<std::string> argv = command_.Argv(role);
   argv.insert(argv.end(), {"--model", big_});
   if (cold) argv.push_back("--cold");
-  return WithRate(RunChild(argv, "disk"));
+  return WithRate(RunChild(argv, role));
 }
 
 json LocalBench::RunChild(const std::vector<std::string>& argv, const std::string& name) const {

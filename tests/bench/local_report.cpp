@@ -112,7 +112,9 @@ void LocalReport::RateTable() {
   RateRow("netloader_no_checksum", "  checksums off");
   RateRow("netloader_direct", "  received in place");
   RateRow("disk_warm", "disk, page cache");
+  RateRow("cat_warm", "  cat, page cache");
   RateRow("disk_cold", "disk, cold");
+  RateRow("dd_cold", "  dd bs=4M, cold");
 }
 
 void LocalReport::ChecksumAndPhases() {
@@ -181,10 +183,18 @@ void LocalReport::ConcurrentTable() {
   }
   const double vs_cold_disk = s_.PairedRatio("netloader", "disk_cold");
   std::printf("faster than a cold disk read: %.2fx (paired)\n", vs_cold_disk);
+  const double vs_cat = s_.PairedRatio("disk_warm", "cat_warm");
+  const double vs_dd = s_.PairedRatio("disk_cold", "dd_cold");
+  std::printf(
+      "disk load into memory: %.0f%% of cat's rate from the page cache, %.0f%% of dd's "
+      "from a cold disk (paired)\n",
+      100 * vs_cat, 100 * vs_dd);
   out_["summary"].update({{"end_to_end_vs_raw", s_.PairedRatio("netloader", "raw_mpi")},
                           {"overlap_vs_raw", s_.PairedRatio("netloader_overlap", "raw_mpi")},
                           {"adopt_vs_raw", s_.PairedRatio("netloader_adopt", "raw_mpi")},
-                          {"vs_cold_disk", vs_cold_disk}});
+                          {"vs_cold_disk", vs_cold_disk},
+                          {"disk_warm_vs_cat", vs_cat},
+                          {"disk_cold_vs_dd", vs_dd}});
 }
 
 void LocalReport::Overhead() {

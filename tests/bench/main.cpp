@@ -31,6 +31,10 @@ void AddBenchFlags(CLI::App& app, Options& o, double& chunk_mib) {
                "Run netloader's MPI in netloader-mpi-helper processes "
                "(TransportOptions::mpi_helpers), to compare with MPI in process; raw MPI "
                "always runs in process");
+  app.add_flag("--disk", o.disk,
+               "Measure only disk loads: netloader reading the checkpoint into memory against "
+               "cat from the page cache and dd bs=4M from a cold disk (evicted with "
+               "POSIX_FADV_DONTNEED), paired");
   app.add_flag("--focus", o.focus,
                "Measure only raw MPI and netloader with MPI pre-started (for tuning runs)");
   app.add_option("--size-mib", o.size_mib, "Model size in MiB")->capture_default_str();

@@ -15,6 +15,7 @@ namespace netloader::bench {
 struct Options {
   bool quick = false;
   bool focus = false;  // only raw MPI and netloader (MPI pre-started, checksums on and off)
+  bool disk = false;   // only the disk rows: netloader's disk load against cat and dd
   double size_mib = 1024;
   int tensors = 2000;
   int reps = 5;

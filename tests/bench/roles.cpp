@@ -165,7 +165,8 @@ int RoleLoad(const RoleArgs& args) {
 }
 
 // Reads the checkpoint from disk into fresh buffers (what a loader without netloader does); with
-// --cold, from the disk itself rather than the page cache.
+// --cold, from the disk itself rather than the page cache. Roles disk-cat and disk-dd read the
+// same files with `cat` and with `dd bs=4M` instead, into nothing: the rates a user compares with.
 int RoleDisk(const RoleArgs& args) {
   auto layout = Check(ReadCheckpointLayout(args.models.at(0)), "layout");
   if (args.cold) {
@@ -177,7 +178,19 @@ int RoleDisk(const RoleArgs& args) {
     }
   }
   const auto start = Clock::now();
-  auto model = Check(HostModel::Load(layout), "disk load");
+  if (args.role == "disk") {
+    auto model = Check(HostModel::Load(layout), "disk load");
+  } else {
+    for (const auto& shard : layout.shards) {
+      const std::string command =
+          (args.role == "disk-cat" ? "cat \"$0\" > /dev/null"
+                                   : "dd if=\"$0\" of=/dev/null bs=4M status=none");
+      testing::Child tool({"/bin/sh", "-c", command, shard.path},
+                          std::filesystem::temp_directory_path().string() + "/netloader-bench-" +
+                              args.role + "-" + std::to_string(getpid()));
+      if (tool.Wait(std::chrono::seconds(300)) != 0) Die(command + " failed: " + tool.Stderr());
+    }
+  }
   const double seconds = Since(start);
   std::cout << json{{"seconds", seconds}, {"bytes", layout.total_bytes()}}.dump() << std::endl;
   return 0;
@@ -193,7 +206,9 @@ int PlayRole(const RoleArgs& args) {
   if (args.role == "load") return RoleLoad(args);
   if (args.role == "raw-send") return RoleRawSend(args);
   if (args.role == "raw-recv") return RoleRawRecv(args);
-  if (args.role == "disk") return RoleDisk(args);
+  if (args.role == "disk" || args.role == "disk-cat" || args.role == "disk-dd") {
+    return RoleDisk(args);
+  }
   if (args.role == "storage-serve") return RoleStorageServe(args);
   if (args.role == "storage-read") return RoleStorageRead(args);
   Die("unknown role " + args.role);

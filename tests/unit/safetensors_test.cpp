@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <random>
 
 #include "netloader/src/base/host_memory.h"
@@ -171,6 +172,41 @@ TEST(SafetensorsTest, ReadTensorsFillsAViewAndNamesWhatDoesNotMatch) {
   Status cut = ReadTensors(*layout, view);
   EXPECT_FALSE(cut.ok());
   EXPECT_NE(cut.message().find(path), std::string::npos) << cut.message();
+}
+
+// Tensors larger than a read piece (64 MiB) are read in pieces by several threads, from two
+// shards at odd offsets: every byte lands where it belongs; a cut second shard fails, naming it.
+TEST(SafetensorsTest, ALargeShardedModelIsReadInParallelPiecesByteForByte) {
+  TempDir dir;
+  std::vector<uint8_t> big((150u << 20) + 3), small(1000), tail(70u << 20);
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<uint8_t>(i * 2654435761u >> 13);
+  for (size_t i = 0; i < small.size(); ++i) small[i] = static_cast<uint8_t>(i ^ 0x5a);
+  for (size_t i = 0; i < tail.size(); ++i) tail[i] = static_cast<uint8_t>(i * 40503u >> 7);
+  ASSERT_TRUE(WriteSafetensors(
+                  dir / "model-00001-of-00002.safetensors",
+                  {{"small", DType::kU8, {1000}, small.data(), small.size()},
+                   {"big", DType::kU8, {static_cast<int64_t>(big.size())}, big.data(), big.size()}})
+                  .ok());
+  ASSERT_TRUE(
+      WriteSafetensors(
+          dir / "model-00002-of-00002.safetensors",
+          {{"tail", DType::kU8, {static_cast<int64_t>(tail.size())}, tail.data(), tail.size()}})
+          .ok());
+  Result<CheckpointLayout> layout = ReadCheckpointLayout(dir.path());
+  ASSERT_TRUE(layout.ok()) << layout.status().ToString();
+  Result<HostModel> model = HostModel::Load(*layout);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  const auto& t = model->view().tensors;
+  ASSERT_EQ(t.size(), 3u);
+  EXPECT_EQ(std::memcmp(t[0].data, small.data(), small.size()), 0);
+  EXPECT_EQ(std::memcmp(t[1].data, big.data(), big.size()), 0);
+  EXPECT_EQ(std::memcmp(t[2].data, tail.data(), tail.size()), 0);
+  const std::string second = dir / "model-00002-of-00002.safetensors";
+  ASSERT_EQ(truncate(second.c_str(), static_cast<off_t>(std::filesystem::file_size(second) - 1)),
+            0);
+  Result<HostModel> cut = HostModel::Load(*layout);
+  ASSERT_FALSE(cut.ok());
+  EXPECT_NE(cut.status().message().find(second), std::string::npos) << cut.status().ToString();
 }
 
 TEST(SafetensorsTest, IndexThatMapsATensorToTheWrongFileIsRejected) {

@@ -77,7 +77,8 @@ class NETLOADER_EXPORT HostModel {
  public:
   // Zero-filled buffers shaped like `layout` (a client's destination).
   static Result<HostModel> Allocate(const CheckpointLayout& layout);
-  // Allocate, then read every tensor's bytes from the files (a server's source, or a disk load).
+  // Allocate, then read every tensor's bytes from the files (a server's source, or a disk load),
+  // as ReadTensors does; the reads fault the fresh memory in as they copy.
   static Result<HostModel> Load(const CheckpointLayout& layout);
 
   HostModel(HostModel&&) noexcept;
@@ -90,6 +91,7 @@ class NETLOADER_EXPORT HostModel {
  private:
   HostModel() = default;
   void Release();
+  static Result<HostModel> Allocate(const CheckpointLayout& layout, bool populate);
 
   CheckpointLayout layout_;
   ModelView view_;
@@ -100,10 +102,10 @@ class NETLOADER_EXPORT HostModel {
 // Reads the bytes of every tensor of `layout` from its files into the tensor at the same place
 // in `view` (storage order: the i-th tensor of the layout's shards into view.tensors[i]), which
 // must have the same name and size. The one way netloader reads tensor data from disk (a
-// HostModel, the Python binding's load_from_disk, the example engine's shards); interrupted
-// reads are retried. Errors: InvalidArgument naming the first tensor that differs, NotFound (a
-// file cannot be opened), Unavailable or InvalidArgument (a read fails, or a file ends early),
-// each naming the file; `view`'s contents are then undefined.
+// HostModel, the Python binding's load_from_disk, the example engine's shards), on a few
+// threads at once (two per core); interrupted reads are retried. Errors: InvalidArgument naming the
+// first tensor that differs, NotFound (a file cannot be opened), Unavailable or InvalidArgument (a
+// read fails, or a file ends early), each naming the file; `view`'s contents are then undefined.
 NETLOADER_EXPORT Status ReadTensors(const CheckpointLayout& layout, const ModelView& view);
 
 // Writes one safetensors file: 8-byte little-endian header length, a JSON header (metadata

@@ -42,7 +42,7 @@ bool SharedHugePages() {
 
 }  // namespace
 
-void* MapHostMemory(size_t bytes, bool shared) {
+void* MapHostMemory(size_t bytes, bool shared, bool populate) {
   if (bytes == 0) return nullptr;
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   const bool huge = bytes >= kHugePage;
@@ -51,13 +51,14 @@ void* MapHostMemory(size_t bytes, bool shared) {
     memory = transfer::MapSharedMemory(bytes, huge ? kHugePage : page);
   } else if (!huge) {
     memory = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+                  MAP_PRIVATE | MAP_ANONYMOUS | (populate ? MAP_POPULATE : 0), -1, 0);
     return memory == MAP_FAILED ? nullptr : memory;
   } else {
     memory = MapAligned(bytes, kHugePage);
   }
   if (memory == nullptr) return nullptr;
   if (huge) (void)madvise(memory, bytes, MADV_HUGEPAGE);  // best effort: THP may be off
+  if (!populate) return memory;
   // Fault every page in by writing to it, rather than with MADV_POPULATE_WRITE: that holds the
   // process's memory-map lock while it runs, so MPI starting on another thread meanwhile (which
   // maps and protects memory thousands of times) would wait for it; a fault takes only the

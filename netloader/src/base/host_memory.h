@@ -13,8 +13,10 @@ namespace netloader {
 // gives shared memory huge pages (shmem_enabled advise, always or within_size), where that
 // costs nothing; else private anonymous memory, since shared 4 KiB pages cost a helper 70-75 ms
 // per GiB to map (DESIGN.md, "MPI in helper processes"). Returns nullptr with errno set on
-// failure. Release with UnmapHostMemory(memory, bytes).
-void* MapHostMemory(size_t bytes, bool shared = false);
+// failure. Release with UnmapHostMemory(memory, bytes). With `populate` false the pages are
+// left to the first write: for memory that reads from files fill at once, which fault the
+// pages in as they copy, on the reading threads, in one pass instead of two.
+void* MapHostMemory(size_t bytes, bool shared = false, bool populate = true);
 void UnmapHostMemory(void* memory, size_t bytes);
 
 // Makes every page of [memory, memory + bytes) present and writable in one call
