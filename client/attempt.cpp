@@ -30,7 +30,7 @@ void PrefaultForWrite(const ModelView& model) {
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   std::vector<std::pair<uintptr_t, uintptr_t>> ranges;
   for (const TensorView& t : model.tensors) {
-    if (t.size_bytes == 0) continue;
+    if (t.size_bytes == 0 || IsFileBacked(t.data)) continue;
     const auto begin = reinterpret_cast<uintptr_t>(t.data) & ~(page - 1);
     ranges.emplace_back(begin, reinterpret_cast<uintptr_t>(t.data) + t.size_bytes);
   }

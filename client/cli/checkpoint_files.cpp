@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <map>
 
 namespace netloader::cli {
 
@@ -19,7 +20,8 @@ std::vector<std::string> ExistingOutputFiles(const std::string& dir,
   return existing;
 }
 
-// The files are mapped read-only rather than read into memory: no second copy.
+// The files are mapped read-only rather than read into memory, and each tensor's pages are
+// dropped once it is checked: no second copy, and resident memory stays small.
 Status CheckWrittenCheckpoint(const std::string& dir, const CheckpointLayout& written,
                               const LoadStats& stats) {
   CheckpointLayout layout;
@@ -31,9 +33,13 @@ Status CheckWrittenCheckpoint(const std::string& dir, const CheckpointLayout& wr
     if (!part.ok()) return part.status();
     for (ShardLayout& shard : part->shards) layout.shards.push_back(std::move(shard));
   }
+  std::map<std::string, uint64_t> digests;
+  for (size_t i = 0; i < stats.tensor_names.size() && i < stats.tensor_digests.size(); ++i) {
+    digests[stats.tensor_names[i]] = stats.tensor_digests[i];
+  }
   std::vector<std::pair<void*, size_t>> mappings;
-  ModelView view;
   Status status;
+  size_t checked = 0;
   for (const ShardLayout& shard : layout.shards) {
     const int fd = open(shard.path.c_str(), O_RDONLY | O_CLOEXEC);
     struct stat info {};
@@ -48,11 +54,27 @@ Status CheckWrittenCheckpoint(const std::string& dir, const CheckpointLayout& wr
     }
     mappings.emplace_back(base, info.st_size);
     for (const TensorSpec& t : shard.tensors) {
-      view.tensors.push_back(
-          {t.name, t.dtype, t.shape, static_cast<char*>(base) + t.file_offset, t.size_bytes});
+      auto digest = digests.find(t.name);
+      if (digest == digests.end()) continue;  // not loaded by this run
+      char* data = static_cast<char*>(base) + t.file_offset;
+      LoadStats one;
+      one.tensor_names = {t.name};
+      one.tensor_digests = {digest->second};
+      status = VerifyModel(ModelView{{{t.name, t.dtype, t.shape, data, t.size_bytes}}}, one);
+      if (!status.ok()) break;
+      ++checked;
+      const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+      const uintptr_t begin = reinterpret_cast<uintptr_t>(data) & ~(page - 1);
+      (void)madvise(reinterpret_cast<void*>(begin),
+                    reinterpret_cast<uintptr_t>(data) + t.size_bytes - begin, MADV_DONTNEED);
     }
+    if (!status.ok()) break;
   }
-  if (status.ok()) status = VerifyModel(view, stats);
+  if (status.ok() && checked != digests.size()) {
+    status = Status(StatusCode::kInvalidArgument, dir + " lacks " +
+                                                      std::to_string(digests.size() - checked) +
+                                                      " of the tensors the load filled");
+  }
   for (auto& [base, size] : mappings) munmap(base, size);
   return status;
 }

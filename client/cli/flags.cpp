@@ -19,9 +19,11 @@ void ClientFlags::Add(CLI::App& app) {
       "answered");
   auto* output = app.add_option(
       "--output", output_dir,
-      "Directory to write the loaded checkpoint into (created if missing): the shard files of "
-      "--model under their names, and its index if it has one. Other files there are left "
-      "alone; a file of one of those names is never replaced unless --overwrite is given");
+      "Directory to load the checkpoint into (created if missing): the shard files of --model "
+      "under their names, and its index if it has one, written as the chunks arrive (as "
+      "NAME.partial, renamed when complete; an interrupted pull run again resumes from them). "
+      "Other files there are left alone; a file of one of those names is never replaced unless "
+      "--overwrite is given");
   app.add_flag("--overwrite", overwrite,
                "Replace files of the same names already in --output (without it the client "
                "refuses before loading anything, naming them: exit 7)")
@@ -63,7 +65,9 @@ void ClientFlags::Add(CLI::App& app) {
   AddFanoutFlag(app, serving.fanout);
   AddRegistryTtlFlag(app, serving.registry_ttl);
   app.add_flag("--skip-output-check", skip_output_check,
-               "Do not read --output back to check it against the source's per-tensor digests");
+               "With --delta-from: do not read --output back to check it against the source's "
+               "per-tensor digests (otherwise every chunk is verified in the output files' own "
+               "pages as it arrives)");
   output->excludes(verify);
   app.add_option("--stripe", options.stripe,
                  "Pull from up to this many --source at once, disjoint chunks from each, handed "

@@ -2,6 +2,7 @@
 // writes it out as safetensors (or only verifies it); with --serve, serves it while it loads.
 
 #include <cstdio>
+#include <fstream>
 #include <future>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -26,12 +27,16 @@ double SecondsSince(Clock::time_point start) {
 
 constexpr const char* kAbout =
     "netloader-client: pull a model from a running netloader source.\n"
-    "Reads only the headers of --model to learn the expected tensor layout, allocates memory\n"
-    "for it, and loads the tensors from the first --source that holds the same model and\n"
-    "partition, verifying every chunk against the source's XXH3 digests. A source that fails\n"
-    "mid-transfer costs only the chunks in flight: the next --source is asked for the rest.\n"
-    "Then writes the checkpoint to --output (same shard files and metadata) or, with\n"
-    "--verify-only, stops. With --tensors, only the tensors named are loaded and written,\n"
+    "Reads only the headers of --model to learn the expected tensor layout and loads the\n"
+    "tensors from the first --source that holds the same model and partition, verifying every\n"
+    "chunk against the source's XXH3 digests. A source that fails mid-transfer costs only the\n"
+    "chunks in flight: the next --source is asked for the rest.\n"
+    "With --output, the tensors go straight into the checkpoint's files there (same shard\n"
+    "files and metadata), created as NAME.partial and renamed once complete and verified: the\n"
+    "model is never held in memory (peak_rss_bytes in the summary), and the same command\n"
+    "after an interruption resumes, pulling only what the partial files lack. With\n"
+    "--verify-only it loads into memory and stops. With --tensors, only the tensors named are\n"
+    "loaded and written,\n"
     "from any source that holds them (a whole model, another pipeline split).\n"
     "In the summary, bytes_received counts every chunk received or in flight over all\n"
     "sources, and attempts lists each source tried with the bytes it delivered.\n"
@@ -94,6 +99,19 @@ class ClientRun {
                     cli::kExitOutput);
       }
     }
+    if (Streaming()) {
+      // Straight into the files, resuming an interrupted pull's: the model is never in memory.
+      output_ = MappedCheckpoint::Create(flags_.output_dir, *layout_);
+      if (!output_.ok()) return Fail("--output: " + output_.status().ToString(), cli::kExitOutput);
+      options_.destination_filled = output_->resumed();
+      if (output_->resumed()) {
+        std::fprintf(stderr,
+                     "netloader-client: resuming the pull into %s: what is there is checked "
+                     "against the source's digests, only what differs is pulled\n",
+                     flags_.output_dir.c_str());
+      }
+      return cli::kExitOk;
+    }
     model_ = flags_.delta_dir.empty()
                  ? HostModel::Allocate(*layout_)
                  : cli::ReadOlderCopy(flags_.delta_dir, *layout_, options_.tensors);
@@ -109,7 +127,7 @@ class ClientRun {
 
   int StartRelay() {
     if (!flags_.relaying()) return cli::kExitOk;
-    Result<std::unique_ptr<Server>> started = Server::StartRelay(flags_.serving, model_->view());
+    Result<std::unique_ptr<Server>> started = Server::StartRelay(flags_.serving, Destination());
     if (!started.ok()) {
       return Fail("--serve: " + started.status().ToString(),
                   started.status().code() == StatusCode::kInvalidArgument ? cli::kExitUsage
@@ -126,12 +144,19 @@ class ClientRun {
   void Load() {
     cli::ProgressLine progress;
     const auto start = Clock::now();
+    uint64_t released = 0;
     options_.progress = [&](uint64_t done, uint64_t total) {
       progress.Bar(done, total, SecondsSince(start));
+      // Written pages leave this process as the load goes (they stay in the page cache).
+      if (Streaming() && done - released >= kReleaseEvery) {
+        output_->ReleaseWritten();
+        released = done;
+      }
       flags_.testing.HoldIfDue("netloader-client", done, total);
     };
-    stats_ = netloader::Load(options_, model_->view());
+    stats_ = netloader::Load(options_, Destination());
     progress.Finish();
+    if (Streaming()) output_->ReleaseWritten();
   }
 
   // The summary (and --output), printed; returns the exit code.
@@ -145,12 +170,19 @@ class ClientRun {
                  {"error", StatusCodeName(stats_.status().code())},
                  {"message", stats_.status().message()}};
       std::fprintf(stderr, "netloader-client: %s\n", stats_.status().ToString().c_str());
+      if (Streaming()) {
+        std::fprintf(stderr,
+                     "netloader-client: the partial files stay in %s (*%s); the same command "
+                     "resumes the pull\n",
+                     flags_.output_dir.c_str(), MappedCheckpoint::kPartialSuffix);
+      }
     } else {
       summary = Summary(*stats_);
       if (!flags_.output_dir.empty()) exit_code = WriteOutput(summary);
     }
     const double wall_seconds = SecondsSince(run_start_);
     summary["wall_seconds"] = wall_seconds;
+    summary["peak_rss_bytes"] = PeakRssBytes();
     if (flags_.common.json) {
       std::cout << summary.dump() << std::endl;
     } else if (stats_.ok()) {
@@ -189,10 +221,16 @@ class ClientRun {
   int WriteOutput(nlohmann::json& summary) {
     const std::string& dir = flags_.output_dir;
     const auto write_start = Clock::now();
-    Status written = WriteCheckpoint(dir, *layout_, model_->view());
+    Status written =
+        Streaming() ? output_->Commit() : WriteCheckpoint(dir, *layout_, model_->view());
     summary["output"] = dir;
     summary["write_seconds"] = SecondsSince(write_start);
-    if (written.ok() && !flags_.skip_output_check) {
+    summary["streamed"] = Streaming();
+    if (Streaming()) summary["resumed"] = output_->resumed();
+    // Streamed, every chunk was verified in the files' own pages as it arrived (or, resumed,
+    // as it was found there): reading them back would hash the same pages again.
+    if (written.ok() && Streaming()) summary["output_verified"] = true;
+    if (written.ok() && !Streaming() && !flags_.skip_output_check) {
       written = cli::CheckWrittenCheckpoint(dir, *layout_, *stats_);
       summary["output_verified"] = written.ok();
     }
@@ -208,12 +246,12 @@ class ClientRun {
   void PrintLoaded(double wall_seconds, bool written) const {
     const LoadStats& s = *stats_;
     const std::string& dir = flags_.output_dir;
-    const std::string wrote = !written || dir.empty() ? ""
-                              : flags_.skip_output_check
-                                  ? "; wrote " + dir
-                                  : "; wrote " + dir +
-                                        ", read it back and checked it against the source's "
-                                        "digests";
+    const std::string wrote =
+        !written || dir.empty() ? ""
+        : Streaming()           ? "; wrote " + dir + " as it arrived, every chunk verified there"
+        : flags_.skip_output_check
+            ? "; wrote " + dir
+            : "; wrote " + dir + ", read it back and checked it against the source's digests";
     std::printf(
         "loaded %llu tensors, %llu bytes (%s) from %s: transfer %.3f s at %.2f GB/s, %.3f s wall "
         "in all; %llu chunks verified%s\n",
@@ -239,6 +277,22 @@ class ClientRun {
                 cli::HumanBytes(s.bytes_sent).c_str());
   }
 
+  // --output without --delta-from: the load goes straight into the output files.
+  bool Streaming() const { return !flags_.output_dir.empty() && flags_.delta_dir.empty(); }
+  const ModelView& Destination() const { return Streaming() ? output_->view() : model_->view(); }
+
+  // This process's peak resident memory so far (VmHWM), in bytes.
+  static uint64_t PeakRssBytes() {
+    std::ifstream status("/proc/self/status");
+    for (std::string line; std::getline(status, line);) {
+      if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+    }
+    return 0;
+  }
+
+  // How many verified bytes a streamed load lets pass between two drops of its written pages.
+  static constexpr uint64_t kReleaseEvery = 16ull << 20;
+
   static int Fail(const std::string& message, int code) {
     std::fprintf(stderr, "netloader-client: %s\n", message.c_str());
     return code;
@@ -251,6 +305,7 @@ class ClientRun {
   std::future<Status> transport_started_;
   Result<CheckpointLayout> layout_ = Status(StatusCode::kInternal, "not read yet");
   Result<HostModel> model_ = Status(StatusCode::kInternal, "not allocated yet");
+  Result<MappedCheckpoint> output_ = Status(StatusCode::kInternal, "not created yet");
   std::unique_ptr<Server> relay_;
   Result<LoadStats> stats_ = Status(StatusCode::kInternal, "not loaded yet");
 };

@@ -210,6 +210,84 @@ TEST(CliTest, OutputIntoAFolderHoldingOtherFilesTouchesAndChecksOnlyItsOwn) {
   EXPECT_EQ(testing::ReadFile(tmp / "out/model.safetensors.index.json"), other_index);
 }
 
+// --output writes each chunk into the output files as it arrives: a model many times larger
+// than the staging ring (4 x 1 MiB) arrives byte-identical while the client's peak resident
+// memory stays within 64 MiB plus the ring, and no temporary file is left.
+TEST(CliTest, OutputStreamsIntoTheFilesWithinBoundedMemory) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 64, 256, 2, 81);
+  ServerProcess server(tmp, tmp / "model");
+  ClientRun run =
+      RunClient(tmp, "client",
+                {"--source", server.endpoint(), "--model", tmp / "model", "--output", tmp / "out"});
+  ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
+  EXPECT_EQ(run.summary["streamed"], true);
+  EXPECT_EQ(run.summary["resumed"], false);
+  EXPECT_EQ(run.summary["output_verified"], true);
+  EXPECT_LE(run.summary["peak_rss_bytes"].get<uint64_t>(), (64u + 4u) << 20) << run.summary.dump();
+  testing::ExpectSameCheckpoint(tmp / "model", tmp / "out");
+  for (const auto& entry : std::filesystem::directory_iterator(tmp / "out")) {
+    EXPECT_EQ(entry.path().string().find(".partial"), std::string::npos) << entry.path();
+  }
+}
+
+// A pull killed half way leaves only NAME.partial files; the same command then resumes: it
+// pulls about the half that is missing (what the first run verified stays) and ends
+// byte-identical under the final names.
+TEST(CliFaultTest, AKilledPullRunAgainPullsOnlyWhatIsMissing) {
+  TempDir tmp;
+  MakeCheckpoint(tmp / "model", 40, 64, 2, 83);
+  ServerProcess server(tmp, tmp / "model");
+  const std::vector<std::string> pull = {"--source", server.endpoint(), "--model",  tmp / "model",
+                                         "--output", tmp / "out",       "--window", "2"};
+  std::vector<std::string> held = {Bin("netloader-client"), "--testing-hold-at", "50",
+                                   "--testing-hold-file", tmp / "never"};
+  held.insert(held.end(), pull.begin(), pull.end());
+  Child first(held, tmp / "first");
+  ASSERT_TRUE(WaitUntilHeld(first)) << first.Stderr();
+  first.Signal(SIGKILL);
+  ASSERT_EQ(first.Wait(30s), 128 + SIGKILL);
+  EXPECT_TRUE(std::filesystem::exists(tmp / "out/model-00001-of-00002.safetensors.partial"));
+  EXPECT_FALSE(std::filesystem::exists(tmp / "out/model-00001-of-00002.safetensors"))
+      << "nothing appears under its final name before it is complete";
+
+  ClientRun again = RunClient(tmp, "again", pull);
+  ASSERT_EQ(again.exit_code, 0) << again.stderr_text;
+  EXPECT_EQ(again.summary["resumed"], true) << again.summary.dump();
+  const uint64_t bytes = again.summary["bytes"];
+  EXPECT_LE(again.summary["bytes_received"].get<uint64_t>(), bytes / 2 + (2u << 20))
+      << "half the model and a window, at most: " << again.summary.dump();
+  EXPECT_GE(again.summary["bytes_reused"].get<uint64_t>(), bytes / 2 - (2u << 20));
+  testing::ExpectSameCheckpoint(tmp / "model", tmp / "out");
+}
+
+// A disk too small for the model: the client fails before pulling anything (the space is
+// reserved up front), exit 7, naming the file; nothing appears under a final name.
+TEST(CliFaultTest, AFullDiskFailsAtOnceNamingTheFile) {
+  TempDir tmp;
+  std::filesystem::create_directories(tmp / "small");
+  Child mount({"/bin/mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", tmp / "small"},
+              tmp / "mount");
+  if (mount.Wait(30s) != 0) GTEST_SKIP() << "cannot mount a small tmpfs here: " << mount.Stderr();
+  struct Unmount {
+    std::string dir;
+    ~Unmount() {
+      Child umount({"/bin/umount", dir}, dir + "-umount");
+      umount.Wait(std::chrono::seconds(30));
+    }
+  } unmount{tmp / "small"};
+  MakeCheckpoint(tmp / "model", 10, 32, 1, 85);
+  ServerProcess server(tmp, tmp / "model");
+  ClientRun run = RunClient(
+      tmp, "client",
+      {"--source", server.endpoint(), "--model", tmp / "model", "--output", tmp / "small/out"});
+  EXPECT_EQ(run.exit_code, 7) << run.stderr_text;
+  EXPECT_NE(run.stderr_text.find(tmp / "small/out/model.safetensors.partial"), std::string::npos)
+      << run.stderr_text;
+  EXPECT_NE(run.stderr_text.find("No space left"), std::string::npos) << run.stderr_text;
+  EXPECT_FALSE(std::filesystem::exists(tmp / "small/out/model.safetensors"));
+}
+
 // A file of the name the output would take is never replaced silently: the client refuses
 // before loading anything, names it, and leaves it; --overwrite replaces it.
 TEST(CliTest, OutputNeverReplacesAnExistingFileUnlessToldTo) {

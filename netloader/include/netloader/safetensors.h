@@ -4,6 +4,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "netloader/export.h"
@@ -124,5 +125,51 @@ NETLOADER_EXPORT std::vector<std::string> CheckpointFileNames(const CheckpointLa
 // those names already in `dir` are replaced; nothing else in `dir` is touched.
 NETLOADER_EXPORT Status WriteCheckpoint(const std::string& dir, const CheckpointLayout& layout,
                                         const ModelView& model);
+
+// A checkpoint written in place, as a load fills it (netloader-client --output): the files
+// WriteCheckpoint would write, created in `dir` under temporary names (NAME.partial) at their
+// full size with their headers, their tensor data mapped into memory (MAP_SHARED). A load into
+// view() fills the files themselves, and the model is never held in this process's memory:
+// ReleaseWritten() drops the pages written so far from it (the kernel writes them back).
+// Commit() writes everything back and gives each file its final name (the index last), so a
+// file appears under its final name only complete. Left uncommitted (a failed or interrupted
+// load), the temporary files stay: a later Create over the same layout resumes from them.
+// Move-only; unmaps when destroyed.
+class NETLOADER_EXPORT MappedCheckpoint {
+ public:
+  static constexpr const char* kPartialSuffix = ".partial";
+
+  // Creates (or finds) the temporary files and maps them. The disk space is reserved at once,
+  // so a full disk fails here, naming the file. Errors: Unavailable naming the file,
+  // InvalidArgument (a tensor name the format reserves).
+  static Result<MappedCheckpoint> Create(const std::string& dir, const CheckpointLayout& layout);
+
+  MappedCheckpoint(MappedCheckpoint&&) noexcept;
+  MappedCheckpoint& operator=(MappedCheckpoint&&) noexcept;
+  ~MappedCheckpoint();
+
+  // The tensors, in storage order, in the mapped files.
+  const ModelView& view() const { return view_; }
+  // Whether every temporary file was there already, at its full size with the same header: an
+  // interrupted pull's. Its bytes may be anything; a load then compares them with the source's
+  // digests (ClientOptions::destination_filled) and pulls only what differs.
+  bool resumed() const { return resumed_; }
+  // Drops this process's mappings of every page touched so far (any time; safe mid-load: a page
+  // touched again is mapped again), keeping its resident memory small.
+  void ReleaseWritten();
+  // Writes every file back (msync), renames each to its final name, then writes the index.
+  // Errors: Unavailable naming the file.
+  Status Commit();
+
+ private:
+  MappedCheckpoint() = default;
+  void Unmap();
+
+  std::string dir_;
+  CheckpointLayout layout_;
+  ModelView view_;
+  std::vector<std::pair<void*, size_t>> mappings_;
+  bool resumed_ = false;
+};
 
 }  // namespace netloader

@@ -5,6 +5,9 @@
 
 #include <cstdint>
 #include <fstream>
+#include <iterator>
+#include <map>
+#include <mutex>
 #include <string>
 
 #include "transfer/shared_memory.h"
@@ -76,5 +79,39 @@ bool PopulateForWrite(void* memory, size_t bytes) {
 }
 
 void UnmapHostMemory(void* memory, size_t bytes) { transfer::UnmapSharedMemory(memory, bytes); }
+
+namespace {
+
+struct FileBacked {
+  std::mutex mu;
+  std::map<uintptr_t, uintptr_t> regions;  // begin -> end, guarded by mu
+};
+
+FileBacked& FileBackedRegions() {
+  static FileBacked* regions = new FileBacked;  // never destroyed: used until exit
+  return *regions;
+}
+
+}  // namespace
+
+void RegisterFileBacked(const void* memory, size_t bytes) {
+  FileBacked& f = FileBackedRegions();
+  std::lock_guard<std::mutex> lock(f.mu);
+  f.regions[reinterpret_cast<uintptr_t>(memory)] = reinterpret_cast<uintptr_t>(memory) + bytes;
+}
+
+void UnregisterFileBacked(const void* memory) {
+  FileBacked& f = FileBackedRegions();
+  std::lock_guard<std::mutex> lock(f.mu);
+  f.regions.erase(reinterpret_cast<uintptr_t>(memory));
+}
+
+bool IsFileBacked(const void* address) {
+  const auto at = reinterpret_cast<uintptr_t>(address);
+  FileBacked& f = FileBackedRegions();
+  std::lock_guard<std::mutex> lock(f.mu);
+  auto it = f.regions.upper_bound(at);
+  return it != f.regions.begin() && at < std::prev(it)->second;
+}
 
 }  // namespace netloader

@@ -23,4 +23,11 @@ void UnmapHostMemory(void* memory, size_t bytes);
 // (MADV_POPULATE_WRITE, Linux 5.14), contents untouched. Returns false where the kernel cannot.
 bool PopulateForWrite(void* memory, size_t bytes);
 
+// File pages mapped for a load to write into place (MappedCheckpoint): a load must not make
+// them all present ahead of the data (PopulateForWrite), which would make the whole model
+// resident. Registered by address; thread-safe.
+void RegisterFileBacked(const void* memory, size_t bytes);
+void UnregisterFileBacked(const void* memory);
+bool IsFileBacked(const void* address);
+
 }  // namespace netloader

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,12 +10,12 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <deque>
 #include <filesystem>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "netloader/src/base/host_memory.h"
@@ -98,8 +99,14 @@ class Fd {
   ~Fd() {
     if (fd_ >= 0) close(fd_);
   }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
+  Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  Fd& operator=(Fd&& other) noexcept {
+    if (this != &other) {
+      if (fd_ >= 0) close(fd_);
+      fd_ = std::exchange(other.fd_, -1);
+    }
+    return *this;
+  }
   int get() const { return fd_; }
 
  private:
@@ -452,7 +459,7 @@ Status ReadTensors(const CheckpointLayout& layout, const ModelView& view) {
     size_t size;
     uint64_t offset;
   };
-  std::deque<Fd> files;  // Fd does not move
+  std::vector<Fd> files;
   std::vector<Piece> pieces;
   size_t index = 0;
   for (const ShardLayout& shard : layout.shards) {
@@ -497,8 +504,13 @@ Status ReadTensors(const CheckpointLayout& layout, const ModelView& view) {
   return failed;
 }
 
-Status WriteSafetensors(const std::string& path, const std::vector<TensorView>& tensors,
-                        const std::map<std::string, std::string>& metadata) {
+namespace {
+
+// What precedes the data of a safetensors file of `tensors` (their data back to back, in order):
+// the 8-byte little-endian length, then the JSON header (metadata first) padded with spaces to
+// 8 bytes, as the reference writer does. Errors: InvalidArgument naming `path`.
+Result<std::string> SafetensorsHead(const std::string& path, const std::vector<TensorView>& tensors,
+                                    const std::map<std::string, std::string>& metadata) {
   ordered_json header = ordered_json::object();
   std::set<std::string> names;  // ordered_json lookups are linear; keep a set for duplicates
   if (!metadata.empty()) {
@@ -520,18 +532,24 @@ Status WriteSafetensors(const std::string& path, const std::vector<TensorView>& 
   std::string text = header.dump();
   // Pad with spaces so the data starts 8-byte aligned, as the reference writer does.
   text.append((8 - text.size() % 8) % 8, ' ');
-  unsigned char prefix[8];
-  for (int i = 0; i < 8; ++i)
-    prefix[i] = static_cast<unsigned char>(uint64_t{text.size()} >> (8 * i));
+  std::string head(8, '\0');
+  for (int i = 0; i < 8; ++i) head[i] = static_cast<char>(uint64_t{text.size()} >> (8 * i));
+  return head + text;
+}
 
+}  // namespace
+
+Status WriteSafetensors(const std::string& path, const std::vector<TensorView>& tensors,
+                        const std::map<std::string, std::string>& metadata) {
+  Result<std::string> head = SafetensorsHead(path, tensors, metadata);
+  if (!head.ok()) return head.status();
   const std::string temp = path + ".tmp";
   {
     Fd fd(open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
     if (fd.get() < 0) {
       return Status(StatusCode::kUnavailable, temp + ": cannot create: " + ErrnoText());
     }
-    Status status = WriteAll(fd.get(), prefix, sizeof prefix, temp);
-    if (status.ok()) status = WriteAll(fd.get(), text.data(), text.size(), temp);
+    Status status = WriteAll(fd.get(), head->data(), head->size(), temp);
     for (const TensorView& t : tensors) {
       if (!status.ok()) break;
       status = WriteAll(fd.get(), t.data, t.size_bytes, temp);
@@ -555,6 +573,39 @@ std::vector<std::string> CheckpointFileNames(const CheckpointLayout& layout) {
   return names;
 }
 
+namespace {
+
+// The index.json of `layout` in `dir`, regenerated (none when the layout had none): under a
+// temporary name, renamed into place.
+Status WriteIndex(const std::string& dir, const CheckpointLayout& layout) {
+  if (!layout.indexed) return Status::Ok();
+  const std::vector<std::string> files = CheckpointFileNames(layout);
+  ordered_json weight_map = ordered_json::object();
+  for (size_t s = 0; s < layout.shards.size(); ++s) {
+    for (const TensorSpec& t : layout.shards[s].tensors) weight_map[t.name] = files[s];
+  }
+  ordered_json index_doc = ordered_json::object();
+  ordered_json meta = ordered_json::parse(layout.index_metadata_json, nullptr, false);
+  if (!meta.is_object()) meta = ordered_json::object();
+  meta["total_size"] = layout.total_bytes();
+  index_doc["metadata"] = meta;
+  index_doc["weight_map"] = weight_map;
+  const std::string text = index_doc.dump(2) + "\n";
+  const std::string path = dir + "/" + kIndexName;
+  const std::string temp = path + ".tmp";
+  Fd fd(open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (fd.get() < 0)
+    return Status(StatusCode::kUnavailable, temp + ": cannot create: " + ErrnoText());
+  Status status = WriteAll(fd.get(), text.data(), text.size(), temp);
+  if (status.ok() && rename(temp.c_str(), path.c_str()) != 0) {
+    status = Status(StatusCode::kUnavailable, path + ": rename failed: " + ErrnoText());
+  }
+  if (!status.ok()) unlink(temp.c_str());
+  return status;
+}
+
+}  // namespace
+
 Status WriteCheckpoint(const std::string& dir, const CheckpointLayout& layout,
                        const ModelView& model) {
   if (model.tensors.size() != layout.tensor_count()) {
@@ -567,30 +618,123 @@ Status WriteCheckpoint(const std::string& dir, const CheckpointLayout& layout,
   if (error) return Status(StatusCode::kUnavailable, dir + ": cannot create: " + error.message());
   const std::vector<std::string> files = CheckpointFileNames(layout);
   size_t index = 0;
-  ordered_json weight_map = ordered_json::object();
   for (size_t s = 0; s < layout.shards.size(); ++s) {
     const ShardLayout& shard = layout.shards[s];
-    const std::string& file = files[s];
     std::vector<TensorView> tensors(model.tensors.begin() + index,
                                     model.tensors.begin() + index + shard.tensors.size());
     index += shard.tensors.size();
-    for (const TensorView& t : tensors) weight_map[t.name] = file;
-    Status status = WriteSafetensors(dir + "/" + file, tensors, shard.metadata);
+    Status status = WriteSafetensors(dir + "/" + files[s], tensors, shard.metadata);
     if (!status.ok()) return status;
   }
-  if (!layout.indexed) return Status::Ok();
-  ordered_json index_doc = ordered_json::object();
-  ordered_json meta = ordered_json::parse(layout.index_metadata_json, nullptr, false);
-  if (!meta.is_object()) meta = ordered_json::object();
-  meta["total_size"] = layout.total_bytes();
-  index_doc["metadata"] = meta;
-  index_doc["weight_map"] = weight_map;
-  const std::string text = index_doc.dump(2) + "\n";
-  const std::string path = dir + "/" + kIndexName;
-  Fd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (fd.get() < 0)
-    return Status(StatusCode::kUnavailable, path + ": cannot create: " + ErrnoText());
-  return WriteAll(fd.get(), text.data(), text.size(), path);
+  return WriteIndex(dir, layout);
+}
+
+Result<MappedCheckpoint> MappedCheckpoint::Create(const std::string& dir,
+                                                  const CheckpointLayout& layout) {
+  std::error_code error;
+  std::filesystem::create_directories(dir, error);
+  if (error) return Status(StatusCode::kUnavailable, dir + ": cannot create: " + error.message());
+  MappedCheckpoint out;
+  out.dir_ = dir;
+  out.layout_ = layout;
+  out.resumed_ = true;
+  const std::vector<std::string> names = CheckpointFileNames(layout);
+  for (size_t s = 0; s < layout.shards.size(); ++s) {
+    const ShardLayout& shard = layout.shards[s];
+    std::vector<TensorView> tensors;
+    uint64_t data_bytes = 0;
+    for (const TensorSpec& t : shard.tensors) {
+      tensors.push_back({t.name, t.dtype, t.shape, nullptr, t.size_bytes});
+      data_bytes += t.size_bytes;
+    }
+    const std::string path = dir + "/" + names[s] + kPartialSuffix;
+    Result<std::string> head = SafetensorsHead(path, tensors, shard.metadata);
+    if (!head.ok()) return head.status();
+    const uint64_t size = head->size() + data_bytes;
+    // A file left by an interrupted run of the same layout is resumed: same size, same head.
+    Fd fd(open(path.c_str(), O_RDWR | O_CLOEXEC));
+    bool same = false;
+    struct stat info {};
+    if (fd.get() >= 0 && fstat(fd.get(), &info) == 0 &&
+        static_cast<uint64_t>(info.st_size) == size) {
+      std::string old(head->size(), '\0');
+      same = PreadAll(fd.get(), old.data(), old.size(), 0, path).ok() && old == *head;
+    }
+    if (!same) {
+      out.resumed_ = false;
+      fd = Fd(open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+      if (fd.get() < 0) {
+        return Status(StatusCode::kUnavailable, path + ": cannot create: " + ErrnoText());
+      }
+      Status written = WriteAll(fd.get(), head->data(), head->size(), path);
+      if (!written.ok()) return written;
+    }
+    // The space, reserved now: a full disk fails here, naming the file, not later in a fault.
+    if (const int rc = posix_fallocate(fd.get(), 0, static_cast<off_t>(size)); rc != 0) {
+      return Status(StatusCode::kUnavailable, path + ": cannot reserve " + std::to_string(size) +
+                                                  " bytes: " + std::strerror(rc));
+    }
+    void* base = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+    if (base == MAP_FAILED) {
+      return Status(StatusCode::kUnavailable, path + ": cannot map: " + ErrnoText());
+    }
+    out.mappings_.push_back({base, size});
+    RegisterFileBacked(base, size);
+    char* at = static_cast<char*>(base) + head->size();
+    for (const TensorView& t : tensors) {
+      out.view_.tensors.push_back(
+          {t.name, t.dtype, t.shape, t.size_bytes ? at : nullptr, t.size_bytes});
+      at += t.size_bytes;
+    }
+  }
+  if (layout.shards.empty()) out.resumed_ = false;
+  return out;
+}
+
+MappedCheckpoint::MappedCheckpoint(MappedCheckpoint&& other) noexcept { *this = std::move(other); }
+
+MappedCheckpoint& MappedCheckpoint::operator=(MappedCheckpoint&& other) noexcept {
+  if (this != &other) {
+    Unmap();
+    dir_ = std::move(other.dir_);
+    layout_ = std::move(other.layout_);
+    view_ = std::move(other.view_);
+    mappings_ = std::exchange(other.mappings_, {});
+    resumed_ = other.resumed_;
+  }
+  return *this;
+}
+
+MappedCheckpoint::~MappedCheckpoint() { Unmap(); }
+
+void MappedCheckpoint::Unmap() {
+  for (const auto& [base, size] : mappings_) {
+    UnregisterFileBacked(base);
+    munmap(base, size);
+  }
+  mappings_.clear();
+}
+
+void MappedCheckpoint::ReleaseWritten() {
+  // On a shared file mapping this drops only this process's page table entries: the pages stay
+  // in the page cache, dirty ones are written back as ever, and a later touch maps them again.
+  for (const auto& [base, size] : mappings_) (void)madvise(base, size, MADV_DONTNEED);
+}
+
+Status MappedCheckpoint::Commit() {
+  const std::vector<std::string> names = CheckpointFileNames(layout_);
+  for (size_t s = 0; s < mappings_.size(); ++s) {
+    const auto& [base, size] = mappings_[s];
+    const std::string path = dir_ + "/" + names[s];
+    if (msync(base, size, MS_SYNC) != 0) {
+      return Status(StatusCode::kUnavailable,
+                    path + kPartialSuffix + ": cannot write back: " + ErrnoText());
+    }
+    if (rename((path + kPartialSuffix).c_str(), path.c_str()) != 0) {
+      return Status(StatusCode::kUnavailable, path + ": rename failed: " + ErrnoText());
+    }
+  }
+  return WriteIndex(dir_, layout_);
 }
 
 }  // namespace netloader
