@@ -122,7 +122,8 @@ TEST_F(RegistryTest, AClientGivenOnlyTheRegistryFindsTheServerAndLoadsByteIdenti
 }
 
 // Two holders: clients prefer the one of their own topology; a stopped holder leaves the
-// registry at once (its lease revoked), a killed one within its lease.
+// registry at once (its lease revoked), a frozen one within its lease and back once it thaws
+// (a new lease), a killed one within its lease.
 TEST_F(RegistryTest, ClientsPreferTheirTopologyAndHoldersThatLeaveDropOut) {
   EtcdServer etcd(tmp_);
   ASSERT_TRUE(etcd.Start()) << etcd.Log();
@@ -143,6 +144,12 @@ TEST_F(RegistryTest, ClientsPreferTheirTopologyAndHoldersThatLeaveDropOut) {
   ASSERT_EQ(left.size(), 1u) << "a stopped server revokes its lease";
   EXPECT_EQ(left[0].endpoint, endpoints_[1]);
 
+  b.Signal(SIGSTOP);
+  EXPECT_TRUE(testing::WaitFor([&] { return Listed(etcd.url()).empty(); }, 30s))
+      << "a frozen holder renews nothing";
+  b.Signal(SIGCONT);
+  EXPECT_TRUE(testing::WaitFor([&] { return Listed(etcd.url()).size() == 1; }, 30s))
+      << "thawed, it publishes itself again: " << b.Stderr();
   b.Signal(SIGKILL);
   ASSERT_EQ(b.Wait(30s), 128 + SIGKILL);
   const auto killed = std::chrono::steady_clock::now();
