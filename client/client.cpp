@@ -207,6 +207,7 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
   Result<std::vector<std::string>> sources = Sources(options, fingerprint, options.relay);
   if (!sources.ok()) {
     metrics::LoadEnded(sources.status(), 0, 0, 0, 0);
+    if (relay != nullptr) relay->LoadEnded(sources.status());  // it refuses newcomers, naming why
     return sources.status();
   }
   EarlyStart early(plane, options.transport);

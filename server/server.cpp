@@ -114,10 +114,21 @@ class ServerImpl final : public Server, public internal::RelayFeed {
               : !content.failure.empty() ? "failed"
               : content.whole            ? "loading"
                                          : "waiting";
-    if ((content.complete || content.whole) && !transport_->health().ok()) r.state = "unavailable";
+    if ((content.complete || content.whole) && !Healthy()) r.state = "unavailable";
     r.free_slots = std::max(0, options_.max_concurrent_transfers - stats.active_transfers);
     r.topology = options_.topology;
     return r;
+  }
+
+  // The data plane's health for the registry, asked at most every 2 s: each ask may probe the
+  // rendezvous (a TCP connect) or ask the MPI helper.
+  bool Healthy() const {
+    const auto now = Clock::now();
+    if (now - health_asked_ >= std::chrono::seconds(2)) {
+      healthy_ = transport_->health().ok();
+      health_asked_ = now;
+    }
+    return healthy_;
   }
 
   const ServerOptions options_;
@@ -127,6 +138,8 @@ class ServerImpl final : public Server, public internal::RelayFeed {
   serving::RelayState content_;
   serving::RingPool rings_;
   serving::ControlLoop control_;
+  mutable Clock::time_point health_asked_{};  // the publisher's thread only
+  mutable bool healthy_ = true;
   std::mutex publisher_mu_;
   std::unique_ptr<registry::Publisher> publisher_;  // guarded by publisher_mu_
 };

@@ -144,19 +144,13 @@ class ClientRun {
   void Load() {
     cli::ProgressLine progress;
     const auto start = Clock::now();
-    uint64_t released = 0;
     options_.progress = [&](uint64_t done, uint64_t total) {
       progress.Bar(done, total, SecondsSince(start));
-      // Written pages leave this process as the load goes (they stay in the page cache).
-      if (Streaming() && done - released >= kReleaseEvery) {
-        output_->ReleaseWritten();
-        released = done;
-      }
       flags_.testing.HoldIfDue("netloader-client", done, total);
     };
+    // Into files (Streaming), each chunk's pages leave this process once it is verified.
     stats_ = netloader::Load(options_, Destination());
     progress.Finish();
-    if (Streaming()) output_->ReleaseWritten();
   }
 
   // The summary (and --output), printed; returns the exit code.
@@ -289,9 +283,6 @@ class ClientRun {
     }
     return 0;
   }
-
-  // How many verified bytes a streamed load lets pass between two drops of its written pages.
-  static constexpr uint64_t kReleaseEvery = 16ull << 20;
 
   static int Fail(const std::string& message, int code) {
     std::fprintf(stderr, "netloader-client: %s\n", message.c_str());

@@ -231,12 +231,12 @@ TEST(CliTest, OutputStreamsIntoTheFilesWithinBoundedMemory) {
   }
 }
 
-// A pull killed half way leaves only NAME.partial files; the same command then resumes: it
-// pulls about the half that is missing (what the first run verified stays) and ends
-// byte-identical under the final names.
+// A pull killed half way leaves only NAME.partial files (and while it ran, a second pull into
+// the same directory was refused); the same command then resumes: it pulls about the half that
+// is missing (what the first run verified stays) and ends byte-identical under the final names.
 TEST(CliFaultTest, AKilledPullRunAgainPullsOnlyWhatIsMissing) {
   TempDir tmp;
-  MakeCheckpoint(tmp / "model", 40, 64, 2, 83);
+  MakeCheckpoint(tmp / "model", 40, 96, 2, 83);
   ServerProcess server(tmp, tmp / "model");
   const std::vector<std::string> pull = {"--source", server.endpoint(), "--model",  tmp / "model",
                                          "--output", tmp / "out",       "--window", "2"};
@@ -245,6 +245,11 @@ TEST(CliFaultTest, AKilledPullRunAgainPullsOnlyWhatIsMissing) {
   held.insert(held.end(), pull.begin(), pull.end());
   Child first(held, tmp / "first");
   ASSERT_TRUE(WaitUntilHeld(first)) << first.Stderr();
+  // Meanwhile a second pull into the same directory is refused: it would truncate the files.
+  ClientRun second = RunClient(tmp, "second", pull);
+  EXPECT_EQ(second.exit_code, 7) << second.stderr_text;
+  EXPECT_NE(second.stderr_text.find("another process is writing it"), std::string::npos)
+      << second.stderr_text;
   first.Signal(SIGKILL);
   ASSERT_EQ(first.Wait(30s), 128 + SIGKILL);
   EXPECT_TRUE(std::filesystem::exists(tmp / "out/model-00001-of-00002.safetensors.partial"));
@@ -258,6 +263,8 @@ TEST(CliFaultTest, AKilledPullRunAgainPullsOnlyWhatIsMissing) {
   EXPECT_LE(again.summary["bytes_received"].get<uint64_t>(), bytes / 2 + (2u << 20))
       << "half the model and a window, at most: " << again.summary.dump();
   EXPECT_GE(again.summary["bytes_reused"].get<uint64_t>(), bytes / 2 - (2u << 20));
+  EXPECT_LE(again.summary["peak_rss_bytes"].get<uint64_t>(), (64u + 4u) << 20)
+      << "checking what the partial files hold maps them a chunk at a time";
   testing::ExpectSameCheckpoint(tmp / "model", tmp / "out");
 }
 

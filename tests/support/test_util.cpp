@@ -313,9 +313,11 @@ EtcdServer::~EtcdServer() { Kill(); }
 
 bool EtcdServer::Start(bool fresh) {
   Kill();
-  // A port taken between its probe and etcd's bind makes etcd exit: try new ones, a few times.
+  // A port taken between its probe and etcd's bind makes etcd exit: on a first start, try new
+  // ones, a few times; a restart keeps its ports (clients know its URL).
+  const bool restart = client_port_ != 0;
   for (int attempt = 0; attempt < 5; ++attempt) {
-    if (client_port_ == 0 || attempt > 0) {
+    if (!restart && (client_port_ == 0 || attempt > 0)) {
       client_port_ = FreeLoopbackPort();
       peer_port_ = FreeLoopbackPort();
     }

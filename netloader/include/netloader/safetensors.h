@@ -129,8 +129,8 @@ NETLOADER_EXPORT Status WriteCheckpoint(const std::string& dir, const Checkpoint
 // A checkpoint written in place, as a load fills it (netloader-client --output): the files
 // WriteCheckpoint would write, created in `dir` under temporary names (NAME.partial) at their
 // full size with their headers, their tensor data mapped into memory (MAP_SHARED). A load into
-// view() fills the files themselves, and the model is never held in this process's memory:
-// ReleaseWritten() drops the pages written so far from it (the kernel writes them back).
+// view() fills the files themselves, and the model is never held in this process's memory: the
+// load drops each chunk's pages from it once verified (the kernel writes them back).
 // Commit() writes everything back and gives each file its final name (the index last), so a
 // file appears under its final name only complete. Left uncommitted (a failed or interrupted
 // load), the temporary files stay: a later Create over the same layout resumes from them.
@@ -154,9 +154,6 @@ class NETLOADER_EXPORT MappedCheckpoint {
   // interrupted pull's. Its bytes may be anything; a load then compares them with the source's
   // digests (ClientOptions::destination_filled) and pulls only what differs.
   bool resumed() const { return resumed_; }
-  // Drops this process's mappings of every page touched so far (any time; safe mid-load: a page
-  // touched again is mapped again), keeping its resident memory small.
-  void ReleaseWritten();
   // Writes every file back (msync), renames each to its final name, then writes the index.
   // Errors: Unavailable naming the file.
   Status Commit();
@@ -169,6 +166,7 @@ class NETLOADER_EXPORT MappedCheckpoint {
   CheckpointLayout layout_;
   ModelView view_;
   std::vector<std::pair<void*, size_t>> mappings_;
+  std::vector<int> locked_fds_;  // each file's, open (and flock'ed) until unmapped
   bool resumed_ = false;
 };
 

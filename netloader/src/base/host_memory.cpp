@@ -106,6 +106,14 @@ void UnregisterFileBacked(const void* memory) {
   f.regions.erase(reinterpret_cast<uintptr_t>(memory));
 }
 
+void DropFileBackedPages(const void* memory, size_t bytes) {
+  if (bytes == 0 || !IsFileBacked(memory)) return;
+  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(memory) & ~(page - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(memory) + bytes + page - 1) & ~(page - 1);
+  (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 bool IsFileBacked(const void* address) {
   const auto at = reinterpret_cast<uintptr_t>(address);
   FileBacked& f = FileBackedRegions();

@@ -29,5 +29,10 @@ bool PopulateForWrite(void* memory, size_t bytes);
 void RegisterFileBacked(const void* memory, size_t bytes);
 void UnregisterFileBacked(const void* memory);
 bool IsFileBacked(const void* address);
+// Drops this process's mappings of the pages of [memory, memory + bytes) (rounded out to whole
+// pages) when they are registered file-backed memory: the pages stay in the page cache, dirty
+// ones included, and a later touch maps them again, so it is safe at any time, also while a
+// neighbouring chunk is being written into a page at the edge. Does nothing for other memory.
+void DropFileBackedPages(const void* memory, size_t bytes);
 
 }  // namespace netloader

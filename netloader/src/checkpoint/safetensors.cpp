@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -14,6 +15,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -108,6 +110,7 @@ class Fd {
     return *this;
   }
   int get() const { return fd_; }
+  int release() { return std::exchange(fd_, -1); }
 
  private:
   int fd_;
@@ -498,7 +501,11 @@ Status ReadTensors(const CheckpointLayout& layout, const ModelView& view) {
   };
   std::vector<std::thread> threads;
   const size_t extra = std::min<size_t>(ReadThreads(), pieces.size()) - (pieces.empty() ? 0 : 1);
-  for (size_t t = 0; t < extra; ++t) threads.emplace_back(read);
+  try {
+    for (size_t t = 0; t < extra; ++t) threads.emplace_back(read);
+  } catch (const std::system_error&) {
+    // Fewer threads than asked for: those started and this one share the pieces.
+  }
   read();
   for (std::thread& t : threads) t.join();
   return failed;
@@ -652,7 +659,16 @@ Result<MappedCheckpoint> MappedCheckpoint::Create(const std::string& dir,
     if (!head.ok()) return head.status();
     const uint64_t size = head->size() + data_bytes;
     // A file left by an interrupted run of the same layout is resumed: same size, same head.
-    Fd fd(open(path.c_str(), O_RDWR | O_CLOEXEC));
+    // Locked first: a second pull into the same directory must not truncate files the first
+    // has mapped (its writes would then raise SIGBUS).
+    Fd fd(open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+    if (fd.get() < 0) {
+      return Status(StatusCode::kUnavailable, path + ": cannot create: " + ErrnoText());
+    }
+    if (flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+      return Status(StatusCode::kUnavailable,
+                    path + ": another process is writing it (" + ErrnoText() + ")");
+    }
     bool same = false;
     struct stat info {};
     if (fd.get() >= 0 && fstat(fd.get(), &info) == 0 &&
@@ -662,9 +678,8 @@ Result<MappedCheckpoint> MappedCheckpoint::Create(const std::string& dir,
     }
     if (!same) {
       out.resumed_ = false;
-      fd = Fd(open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-      if (fd.get() < 0) {
-        return Status(StatusCode::kUnavailable, path + ": cannot create: " + ErrnoText());
+      if (ftruncate(fd.get(), 0) != 0) {
+        return Status(StatusCode::kUnavailable, path + ": cannot truncate: " + ErrnoText());
       }
       Status written = WriteAll(fd.get(), head->data(), head->size(), path);
       if (!written.ok()) return written;
@@ -679,6 +694,7 @@ Result<MappedCheckpoint> MappedCheckpoint::Create(const std::string& dir,
       return Status(StatusCode::kUnavailable, path + ": cannot map: " + ErrnoText());
     }
     out.mappings_.push_back({base, size});
+    out.locked_fds_.push_back(fd.release());
     RegisterFileBacked(base, size);
     char* at = static_cast<char*>(base) + head->size();
     for (const TensorView& t : tensors) {
@@ -700,6 +716,7 @@ MappedCheckpoint& MappedCheckpoint::operator=(MappedCheckpoint&& other) noexcept
     layout_ = std::move(other.layout_);
     view_ = std::move(other.view_);
     mappings_ = std::exchange(other.mappings_, {});
+    locked_fds_ = std::exchange(other.locked_fds_, {});
     resumed_ = other.resumed_;
   }
   return *this;
@@ -713,12 +730,8 @@ void MappedCheckpoint::Unmap() {
     munmap(base, size);
   }
   mappings_.clear();
-}
-
-void MappedCheckpoint::ReleaseWritten() {
-  // On a shared file mapping this drops only this process's page table entries: the pages stay
-  // in the page cache, dirty ones are written back as ever, and a later touch maps them again.
-  for (const auto& [base, size] : mappings_) (void)madvise(base, size, MADV_DONTNEED);
+  for (int fd : locked_fds_) close(fd);
+  locked_fds_.clear();
 }
 
 Status MappedCheckpoint::Commit() {

@@ -35,7 +35,9 @@ struct Metrics {
   prometheus::Family<Counter>& sent =
       prometheus::BuildCounter()
           .Name("netloader_sent_bytes_total")
-          .Help("Bytes of weights sent, by role: a loaded server, or a relay while it loads")
+          .Help(
+              "Bytes of weights sent, by role: a server over loaded weights, or a relay (an "
+              "instance serving while it loads, and after)")
           .Register(*registry);
   Counter& sent_server = sent.Add({{"role", "server"}});
   Counter& sent_relay = sent.Add({{"role", "relay"}});

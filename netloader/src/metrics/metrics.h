@@ -10,7 +10,8 @@
 
 namespace netloader::metrics {
 
-enum class Role { kServer, kRelay };  // who sent: a loaded server, or a relay while it loads
+// Who sent: a server over loaded weights, or a relay (serving while it loads, and after).
+enum class Role { kServer, kRelay };
 
 void BytesSent(Role role, uint64_t bytes);
 void BytesReceived(uint64_t bytes);

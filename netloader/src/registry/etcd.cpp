@@ -267,9 +267,10 @@ Result<std::string> Etcd::Exchange(const std::string& path, const std::string& b
   }
   if (code != 200) {
     const Json error = Json::parse(text, nullptr, /*allow_exceptions=*/false);
-    const std::string message = error.is_object() && error.contains("message")
-                                    ? error["message"].get<std::string>()
-                                    : "HTTP " + std::to_string(code);
+    const std::string message =
+        error.is_object() && error.contains("message") && error["message"].is_string()
+            ? error["message"].get<std::string>()
+            : "HTTP " + std::to_string(code);
     return Status(code == 404 ? StatusCode::kNotFound : StatusCode::kUnavailable,
                   where + ": " + path + ": " + message);
   }
@@ -325,8 +326,10 @@ Result<std::vector<KeyValue>> Etcd::Range(const std::string& prefix,
   if (auto kvs = j.find("kvs"); kvs != j.end() && kvs->is_array()) {
     for (const Json& kv : *kvs) {
       KeyValue entry;
-      if (!kv.is_object() || !FromBase64(kv.value("key", ""), &entry.key) ||
-          !FromBase64(kv.value("value", ""), &entry.value)) {
+      if (!kv.is_object() || !kv.contains("key") || !kv["key"].is_string() ||
+          (kv.contains("value") && !kv["value"].is_string()) ||
+          !FromBase64(kv["key"].get<std::string>(), &entry.key) ||
+          !FromBase64(kv.value("value", std::string()), &entry.value)) {
         continue;
       }
       out.push_back(std::move(entry));

@@ -43,7 +43,13 @@ void Publisher::Run() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
     lock.unlock();
-    Reached(Round());
+    Status round;
+    try {
+      round = Round();
+    } catch (const std::exception& e) {  // nothing may end the server from this thread
+      round = Status(StatusCode::kInternal, std::string("publishing failed: ") + e.what());
+    }
+    Reached(round);
     lock.lock();
     wake_.wait_for(lock, kPublishTick, [this] { return stopping_; });
   }

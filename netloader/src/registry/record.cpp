@@ -45,7 +45,7 @@ std::string ToJson(const Record& r) {
               {"bytes_total", r.bytes_total},
               {"free_slots", r.free_slots},
               {"topology", r.topology}}
-      .dump();
+      .dump(-1, ' ', false, Json::error_handler_t::replace);  // never throws on bad UTF-8
 }
 
 Result<Record> FromJson(const std::string& text) {

@@ -122,6 +122,37 @@ Result<ReceivePlan> ReceivePlan::Make(const ModelView& destination, uint64_t chu
   return plan;
 }
 
+namespace {
+
+// A file-backed destination's pages of `chunk`, dropped from this process (DropFileBackedPages)
+// once the chunk is verified: what keeps a load into files (MappedCheckpoint) from holding the
+// model in memory. Adjacent spans go in one call.
+void DropWritten(const transfer::ChunkList& chunks, size_t chunk) {
+  const transfer::Span* spans = chunks.spans(chunk);
+  const size_t n = chunks.span_count(chunk);
+  if (n == 0 || !IsFileBacked(spans[0].data)) return;
+  const char* begin = static_cast<const char*>(spans[0].data);
+  const char* end = begin + spans[0].size;
+  for (size_t i = 1; i < n; ++i) {
+    const char* at = static_cast<const char*>(spans[i].data);
+    if (at != end) {
+      DropFileBackedPages(begin, static_cast<size_t>(end - begin));
+      begin = at;
+      end = at;
+    }
+    end += spans[i].size;
+  }
+  DropFileBackedPages(begin, static_cast<size_t>(end - begin));
+}
+
+}  // namespace
+
+bool ReceivePlan::Holds(size_t chunk) const {
+  const bool same = ChunkDigest(chunks_, chunk) == chunk_digests_[chunk];
+  DropWritten(chunks_, chunk);
+  return same;
+}
+
 std::vector<size_t> ReceivePlan::Missing(const ByteRanges& have) const {
   std::vector<size_t> missing;
   for (size_t c = 0; c < size(); ++c) {
@@ -178,6 +209,7 @@ Status ReceivePlan::Receive(transfer::Channel& channel, const transfer::StreamOp
                                                        plan_.TensorNames(c, *destination_) +
                                                        ") does not match the source's digest");
     }
+    DropWritten(selected, p);
     if (on_verified) on_verified(c);
     return Status::Ok();
   });

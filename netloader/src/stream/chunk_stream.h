@@ -107,7 +107,9 @@ class ReceivePlan {
   // The chunks not wholly within `have`, in order.
   std::vector<size_t> Missing(const ByteRanges& have) const;
   // Whether the destination's bytes of `chunk` already match the source's digest.
-  bool Holds(size_t chunk) const { return ChunkDigest(chunks_, chunk) == chunk_digests_[chunk]; }
+  // Whether the destination holds the chunk's bytes already (a delta or resumed load). Pages of
+  // a file-backed destination are dropped from this process once hashed.
+  bool Holds(size_t chunk) const;
 
   // Receives the listed chunks, in the order listed, into the destination, checking each
   // against its digest as it arrives. `on_verified(chunk)` runs after each chunk checked out.
