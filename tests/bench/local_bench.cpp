@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -53,6 +54,7 @@ class LocalBench {
   json Concurrent(int k);
   json RawStreams(int k);
   json Disk(const std::string& role, bool cold);
+  json Output(bool in_memory, bool resumed);
   static json Aggregate(std::vector<std::unique_ptr<Child>>& children, const std::string& what);
   json RunChild(const std::vector<std::string>& argv, const std::string& name) const;
   void StopServer();
@@ -179,6 +181,9 @@ LocalBench::Rows LocalBench::LoadRows() {
     rows.push_back({"disk_cold", [this] { return Disk("disk", true); }});
     rows.push_back({"cat_warm", [this] { return Disk("disk-cat", false); }});
     rows.push_back({"dd_cold", [this] { return Disk("disk-dd", true); }});
+    rows.push_back({"output_streamed", [this] { return Output(false, false); }});
+    rows.push_back({"output_in_memory", [this] { return Output(true, false); }});
+    rows.push_back({"output_resumed", [this] { return Output(false, true); }});
   }
   return rows;
 }
@@ -312,6 +317,25 @@ json LocalBench::Disk(const std::string& role, bool cold) {
   argv.insert(argv.end(), {"--model", big_});
   if (cold) argv.push_back("--cold");
   return WithRate(RunChild(argv, role));
+}
+
+// A pull of the big model into files (netloader-client --output): straight into them, or into
+// memory and then written (in_memory), or resumed after a first pull stopped at half (resumed:
+// the sample is the second pull's). The files are removed afterwards.
+json LocalBench::Output(bool in_memory, bool resumed) {
+  const std::string dir = ws_.dir() + "/output";
+  std::filesystem::remove_all(dir);
+  LoadKind kind;
+  kind.output = dir;
+  kind.in_memory_output = in_memory;
+  if (resumed) {
+    LoadKind half = kind;
+    half.stop_at_half = true;
+    RunChild(LoadArgv(command_, big_, {server_.endpoints[0]}, half), "output-half");
+  }
+  json out = RunChild(LoadArgv(command_, big_, {server_.endpoints[0]}, kind), "output");
+  std::filesystem::remove_all(dir);
+  return WithRate(std::move(out));
 }
 
 json LocalBench::RunChild(const std::vector<std::string>& argv, const std::string& name) const {

@@ -29,6 +29,7 @@ class LocalReport {
   void RateRow(const std::string& name, const std::string& label);
   void RateTable();
   void ChecksumAndPhases();
+  void OutputRows();
   void CpuTable();
   void ConcurrentTable();
   void Overhead();
@@ -51,6 +52,7 @@ int LocalReport::Write() {
   Config();
   Machine();
   RateTable();
+  OutputRows();
   ChecksumAndPhases();
   CpuTable();
   if (!o_.focus) {
@@ -115,6 +117,31 @@ void LocalReport::RateTable() {
   RateRow("cat_warm", "  cat, page cache");
   RateRow("disk_cold", "disk, cold");
   RateRow("dd_cold", "  dd bs=4M, cold");
+}
+
+// --output: straight into the files against into memory and then written; a resumed pull.
+void LocalReport::OutputRows() {
+  if (!s_.Has("output_streamed") || !s_.Has("output_in_memory")) return;
+  std::printf("\n%-28s %12s %14s\n", "pull into files", "seconds", "peak RSS MiB");
+  for (const auto& [row, label] : std::vector<std::pair<std::string, std::string>>{
+           {"output_streamed", "--output, into the files"},
+           {"output_in_memory", "into memory, written, fsync"},
+           {"output_resumed", "resumed after a stop at half"}}) {
+    if (!s_.Has(row)) continue;
+    const double seconds = Median(row, "seconds"), rss = Median(row, "max_rss_kib") / 1024;
+    std::printf("%-28s %12.3f %14.0f\n", label.c_str(), seconds, rss);
+    out_["results"][row] = {
+        {"seconds_median", seconds}, {"max_rss_mib_median", rss}, {"samples", s_.All(row)}};
+  }
+  const double faster =
+      s_.PairedTimeRatio("output_in_memory", "seconds", "output_streamed", "seconds");
+  std::printf("into the files: %.2fx as fast as into memory and then written (paired)\n", faster);
+  out_["summary"]["output_streamed_vs_in_memory"] = faster;
+  if (s_.Has("output_resumed")) {
+    const double share = Median("output_resumed", "bytes_received") / run_.bytes;
+    std::printf("a resumed pull received %.0f%% of the model\n", 100 * share);
+    out_["summary"]["output_resumed_received_share"] = share;
+  }
 }
 
 void LocalReport::ChecksumAndPhases() {

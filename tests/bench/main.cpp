@@ -105,6 +105,9 @@ void AddRoleFlags(CLI::App& app, RoleArgs& role, bool& no_verify) {
   app.add_flag("--cold", role.cold)->group("");
   app.add_flag("--direct", role.direct)->group("");
   app.add_flag("--no-verify", no_verify)->group("");
+  app.add_option("--output", role.output)->group("");
+  app.add_flag("--in-memory-output", role.in_memory_output)->group("");
+  app.add_flag("--stop-at-half", role.stop_at_half)->group("");
 }
 
 }  // namespace

@@ -43,6 +43,9 @@ std::vector<std::string> LoadArgv(const RoleCommand& command, const std::string&
   if (kind.kill_pid > 0) argv.insert(argv.end(), {"--kill-pid", std::to_string(kind.kill_pid)});
   if (!kind.delta_from.empty()) argv.insert(argv.end(), {"--delta-from", kind.delta_from});
   for (const std::string& pattern : kind.select) argv.insert(argv.end(), {"--select", pattern});
+  if (!kind.output.empty()) argv.insert(argv.end(), {"--output", kind.output});
+  if (kind.in_memory_output) argv.push_back("--in-memory-output");
+  if (kind.stop_at_half) argv.push_back("--stop-at-half");
   return argv;
 }
 

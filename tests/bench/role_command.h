@@ -45,6 +45,9 @@ struct LoadKind {
   pid_t kill_pid = 0;               // killed at half the load
   std::string delta_from;           // an older copy to refresh
   std::vector<std::string> select;  // a partial load's tensor patterns
+  std::string output;               // load into this directory's files (RoleArgs::output)
+  bool in_memory_output = false;
+  bool stop_at_half = false;
 };
 
 // A load role of `model` from `sources` (tried in order, or striped), as `kind` says.

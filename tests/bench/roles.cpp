@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -128,8 +129,81 @@ json LoadResult(const LoadStats& stats, double allocate_seconds, double preinit_
           {"max_rss_kib", MaxRssKiB()}};
 }
 
+// The output rows: a load into --output's files (MappedCheckpoint), committed; or, with
+// --in-memory-output, into memory and then written. Timed from the start to the files in place.
+// --stop-at-half leaves the partial files of a pull interrupted at half instead: the first half
+// of the bytes, in storage order, copied from the checkpoint itself (an interrupted transfer
+// would leave the same, but a client leaving mid-stream can abort an in-process MPI server
+// through UCX: README, "Known gaps").
+int RoleLoadToFiles(const RoleArgs& args) {
+  auto layout = Check(ReadCheckpointLayout(args.models.at(0)), "layout");
+  if (args.stop_at_half) {
+    MappedCheckpoint files = Check(MappedCheckpoint::Create(args.output, layout), "output");
+    // The leading tensors that make up at most half the bytes, shard by shard.
+    CheckpointLayout half;
+    uint64_t kept = 0;
+    bool full = false;
+    for (const ShardLayout& shard : layout.shards) {
+      if (full) break;
+      ShardLayout part = shard;
+      part.tensors.clear();
+      for (const TensorSpec& t : shard.tensors) {
+        if (2 * (kept + t.size_bytes) > layout.total_bytes()) {
+          full = true;
+          break;
+        }
+        kept += t.size_bytes;
+        part.tensors.push_back(t);
+      }
+      half.shards.push_back(std::move(part));
+    }
+    ModelView view;
+    view.tensors.assign(files.view().tensors.begin(),
+                        files.view().tensors.begin() + static_cast<long>(half.tensor_count()));
+    Check(ReadTensors(half, view), "the first half");
+    std::cout << json{{"stopped", true}, {"bytes_kept", kept}}.dump() << std::endl;
+    return 0;
+  }
+  Check(InitializeTransport(Transport(args)), "InitializeTransport");
+  ClientOptions options = LoadOptions(args);
+  const auto start = Clock::now();
+  Result<LoadStats> stats = Status(StatusCode::kInternal, "not run");
+  bool resumed = false;
+  if (args.in_memory_output) {
+    HostModel model = Check(HostModel::Allocate(layout), "allocate");
+    stats = Load(options, model.view());
+    if (stats.ok()) {
+      Check(WriteCheckpoint(args.output, layout, model.view()), "write");
+      // On disk, as a committed MappedCheckpoint is (it writes its files back before renaming).
+      for (const std::string& name : CheckpointFileNames(layout)) {
+        const int fd = open((args.output + "/" + name).c_str(), O_RDONLY);
+        if (fd < 0 || fsync(fd) != 0) Die("cannot write back " + name);
+        close(fd);
+      }
+    }
+  } else {
+    MappedCheckpoint files = Check(MappedCheckpoint::Create(args.output, layout), "output");
+    resumed = files.resumed();
+    options.destination_filled = resumed;
+    stats = Load(options, files.view());
+    if (stats.ok()) Check(files.Commit(), "commit");
+  }
+  const double seconds = Since(start);
+  const LoadStats& s = Check(std::move(stats), "load");
+  std::cout << json{{"seconds", seconds},
+                    {"bytes", s.bytes},
+                    {"bytes_received", s.bytes_received},
+                    {"bytes_reused", s.bytes_reused},
+                    {"resumed", resumed},
+                    {"max_rss_kib", MaxRssKiB()}}
+                   .dump()
+            << std::endl;
+  return 0;
+}
+
 // One netloader load into fresh buffers, timed by the library from the first Register.
 int RoleLoad(const RoleArgs& args) {
+  if (!args.output.empty()) return RoleLoadToFiles(args);
   testing::CrashPhase("while loading");
   auto layout = Check(ReadCheckpointLayout(args.models.at(0)), "layout");
   std::future<Status> started;

@@ -41,6 +41,12 @@ struct RoleArgs {
   std::vector<std::string> select;  // tensor patterns of a partial load (the partial row)
   std::string start_file;           // storage-read: begin once this file exists
   bool mpi_helpers = false;         // TransportOptions::mpi_helpers
+  // The output rows: load into this directory's files (MappedCheckpoint, resuming what is
+  // there), or with in_memory_output into memory and then write them (the way before); with
+  // stop_at_half, cancel the load at half, leaving the partial files.
+  std::string output;
+  bool in_memory_output = false;
+  bool stop_at_half = false;
 };
 
 // Plays args.role: serve, load, disk (here), raw-send, raw-recv (raw_mpi_roles.h),

@@ -134,7 +134,9 @@ NETLOADER_EXPORT Status WriteCheckpoint(const std::string& dir, const Checkpoint
 // Commit() writes everything back and gives each file its final name (the index last), so a
 // file appears under its final name only complete. Left uncommitted (a failed or interrupted
 // load), the temporary files stay: a later Create over the same layout resumes from them.
-// Move-only; unmaps when destroyed.
+// Move-only. Destroyed once committed it unmaps the files; uncommitted (after a failed or
+// cancelled load, into which MPI may still write late), the mappings stay until the process
+// exits and only the files are closed and unlocked.
 class NETLOADER_EXPORT MappedCheckpoint {
  public:
   static constexpr const char* kPartialSuffix = ".partial";
@@ -168,6 +170,7 @@ class NETLOADER_EXPORT MappedCheckpoint {
   std::vector<std::pair<void*, size_t>> mappings_;
   std::vector<int> locked_fds_;  // each file's, open (and flock'ed) until unmapped
   bool resumed_ = false;
+  bool committed_ = false;
 };
 
 }  // namespace netloader

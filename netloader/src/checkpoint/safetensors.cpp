@@ -716,6 +716,7 @@ MappedCheckpoint& MappedCheckpoint::operator=(MappedCheckpoint&& other) noexcept
     layout_ = std::move(other.layout_);
     view_ = std::move(other.view_);
     mappings_ = std::exchange(other.mappings_, {});
+    committed_ = other.committed_;
     locked_fds_ = std::exchange(other.locked_fds_, {});
     resumed_ = other.resumed_;
   }
@@ -726,6 +727,11 @@ MappedCheckpoint::~MappedCheckpoint() { Unmap(); }
 
 void MappedCheckpoint::Unmap() {
   for (const auto& [base, size] : mappings_) {
+    // A load that failed or was cancelled may leave a receive posted that MPI completes later
+    // (at the latest while finalizing): until committed, the mappings stay for the process's
+    // life, as a failed stream's staging ring does. What lands there is in a .partial file,
+    // which a resumed pull checks against the digests anyway.
+    if (!committed_) continue;
     UnregisterFileBacked(base);
     munmap(base, size);
   }
@@ -747,7 +753,9 @@ Status MappedCheckpoint::Commit() {
       return Status(StatusCode::kUnavailable, path + ": rename failed: " + ErrnoText());
     }
   }
-  return WriteIndex(dir_, layout_);
+  Status index = WriteIndex(dir_, layout_);
+  committed_ = index.ok();
+  return index;
 }
 
 }  // namespace netloader
