@@ -33,6 +33,8 @@ struct ClientOptions : PeerOptions {
   // A source at its fan-out limit may redirect the client to relays loading from it: those are
   // tried next, then that source again (at most kMaxRedirects redirects per load; a Register
   // says how many were followed, and a server redirects no client that followed that many).
+  // With PeerOptions::registry, the holders found there are tried first, best first, and these
+  // follow (then they may be empty).
   std::vector<std::string> sources;
   // A source must answer Register within this time.
   std::chrono::milliseconds register_timeout{10000};
