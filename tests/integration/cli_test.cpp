@@ -483,14 +483,17 @@ TEST(CliTest, HelpExplainsEveryFlagAndTheExitCodes) {
                            "--model-id",    "--json",       "--rendezvous",
                            "--secret-file", "--no-auth",    "--heartbeat-timeout",
                            "--delta-from",  "bytes_reused", "bytes_received",
-                           "--tensors",     "attempts",     "Exit codes"}) {
+                           "--tensors",     "attempts",     "Exit codes",
+                           "--registry",    "--topology",   "--metrics-listen",
+                           "--mpi-helpers", "resumes",      "peak_rss_bytes"}) {
     EXPECT_NE(client.Stdout().find(flag), std::string::npos) << flag;
   }
   Child server({Bin("netloader-server"), "--help"}, tmp / "server");
   ASSERT_EQ(server.Wait(10s), 0);
   for (const char* flag :
        {"--model", "--listen", "--max-clients", "--chunk-mib", "--tp-size", "--model-id", "--json",
-        "--secret-file", "--no-auth", "--heartbeat-timeout", "Exit codes"}) {
+        "--secret-file", "--no-auth", "--heartbeat-timeout", "Exit codes", "--registry",
+        "--registry-ttl", "--topology", "--metrics-listen", "--mpi-helpers"}) {
     EXPECT_NE(server.Stdout().find(flag), std::string::npos) << flag;
   }
 }

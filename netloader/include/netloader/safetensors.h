@@ -170,7 +170,7 @@ class NETLOADER_EXPORT MappedCheckpoint {
   std::vector<std::pair<void*, size_t>> mappings_;
   std::vector<int> locked_fds_;  // each file's, open (and flock'ed) until unmapped
   bool resumed_ = false;
-  bool committed_ = false;
+  bool may_unmap_ = false;  // no load can still write into it: committed, or never loaded
 };
 
 }  // namespace netloader

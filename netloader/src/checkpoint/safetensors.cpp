@@ -642,6 +642,13 @@ Result<MappedCheckpoint> MappedCheckpoint::Create(const std::string& dir,
   std::filesystem::create_directories(dir, error);
   if (error) return Status(StatusCode::kUnavailable, dir + ": cannot create: " + error.message());
   MappedCheckpoint out;
+  // Failing here, nothing was loaded into the files yet: what was mapped may be unmapped.
+  struct UnmapOnFailure {
+    MappedCheckpoint* files;
+    ~UnmapOnFailure() {
+      if (files != nullptr) files->may_unmap_ = true;
+    }
+  } unmap_on_failure{&out};
   out.dir_ = dir;
   out.layout_ = layout;
   out.resumed_ = true;
@@ -704,6 +711,7 @@ Result<MappedCheckpoint> MappedCheckpoint::Create(const std::string& dir,
     }
   }
   if (layout.shards.empty()) out.resumed_ = false;
+  unmap_on_failure.files = nullptr;
   return out;
 }
 
@@ -716,7 +724,7 @@ MappedCheckpoint& MappedCheckpoint::operator=(MappedCheckpoint&& other) noexcept
     layout_ = std::move(other.layout_);
     view_ = std::move(other.view_);
     mappings_ = std::exchange(other.mappings_, {});
-    committed_ = other.committed_;
+    may_unmap_ = other.may_unmap_;
     locked_fds_ = std::exchange(other.locked_fds_, {});
     resumed_ = other.resumed_;
   }
@@ -731,7 +739,7 @@ void MappedCheckpoint::Unmap() {
     // (at the latest while finalizing): until committed, the mappings stay for the process's
     // life, as a failed stream's staging ring does. What lands there is in a .partial file,
     // which a resumed pull checks against the digests anyway.
-    if (!committed_) continue;
+    if (!may_unmap_) continue;
     UnregisterFileBacked(base);
     munmap(base, size);
   }
@@ -754,7 +762,7 @@ Status MappedCheckpoint::Commit() {
     }
   }
   Status index = WriteIndex(dir_, layout_);
-  committed_ = index.ok();
+  may_unmap_ = index.ok();
   return index;
 }
 

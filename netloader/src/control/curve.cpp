@@ -5,6 +5,15 @@ namespace {
 
 constexpr size_t kSecretChars = 40;  // Z85 of a 32-byte CURVE key
 
+// libzmq initialises OpenPGM when it makes its first context, and OpenPGM reads the environment
+// then (getenv). MPI's start-up, which may run on another thread at that moment (a load starting
+// MPI while it registers, InitializeTransport on a thread), writes the environment (setenv), and
+// glibc's getenv is not safe against a concurrent setenv: a load crashed in pgm_init's getenv
+// about once in 40 runs. A context made as the library is loaded, before any of its threads
+// exists, does that initialisation once for the process (it is reference-counted, so later
+// contexts skip it). It has no socket, so it never starts a thread; it is never freed.
+void* const kOpenPgmInitialised = zmq_ctx_new();
+
 std::string PublicKeyOf(const std::string& secret) {
   char public_key[kSecretChars + 1] = {};
   if (zmq_curve_public(public_key, secret.c_str()) != 0) {
