@@ -1,8 +1,13 @@
-"""What the Python tests share: one MPI rendezvous for every process of a run."""
+"""What the Python tests share: one MPI rendezvous for every process of a run, and an etcd for
+the tests of the registry."""
 
+import base64
+import json
 import os
+import socket
 import subprocess
 import time
+import urllib.request
 
 import pytest
 
@@ -22,3 +27,55 @@ def rendezvous(tmp_path_factory):
     yield f"file:{uri}"
     server.terminate()
     server.wait(timeout=30)
+
+
+def free_port():
+    """A loopback port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Etcd:
+    """A registry as a fleet runs one: Debian's etcd, a cluster of one on free loopback ports,
+    its data in `directory`. `url` is its client URL; `holders()` the netloader records in it."""
+
+    def __init__(self, directory):
+        self.url, peer = (f"http://127.0.0.1:{free_port()}" for _ in range(2))
+        self.process = subprocess.Popen(
+            ["etcd", "--name", "r", "--data-dir", str(directory), "--listen-client-urls",
+             self.url, "--advertise-client-urls", self.url, "--listen-peer-urls", peer,
+             "--initial-advertise-peer-urls", peer, "--initial-cluster", f"r={peer}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def holders(self):
+        """The values under /netloader/holders/ (JSON records); [] while etcd is not up."""
+        prefix, end = b"/netloader/holders/", b"/netloader/holders0"
+        body = json.dumps({"key": base64.b64encode(prefix).decode(),
+                           "range_end": base64.b64encode(end).decode()}).encode()
+        try:
+            with urllib.request.urlopen(urllib.request.Request(
+                    f"{self.url}/v3/kv/range", data=body, method="POST"), timeout=5) as answer:
+                kvs = json.loads(answer.read()).get("kvs", [])
+        except OSError:
+            return []
+        return [json.loads(base64.b64decode(kv["value"])) for kv in kvs]
+
+    def wait_for_holders(self, count, seconds=30):
+        """Until `count` holders are ready (hold every byte); a bounded wait."""
+        deadline = time.monotonic() + seconds
+        while sum(h["state"] == "ready" for h in self.holders()) < count:
+            assert time.monotonic() < deadline, f"fewer than {count} ready holders in etcd"
+            time.sleep(0.1)
+
+    def stop(self):
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def etcd(tmp_path):
+    registry = Etcd(tmp_path / "etcd")
+    yield registry
+    registry.stop()
+

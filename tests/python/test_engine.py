@@ -141,6 +141,32 @@ def test_engine_decodes_bit_identically_from_disk_and_through_netloader(checkpoi
     assert seed.final["served"] == 1
 
 
+def test_engines_find_each_other_in_the_registry_and_count_it_in_their_metrics(
+        checkpoint, from_disk, rendezvous, etcd):
+    """REGISTRY and METRICS_PORT: a C++ engine that finds no holder loads from disk, publishes
+    itself and serves; a PyTorch engine with no SOURCE finds it in the registry and decodes as
+    from disk; the seed's metrics count the bytes it sent and its own fallback."""
+    import urllib.request
+    from conftest import free_port
+
+    metrics_port = free_port()
+    with Serving(cpp_engine(checkpoint, *extra(rendezvous, REGISTRY=etcd.url,
+                                               METRICS_PORT=metrics_port))) as seed:
+        assert seed.report["loaded_from"] == "disk"
+        assert "lists no holder" in seed.report["fallback_reason"]
+        etcd.wait_for_holders(1)  # it published itself as a relay, then as loaded
+        assert [h["endpoint"] for h in etcd.holders()] == [seed.endpoint]
+        loaded = report_of(python_engine(checkpoint, *extra(rendezvous, REGISTRY=etcd.url,
+                                                            SERVE=False)))
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                    timeout=10) as answer:
+            metrics = answer.read().decode()
+    assert loaded["loaded_from"] == seed.endpoint
+    same_output(loaded, from_disk["python"])
+    assert 'netloader_fallbacks_total{reason="Unavailable"} 1' in metrics, metrics
+    assert "netloader_build_info{" in metrics
+
+
 def test_a_chain_across_languages_decodes_and_copies_byte_identically(checkpoint, from_disk,
                                                                       rendezvous, tmp_path):
     # C++ engine (from disk) -> PyTorch engine -> C++ engine, and a C++ client writing files.

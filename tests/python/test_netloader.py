@@ -133,42 +133,20 @@ def test_mpi_helpers_keep_mpi_out_of_this_process(model):
     assert not MPI.Is_initialized()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_a_load_finds_its_source_in_the_registry(model, tmp_path):
-    """registry=: a Python server publishes itself in a real etcd (started here on free
-    loopback ports), and a Python load given no sources finds it there, byte-identical."""
-    client_url, peer_url = (f"http://127.0.0.1:{free_port()}" for _ in range(2))
-    etcd = subprocess.Popen(
-        ["etcd", "--name", "r", "--data-dir", str(tmp_path / "etcd"), "--listen-client-urls",
-         client_url, "--advertise-client-urls", client_url, "--listen-peer-urls", peer_url,
-         "--initial-advertise-peer-urls", peer_url, "--initial-cluster", f"r={peer_url}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        source = from_disk(model)
-        # MPI in helpers: one process cannot connect to itself over MPI.
-        with netloader.Server(source, registry=client_url, registry_ttl=2,
-                              model_id="org/llama@1", mpi_helpers=True) as server:
-            tensors = empty_like_layout(model)
-            deadline = time.monotonic() + 30
-            while True:  # until etcd is up and the server's record is there
-                try:
-                    stats = netloader.load(tensors, [], registry=client_url,
-                                           model_id="org/llama@1", mpi_helpers=True)
-                    break
-                except netloader.Unavailable:
-                    assert time.monotonic() < deadline, "the server never appeared in etcd"
-                    time.sleep(0.2)
-            assert stats["source"] == server.endpoint
-        for name, tensor in source.items():
-            assert torch.equal(tensors[name], tensor), name
-    finally:
-        etcd.kill()
-        etcd.wait(timeout=30)
+def test_a_load_finds_its_source_in_the_registry(model, etcd):
+    """registry=: a Python server publishes itself in a real etcd (started on free loopback
+    ports), and a Python load given no sources finds it there, byte-identical."""
+    source = from_disk(model)
+    # MPI in helpers: one process cannot connect to itself over MPI.
+    with netloader.Server(source, registry=etcd.url, registry_ttl=2, model_id="org/llama@1",
+                          mpi_helpers=True) as server:
+        etcd.wait_for_holders(1)
+        tensors = empty_like_layout(model)
+        stats = netloader.load(tensors, [], registry=etcd.url, model_id="org/llama@1",
+                               mpi_helpers=True)
+        assert stats["source"] == server.endpoint
+    for name, tensor in source.items():
+        assert torch.equal(tensors[name], tensor), name
 
 
 def test_metrics_count_a_python_load_and_parse_as_prometheus(model):
