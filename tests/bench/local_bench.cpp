@@ -123,13 +123,8 @@ int LocalBench::RunDisk() {
     std::printf("%-30s %9.2f %9.2f %9.2f\n", label.c_str(), s.median, s.min, s.max);
     out["results"][row] = {{"gbps_median", s.median}, {"samples", samples_.All(row)}};
   }
-  const double vs_cat = samples_.PairedRatio("disk_warm", "cat_warm");
-  const double vs_dd = samples_.PairedRatio("disk_cold", "dd_cold");
-  std::printf(
-      "netloader's disk load: %.0f%% of cat's rate (page cache), %.0f%% of dd's (cold); "
-      "paired medians\n",
-      100 * vs_cat, 100 * vs_dd);
-  out["summary"] = {{"disk_warm_vs_cat", vs_cat}, {"disk_cold_vs_dd", vs_dd}};
+  out["summary"] = json::object();
+  ReportDiskVsTools(samples_, &out["summary"]);
   WriteReport(o_.json_path, out);
   return 0;
 }

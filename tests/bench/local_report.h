@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "tests/bench/options.h"
@@ -25,5 +26,10 @@ struct LocalRun {
 // Measures the machine (machine.h), prints the report, writes options.json_path when set;
 // returns the exit status (0). With options.focus, only the rows --focus runs.
 int ReportLocal(const Options& options, const Samples& samples, const LocalRun& run);
+
+// netloader's disk load against cat (page cache) and dd (cold), paired: printed, and added to
+// `summary` as disk_warm_vs_cat and disk_cold_vs_dd. Needs the rows disk_warm, cat_warm,
+// disk_cold and dd_cold.
+void ReportDiskVsTools(const Samples& samples, nlohmann::json* summary);
 
 }  // namespace netloader::bench

@@ -246,15 +246,13 @@ const std::vector<Key>& Keys() {
        "etcd client URL (http://HOST:PORT[/PREFIX]) of the fleet's registry: each rank's server "
        "publishes itself there, each rank's load finds its sources there before its SOURCE",
        [](const Json& v, LoaderConfig& c, int) {
-         std::string e = Text(v, false, &c.server.registry);
-         c.client.registry = c.server.registry;
-         return e;
+         return Both(c, &PeerOptions::registry,
+                     [&](std::string* out) { return Text(v, false, out); });
        }},
       {"TOPOLOGY", "a label (rack, zone) the servers publish and the loads prefer among holders",
        [](const Json& v, LoaderConfig& c, int) {
-         std::string e = Text(v, false, &c.server.topology);
-         c.client.topology = c.server.topology;
-         return e;
+         return Both(c, &PeerOptions::topology,
+                     [&](std::string* out) { return Text(v, false, out); });
        }},
       {"INTERFACE", "network interface for MPI (default " + TransportOptions().interface + ")",
        [](const Json& v, LoaderConfig& c, int) {
