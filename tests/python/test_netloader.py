@@ -38,6 +38,15 @@ def model(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def large_model(tmp_path_factory):
+    """A Llama-architecture checkpoint of about 160 MiB: a load long enough to stop midway."""
+    path = tmp_path_factory.mktemp("ckpt") / "large"
+    done = run(f"{BIN}/netloader-make-llama", "--output", path, "--size-mib", "160")
+    assert done.returncode == 0, done.stderr
+    return path
+
+
 def empty_like_layout(path):
     return {t["name"]: torch.empty(t["shape"], dtype=TORCH_DTYPES[t["dtype"]])
             for t in netloader.read_layout(str(path))}
@@ -416,6 +425,56 @@ def test_ctrl_c_stops_a_load_promptly_and_nothing_is_reported_loaded(model, tmp_
             go.write_text("")
             relay.send_signal(2)
             relay.communicate(timeout=60)
+
+
+def test_a_cancelled_load_never_writes_into_its_tensors_afterwards(large_model, tmp_path,
+                                                                  rendezvous):
+    # The load is cancelled once its first bytes land, while later chunks are still arriving.
+    # Once load() has raised, MPI must be done with the tensors: the caller may free them or fill
+    # them from disk. A second load (which drives the same MPI) then must not change them.
+    # (load() looks at `cancel` every 50 ms, so a fast load can finish first: that attempt is
+    # repeated, at most 5 times.)
+    model = large_model
+    layout = netloader.read_layout(str(model))
+    first_name = min(layout, key=lambda t: (t["file"], t["offset"]))["name"]
+    fill = 0x5A
+    with CppServer(model, tmp_path, rendezvous) as server:
+        for _ in range(5):
+            state_dict = empty_like_layout(model)
+            raw = {k: t.reshape(-1).view(torch.uint8) for k, t in state_dict.items()}
+            for r in raw.values():
+                r.fill_(fill)
+            first = raw[first_name][:4096]
+            cancel = threading.Event()
+
+            def cancel_on_first_bytes():
+                deadline = time.monotonic() + 60
+                while not cancel.is_set() and time.monotonic() < deadline:
+                    if bool((first != fill).any()):
+                        cancel.set()
+                    time.sleep(0.0001)
+
+            watcher = threading.Thread(target=cancel_on_first_bytes, daemon=True)
+            watcher.start()
+            try:
+                netloader.load(state_dict, server.endpoint, rendezvous=rendezvous, window=8,
+                               cancel=cancel)
+                cancelled = False
+            except netloader.Cancelled:
+                cancelled = True
+            cancel.set()
+            watcher.join()
+            if cancelled:
+                break
+        assert cancelled, "every load finished before its cancel was seen"
+        after_cancel = {k: r.clone() for k, r in raw.items()}
+        assert any(not bool((r == fill).all()) for r in after_cancel.values())
+        again = empty_like_layout(model)
+        netloader.load(again, server.endpoint, rendezvous=rendezvous, window=8)
+    for name, tensor in from_disk(model).items():
+        assert torch.equal(again[name], tensor), name
+    changed = [k for k, r in raw.items() if not torch.equal(r, after_cancel[k])]
+    assert not changed, f"written after the cancelled load returned: {changed[:5]}"
 
 
 def test_a_cancel_event_stops_a_load_with_cancelled(model):

@@ -41,7 +41,16 @@ void ProgressEngine::Cancel(const std::shared_ptr<Op>& op) {
   std::lock_guard<std::mutex> lock(mu_);
   if (op->done) return;
   op->cancel = true;
+  op->keep = false;
   // Nobody is inside MPI_Testsome with it: cancel it now rather than when a driver next polls.
+  if (!driving_) DropCancelled();
+}
+
+void ProgressEngine::Withdraw(const std::shared_ptr<Op>& op) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (op->done) return;
+  op->cancel = true;
+  op->keep = true;
   if (!driving_) DropCancelled();
 }
 
@@ -52,7 +61,14 @@ void ProgressEngine::DropCancelled() {
       ++it;
       continue;
     }
-    MPI_Cancel(&op.request);
+    if (!op.cancel_sent) {
+      MPI_Cancel(&op.request);
+      op.cancel_sent = true;
+    }
+    if (op.keep) {  // MPI_Testsome completes it
+      ++it;
+      continue;
+    }
     MPI_Request_free(&op.request);
     op.done = true;
     op.error = MPI_ERR_REQUEST;
@@ -79,13 +95,19 @@ int ProgressEngine::Poll(std::unique_lock<std::mutex>& lock) {
     Op& op = *polled_[indices_[k]];
     op.request = MPI_REQUEST_NULL;
     op.error = rc == MPI_ERR_IN_STATUS ? statuses_[k].MPI_ERROR : MPI_SUCCESS;
+    int cancelled = 0;
+    if (op.cancel_sent) MPI_Test_cancelled(&statuses_[k], &cancelled);
+    if (cancelled) op.error = MPI_ERR_REQUEST;
     MPI_Get_elements_x(&statuses_[k], MPI_BYTE, &op.bytes);
     op.done = true;
   }
   if (rc != MPI_SUCCESS && rc != MPI_ERR_IN_STATUS) {
     // A failure not tied to one request: fail them all rather than spin on it.
     for (auto& op : polled_) {
-      if (!op->done) op->cancel = true;
+      if (!op->done) {
+        op->cancel = true;
+        op->keep = false;
+      }
     }
   }
   if (count > 0) {

@@ -27,7 +27,9 @@ class ProgressEngine {
   struct Op {
     MPI_Request request = MPI_REQUEST_NULL;
     bool done = false;
-    bool cancel = false;  // the owner gave up: the driver cancels and frees it
+    bool cancel = false;       // the owner gave up: the driver cancels it
+    bool keep = false;         // ... but leaves it pending until MPI completes it (Withdraw)
+    bool cancel_sent = false;  // MPI_Cancel was called
     int error = MPI_SUCCESS;
     MPI_Count bytes = 0;  // elements (bytes) received
   };
@@ -43,14 +45,20 @@ class ProgressEngine {
   Wait WaitFor(const Op& op, std::chrono::steady_clock::time_point give_up,
                const std::atomic<bool>* cancel);
   // Gives up on `op`: it is cancelled and freed (at once when nobody drives, else by the driver).
+  // MPI may still complete a freed operation later (a receive that had matched a message goes
+  // on writing into its buffer), so this is for sends, or for receives Withdraw could not settle.
   void Cancel(const std::shared_ptr<Op>& op);
+  // Cancels `op` but keeps it pending until MPI completes it, cancelled or delivered: once
+  // WaitFor(op) then returns kDone, MPI no longer touches its buffer.
+  void Withdraw(const std::shared_ptr<Op>& op);
 
  private:
   ProgressEngine() = default;
   // One MPI_Testsome over every pending operation, with mu_ released around it. Returns how many
   // completed. Only the driver calls it.
   int Poll(std::unique_lock<std::mutex>& lock);
-  // Cancels and frees the operations whose owners gave up. With mu_ held, and no poll running.
+  // Cancels the operations whose owners gave up, and frees those not withdrawn. With mu_ held,
+  // and no poll running.
   void DropCancelled();
 
   std::mutex mu_;                 // guards driving_, pending_ and every Op's fields

@@ -19,6 +19,10 @@ namespace {
 constexpr int kDataTag = 7;  // PROTOCOL.md, section 7.3
 // MPI_Comm_disconnect is collective; a peer that vanished makes it wait forever.
 constexpr std::chrono::seconds kDisconnectTimeout{5};
+// A failed receive waits this long for its posted receives to be cancelled or completed
+// (a receive that has matched a message cannot be cancelled, and goes on writing into its buffer
+// until the message is in); the caller may free or refill the destination once Receive returns.
+constexpr std::chrono::seconds kSettleTimeout{2};
 
 class MpiChannel : public Channel {
  public:
@@ -94,9 +98,25 @@ class MpiChannel : public Channel {
     size_t next = 0;
     auto last_progress = Clock::now();
     auto fail = [&](Status status) {
-      for (auto& entry : in_flight) engine.Cancel(entry.second);
       failed_ = true;
-      return status;
+      if (sending) {
+        for (auto& entry : in_flight) engine.Cancel(entry.second);
+        return status;
+      }
+      for (auto& entry : in_flight) engine.Withdraw(entry.second);
+      const auto give_up = Clock::now() + kSettleTimeout;
+      size_t unsettled = 0;
+      for (auto& entry : in_flight) {
+        if (engine.WaitFor(*entry.second, give_up, nullptr) == ProgressEngine::Wait::kDone) {
+          continue;
+        }
+        engine.Cancel(entry.second);
+        ++unsettled;
+      }
+      if (unsettled == 0) return status;
+      return Status(status.code(), status.message() + "; " + std::to_string(unsettled) +
+                                       " receive(s) could not be withdrawn and may still write "
+                                       "into the destination");
     };
     while (next < chunks.size() || !in_flight.empty()) {
       while (next < chunks.size() && in_flight.size() < window) {
