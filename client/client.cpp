@@ -10,6 +10,7 @@
 #include "client/attempt.h"
 #include "client/cancel.h"
 #include "client/client_internal.h"
+#include "client/cold_start.h"
 #include "client/source_schedule.h"
 #include "netloader/fingerprint.h"
 #include "netloader/limits.h"
@@ -66,6 +67,9 @@ Status ValidateOptions(const ClientOptions& options) {
   }
   if (options.window < 1) return Status(StatusCode::kInvalidArgument, "window must be >= 1");
   if (options.stripe < 1) return Status(StatusCode::kInvalidArgument, "stripe must be >= 1");
+  if (options.cold_start_wait.count() < 0) {
+    return Status(StatusCode::kInvalidArgument, "cold_start_wait must be >= 0");
+  }
   if (options.heartbeat_interval.count() < 1 ||
       options.heartbeat_interval > kMaxHeartbeatInterval ||
       (options.heartbeat_timeout.count() > 0 &&
@@ -121,10 +125,12 @@ void RunSources(const internal::LoadContext& load, internal::SourceSchedule& sch
 }
 
 // The sources to try, in order: the holders the registry lists, best first, then
-// ClientOptions::sources. Without a registry answer, the given sources alone (with a warning);
+// ClientOptions::sources. When the registry lists none and no sources are given, a cold start
+// (WaitForColdStart). Without a registry answer, the given sources alone (with a warning);
 // Unavailable when there are none.
 Result<std::vector<std::string>> Sources(const ClientOptions& options,
-                                         const Fingerprint& fingerprint, const Server* relay) {
+                                         const Fingerprint& fingerprint,
+                                         internal::RelayFeed* relay) {
   if (options.registry.empty()) return options.sources;
   registry::Wanted wanted;
   wanted.model_id = options.model_id;
@@ -132,35 +138,37 @@ Result<std::vector<std::string>> Sources(const ClientOptions& options,
   wanted.whole_model = options.tensors.empty();
   wanted.table_digest = wanted.whole_model ? fingerprint.table_digest : "";
   wanted.topology = options.topology;
-  if (relay != nullptr) {
-    wanted.self = relay->endpoint();
+  if (options.relay != nullptr) {
+    wanted.self = options.relay->endpoint();
     wanted.identity = wanted.self;
   } else {
     char host[256] = {};
     gethostname(host, sizeof(host) - 1);
     wanted.identity = std::string(host) + ":" + std::to_string(getpid());
   }
-  const auto deadline =
-      Clock::now() + std::min<Clock::duration>(options.register_timeout, std::chrono::seconds(5));
-  Result<std::vector<std::string>> found = registry::Discover(options.registry, wanted, deadline);
+  auto discover = [&] {
+    const auto deadline =
+        Clock::now() + std::min<Clock::duration>(options.register_timeout, std::chrono::seconds(5));
+    return registry::Discover(options.registry, wanted, deadline);
+  };
+  Result<std::vector<std::string>> found = discover();
   if (!found.ok()) {
     if (options.sources.empty()) return found.status().WithContext("no source");
     Log().warn("registry: {}; loading from the {} sources given", found.status().message(),
                options.sources.size());
     return options.sources;
   }
+  if (found->empty() && options.sources.empty() && wanted.whole_model &&
+      options.cold_start_wait.count() > 0) {
+    found = internal::WaitForColdStart(options, wanted, relay, discover);
+    if (!found.ok()) return found.status();
+  }
   std::vector<std::string> sources = *found;
   for (const std::string& s : options.sources) {
     if (std::find(sources.begin(), sources.end(), s) == sources.end()) sources.push_back(s);
   }
   if (sources.empty()) {
-    return Status(StatusCode::kUnavailable,
-                  "no source: the registry at " + options.registry + " lists no holder of " +
-                      (options.model_id.empty() ? "this model" : "model " + options.model_id) +
-                      " (tp " + std::to_string(options.partition.tp_rank) + "/" +
-                      std::to_string(options.partition.tp_size) + ", pp " +
-                      std::to_string(options.partition.pp_rank) + "/" +
-                      std::to_string(options.partition.pp_size) + ") that can serve now");
+    return Status(StatusCode::kUnavailable, "no source: " + internal::NoHolder(options));
   }
   Log().info("registry: {} of {} sources from {}; trying {} first", found->size(), sources.size(),
              options.registry, sources.front());
@@ -204,7 +212,7 @@ Result<LoadStats> Load(const ClientOptions& options, const ModelView& whole_dest
     if (!status.ok()) return status;
   }
   const auto start = Clock::now();
-  Result<std::vector<std::string>> sources = Sources(options, fingerprint, options.relay);
+  Result<std::vector<std::string>> sources = Sources(options, fingerprint, relay);
   if (!sources.ok()) {
     metrics::LoadEnded(sources.status(), 0, 0, 0, 0);
     if (relay != nullptr) relay->LoadEnded(sources.status());  // it refuses newcomers, naming why

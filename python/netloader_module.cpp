@@ -300,6 +300,9 @@ py::dict PyLoad(const std::vector<TensorTuple>& tensors, const std::vector<std::
   }
   if (o.contains("busy_timeout"))
     options.busy_timeout = FromSeconds(o["busy_timeout"].cast<double>());
+  if (o.contains("cold_start_wait")) {
+    options.cold_start_wait = FromSeconds(o["cold_start_wait"].cast<double>());
+  }
   if (o.contains("stripe")) options.stripe = o["stripe"].cast<int>();
   if (o.contains("tensors")) options.tensors = o["tensors"].cast<std::vector<std::string>>();
   if (o.contains("destination_filled")) {
@@ -453,6 +456,7 @@ py::dict RankOptionsOf(const std::string& json_text, int world_size, int rank,
       py::arg("connect_timeout") = ToSeconds(c.connect_timeout),
       py::arg("stall_timeout") = ToSeconds(c.stall_timeout),
       py::arg("busy_timeout") = ToSeconds(c.busy_timeout),
+      py::arg("cold_start_wait") = ToSeconds(c.cold_start_wait),
       py::arg("heartbeat_timeout") = ToSeconds(c.heartbeat_timeout), py::arg("stripe") = c.stripe,
       py::arg("rendezvous") = NoneIfEmpty(c.transport.rendezvous_uri),
       py::arg("interface") = c.transport.interface,

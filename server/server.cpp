@@ -92,6 +92,13 @@ class ServerImpl final : public Server, public internal::RelayFeed {
   Status Adopt(const Manifest& manifest) override { return content_.Adopt(manifest); }
   void Held(uint64_t begin, uint64_t end) override { content_.Held(begin, end); }
   void LoadEnded(const Status& status) override { content_.LoadEnded(status); }
+  Result<bool> ClaimInRegistry(const std::string& name) override {
+    std::lock_guard<std::mutex> lock(publisher_mu_);
+    if (!publisher_) {
+      return Status(StatusCode::kUnavailable, "the relay publishes in no registry");
+    }
+    return publisher_->Claim(name, endpoint());
+  }
   const ModelView& relayed_model() const override { return model_; }
   bool relaying() const override { return content_.relay(); }
 

@@ -83,6 +83,13 @@ void ClientFlags::Add(CLI::App& app) {
                  "Seconds to keep retrying a busy source before trying the next")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  app.add_option("--cold-start-wait", cold_start_wait_s,
+                 "With --registry and no --source, when no instance holds the model: seconds to "
+                 "wait for the instance that reads it from storage (the first to claim that in "
+                 "the registry, among those started with --serve) to serve it, instead of "
+                 "failing at once; 0 never waits")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   testing.AddLoadHooks(app);
   common.log_level = "warn";  // the summary line says what happened; the library's INFO repeats it
   common.Add(app);
@@ -91,6 +98,7 @@ void ClientFlags::Add(CLI::App& app) {
 Status ClientFlags::Apply() {
   options.register_timeout = FromSeconds(register_timeout_s);
   options.busy_timeout = FromSeconds(busy_timeout_s);
+  options.cold_start_wait = FromSeconds(cold_start_wait_s);
   Status applied = common.ApplyTo(options);
   if (!applied.ok() || !relaying()) return applied;
   // The relay serves with the load's stream settings (the common flags).

@@ -38,6 +38,7 @@ struct ClientFlags {
  private:
   double register_timeout_s = ToSeconds(ClientOptions().register_timeout);
   double busy_timeout_s = ToSeconds(ClientOptions().busy_timeout);
+  double cold_start_wait_s = ToSeconds(ClientOptions().cold_start_wait);
   uint64_t serve_chunk_mib = ServerOptions().chunk_bytes >> 20;
   CLI::Option* status_flag_ = nullptr;
   CLI::Option* serve_flag_ = nullptr;

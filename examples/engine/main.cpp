@@ -336,6 +336,7 @@ class Instance {
       std::fprintf(stderr, "%s: relaying at %s while it loads\n", who_.c_str(),
                    server_->endpoint().c_str());
     }
+    flags_.testing.WaitForStart(who_.c_str());
     netloader::Result<netloader::LoadStats> stats = netloader::Load(options, weights_->view());
     if (!stats.ok()) {
       *fallback_reason = stats.status().ToString();

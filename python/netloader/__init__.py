@@ -155,7 +155,7 @@ def load(tensors, sources, *, model_id=None, partition=None, secret=None, window
          register_timeout=None, connect_timeout=None, stall_timeout=None, busy_timeout=None,
          heartbeat_timeout=None, stripe=None, select=None, destination_filled=False,
          rendezvous=None, interface=None, mpi_helpers=None, registry=None, topology=None,
-         cancel=None, relay=None, connect_hook=None):
+         cold_start_wait=None, cancel=None, relay=None, connect_hook=None):
     """Fills `tensors` in place from the first of `sources` that holds the same model.
 
     Every chunk is verified against the source's XXH3 digests before this returns; on failure
@@ -169,7 +169,12 @@ def load(tensors, sources, *, model_id=None, partition=None, secret=None, window
 
     `registry`: an etcd client URL ("http://HOST:PORT[/PREFIX]") where the fleet's servers
     publish themselves: the load finds its sources there, best first (ready, a free slot, the
-    same `topology` label), before `sources`, which may then be empty.
+    same `topology` label), before `sources`, which may then be empty. When it lists no holder
+    and `sources` is empty (a cold start), the instances starting together read the checkpoint
+    from storage once: the first load with a `relay` to claim that in the registry raises
+    netloader.Unavailable at once, saying so (read from disk, then relay.mark_loaded()), and the
+    others wait up to `cold_start_wait` seconds (default 300; 0: never) for a holder, then load
+    from it.
 
     `relay`: a netloader.Server started with relay=True over these same tensors, which serves
     each chunk to other instances as soon as this load verified it (a burst of instances then
@@ -191,7 +196,7 @@ def load(tensors, sources, *, model_id=None, partition=None, secret=None, window
                             heartbeat_timeout, rendezvous, interface, mpi_helpers, registry,
                             topology)
     for key, value in (("register_timeout", register_timeout), ("busy_timeout", busy_timeout),
-                       ("stripe", stripe)):
+                       ("cold_start_wait", cold_start_wait), ("stripe", stripe)):
         if value is not None:
             options[key] = value
     if select is not None:
@@ -375,7 +380,8 @@ def options_for_rank(extra_config, world_size, rank, partition):
       seconds, rendezvous, interface, mpi_helpers, registry and topology;
     * "load": the keyword arguments of load: sources (the rank's SOURCE entry; empty: load from
       disk), model_id, partition, window, the timeouts in seconds (busy_timeout at least
-      register_timeout), stripe, rendezvous, interface, mpi_helpers, registry and topology;
+      register_timeout), cold_start_wait, stripe, rendezvous, interface, mpi_helpers, registry
+      and topology;
     * "metrics_listen": where the rank serves its metrics (serve_metrics), or None;
     * "relay": whether to serve while loading (Server(..., relay=True) passed as load's relay=):
       SERVE with a RENDEZVOUS or MPI_HELPERS, and no TENSORS.

@@ -161,6 +161,54 @@ TEST_F(RegistryTest, ClientsPreferTheirTopologyAndHoldersThatLeaveDropOut) {
   EXPECT_EQ(none.exit_code, 5) << none.stderr_text;
 }
 
+// A cold start seen by a client that serves nothing: while another instance holds the claim to
+// read the model from storage, the client waits for a holder instead of failing, and loads from
+// the first that appears.
+TEST_F(RegistryTest, AClientWaitsForTheInstanceThatReadsFromStorage) {
+  EtcdServer etcd(tmp_);
+  ASSERT_TRUE(etcd.Start()) << etcd.Log();
+  Child& first = Serve(etcd.url());
+  ASSERT_TRUE(testing::WaitFor([&] { return Listed(etcd.url()).size() == 1; }, 20s));
+  registry::Wanted wanted;
+  wanted.model_id = "org/model@1";
+  wanted.table_digest = Listed(etcd.url()).front().table_digest;
+  first.Signal(SIGTERM);
+  ASSERT_EQ(first.Wait(30s), 0) << first.Stderr();
+  ASSERT_TRUE(Listed(etcd.url()).empty());
+  // Another instance claims the storage read (for as long as its 30 s lease lives).
+  Result<registry::Etcd> other = registry::Etcd::Parse(etcd.url());
+  ASSERT_TRUE(other.ok());
+  Result<int64_t> lease = other->Grant(30, registry::Clock::now() + 5s);
+  ASSERT_TRUE(lease.ok()) << lease.status().ToString();
+  Result<bool> claimed = other->PutIfAbsent(other->prefix() + registry::ReaderClaimName(wanted),
+                                            "tcp://reader:1", *lease, registry::Clock::now() + 5s);
+  ASSERT_TRUE(claimed.ok() && *claimed) << claimed.status().ToString();
+  Result<bool> again = other->PutIfAbsent(other->prefix() + registry::ReaderClaimName(wanted),
+                                          "tcp://second:1", *lease, registry::Clock::now() + 5s);
+  ASSERT_TRUE(again.ok() && !*again) << "a claim is taken once";
+
+  Child client({Bin("netloader-client"), "--model", tmp_ / "model", "--model-id", "org/model@1",
+                "--registry", etcd.url(), "--verify-only", "--json", "--log-level", "info"},
+               tmp_ / "waiting");
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return client.Stderr().find("tcp://reader:1 reads it") != std::string::npos; }, 30s))
+      << client.Stderr();
+  Serve(etcd.url());  // the reader's copy, served
+  ASSERT_EQ(client.Wait(60s), 0) << client.Stderr();
+  std::vector<nlohmann::json> lines = testing::JsonLines(client.Stdout());
+  ASSERT_FALSE(lines.empty()) << client.Stderr();
+  EXPECT_EQ(lines.back()["source"], endpoints_.back());
+
+  // Nobody holds it and nobody reads it: a client that serves nothing fails at once, saying so.
+  servers_.back()->Signal(SIGTERM);
+  ASSERT_EQ(servers_.back()->Wait(30s), 0);
+  ASSERT_TRUE(other->Revoke(*lease, registry::Clock::now() + 5s).ok());
+  Run alone = Load("alone", {"--registry", etcd.url(), "--verify-only"});
+  EXPECT_EQ(alone.exit_code, 5) << alone.stderr_text;
+  EXPECT_NE(alone.stderr_text.find("no instance reads it from storage"), std::string::npos)
+      << alone.stderr_text;
+}
+
 // Records that are not netloader's, or of another version, are skipped with a warning naming
 // their key; two records of one endpoint are resolved by generation (the later process wins).
 TEST_F(RegistryFaultTest, GarbageAndForeignRecordsAreIgnoredWithAWarning) {

@@ -36,6 +36,10 @@ def free_port():
         return s.getsockname()[1]
 
 
+def b64(text):
+    return base64.b64encode(text.encode()).decode()
+
+
 class Etcd:
     """A registry as a fleet runs one: Debian's etcd, a cluster of one on free loopback ports,
     its data in `directory`. `url` is its client URL; `holders()` the netloader records in it."""
@@ -48,18 +52,33 @@ class Etcd:
              "--initial-advertise-peer-urls", peer, "--initial-cluster", f"r={peer}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def call(self, path, **body):
+        """POSTs `body` (JSON) to etcd's gateway at /v3/`path`; its JSON answer."""
+        request = urllib.request.Request(f"{self.url}/v3/{path}", method="POST",
+                                         data=json.dumps(body).encode())
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return json.loads(answer.read())
+
+    def keys(self, prefix):
+        """{key: value} of every key under `prefix` (text); {} while etcd is not up."""
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        try:
+            kvs = self.call("kv/range", key=b64(prefix), range_end=b64(end)).get("kvs", [])
+        except OSError:
+            return {}
+        return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode()
+                for kv in kvs}
+
+    def put(self, key, value, ttl=None):
+        """Writes `key`; with `ttl`, under a new lease of that many seconds that nobody renews."""
+        body = {"key": b64(key), "value": b64(value)}
+        if ttl is not None:
+            body["lease"] = self.call("lease/grant", TTL=ttl)["ID"]
+        self.call("kv/put", **body)
+
     def holders(self):
         """The values under /netloader/holders/ (JSON records); [] while etcd is not up."""
-        prefix, end = b"/netloader/holders/", b"/netloader/holders0"
-        body = json.dumps({"key": base64.b64encode(prefix).decode(),
-                           "range_end": base64.b64encode(end).decode()}).encode()
-        try:
-            with urllib.request.urlopen(urllib.request.Request(
-                    f"{self.url}/v3/kv/range", data=body, method="POST"), timeout=5) as answer:
-                kvs = json.loads(answer.read()).get("kvs", [])
-        except OSError:
-            return []
-        return [json.loads(base64.b64decode(kv["value"])) for kv in kvs]
+        return [json.loads(v) for v in self.keys("/netloader/holders/").values()]
 
     def wait_for_holders(self, count, seconds=30):
         """Until `count` holders are ready (hold every byte); a bounded wait."""

@@ -69,17 +69,22 @@ class Serving:
     """An engine started with --keep-running: its report once it decoded, its endpoint, and on
     exit (SIGTERM) what it served."""
 
-    def __init__(self, argv, ranks=1):
+    def __init__(self, argv, ranks=1, wait=True):
         self.ranks = ranks
         self.process = subprocess.Popen(argv + ["--keep-running"], stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True)
         self.lines = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        self.reports = [self.next_line() for _ in range(ranks)]  # rank 0 prints them in order
+        self.final = None
+        if wait:
+            self.wait_for_reports()
+
+    def wait_for_reports(self):
+        """Until the engine decoded: its reports (rank 0 prints them in order)."""
+        self.reports = [self.next_line() for _ in range(self.ranks)]
         self.report = self.reports[0]
         self.endpoints = [r["endpoint"] for r in self.reports]
         self.endpoint = self.endpoints[0]
-        self.final = None
 
     def _read(self):
         for line in self.process.stdout:
@@ -154,6 +159,7 @@ def test_engines_find_each_other_in_the_registry_and_count_it_in_their_metrics(
                                                METRICS_PORT=metrics_port))) as seed:
         assert seed.report["loaded_from"] == "disk"
         assert "lists no holder" in seed.report["fallback_reason"]
+        assert "cold start" in seed.report["fallback_reason"]
         etcd.wait_for_holders(1)  # it published itself as a relay, then as loaded
         assert [h["endpoint"] for h in etcd.holders()] == [seed.endpoint]
         loaded = report_of(python_engine(checkpoint, *extra(rendezvous, REGISTRY=etcd.url,
@@ -165,6 +171,65 @@ def test_engines_find_each_other_in_the_registry_and_count_it_in_their_metrics(
     same_output(loaded, from_disk["python"])
     assert 'netloader_fallbacks_total{reason="Unavailable"} 1' in metrics, metrics
     assert "netloader_build_info{" in metrics
+
+
+def cold_burst(checkpoint, rendezvous, etcd, start, count):
+    """`count` C++ engines with REGISTRY and no SOURCE, loading once `start` exists."""
+    return [Serving(cpp_engine(checkpoint, *extra(rendezvous, REGISTRY=etcd.url),
+                               "--testing-start-file", str(start)), wait=False)
+            for _ in range(count)]
+
+
+def check_cold_burst(engines, reference):
+    """Exactly one engine read the checkpoint from storage, claiming that as a cold start; every
+    other loaded it from a peer of the burst; all decode as from disk."""
+    for engine in engines:
+        engine.wait_for_reports()
+        same_output(engine.report, reference)
+    readers = [e for e in engines if e.report["loaded_from"] == "disk"]
+    assert len(readers) == 1, [e.report for e in engines]
+    assert "cold start" in readers[0].report["fallback_reason"], readers[0].report
+    endpoints = {e.endpoint for e in engines}
+    for engine in engines:
+        if engine is not readers[0]:
+            assert engine.report["loaded_from"] in endpoints - {engine.endpoint}, engine.report
+            assert engine.report["bytes_pulled"] == engine.report["bytes"]
+
+
+def test_a_cold_burst_reads_storage_once(checkpoint, from_disk, rendezvous, etcd, tmp_path):
+    """Three engines start together and nobody holds the model: one claims the storage read in
+    etcd and reads it, the others wait for it and load from the burst."""
+    start = tmp_path / "start"
+    engines = cold_burst(checkpoint, rendezvous, etcd, start, 3)
+    try:
+        start.write_text("")
+        check_cold_burst(engines, from_disk["cpp"])
+    finally:
+        for engine in engines:
+            engine.__exit__(None, None, None)
+
+
+def test_a_reader_that_died_hands_the_storage_read_on(checkpoint, from_disk, rendezvous, etcd,
+                                                      tmp_path):
+    """An instance claimed the storage read and died (its claim lives until its lease expires):
+    two engines starting meanwhile wait for it, then one of them claims the read, and the other
+    loads from it."""
+    with Serving(cpp_engine(checkpoint, *extra(rendezvous, REGISTRY=etcd.url))) as first:
+        assert "cold start" in first.report["fallback_reason"]
+        claims = etcd.keys("/netloader/readers/")
+        assert list(claims.values()) == [first.endpoint], claims
+    assert not etcd.keys("/netloader/readers/"), "a stopped reader's claim outlived it"
+    etcd.put(next(iter(claims)), "tcp://127.0.0.1:9", ttl=3)  # claimed, then died
+    start = tmp_path / "start"
+    engines = cold_burst(checkpoint, rendezvous, etcd, start, 2)
+    try:
+        start.write_text("")
+        began = time.monotonic()
+        check_cold_burst(engines, from_disk["cpp"])
+        assert time.monotonic() - began >= 1, "nobody waited for the claim to expire"
+    finally:
+        for engine in engines:
+            engine.__exit__(None, None, None)
 
 
 def test_a_chain_across_languages_decodes_and_copies_byte_identically(checkpoint, from_disk,

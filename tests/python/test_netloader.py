@@ -559,12 +559,13 @@ def test_a_ranks_options_are_the_engines_own():
     assert set(server) <= set(inspect.signature(netloader.Server).parameters)
     assert set(load) == {"sources", "model_id", "partition", "window", "register_timeout",
                          "connect_timeout", "stall_timeout", "busy_timeout", "heartbeat_timeout",
-                         "stripe", "rendezvous", "interface", "mpi_helpers", "registry",
-                         "topology"}
+                         "cold_start_wait", "stripe", "rendezvous", "interface", "mpi_helpers",
+                         "registry", "topology"}
     assert set(load) <= set(inspect.signature(netloader.load).parameters)
     assert server["listen"] == "tcp://0.0.0.0:7001"  # LISTEN_PORT + rank
     assert load["sources"] == ["tcp://10.0.0.5:7001", "tcp://10.0.0.6:7001"]
     assert load["register_timeout"] == 90.0 and load["busy_timeout"] >= load["register_timeout"]
+    assert load["cold_start_wait"] == 300.0
     whole = {"tp_size": 2, "tp_rank": 1, "pp_size": 1, "pp_rank": 0,
              "layout_key": "netloader-llama/test"}
     for options in (server, load):

@@ -96,6 +96,13 @@ TEST(LoaderConfigTest, EachRanksOptionsComeFromOneMapping) {
   EXPECT_TRUE(helpers.relay) << "MPI in helpers: a relay needs no shared rendezvous";
   EXPECT_TRUE(helpers.server.transport.mpi_helpers);
   EXPECT_TRUE(helpers.client.transport.mpi_helpers);
+  EXPECT_EQ(
+      netloader::OptionsForRank(*ParseLoaderConfig("{}", 1), 0, {}, "").client.cold_start_wait,
+      netloader::ClientOptions().cold_start_wait);
+  EXPECT_EQ(netloader::OptionsForRank(*ParseLoaderConfig(R"({"COLD_START_WAIT": 0})", 1), 0, {}, "")
+                .client.cold_start_wait.count(),
+            0)
+      << "0: a rank that finds no holder reads from disk at once";
 }
 
 TEST(LoaderConfigTest, InlineKeysWinOverTheConfigFile) {
@@ -115,6 +122,7 @@ TEST(LoaderConfigTest, EveryMistakeNamesTheKeyAndWhere) {
       {R"({"LISTEN_PORT": 65535})", "LISTEN_PORT must be an integer in [1, 65534]"},  // 2 ranks
       {R"({"SERVE": "yes"})", "SERVE must be true or false"},
       {R"({"REGISTER_TIMEOUT": 0})", "REGISTER_TIMEOUT must be a number of seconds"},
+      {R"({"COLD_START_WAIT": -1})", "COLD_START_WAIT must be a number of seconds in [0, 86400]"},
       {R"({"SOURCE": [{"device_id": 0, "sources": ["a:1"]}, {"device_id": 0, "sources": []}]})",
        "lists device_id 0 twice"},
       {R"({"SOURCE": [{"device_id": 0}]})", "SOURCE must be a list of"},

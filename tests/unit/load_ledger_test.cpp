@@ -155,6 +155,7 @@ class RecordingFeed : public RelayFeed {
   }
   void Held(uint64_t begin, uint64_t end) override { held.Add(begin, end); }
   void LoadEnded(const Status& status) override { ended = status.ToString(); }
+  Result<bool> ClaimInRegistry(const std::string&) override { return false; }
   const ModelView& relayed_model() const override { return model; }
   bool relaying() const override { return true; }
   ModelView model;

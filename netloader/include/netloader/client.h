@@ -43,6 +43,16 @@ struct ClientOptions : PeerOptions {
   // replaced by the next untried one, which takes over its chunks. All must hold the same
   // weights (per-tensor digests) and share one MPI rendezvous. 1: one source at a time.
   int stripe = 1;
+  // A cold start, with PeerOptions::registry and no `sources`, for a whole-model load: when the
+  // registry lists no holder of the model, the instances starting together read it from storage
+  // once between them. The first load with a `relay` to claim the read in the registry returns
+  // Unavailable at once, saying so: its host reads the checkpoint from storage and calls
+  // relay->MarkLoaded(), which serves it (the claim lasts as long as the relay's registry
+  // lease). Every other load waits up to this long for a holder to appear, then loads from it
+  // (a load without a relay only waits when another instance claimed the read). A reader that
+  // dies loses its claim with its lease, and a waiting instance claims it. 0: no waiting, no
+  // claim; Unavailable at once when nobody holds the model.
+  std::chrono::milliseconds cold_start_wait{300000};
   // How long to keep retrying a source that answers Busy before moving to the next.
   std::chrono::milliseconds busy_timeout{60000};
   // From Accept until Done the client sends a heartbeat this often over ZeroMQ (at most 1 s:

@@ -32,9 +32,12 @@ std::string Integer(const Json& v, int low, int high, int* out) {
   return "";
 }
 
-std::string Seconds(const Json& v, std::chrono::milliseconds* out) {
-  if (!v.is_number() || !(v.get<double>() > 0) || v.get<double>() > 86400) {
-    return "must be a number of seconds in (0, 86400]";
+// A number of seconds in (0, 86400], or [0, 86400] when `zero` means something.
+std::string Seconds(const Json& v, std::chrono::milliseconds* out, bool zero = false) {
+  if (!v.is_number() || !(zero ? v.get<double>() >= 0 : v.get<double>() > 0) ||
+      v.get<double>() > 86400) {
+    return zero ? "must be a number of seconds in [0, 86400]"
+                : "must be a number of seconds in (0, 86400]";
   }
   *out = FromSeconds(v.get<double>());
   return "";
@@ -145,6 +148,14 @@ const std::vector<Key>& Keys() {
       {"REGISTER_TIMEOUT",
        "seconds a source has to answer " + DefaultSeconds(ClientOptions().register_timeout),
        [](const Json& v, LoaderConfig& c, int) { return Seconds(v, &c.client.register_timeout); }},
+      {"COLD_START_WAIT",
+       "with REGISTRY, when no instance holds the model: seconds a rank waits for the instance "
+       "that reads it from storage (the first rank whose load serves to claim that in the "
+       "registry) to serve it, rather than reading it too; 0 reads at once " +
+           DefaultSeconds(ClientOptions().cold_start_wait),
+       [](const Json& v, LoaderConfig& c, int) {
+         return Seconds(v, &c.client.cold_start_wait, /*zero=*/true);
+       }},
       {"CONNECT_TIMEOUT",
        "seconds for the MPI connection to a source " +
            DefaultSeconds(PeerOptions().connect_timeout),

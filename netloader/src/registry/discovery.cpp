@@ -50,4 +50,17 @@ Result<std::vector<std::string>> Discover(const std::string& url, const Wanted& 
   return Choose(records, wanted);
 }
 
+Result<std::string> ClaimHolder(const std::string& url, const std::string& name,
+                                Clock::time_point deadline) {
+  Result<Etcd> etcd = Etcd::Parse(url);
+  if (!etcd.ok()) return etcd.status();
+  const std::string key = etcd->prefix() + name;
+  Result<std::vector<KeyValue>> listed = etcd->Range(key, deadline);
+  if (!listed.ok()) return listed.status();
+  for (const KeyValue& kv : *listed) {
+    if (kv.key == key) return kv.value.empty() ? std::string("an unnamed instance") : kv.value;
+  }
+  return std::string();
+}
+
 }  // namespace netloader::registry

@@ -18,4 +18,9 @@ namespace netloader::registry {
 Result<std::vector<std::string>> Discover(const std::string& url, const Wanted& wanted,
                                           Clock::time_point deadline);
 
+// Who holds the claim `name` (a key under the registry's prefix) at `url`: the value the claimer
+// wrote (its endpoint), or empty when nobody does. Errors: InvalidArgument (a bad URL), etcd's.
+Result<std::string> ClaimHolder(const std::string& url, const std::string& name,
+                                Clock::time_point deadline);
+
 }  // namespace netloader::registry

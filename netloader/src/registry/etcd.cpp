@@ -312,6 +312,24 @@ Status Etcd::Put(const std::string& key, const std::string& value, int64_t lease
   return text.ok() ? Status::Ok() : text.status();
 }
 
+Result<bool> Etcd::PutIfAbsent(const std::string& key, const std::string& value, int64_t lease,
+                               Clock::time_point deadline) const {
+  Json put{{"key", Base64(key)}, {"value", Base64(value)}};
+  if (lease != 0) put["lease"] = std::to_string(lease);
+  const Json body{
+      {"compare",
+       Json::array({{{"key", Base64(key)}, {"target", "CREATE"}, {"create_revision", "0"}}})},
+      {"success", Json::array({{{"request_put", put}}})}};
+  Result<std::string> text = Call("/v3/kv/txn", body.dump(), deadline);
+  if (!text.ok()) return text.status();
+  const Json j = Json::parse(*text, nullptr, false);
+  if (!j.is_object()) {
+    return Status(StatusCode::kUnavailable, "etcd at " + url_ + " answered a transaction oddly");
+  }
+  // Proto3's JSON leaves out a false "succeeded".
+  return j.value("succeeded", false);
+}
+
 Result<std::vector<KeyValue>> Etcd::Range(const std::string& prefix,
                                           Clock::time_point deadline) const {
   Result<std::string> text = Call(

@@ -40,6 +40,10 @@ class Etcd {
   // that expired meanwhile is NotFound.
   Status Put(const std::string& key, const std::string& value, int64_t lease,
              Clock::time_point deadline) const;
+  // Writes `key` attached to `lease` only if no such key exists (one transaction): true when
+  // this call wrote it, false when the key was there already. A lease that expired is NotFound.
+  Result<bool> PutIfAbsent(const std::string& key, const std::string& value, int64_t lease,
+                           Clock::time_point deadline) const;
   // Every key beginning with `prefix`, with its value.
   Result<std::vector<KeyValue>> Range(const std::string& prefix, Clock::time_point deadline) const;
 

@@ -1,5 +1,7 @@
 #include "netloader/src/registry/publisher.h"
 
+#include <algorithm>
+
 #include "netloader/src/base/log.h"
 
 namespace netloader::registry {
@@ -36,6 +38,7 @@ void Publisher::Stop() {
   }
   wake_.notify_all();
   thread_.join();
+  std::lock_guard<std::mutex> lock(lease_mu_);
   if (lease_ != 0) (void)etcd_.Revoke(lease_, Clock::now() + std::chrono::seconds(1));
 }
 
@@ -45,6 +48,7 @@ void Publisher::Run() {
     lock.unlock();
     Status round;
     try {
+      std::lock_guard<std::mutex> leased(lease_mu_);
       round = Round();
     } catch (const std::exception& e) {  // nothing may end the server from this thread
       round = Status(StatusCode::kInternal, std::string("publishing failed: ") + e.what());
@@ -55,15 +59,39 @@ void Publisher::Run() {
   }
 }
 
-Status Publisher::Round() {
-  if (lease_ == 0) {
-    Result<int64_t> lease =
-        etcd_.Grant(static_cast<int>(ttl_.count()), Clock::now() + kCallTimeout);
-    if (!lease.ok()) return lease.status();
-    lease_ = *lease;
-    published_.clear();
-    renew_at_ = Clock::now() + ttl_ / 3;
+Status Publisher::EnsureLease() {
+  if (lease_ != 0) return Status::Ok();
+  Result<int64_t> lease = etcd_.Grant(static_cast<int>(ttl_.count()), Clock::now() + kCallTimeout);
+  if (!lease.ok()) return lease.status();
+  lease_ = *lease;
+  published_.clear();
+  for (const std::string& name : claimed_) {
+    Log().warn("registry: the claim on {} was lost with the lease at {}", name, etcd_.url());
   }
+  claimed_.clear();
+  renew_at_ = Clock::now() + ttl_ / 3;
+  return Status::Ok();
+}
+
+Result<bool> Publisher::Claim(const std::string& name, const std::string& value) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return false;  // nothing would keep a new lease alive
+  }
+  std::lock_guard<std::mutex> lock(lease_mu_);
+  if (std::find(claimed_.begin(), claimed_.end(), name) != claimed_.end()) return true;
+  Status leased = EnsureLease();
+  if (!leased.ok()) return leased;
+  Result<bool> won =
+      etcd_.PutIfAbsent(etcd_.prefix() + name, value, lease_, Clock::now() + kCallTimeout);
+  if (!won.ok()) return won.status();
+  if (*won) claimed_.push_back(name);
+  return *won;
+}
+
+Status Publisher::Round() {
+  Status leased = EnsureLease();
+  if (!leased.ok()) return leased;
   const Record record = snapshot_();
   const std::string value = ToJson(record);
   if (value != published_) {

@@ -87,6 +87,17 @@ std::string RecordKey(const std::string& prefix, const Record& record) {
   return prefix + "holders/" + record.endpoint + "/" + generation;
 }
 
+std::string ReaderClaimName(const Wanted& w) {
+  const Partition& p = w.partition;
+  const std::string who = w.model_id + '\n' + std::to_string(p.tp_size) + '\n' +
+                          std::to_string(p.tp_rank) + '\n' + std::to_string(p.pp_size) + '\n' +
+                          std::to_string(p.pp_rank) + '\n' + p.layout_key;
+  char hash[17];
+  std::snprintf(hash, sizeof(hash), "%016llx",
+                static_cast<unsigned long long>(XXH3_64bits(who.data(), who.size())));
+  return "readers/" + w.table_digest + "/" + hash;
+}
+
 std::vector<std::string> Choose(const std::vector<Record>& records, const Wanted& wanted) {
   // One record per endpoint, its latest process's: an earlier one's is stale whatever it says.
   std::map<std::string, const Record*> newest;

@@ -51,6 +51,10 @@ struct Wanted {
   std::string self;          // an endpoint to leave out: the client's own relay
 };
 
+// The name (a key under the registry's prefix) that the instance reading `wanted` from storage
+// in a cold start claims: readers/<table digest>/<hash of model id and partition>.
+std::string ReaderClaimName(const Wanted& wanted);
+
 // The endpoints to try, best first: holders of the wanted model and partition that can serve
 // (ready, or loading with bytes held; never unavailable or draining), one per endpoint (the
 // highest generation), ordered by: ready before loading; a free slot before none; the

@@ -5,6 +5,7 @@
 // includes the other.
 
 #include <cstdint>
+#include <string>
 
 #include "netloader/server.h"
 #include "netloader/src/stream/manifest.h"
@@ -24,6 +25,11 @@ class RelayFeed {
   virtual void Held(uint64_t begin, uint64_t end) = 0;
   // The load's outcome: OK (every byte held), or why it failed.
   virtual void LoadEnded(const Status& status) = 0;
+  // A cold start (ClientOptions::cold_start_wait): claims `name`, a key under the registry's
+  // prefix, for this relay, under the lease its registry record lives by. True when this relay
+  // holds the claim; false when another process does, or this relay publishes in no registry.
+  // Errors: etcd's.
+  virtual Result<bool> ClaimInRegistry(const std::string& name) = 0;
   // The tensors the relay serves (the load's destination must be these).
   virtual const ModelView& relayed_model() const = 0;
   // Whether this server was started by Server::StartRelay (only then does it take a feed).
