@@ -59,6 +59,8 @@ class FanoutBench {
   int bursts_ = 0;
   std::unique_ptr<testing::Hosts> hosts_;
   std::unique_ptr<testing::Rendezvous> rendezvous_;
+  std::unique_ptr<testing::TempDir> etcd_dir_;
+  std::unique_ptr<testing::EtcdServer> etcd_;  // the cold mode's registry, on the bridge
   std::unique_ptr<Child> seed_;
   std::vector<std::unique_ptr<Child>> instances_;
   Samples samples_;
@@ -71,6 +73,7 @@ int FanoutBench::Run() {
   hosts_ = BuildHosts(std::vector<std::string>(static_cast<size_t>(o_.max_k) + 1, rate));
   SetCleanup([this] {
     Stop();
+    etcd_.reset();
     hosts_.reset();
   });
   model_ = PrepareModel(o_.checkpoint, ws_.dir() + "/model",
@@ -79,6 +82,11 @@ int FanoutBench::Run() {
   bytes_ = FileDataBytes(model_);
   // With MPI in helpers every server has a private rendezvous: none is shared.
   if (!o_.mpi_helpers) rendezvous_ = ws_.StartRendezvous(hosts_->bridge());
+  if (std::find(o_.modes.begin(), o_.modes.end(), "cold") != o_.modes.end()) {
+    etcd_dir_ = std::make_unique<testing::TempDir>();
+    etcd_ = std::make_unique<testing::EtcdServer>(*etcd_dir_, hosts_->bridge_address());
+    if (!etcd_->Start()) Die("etcd did not start: " + etcd_->Log());
+  }
   std::vector<int> ks;
   for (int k = 1; k <= o_.max_k; k *= 2) ks.push_back(k);
   std::fprintf(stderr, "fan-out: %d hosts at %d Mbit/s each; model %s; K = 1..%d\n", o_.max_k + 1,
@@ -107,7 +115,7 @@ uint64_t FanoutBench::TxBytes(int host) {
 std::vector<std::string> FanoutBench::SeedArgv(const std::string& mode, int k,
                                                const std::string& endpoint_file) const {
   const std::string address = hosts_->address(0);
-  if (mode == "storage") {
+  if (mode == "storage" || mode == "cold") {
     return {ws_.self(), "--role", "storage-serve",   "--model",    model_,
             "--listen", address,  "--endpoint-file", endpoint_file};
   }
@@ -162,6 +170,31 @@ std::vector<std::string> FanoutBench::InstanceArgv(const std::string& mode, int 
   if (mode == "storage") {
     return {ws_.self(), "--role", "storage-read", "--model", model_,
             "--source", seed,     "--start-file", go};
+  }
+  if (mode == "cold") {
+    std::vector<std::string> argv = {ws_.self(),
+                                     "--role",
+                                     "cold-start",
+                                     "--model",
+                                     model_,
+                                     "--source",
+                                     seed,
+                                     "--start-file",
+                                     go,
+                                     "--registry",
+                                     etcd_->url() + "/burst-" + std::to_string(bursts_),
+                                     "--listen",
+                                     "tcp://" + hosts_->address(i) + ":7000",
+                                     "--relay-fanout",
+                                     std::to_string(o_.tree_fanout),
+                                     "--interface",
+                                     "nlv",
+                                     "--window",
+                                     std::to_string(o_.window),
+                                     "--chunk-mib",
+                                     ChunkMibArgument(o_.chunk_bytes)};
+    AddMpiArguments(&argv);
+    return argv;
   }
   std::vector<std::string> argv = {bin_ + "/netloader-client",
                                    "--model",

@@ -66,8 +66,8 @@ void AddHostsFlags(CLI::App& app, Options& o) {
                "Measure relay fan-out instead (root only): one seed and K = 1, 2, 4, ... new "
                "instances started at once on simulated hosts whose NICs are all capped at "
                "--fanout-mbit; T(K)/T(1) and the seed's egress for relaying (netloader-client "
-               "--serve), everyone from the seed, and one shared storage host (256 MiB model "
-               "unless --size-mib is given)");
+               "--serve), everyone from the seed, one shared storage host, and a cold burst "
+               "through a registry (256 MiB model unless --size-mib is given)");
   app.add_option("--fanout-mbit", o.fanout_mbit, "With --fanout: every host's NIC, Mbit/s")
       ->check(CLI::Range(10, 100000))
       ->capture_default_str();
@@ -79,8 +79,11 @@ void AddHostsFlags(CLI::App& app, Options& o) {
                  "With --fanout: the seed's and every relay's --fanout in relay mode")
       ->check(CLI::Range(1, 8))
       ->capture_default_str();
-  app.add_option("--modes", o.modes, "With --fanout: which of relay, direct, storage to measure")
-      ->check(CLI::IsMember({"relay", "direct", "storage"}))
+  app.add_option("--modes", o.modes,
+                 "With --fanout: which of relay, direct, storage, cold to measure (cold: no seed, "
+                 "K instances with a registry on etcd, one reading the storage host and the "
+                 "others loading from the burst)")
+      ->check(CLI::IsMember({"relay", "direct", "storage", "cold"}))
       ->capture_default_str();
 }
 
@@ -99,6 +102,8 @@ void AddRoleFlags(CLI::App& app, RoleArgs& role, bool& no_verify) {
   app.add_option("--port-file", role.port_file)->group("");
   app.add_option("--endpoint-file", role.endpoint_file)->group("");
   app.add_option("--start-file", role.start_file)->group("");
+  app.add_option("--registry", role.registry)->group("");
+  app.add_option("--relay-fanout", role.fanout)->group("");
   app.add_option("--peers", role.peers)->group("");
   app.add_flag("--preinit", role.preinit)->group("");
   app.add_flag("--overlap", role.overlap)->group("");

@@ -29,7 +29,7 @@ struct Options {
   bool fanout = false;     // relay fan-out across simulated hosts instead (fanout_bench.h)
   int fanout_mbit = 400;   // every host's NIC in the fan-out row
   int max_k = 8;           // instances started at once: 1, 2, 4, ... up to this
-  std::vector<std::string> modes = {"relay", "direct", "storage"};
+  std::vector<std::string> modes = {"relay", "direct", "storage", "cold"};
   int tree_fanout = ServerOptions{}.fanout;  // relay mode: every server's --fanout
   bool size_given = false;
   bool mpi_helpers = false;  // netloader's MPI in helper processes (TransportOptions)

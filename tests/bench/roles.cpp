@@ -285,6 +285,7 @@ int PlayRole(const RoleArgs& args) {
   }
   if (args.role == "storage-serve") return RoleStorageServe(args);
   if (args.role == "storage-read") return RoleStorageRead(args);
+  if (args.role == "cold-start") return RoleColdStart(args);
   Die("unknown role " + args.role);
 }
 

@@ -39,8 +39,10 @@ struct RoleArgs {
   pid_t kill_pid = 0;               // SIGKILLed once half the model is verified (the resume row)
   std::string delta_from;           // an older copy to start from (the delta row)
   std::vector<std::string> select;  // tensor patterns of a partial load (the partial row)
-  std::string start_file;           // storage-read: begin once this file exists
-  bool mpi_helpers = false;         // TransportOptions::mpi_helpers
+  std::string start_file;           // storage-read, cold-start: begin once this file exists
+  std::string registry;             // cold-start: the etcd its burst coordinates through
+  int fanout = ServerOptions{}.fanout;  // cold-start: its relay's ServerOptions::fanout
+  bool mpi_helpers = false;             // TransportOptions::mpi_helpers
   // The output rows: load into this directory's files (MappedCheckpoint, resuming what is
   // there), or with in_memory_output into memory and then write them (the way before); with
   // stop_at_half, cancel the load at half, leaving the partial files.
@@ -50,8 +52,8 @@ struct RoleArgs {
 };
 
 // Plays args.role: serve, load, disk (here), raw-send, raw-recv (raw_mpi_roles.h),
-// storage-serve, storage-read (storage_roles.h). Returns the exit status; dies on an unknown
-// role.
+// storage-serve, storage-read, cold-start (storage_roles.h). Returns the exit status; dies on an
+// unknown role.
 int PlayRole(const RoleArgs& args);
 
 // For the roles themselves:

@@ -16,4 +16,12 @@ int RoleStorageServe(const RoleArgs& args);
 // memory is faulted in, starts once --start-file exists, and prints the seconds from then.
 int RoleStorageRead(const RoleArgs& args);
 
+// cold-start: an engine instance of a cold burst. Allocates the model, starts a relay on
+// --listen publishing in --registry, says "ready", and once --start-file exists loads through
+// the registry with no source: if it is the instance that claimed the storage read it reads
+// every file from --source (the storage host) into its tensors and serves them (MarkLoaded);
+// otherwise it loads from the burst. Prints its seconds and where its weights came from, then
+// serves until SIGTERM.
+int RoleColdStart(const RoleArgs& args);
+
 }  // namespace netloader::bench

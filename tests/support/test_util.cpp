@@ -307,7 +307,8 @@ std::string HttpGet(const std::string& url, std::chrono::milliseconds timeout) {
   }
 }
 
-EtcdServer::EtcdServer(const TempDir& dir) : dir_(dir.path()) {}
+EtcdServer::EtcdServer(const TempDir& dir, std::string address)
+    : dir_(dir.path()), address_(std::move(address)) {}
 
 EtcdServer::~EtcdServer() { Kill(); }
 

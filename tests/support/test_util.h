@@ -100,7 +100,9 @@ class Rendezvous {
 // free loopback ports, its data in `dir`. Killed on destruction.
 class EtcdServer {
  public:
-  explicit EtcdServer(const TempDir& dir);
+  // Serves clients on `address` (an IPv4 address of this namespace; the netns hosts reach the
+  // bridge's).
+  explicit EtcdServer(const TempDir& dir, std::string address = "127.0.0.1");
   ~EtcdServer();
   EtcdServer(const EtcdServer&) = delete;
   EtcdServer& operator=(const EtcdServer&) = delete;
@@ -108,11 +110,12 @@ class EtcdServer {
   // true once it serves client requests, within 20 s.
   bool Start(bool fresh = false);
   void Kill();  // SIGKILL, and waits for it
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(client_port_); }
+  std::string url() const { return "http://" + address_ + ":" + std::to_string(client_port_); }
   std::string Log() const;  // its output so far
 
  private:
   std::string dir_;
+  std::string address_;
   int client_port_ = 0;
   int peer_port_ = 0;
   int starts_ = 0;
