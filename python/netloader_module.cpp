@@ -154,6 +154,7 @@ class PyServer {
     ServerOptions options;
     ApplyPeer(o, options);
     if (o.contains("listen")) options.listen = o["listen"].cast<std::string>();
+    if (o.contains("advertise")) options.advertise = o["advertise"].cast<std::string>();
     if (o.contains("max_clients")) options.max_concurrent_transfers = o["max_clients"].cast<int>();
     if (o.contains("chunk_bytes")) options.chunk_bytes = o["chunk_bytes"].cast<uint64_t>();
     if (o.contains("fanout")) options.fanout = o["fanout"].cast<int>();
@@ -441,6 +442,7 @@ py::dict RankOptionsOf(const std::string& json_text, int world_size, int rank,
   py::dict server(
       py::arg("listen") = s.listen, py::arg("model_id") = NoneIfEmpty(s.model_id),
       py::arg("partition") = PartitionDict(s.partition), py::arg("window") = s.window,
+      py::arg("advertise") = NoneIfEmpty(s.advertise),
       py::arg("max_clients") = s.max_concurrent_transfers, py::arg("chunk_bytes") = s.chunk_bytes,
       py::arg("fanout") = s.fanout, py::arg("connect_timeout") = ToSeconds(s.connect_timeout),
       py::arg("stall_timeout") = ToSeconds(s.stall_timeout),

@@ -32,6 +32,12 @@ Status ControlSocket::BindTo(const ServerOptions& options) {
     }
     socket_.bind(endpoint);
     endpoint_ = socket_.get(zmq::sockopt::last_endpoint);
+    if (!options.advertise.empty()) {
+      const std::string port = endpoint_.substr(endpoint_.rfind(':') + 1);
+      const bool ipv6 = options.advertise.find(':') != std::string::npos;
+      endpoint_ =
+          "tcp://" + (ipv6 ? "[" + options.advertise + "]" : options.advertise) + ":" + port;
+    }
   } catch (const zmq::error_t& e) {
     return Status(StatusCode::kUnavailable, "cannot bind '" + options.listen + "': " + e.what());
   }

@@ -55,8 +55,9 @@ class ServerImpl final : public Server, public internal::RelayFeed {
     if (at.find("://0.0.0.0:") != std::string::npos || at.find("://*:") != std::string::npos ||
         at.find("://[::]:") != std::string::npos) {
       return Status(StatusCode::kInvalidArgument,
-                    "a server in a registry must listen on an address its clients can reach, not "
-                    "on every interface (" +
+                    "a server in a registry must listen on an address its clients can reach, or "
+                    "advertise one (ServerOptions::advertise, --advertise), not every interface "
+                    "(" +
                         at + ")");
     }
     // Later processes get larger generations, so a record left by a dead one loses.
@@ -164,6 +165,15 @@ Status ValidateOptions(const ServerOptions& options) {
   if (options.window < 1) return Status(StatusCode::kInvalidArgument, "window must be >= 1");
   if (options.fanout < 0) return Status(StatusCode::kInvalidArgument, "fanout must be >= 0");
   if (options.listen.empty()) return Status(StatusCode::kInvalidArgument, "listen is empty");
+  if (options.advertise.find_first_of("/[] \t") != std::string::npos) {
+    return Status(StatusCode::kInvalidArgument,
+                  "advertise must be a host name or address, without scheme, port or brackets: '" +
+                      options.advertise + "'");
+  }
+  if (!options.advertise.empty() && options.listen.compare(0, 6, "tcp://") != 0) {
+    return Status(StatusCode::kInvalidArgument,
+                  "advertise needs a tcp:// listen endpoint, got '" + options.listen + "'");
+  }
   if (options.heartbeat_timeout.count() != 0 && options.heartbeat_timeout < kMinHeartbeatTimeout) {
     // Clients beat once a second (PROTOCOL.md, section 4.6).
     return Status(StatusCode::kInvalidArgument, "heartbeat_timeout must be 0 (never) or >= " +

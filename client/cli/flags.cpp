@@ -63,6 +63,7 @@ void ClientFlags::Add(CLI::App& app) {
       ->capture_default_str()
       ->needs(serve_flag_);
   AddFanoutFlag(app, serving.fanout);
+  AddAdvertiseFlag(app, serving.advertise);
   AddRegistryTtlFlag(app, serving.registry_ttl);
   app.add_flag("--skip-output-check", skip_output_check,
                "With --delta-from: do not read --output back to check it against the source's "

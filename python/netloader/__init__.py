@@ -221,7 +221,9 @@ class Server:
     each chunk once that load verified it; needs `rendezvous` (the one every instance shares)
     or mpi_helpers=True. `mpi_helpers=True`: MPI runs in a helper process (see load()).
     `registry`: an etcd client URL where the server publishes itself while it serves (with its
-    `topology` label), under a lease of `registry_ttl` seconds.
+    `topology` label), under a lease of `registry_ttl` seconds. `advertise`: the host name or
+    address other instances reach this server at when `listen` binds every interface
+    ("tcp://0.0.0.0:7000", as in a container): `endpoint` is then "tcp://ADVERTISE:PORT".
     Should that load fail and the tensors be filled otherwise (from disk), call mark_loaded().
     """
 
@@ -229,14 +231,15 @@ class Server:
                  secret=None, window=None, max_clients=None, chunk_bytes=None, fanout=None,
                  connect_timeout=None, stall_timeout=None, heartbeat_timeout=None,
                  rendezvous=None, interface=None, mpi_helpers=None, registry=None,
-                 topology=None, registry_ttl=None, relay=False):
+                 topology=None, registry_ttl=None, advertise=None, relay=False):
         self._tensors = tensors  # keeps the memory alive as long as it is served
         options = _peer_options(model_id, partition, secret, window, connect_timeout,
                                 stall_timeout, heartbeat_timeout, rendezvous, interface,
                                 mpi_helpers, registry, topology)
         options["listen"] = listen
         for key, value in (("max_clients", max_clients), ("chunk_bytes", chunk_bytes),
-                           ("fanout", fanout), ("registry_ttl", registry_ttl)):
+                           ("fanout", fanout), ("registry_ttl", registry_ttl),
+                           ("advertise", advertise)):
             if value is not None:
                 options[key] = value
         try:
@@ -376,8 +379,9 @@ def options_for_rank(extra_config, world_size, rank, partition):
     pp_size, pp_rank and layout_key (a dict; keys left out keep their defaults). Returns a dict:
 
     * "server": the keyword arguments of Server: listen (LISTEN_HOST at LISTEN_PORT + rank, or a
-      free port), model_id, partition, window, max_clients, chunk_bytes, fanout, the timeouts in
-      seconds, rendezvous, interface, mpi_helpers, registry and topology;
+      free port), advertise (ADVERTISE_HOST), model_id, partition, window, max_clients,
+      chunk_bytes, fanout, the timeouts in seconds, rendezvous, interface, mpi_helpers, registry
+      and topology;
     * "load": the keyword arguments of load: sources (the rank's SOURCE entry; empty: load from
       disk), model_id, partition, window, the timeouts in seconds (busy_timeout at least
       register_timeout), cold_start_wait, stripe, rendezvous, interface, mpi_helpers, registry
@@ -386,10 +390,10 @@ def options_for_rank(extra_config, world_size, rank, partition):
     * "relay": whether to serve while loading (Server(..., relay=True) passed as load's relay=):
       SERVE with a RENDEZVOUS or MPI_HELPERS, and no TENSORS.
 
-    model_id, rendezvous, registry and topology are None when unset. Neither holds a secret (pass secret= yourself)
-    nor load's select: a TENSORS load names this rank's matching tensors itself. Raises
-    netloader.InvalidArgument for a wrong key or a rank outside [0, world_size), as
-    parse_loader_config does.
+    advertise, model_id, rendezvous, registry and topology are None when unset. Neither holds a
+    secret (pass secret= yourself) nor load's select: a TENSORS load names this rank's matching
+    tensors itself. Raises netloader.InvalidArgument for a wrong key or a rank outside
+    [0, world_size), as parse_loader_config does.
 
         rank = netloader.options_for_rank(extra_config, 2, 1, {"tp_size": 2, "tp_rank": 1})
         stats = netloader.load(state_dict, secret=s, **rank["load"])  # if rank["load"]["sources"]

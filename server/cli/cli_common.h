@@ -372,6 +372,15 @@ inline void AddFanoutFlag(CLI::App& app, int& fanout) {
       ->capture_default_str();
 }
 
+// ServerOptions::advertise, for netloader-server and netloader-client --serve.
+inline void AddAdvertiseFlag(CLI::App& app, std::string& advertise) {
+  app.add_option("--advertise", advertise,
+                 "The host name or address other instances reach this server at, when it "
+                 "listens on every interface (tcp://0.0.0.0:PORT, as in a container) or behind "
+                 "NAT: the registry lists tcp://HOST:PORT and relays tell their sources that")
+      ->type_name("HOST");
+}
+
 // A server's (or relay's) registry lease, ServerOptions::registry_ttl.
 inline void AddRegistryTtlFlag(CLI::App& app, std::chrono::seconds& ttl) {
   app.add_option_function<int>(

@@ -77,6 +77,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
   cli::AddFanoutFlag(app, options.fanout);
+  cli::AddAdvertiseFlag(app, options.advertise);
   cli::AddRegistryTtlFlag(app, options.registry_ttl);
   common.Add(app);
   CLI11_PARSE(app, argc, argv);

@@ -121,6 +121,30 @@ TEST_F(RegistryTest, AClientGivenOnlyTheRegistryFindsTheServerAndLoadsByteIdenti
       << other.stderr_text;
 }
 
+// A server listening on every interface is refused a registry unless it advertises an address;
+// then it is listed, and found, there.
+TEST_F(RegistryTest, AServerOnEveryInterfaceIsListedAtTheAddressItAdvertises) {
+  EtcdServer etcd(tmp_);
+  ASSERT_TRUE(etcd.Start()) << etcd.Log();
+  Child refused({Bin("netloader-server"), "--model", tmp_ / "model", "--listen", "tcp://0.0.0.0:0",
+                 "--registry", etcd.url()},
+                tmp_ / "refused");
+  EXPECT_NE(refused.Wait(60s), 0);
+  EXPECT_NE(refused.Stderr().find("--advertise"), std::string::npos) << refused.Stderr();
+  const std::string file = tmp_ / "advertised-endpoint";
+  Child server({Bin("netloader-server"), "--model", tmp_ / "model", "--listen", "tcp://0.0.0.0:0",
+                "--advertise", "127.0.0.1", "--registry", etcd.url(), "--model-id", "org/model@1",
+                "--endpoint-file", file},
+               tmp_ / "advertised");
+  const std::string endpoint = testing::WaitForLine(file, 30s);
+  ASSERT_EQ(endpoint.rfind("tcp://127.0.0.1:", 0), 0u) << endpoint << server.Stderr();
+  ASSERT_TRUE(testing::WaitFor([&] { return Listed(etcd.url()).size() == 1; }, 20s));
+  EXPECT_EQ(Listed(etcd.url()).front().endpoint, endpoint);
+  Run run = Load("client", {"--registry", etcd.url(), "--verify-only"});
+  ASSERT_EQ(run.exit_code, 0) << run.stderr_text;
+  EXPECT_EQ(run.summary["source"], endpoint);
+}
+
 // Two holders: clients prefer the one of their own topology; a stopped holder leaves the
 // registry at once (its lease revoked), a frozen one within its lease and back once it thaws
 // (a new lease), a killed one within its lease.

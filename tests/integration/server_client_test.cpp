@@ -1079,6 +1079,29 @@ TEST(ServerOptionsTest, BadOptionsAreRefusedNamingTheOption) {
   server = internal::StartServer(options, source.view, Plane(transfer::MakeInprocTransport()));
   ASSERT_FALSE(server.ok());
   EXPECT_EQ(server.status().code(), StatusCode::kUnavailable);
+  options = ServerOptions();
+  options.advertise = "tcp://10.0.0.1:7000";
+  server = internal::StartServer(options, source.view, Plane(transfer::MakeInprocTransport()));
+  ASSERT_FALSE(server.ok());
+  EXPECT_NE(server.status().message().find("advertise must be a host name"), std::string::npos);
+}
+
+// A server bound to every interface names itself by the address it advertises, with the port
+// it bound; a client reaches it there.
+TEST_F(ServerClientTest, AServerOnEveryInterfaceIsReachedAtTheAddressItAdvertises) {
+  OwnedModel source(8, seed_, true);
+  ServerOptions options = SmallChunks();
+  options.listen = "tcp://0.0.0.0:0";
+  options.advertise = "localhost";
+  auto server = internal::StartServer(options, source.view, Plane(transport_));
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  const std::string endpoint = (*server)->endpoint();
+  ASSERT_EQ(endpoint.rfind("tcp://localhost:", 0), 0u) << endpoint;
+  EXPECT_NE(endpoint.substr(16), "0");
+  OwnedModel dest = source.EmptyLike();
+  Result<LoadStats> stats = internal::Load(ClientFor(endpoint), dest.view, *Plane(transport_));
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_TRUE(dest.SameBytes(source));
 }
 
 }  // namespace

@@ -552,7 +552,7 @@ def test_a_ranks_options_are_the_engines_own():
     rank = netloader.options_for_rank(config, 2, 1, partition)
     server, load = rank["server"], rank["load"]
     # Exactly keyword arguments of Server and load; the secret stays the caller's.
-    assert set(server) == {"listen", "model_id", "partition", "window", "max_clients",
+    assert set(server) == {"listen", "advertise", "model_id", "partition", "window", "max_clients",
                            "chunk_bytes", "fanout", "connect_timeout", "stall_timeout",
                            "heartbeat_timeout", "rendezvous", "interface", "mpi_helpers",
                            "registry", "topology"}

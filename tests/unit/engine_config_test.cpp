@@ -62,12 +62,13 @@ TEST(LoaderConfigTest, EachRanksOptionsComeFromOneMapping) {
   auto config = ParseLoaderConfig(R"({
       "SOURCE": [{"device_id": 1, "sources": ["10.0.0.5:7001"]}], "LISTEN_PORT": 7000,
       "LISTEN_HOST": "10.0.0.9", "WINDOW": 8, "REGISTER_TIMEOUT": 90, "MAX_CLIENTS": 2,
-      "CHUNK_MIB": 4, "RENDEZVOUS": "file:/tmp/rv"})",
+      "CHUNK_MIB": 4, "RENDEZVOUS": "file:/tmp/rv", "ADVERTISE_HOST": "pod-7.llama"})",
                                   2);
   ASSERT_TRUE(config.ok()) << config.status().ToString();
   const netloader::Partition partition{2, 1, 1, 0, "key"};
   const netloader::RankOptions rank1 = netloader::OptionsForRank(*config, 1, partition, "s3cret");
   EXPECT_EQ(rank1.server.listen, "tcp://10.0.0.9:7001");
+  EXPECT_EQ(rank1.server.advertise, "pod-7.llama");
   EXPECT_EQ(rank1.client.sources, (std::vector<std::string>{"tcp://10.0.0.5:7001"}));
   EXPECT_EQ(rank1.server.window, 8);
   EXPECT_EQ(rank1.client.window, 8);

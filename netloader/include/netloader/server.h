@@ -18,6 +18,12 @@ struct ServerOptions : PeerOptions {
   // ZeroMQ endpoint to bind for registration requests. Port 0 or "*" picks a free port;
   // Server::endpoint() tells which.
   std::string listen = "tcp://127.0.0.1:0";
+  // The host name or address other instances reach this server at, when `listen` binds an
+  // address they cannot use as it is (every interface: "tcp://0.0.0.0:7000", as a container
+  // does; or an address behind NAT). Server::endpoint() is then "tcp://ADVERTISE:PORT" with the
+  // bound port, and that is what the registry lists and what a relay tells its sources. Empty:
+  // endpoint() is the bound endpoint.
+  std::string advertise;
   // Clients streamed at once; one more gets Busy with a retry hint.
   int max_concurrent_transfers = 4;
   // Bytes per MPI message. Small tensors are coalesced and large ones split to this size. 1 MiB

@@ -134,6 +134,10 @@ const std::vector<Key>& Keys() {
        }},
       {"LISTEN_HOST", "address to serve on (default " + LoaderConfig().listen_host + ")",
        [](const Json& v, LoaderConfig& c, int) { return Text(v, false, &c.listen_host); }},
+      {"ADVERTISE_HOST",
+       "the host name or address other instances reach the ranks at, when LISTEN_HOST is "
+       "0.0.0.0 (as in a container) or behind NAT: what the registry lists and relays announce",
+       [](const Json& v, LoaderConfig& c, int) { return Text(v, false, &c.server.advertise); }},
       {"SERVE", "serve the loaded weights to later instances (default true)",
        [](const Json& v, LoaderConfig& c, int) { return Bool(v, &c.serve); }},
       {"MODEL", "model id/revision in the fingerprint; sources must declare the same",
