@@ -45,11 +45,11 @@ Result<std::vector<std::string>> WaitForColdStart(
         registry::ClaimHolder(options.registry, claim, Clock::now() + kCallTimeout);
     if (!holder.ok()) return holder.status().WithContext("cold start");
     if (holder->empty()) {
-      if (relay == nullptr) {
+      if (relay == nullptr || !options.cold_start_read) {
         return Status(StatusCode::kUnavailable,
                       "no source: " + NoHolder(options) +
-                          ", and no instance reads it from storage (a load without a relay "
-                          "does not read for the others)");
+                          ", and no instance reads it from storage (this load does not read for "
+                          "the others: it has no relay, or no checkpoint to read)");
       }
       Result<bool> won = relay->ClaimInRegistry(claim);
       if (!won.ok()) return won.status().WithContext("cold start: claiming the storage read");

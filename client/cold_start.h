@@ -25,8 +25,8 @@ inline constexpr std::chrono::milliseconds kColdStartPoll{250};
 // lists a holder, and returns them. Meanwhile, whenever nobody holds the claim to read `wanted`
 // from storage, `relay` (this load's, when it serves) claims it. Errors, each a reason for the
 // host to read from storage itself: Unavailable when this instance claimed the read, or when
-// nobody reads and this load cannot (no relay, or a relay listed in no registry), or etcd
-// failed; Timeout when nobody served in time; Cancelled.
+// nobody reads and this load cannot (no relay, cold_start_read false, or a relay listed in no
+// registry), or etcd failed; Timeout when nobody served in time; Cancelled.
 Result<std::vector<std::string>> WaitForColdStart(
     const ClientOptions& options, const registry::Wanted& wanted, RelayFeed* relay,
     const std::function<Result<std::vector<std::string>>()>& discover);

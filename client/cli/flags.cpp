@@ -86,9 +86,9 @@ void ClientFlags::Add(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--cold-start-wait", cold_start_wait_s,
                  "With --registry and no --source, when no instance holds the model: seconds to "
-                 "wait for the instance that reads it from storage (the first to claim that in "
-                 "the registry, among those started with --serve) to serve it, instead of "
-                 "failing at once; 0 never waits")
+                 "wait for the instance that claimed in the registry to read it from storage (an "
+                 "engine) to serve it, instead of failing at once. This client never reads for "
+                 "the others; 0 never waits")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   testing.AddLoadHooks(app);

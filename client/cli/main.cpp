@@ -135,6 +135,7 @@ class ClientRun {
     }
     relay_ = std::move(*started);
     options_.relay = relay_.get();
+    options_.cold_start_read = false;  // nothing here reads the checkpoint's data from storage
     cli::WriteEndpointFile(flags_.serve_endpoint_file, relay_->endpoint());
     std::fprintf(stderr, "netloader-client: serving while loading at %s\n",
                  relay_->endpoint().c_str());

@@ -231,6 +231,16 @@ TEST_F(RegistryTest, AClientWaitsForTheInstanceThatReadsFromStorage) {
   EXPECT_EQ(alone.exit_code, 5) << alone.stderr_text;
   EXPECT_NE(alone.stderr_text.find("no instance reads it from storage"), std::string::npos)
       << alone.stderr_text;
+  // Nor does one that serves while it loads: netloader-client has no checkpoint data to read,
+  // so it claims nothing.
+  Run serving = Load("alone-serving", {"--registry", etcd.url(), "--verify-only", "--serve",
+                                       "tcp://127.0.0.1:0", "--mpi-helpers"});
+  EXPECT_EQ(serving.exit_code, 5) << serving.stderr_text;
+  EXPECT_NE(serving.stderr_text.find("no instance reads it from storage"), std::string::npos)
+      << serving.stderr_text;
+  auto claims = other->Range(other->prefix() + "readers/", registry::Clock::now() + 5s);
+  ASSERT_TRUE(claims.ok());
+  EXPECT_TRUE(claims->empty()) << claims->front().key;
 }
 
 // Records that are not netloader's, or of another version, are skipped with a warning naming

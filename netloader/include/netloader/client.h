@@ -45,7 +45,8 @@ struct ClientOptions : PeerOptions {
   int stripe = 1;
   // A cold start, with PeerOptions::registry and no `sources`, for a whole-model load: when the
   // registry lists no holder of the model, the instances starting together read it from storage
-  // once between them. The first load with a `relay` to claim the read in the registry returns
+  // once between them. The first load with a `relay` (and cold_start_read) to claim the read in
+  // the registry returns
   // Unavailable at once, saying so: its host reads the checkpoint from storage and calls
   // relay->MarkLoaded(), which serves it (the claim lasts as long as the relay's registry
   // lease). Every other load waits up to this long for a holder to appear, then loads from it
@@ -53,6 +54,10 @@ struct ClientOptions : PeerOptions {
   // dies loses its claim with its lease, and a waiting instance claims it. 0: no waiting, no
   // claim; Unavailable at once when nobody holds the model.
   std::chrono::milliseconds cold_start_wait{300000};
+  // Whether a load with a `relay` may claim the storage read of a cold start (its host must then
+  // read the checkpoint and call MarkLoaded). False for a host that has no checkpoint to read:
+  // its load then only waits, as one without a relay does.
+  bool cold_start_read = true;
   // How long to keep retrying a source that answers Busy before moving to the next.
   std::chrono::milliseconds busy_timeout{60000};
   // From Accept until Done the client sends a heartbeat this often over ZeroMQ (at most 1 s:
