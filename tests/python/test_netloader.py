@@ -142,6 +142,18 @@ def test_mpi_helpers_keep_mpi_out_of_this_process(model):
     assert not MPI.Is_initialized()
 
 
+def test_a_prestarted_helper_carries_the_next_load(model, tmp_path, rendezvous):
+    """initialize_transport(mpi_helpers=True) starts the helper the next load on that rendezvous
+    takes, although the source names the rendezvous by its URI and this process by its file."""
+    netloader.initialize_transport(rendezvous, mpi_helpers=True)
+    prestarted = helper_children()
+    assert len(prestarted) == 1
+    with CppServer(model, tmp_path, rendezvous) as server:
+        tensors = empty_like_layout(model)
+        netloader.load(tensors, server.endpoint, rendezvous=rendezvous, mpi_helpers=True)
+    assert sorted(helper_children()) == sorted(prestarted), "the load started a helper of its own"
+
+
 def test_a_load_finds_its_source_in_the_registry(model, etcd):
     """registry=: a Python server publishes itself in a real etcd (started on free loopback
     ports), and a Python load given no sources finds it there, byte-identical."""

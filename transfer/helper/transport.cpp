@@ -33,7 +33,9 @@ class Pool {
       std::lock_guard<std::mutex> lock(mu_);
       Expire();
       for (auto it = idle_.begin(); it != idle_.end(); ++it) {
-        if (it->process->spec() != spec) continue;
+        // A source names its rendezvous by URI; a pre-started helper may have been given the
+        // same one as file:PATH.
+        if (it->process->spec() != spec && it->process->rendezvous() != spec) continue;
         std::shared_ptr<Process> process = std::move(it->process);
         idle_.erase(it);
         if (process->Alive().ok()) return process;
