@@ -185,6 +185,31 @@ TEST_F(RegistryTest, ClientsPreferTheirTopologyAndHoldersThatLeaveDropOut) {
   EXPECT_EQ(none.exit_code, 5) << none.stderr_text;
 }
 
+// etcd named by a host name: looked up within each call's deadline. A name that does not resolve
+// fails the call within its deadline, naming the host.
+TEST_F(RegistryTest, AHostNameInTheUrlIsLookedUpWithinTheDeadline) {
+  EtcdServer etcd(tmp_);
+  ASSERT_TRUE(etcd.Start()) << etcd.Log();
+  const std::string port = etcd.url().substr(etcd.url().rfind(':') + 1);
+  Result<registry::Etcd> named = registry::Etcd::Parse("http://localhost:" + port);
+  ASSERT_TRUE(named.ok()) << named.status().ToString();
+  ASSERT_TRUE(named->Put(named->prefix() + "probe", "1", 0, registry::Clock::now() + 5s).ok());
+  auto listed = named->Range(named->prefix() + "probe", registry::Clock::now() + 5s);
+  ASSERT_TRUE(listed.ok()) << listed.status().ToString();
+  EXPECT_EQ(listed->size(), 1u);
+
+  Result<registry::Etcd> nowhere = registry::Etcd::Parse("http://no-such-host.invalid:2379");
+  ASSERT_TRUE(nowhere.ok());
+  const auto start = std::chrono::steady_clock::now();
+  auto failed = nowhere->Range(nowhere->prefix(), registry::Clock::now() + 2s);
+  const double took =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_FALSE(failed.ok());
+  EXPECT_NE(failed.status().message().find("no-such-host.invalid"), std::string::npos)
+      << failed.status().ToString();
+  EXPECT_LT(took, 4.5) << "the lookup outlived the call's deadline";
+}
+
 // A cold start seen by a client that serves nothing: while another instance holds the claim to
 // read the model from storage, the client waits for a holder instead of failing, and loads from
 // the first that appears.

@@ -8,8 +8,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <thread>
+#include <vector>
 
 #include "netloader/src/metrics/metrics.h"
 
@@ -34,6 +39,66 @@ bool WaitFor(int fd, short events, Clock::time_point deadline) {
     if (n > 0) return true;
     if (n == 0 || (n < 0 && errno != EINTR) || left == 0) return false;
   }
+}
+
+// One address to connect to.
+struct Address {
+  int family = 0;
+  int socktype = 0;
+  sockaddr_storage address{};
+  socklen_t length = 0;
+};
+
+// The addresses of `host`:`port`; none, with *error saying why, when it does not resolve. A numeric
+// address resolves at once; a name is looked up on a thread of its own, which is left to finish
+// alone if DNS has not answered by the deadline (getaddrinfo itself has none).
+std::vector<Address> Resolve(const std::string& host, const std::string& port,
+                             Clock::time_point deadline, std::string* error) {
+  struct Lookup {
+    std::mutex mu;
+    std::condition_variable done;
+    bool finished = false;
+    std::vector<Address> found;
+    std::string error;
+  };
+  auto lookup = std::make_shared<Lookup>();
+  auto run = [host, port, lookup](int flags) {
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_ADDRCONFIG | flags;
+    addrinfo* list = nullptr;
+    const int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &list);
+    std::vector<Address> found;
+    for (addrinfo* a = rc == 0 ? list : nullptr; a != nullptr; a = a->ai_next) {
+      Address entry;
+      entry.family = a->ai_family;
+      entry.socktype = a->ai_socktype;
+      entry.length = std::min<socklen_t>(a->ai_addrlen, sizeof(entry.address));
+      std::memcpy(&entry.address, a->ai_addr, entry.length);
+      found.push_back(entry);
+    }
+    if (list != nullptr) freeaddrinfo(list);
+    std::lock_guard<std::mutex> lock(lookup->mu);
+    lookup->found = std::move(found);
+    lookup->error = rc == 0 ? "" : gai_strerror(rc);
+    lookup->finished = true;
+    lookup->done.notify_all();
+    return rc;
+  };
+  if (run(AI_NUMERICHOST) != 0) {  // a name: ask DNS, within the deadline
+    {
+      std::lock_guard<std::mutex> lock(lookup->mu);
+      lookup->finished = false;
+    }
+    std::thread(run, 0).detach();
+  }
+  std::unique_lock<std::mutex> lock(lookup->mu);
+  if (!lookup->done.wait_until(lock, deadline, [&] { return lookup->finished; })) {
+    *error = "no answer from DNS for " + host + " in time";
+    return {};
+  }
+  *error = lookup->error;
+  return lookup->found;
 }
 
 // A closed-on-return socket.
@@ -184,19 +249,18 @@ Result<std::string> Etcd::Call(const std::string& path, const std::string& body,
 Result<std::string> Etcd::Exchange(const std::string& path, const std::string& body,
                                    Clock::time_point deadline) const {
   const std::string where = "etcd at " + url_;
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_ADDRCONFIG;
-  addrinfo* found = nullptr;
-  if (const int rc = getaddrinfo(host_.c_str(), port_.c_str(), &hints, &found); rc != 0) {
-    return Status(StatusCode::kUnavailable, where + ": " + gai_strerror(rc));
+  std::string resolve_error;
+  const std::vector<Address> found = Resolve(host_, port_, deadline, &resolve_error);
+  if (found.empty()) {
+    return Status(StatusCode::kUnavailable,
+                  where + ": " + (resolve_error.empty() ? "no address" : resolve_error));
   }
   std::string connect_error = "no address";
   int fd = -1;
-  for (addrinfo* a = found; a != nullptr && fd < 0; a = a->ai_next) {
-    const int s = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  for (const Address& a : found) {
+    const int s = socket(a.family, a.socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (s < 0) continue;
-    if (connect(s, a->ai_addr, a->ai_addrlen) == 0 ||
+    if (connect(s, reinterpret_cast<const sockaddr*>(&a.address), a.length) == 0 ||
         (errno == EINPROGRESS && WaitFor(s, POLLOUT, deadline))) {
       int error = 0;
       socklen_t len = sizeof(error);
@@ -212,7 +276,6 @@ Result<std::string> Etcd::Exchange(const std::string& path, const std::string& b
     }
     close(s);
   }
-  freeaddrinfo(found);
   if (fd < 0) return Status(StatusCode::kUnavailable, where + " unreachable: " + connect_error);
   Socket socket(fd);
   const std::string request =
