@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <mutex>
 
-#include "transfer/mpi/call_with_deadline.h"
+#include "transfer/call_with_deadline.h"
 #include "transfer/mpi/rendezvous.h"
 
 namespace netloader::transfer {

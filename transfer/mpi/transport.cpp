@@ -7,8 +7,8 @@
 #include <deque>
 #include <vector>
 
+#include "transfer/call_with_deadline.h"
 #include "transfer/helper/transport.h"
-#include "transfer/mpi/call_with_deadline.h"
 #include "transfer/mpi/progress.h"
 #include "transfer/mpi/rendezvous.h"
 #include "transfer/mpi/runtime.h"

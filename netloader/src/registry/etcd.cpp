@@ -8,15 +8,12 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <condition_variable>
 #include <cstring>
-#include <memory>
-#include <mutex>
 #include <nlohmann/json.hpp>
-#include <thread>
 #include <vector>
 
 #include "netloader/src/metrics/metrics.h"
+#include "transfer/call_with_deadline.h"
 
 namespace netloader::registry {
 namespace {
@@ -49,56 +46,38 @@ struct Address {
   socklen_t length = 0;
 };
 
-// The addresses of `host`:`port`; none, with *error saying why, when it does not resolve. A numeric
-// address resolves at once; a name is looked up on a thread of its own, which is left to finish
-// alone if DNS has not answered by the deadline (getaddrinfo itself has none).
-std::vector<Address> Resolve(const std::string& host, const std::string& port,
-                             Clock::time_point deadline, std::string* error) {
-  struct Lookup {
-    std::mutex mu;
-    std::condition_variable done;
-    bool finished = false;
-    std::vector<Address> found;
-    std::string error;
-  };
-  auto lookup = std::make_shared<Lookup>();
-  auto run = [host, port, lookup](int flags) {
-    addrinfo hints{};
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_ADDRCONFIG | flags;
-    addrinfo* list = nullptr;
-    const int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &list);
-    std::vector<Address> found;
-    for (addrinfo* a = rc == 0 ? list : nullptr; a != nullptr; a = a->ai_next) {
-      Address entry;
-      entry.family = a->ai_family;
-      entry.socktype = a->ai_socktype;
-      entry.length = std::min<socklen_t>(a->ai_addrlen, sizeof(entry.address));
-      std::memcpy(&entry.address, a->ai_addr, entry.length);
-      found.push_back(entry);
-    }
-    if (list != nullptr) freeaddrinfo(list);
-    std::lock_guard<std::mutex> lock(lookup->mu);
-    lookup->found = std::move(found);
-    lookup->error = rc == 0 ? "" : gai_strerror(rc);
-    lookup->finished = true;
-    lookup->done.notify_all();
-    return rc;
-  };
-  if (run(AI_NUMERICHOST) != 0) {  // a name: ask DNS, within the deadline
-    {
-      std::lock_guard<std::mutex> lock(lookup->mu);
-      lookup->finished = false;
-    }
-    std::thread(run, 0).detach();
+// getaddrinfo of `host`:`port` with `flags`, copied out. Errors: Unavailable, its message.
+Result<std::vector<Address>> Lookup(const std::string& host, const std::string& port, int flags) {
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_ADDRCONFIG | flags;
+  addrinfo* list = nullptr;
+  if (const int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &list); rc != 0) {
+    return Status(StatusCode::kUnavailable, gai_strerror(rc));
   }
-  std::unique_lock<std::mutex> lock(lookup->mu);
-  if (!lookup->done.wait_until(lock, deadline, [&] { return lookup->finished; })) {
-    *error = "no answer from DNS for " + host + " in time";
-    return {};
+  std::vector<Address> found;
+  for (addrinfo* a = list; a != nullptr; a = a->ai_next) {
+    Address entry;
+    entry.family = a->ai_family;
+    entry.socktype = a->ai_socktype;
+    entry.length = std::min<socklen_t>(a->ai_addrlen, sizeof(entry.address));
+    std::memcpy(&entry.address, a->ai_addr, entry.length);
+    found.push_back(entry);
   }
-  *error = lookup->error;
-  return lookup->found;
+  freeaddrinfo(list);
+  return found;
+}
+
+// The addresses of `host`:`port`. A numeric address resolves at once; a name is looked up on a
+// thread of its own, left to finish alone if DNS has not answered by the deadline (getaddrinfo
+// has none).
+Result<std::vector<Address>> Resolve(const std::string& host, const std::string& port,
+                                     Clock::time_point deadline) {
+  Result<std::vector<Address>> numeric = Lookup(host, port, AI_NUMERICHOST);
+  if (numeric.ok()) return numeric;
+  return transfer::CallWithDeadline<std::vector<Address>>(
+      "looking up " + host, deadline,
+      [host, port]() -> Result<std::vector<Address>> { return Lookup(host, port, 0); });
 }
 
 // A closed-on-return socket.
@@ -249,15 +228,11 @@ Result<std::string> Etcd::Call(const std::string& path, const std::string& body,
 Result<std::string> Etcd::Exchange(const std::string& path, const std::string& body,
                                    Clock::time_point deadline) const {
   const std::string where = "etcd at " + url_;
-  std::string resolve_error;
-  const std::vector<Address> found = Resolve(host_, port_, deadline, &resolve_error);
-  if (found.empty()) {
-    return Status(StatusCode::kUnavailable,
-                  where + ": " + (resolve_error.empty() ? "no address" : resolve_error));
-  }
+  Result<std::vector<Address>> found = Resolve(host_, port_, deadline);
+  if (!found.ok()) return Status(StatusCode::kUnavailable, where + ": " + found.status().message());
   std::string connect_error = "no address";
   int fd = -1;
-  for (const Address& a : found) {
+  for (const Address& a : *found) {
     const int s = socket(a.family, a.socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (s < 0) continue;
     if (connect(s, reinterpret_cast<const sockaddr*>(&a.address), a.length) == 0 ||

@@ -16,10 +16,10 @@
 namespace netloader::transfer {
 
 // Runs `call` on a helper thread and waits for it until `deadline`. Some blocking calls (MPI
-// connect/accept/disconnect) have no timeout of their own and may never return when the peer is
-// gone; this bounds how long the caller waits. On timeout the helper thread is left running,
-// detached; if the call completes later its result is handed to `discard` (for example to free a
-// communicator nobody will use). Returns Timeout naming `what` when the deadline passes, and
+// connect/accept/disconnect, getaddrinfo) have no timeout of their own and may never return when
+// the peer is gone; this bounds how long the caller waits. On timeout the helper thread is left
+// running, detached; if the call completes later its result is handed to `discard` (for example to
+// free a communicator nobody will use). Returns Timeout naming `what` when the deadline passes, and
 // Cancelled when `cancel` becomes true first (checked every 20 ms).
 template <typename T>
 Result<T> CallWithDeadline(const std::string& what, std::chrono::steady_clock::time_point deadline,
