@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <limits>
-#include <thread>
 
 #include "client/cancel.h"
 #include "netloader/limits.h"
@@ -136,11 +135,8 @@ Status Attempt::WaitBusy(const wire::Busy& busy, Clock::time_point busy_deadline
                                          std::to_string(options_.busy_timeout.count()) + " ms");
   }
   Log().debug("{} is busy; retrying in {} ms", source_, wait.count());
-  for (const auto until = Clock::now() + wait; Clock::now() < until;) {
-    if (IsCancelled(options_.cancel)) return CancelledStatus();
-    std::this_thread::sleep_for(std::min<Clock::duration>(kCancelCheck, until - Clock::now()));
-  }
-  return Status::Ok();
+  return SleepUnlessCancelled(options_.cancel, Clock::now() + wait) ? Status::Ok()
+                                                                    : CancelledStatus();
 }
 
 Status Attempt::Redirected(const wire::Redirect& redirect) {

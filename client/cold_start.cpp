@@ -1,7 +1,6 @@
 #include "client/cold_start.h"
 
 #include <algorithm>
-#include <thread>
 
 #include "client/cancel.h"
 #include "netloader/src/base/clock.h"
@@ -75,10 +74,8 @@ Result<std::vector<std::string>> WaitForColdStart(
                     "cold start: " + reader + " did not serve " + model + " within " +
                         std::to_string(options.cold_start_wait.count()) + " ms");
     }
-    const auto next = std::min<Clock::time_point>(give_up, Clock::now() + kColdStartPoll);
-    while (Clock::now() < next && !IsCancelled(options.cancel)) {
-      std::this_thread::sleep_for(std::min<Clock::duration>(kCancelCheck, next - Clock::now()));
-    }
+    SleepUnlessCancelled(options.cancel,
+                         std::min<Clock::time_point>(give_up, Clock::now() + kColdStartPoll));
   }
 }
 

@@ -37,20 +37,16 @@ std::shared_ptr<ProgressEngine::Op> ProgressEngine::Add(MPI_Request request) {
   return op;
 }
 
-void ProgressEngine::Cancel(const std::shared_ptr<Op>& op) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (op->done) return;
-  op->cancel = true;
-  op->keep = false;
-  // Nobody is inside MPI_Testsome with it: cancel it now rather than when a driver next polls.
-  if (!driving_) DropCancelled();
-}
+void ProgressEngine::Cancel(const std::shared_ptr<Op>& op) { GiveUp(op, /*keep=*/false); }
 
-void ProgressEngine::Withdraw(const std::shared_ptr<Op>& op) {
+void ProgressEngine::Withdraw(const std::shared_ptr<Op>& op) { GiveUp(op, /*keep=*/true); }
+
+void ProgressEngine::GiveUp(const std::shared_ptr<Op>& op, bool keep) {
   std::lock_guard<std::mutex> lock(mu_);
   if (op->done) return;
   op->cancel = true;
-  op->keep = true;
+  op->keep = keep;
+  // Nobody is inside MPI_Testsome with it: cancel it now rather than when a driver next polls.
   if (!driving_) DropCancelled();
 }
 

@@ -57,6 +57,8 @@ class ProgressEngine {
   // One MPI_Testsome over every pending operation, with mu_ released around it. Returns how many
   // completed. Only the driver calls it.
   int Poll(std::unique_lock<std::mutex>& lock);
+  // Cancel (keep false) and Withdraw (keep true).
+  void GiveUp(const std::shared_ptr<Op>& op, bool keep);
   // Cancels the operations whose owners gave up, and frees those not withdrawn. With mu_ held,
   // and no poll running.
   void DropCancelled();
