@@ -29,22 +29,24 @@ def run(*argv, timeout=120):
                           timeout=timeout, check=False)
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """A Llama-architecture checkpoint of about 24 MiB (float32), as netloader-llama reads."""
+def make_llama(tmp_path_factory, size_mib):
+    """A Llama-architecture checkpoint of about `size_mib` MiB (float32), as netloader-llama
+    reads."""
     path = tmp_path_factory.mktemp("ckpt") / "model"
-    done = run(f"{BIN}/netloader-make-llama", "--output", path, "--size-mib", "24")
+    done = run(f"{BIN}/netloader-make-llama", "--output", path, "--size-mib", size_mib)
     assert done.returncode == 0, done.stderr
     return path
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_llama(tmp_path_factory, 24)
 
 
 @pytest.fixture(scope="module")
 def large_model(tmp_path_factory):
-    """A Llama-architecture checkpoint of about 160 MiB: a load long enough to stop midway."""
-    path = tmp_path_factory.mktemp("ckpt") / "large"
-    done = run(f"{BIN}/netloader-make-llama", "--output", path, "--size-mib", "160")
-    assert done.returncode == 0, done.stderr
-    return path
+    """A load long enough to stop midway."""
+    return make_llama(tmp_path_factory, 160)
 
 
 def empty_like_layout(path):
